@@ -1,0 +1,286 @@
+"""``load_model``: a RoPE or DroPE Llama checkpoint as a faithful HookedTransformer.
+
+Data path: checkpoint directory (or hub id, downloaded to the local cache first) ->
+``config.json`` -> :class:`CheckpointSpec` -> model skeleton on the ``meta`` device -> weights
+streamed one tensor at a time from safetensors, each checked by name and shape and placed
+directly on the target device as a view of its checkpoint layout. No checkpoint code runs
+(no ``trust_remote_code``), no pickle is read, no weight processing is applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import CheckpointError, CheckpointSpec, Variant, parse_config, read_config
+from .model import DropeLensTransformer, build_config
+from .safetensors_stream import index_checkpoint, read_tensor
+
+logger = logging.getLogger(__name__)
+
+Quantization = Optional[Literal["nf4"]]
+_DTYPE_NAMES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def resolve_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
+    """``torch.float32``/``"fp32"``/``"bf16"``/... -> a floating torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            raise ValueError(f"dtype={dtype}: use float32, bfloat16 or float16.")
+        return dtype
+    try:
+        return _DTYPE_NAMES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"dtype={dtype!r}: allowed names are {sorted(_DTYPE_NAMES)}.") from None
+
+
+def resolve_source(source: Union[str, os.PathLike], revision: Optional[str] = None) -> Path:
+    """A local checkpoint directory for ``source`` (a directory, or a hub id fetched to the cache)."""
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: is a file; pass the checkpoint directory that holds config.json.")
+        return path
+    parts = text.split("/")
+    is_hub_id = len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
+    if not is_hub_id:
+        raise FileNotFoundError(
+            f"{text}: no such checkpoint directory (and not a hub id of the form 'owner/name')."
+        )
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(
+            repo_id=text,
+            revision=revision,
+            allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"],
+        )
+    except Exception as exc:  # network, auth, missing repo: say what failed and how to fix it
+        raise FileNotFoundError(
+            f"{text}: not a local directory, and downloading it from the hub failed ({exc}). "
+            "Download the checkpoint yourself and pass its directory."
+        ) from exc
+    return Path(local)
+
+
+def load_tokenizer(directory: Path):
+    """The checkpoint's own tokenizer, or None (with a warning) when it ships none.
+
+    ``AutoTokenizer`` is tried first (it honours ``tokenizer_config.json``); for DroPE configs
+    whose ``model_type`` transformers does not know, ``tokenizer.json`` is read directly. Remote
+    tokenizer code is never executed.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    has_files = any((directory / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
+    if not has_files:
+        logger.warning("%s: no tokenizer files; the model accepts token ids only.", directory)
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
+    except Exception as first_error:  # unknown model_type (llama_drope) etc.
+        if (directory / "tokenizer.json").exists():
+            return PreTrainedTokenizerFast.from_pretrained(str(directory))
+        raise CheckpointError(f"{directory}: could not load the tokenizer ({first_error}).") from first_error
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight mapping: checkpoint (HF Llama names, [out, in] layout) -> TransformerLens parameters.
+# Every TL weight is a view of the checkpoint tensor: see drope_lens.linear.
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WeightTarget:
+    """Where one checkpoint tensor goes: module path, parameter name, expected shape, and view."""
+
+    module: str
+    param: str
+    shape: tuple[int, ...]
+    view: Callable[[torch.Tensor], torch.Tensor]
+    linear: bool  # an nn.Linear weight (quantised under nf4)
+
+
+def weight_targets(spec: CheckpointSpec) -> dict[str, WeightTarget]:
+    """The expected checkpoint tensors and where each goes."""
+    n, nkv, h, m, f, v = spec.n_heads, spec.n_kv_heads, spec.d_head, spec.d_model, spec.d_mlp, spec.d_vocab
+    kv = "_" if spec.grouped_query else ""
+
+    def heads_in(count: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda w: w.view(count, h, m).permute(0, 2, 1)  # [(n h), m] -> [n, m, h]
+
+    identity: Callable[[torch.Tensor], torch.Tensor] = lambda w: w
+    transpose: Callable[[torch.Tensor], torch.Tensor] = lambda w: w.T
+    targets = {
+        "model.embed_tokens.weight": WeightTarget("embed", "W_E", (v, m), identity, False),
+        "model.norm.weight": WeightTarget("ln_final", "w", (m,), identity, False),
+    }
+    if not spec.tie_word_embeddings:
+        targets["lm_head.weight"] = WeightTarget("unembed", "W_U", (v, m), transpose, False)
+    for layer in range(spec.n_layers):
+        hf, tl = f"model.layers.{layer}", f"blocks.{layer}"
+        targets.update({
+            f"{hf}.input_layernorm.weight": WeightTarget(f"{tl}.ln1", "w", (m,), identity, False),
+            f"{hf}.post_attention_layernorm.weight": WeightTarget(f"{tl}.ln2", "w", (m,), identity, False),
+            f"{hf}.self_attn.q_proj.weight": WeightTarget(f"{tl}.attn", "W_Q", (n * h, m), heads_in(n), True),
+            f"{hf}.self_attn.k_proj.weight": WeightTarget(f"{tl}.attn", f"{kv}W_K", (nkv * h, m), heads_in(nkv), True),
+            f"{hf}.self_attn.v_proj.weight": WeightTarget(f"{tl}.attn", f"{kv}W_V", (nkv * h, m), heads_in(nkv), True),
+            f"{hf}.self_attn.o_proj.weight": WeightTarget(
+                f"{tl}.attn", "W_O", (m, n * h), lambda w: w.view(m, n, h).permute(1, 2, 0), True
+            ),
+            f"{hf}.mlp.gate_proj.weight": WeightTarget(f"{tl}.mlp", "W_gate", (f, m), transpose, True),
+            f"{hf}.mlp.up_proj.weight": WeightTarget(f"{tl}.mlp", "W_in", (f, m), transpose, True),
+            f"{hf}.mlp.down_proj.weight": WeightTarget(f"{tl}.mlp", "W_out", (m, f), transpose, True),
+        })
+        if spec.has_qk_norm_weights:
+            targets[f"{hf}.self_attn.q_norm.weight"] = WeightTarget(f"{tl}.attn.q_norm", "w", (n * h,), identity, False)
+            targets[f"{hf}.self_attn.k_norm.weight"] = WeightTarget(f"{tl}.attn.k_norm", "w", (nkv * h,), identity, False)
+    return targets
+
+
+_IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+
+
+def _place(
+    model: nn.Module,
+    target: WeightTarget,
+    tensor: torch.Tensor,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    quantization: Quantization,
+    requires_grad: bool,
+) -> None:
+    module = model.get_submodule(target.module)
+    if quantization == "nf4" and target.linear:
+        import bitsandbytes as bnb
+
+        param: nn.Parameter = bnb.nn.Params4bit(
+            tensor.to(dtype), requires_grad=False, quant_type="nf4", compress_statistics=True, blocksize=64
+        ).to(device)
+    else:
+        on_device = tensor.to(device=device)
+        on_device = on_device.to(dtype) if on_device.dtype != dtype else on_device
+        param = nn.Parameter(target.view(on_device), requires_grad=requires_grad)
+    module._parameters[target.param] = param
+
+
+def _materialise_remaining(model: nn.Module, device: torch.device, dtype: torch.dtype, requires_grad: bool) -> None:
+    """Zero-fill parameters the checkpoint has no tensor for (TL's biases) and rebuild buffers."""
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None and param.is_meta:
+                if not name.lstrip("_").startswith("b_"):
+                    raise CheckpointError(f"internal: parameter {name} of {type(module).__name__} was not loaded.")
+                module._parameters[name] = nn.Parameter(
+                    torch.zeros(param.shape, dtype=dtype, device=device), requires_grad=requires_grad
+                )
+        for name, buf in list(module._buffers.items()):
+            if buf is not None and buf.is_meta:
+                if name == "IGNORE":
+                    module._buffers[name] = torch.tensor(-torch.inf, device=device)
+                else:
+                    module._buffers[name] = torch.empty(buf.shape, dtype=buf.dtype, device=device)
+
+
+def load_model(
+    source: Union[str, os.PathLike],
+    *,
+    dtype: Union[str, torch.dtype] = torch.float32,
+    device: Union[str, torch.device] = "cpu",
+    n_ctx: Optional[int] = None,
+    quantization: Quantization = None,
+    variant: Optional[Variant] = None,
+    revision: Optional[str] = None,
+    requires_grad: bool = False,
+) -> DropeLensTransformer:
+    """Load a RoPE or DroPE Llama checkpoint as a :class:`DropeLensTransformer` (a HookedTransformer).
+
+    Args:
+        source: checkpoint directory (``config.json``, ``*.safetensors`` [+ index], tokenizer
+            files) or a hub id such as ``"SakanaAI/Llama-2-7b-hf-DroPE"`` (downloaded first).
+        dtype: parameter and activation dtype (``torch.float32``, ``"bf16"``, ``"fp16"``). Attention
+            scores and softmax are float32 whatever this is. With ``quantization="nf4"`` it is the
+            compute dtype (float32 becomes bfloat16).
+        device: where the weights go; they are streamed there one tensor at a time.
+        n_ctx: the context length the tokenizer truncates strings to (default: the checkpoint's
+            ``max_position_embeddings``). Token tensors of any length run; nothing is sized by it.
+        quantization: ``None`` or ``"nf4"`` (bitsandbytes 4-bit NF4, double quantisation, CUDA).
+        variant: ``"rope"``/``"drope"`` to override what the config says.
+        revision: hub revision (branch, tag or commit) when ``source`` is a hub id.
+        requires_grad: whether parameters require grad (False: analysis; True: training).
+    """
+    directory = resolve_source(source, revision)
+    config = read_config(directory)
+    spec = parse_config(config, source=os.fspath(source), variant=variant, path=str(directory), revision=revision)
+    torch_dtype = resolve_dtype(dtype)
+    target_device = torch.device(device)
+    if quantization not in (None, "nf4"):
+        raise ValueError(f"quantization={quantization!r}: allowed values are None and 'nf4'.")
+    if quantization == "nf4":
+        if target_device.type != "cuda":
+            raise ValueError("quantization='nf4' needs a CUDA device (bitsandbytes 4-bit kernels); pass device='cuda'.")
+        if torch_dtype == torch.float32:
+            torch_dtype = torch.bfloat16
+        if requires_grad:
+            raise ValueError("quantization='nf4' loads frozen weights; requires_grad=True is not supported.")
+    if n_ctx is not None and n_ctx <= 0:
+        raise ValueError(f"n_ctx={n_ctx}: must be a positive number of tokens.")
+
+    entries = index_checkpoint(directory)
+    targets = weight_targets(spec)
+    missing = [name for name in targets if name not in entries]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise CheckpointError(f"{directory}: missing weight(s) {shown} (config attention_type={spec.attention_type!r}).")
+    unexpected = [
+        name for name in entries
+        if name not in targets and not name.endswith(_IGNORED_SUFFIXES)
+        and not (spec.tie_word_embeddings and name == "lm_head.weight")
+    ]
+    if unexpected:
+        raise CheckpointError(
+            f"{directory}: unexpected weight(s) {unexpected[:5]} for a {spec.variant} checkpoint with "
+            f"attention_type={spec.attention_type!r}; the config and the weights disagree."
+        )
+    for name, target in targets.items():
+        if entries[name].shape != target.shape:
+            raise CheckpointError(
+                f"{directory}: weight {name} has shape {list(entries[name].shape)} but config.json "
+                f"implies {list(target.shape)}."
+            )
+
+    tokenizer = load_tokenizer(directory)
+    prepends_bos = bool(tokenizer is not None and len(tokenizer.encode("")) > 0)
+    cfg = build_config(
+        spec,
+        dtype=torch_dtype,
+        device=str(target_device),
+        n_ctx=n_ctx or spec.max_position_embeddings,
+        prepends_bos=prepends_bos,
+    )
+    with torch.device("meta"):
+        model = DropeLensTransformer(cfg, spec, tokenizer=tokenizer)
+
+    for name, target in targets.items():
+        _place(
+            model, target, read_tensor(entries[name]),
+            device=target_device, dtype=torch_dtype, quantization=quantization, requires_grad=requires_grad,
+        )
+    if spec.tie_word_embeddings:
+        model.unembed._parameters["W_U"] = nn.Parameter(model.embed.W_E.T, requires_grad=requires_grad)
+    _materialise_remaining(model, target_device, torch_dtype, requires_grad)
+    if quantization == "nf4":
+        model.cfg.load_in_4bit = True
+    model.quantization = quantization
+    model.eval()
+    return model

@@ -1,0 +1,28 @@
+"""Gated (SwiGLU) MLP for HookedTransformer without per-forward weight copies.
+
+Stock TransformerLens 3.9 calls ``W.T.contiguous()`` on every MLP weight in every forward. The
+weights drope_lens loads are views of the checkpoint's ``[out, in]`` layout, so the projection
+is a single GEMM on the original storage; it also accepts bitsandbytes 4-bit weights. Hook points
+are those of TransformerLens ``GatedMLP``: ``hook_pre`` (gate, before the activation),
+``hook_pre_linear`` (up projection), ``hook_post`` (their product), all ``[batch, pos, d_mlp]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from transformer_lens.components.mlps.gated_mlp import GatedMLP
+
+from .linear import matrix_projection
+
+
+class LensGatedMLP(GatedMLP):
+    """``mlp_out = (act(x @ W_gate) * (x @ W_in) + b_in) @ W_out + b_out``."""
+
+    def forward(  # type: ignore[override]
+        self, x: Float[torch.Tensor, "batch pos d_model"]
+    ) -> Float[torch.Tensor, "batch pos d_model"]:
+        pre = self.hook_pre(matrix_projection(x, self.W_gate))
+        pre_linear = self.hook_pre_linear(matrix_projection(x, self.W_in))
+        post = self.hook_post(torch.addcmul(self.b_in, self.act_fn(pre), pre_linear))
+        return matrix_projection(post, self.W_out, self.b_out)

@@ -1,0 +1,178 @@
+"""The HookedTransformer that drope_lens builds for RoPE and DroPE Llama checkpoints."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Union
+
+import torch
+from transformer_lens import HookedTransformer
+from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
+from transformer_lens.utilities.defaults_utils import USE_DEFAULT_VALUE
+
+from .attention import AttentionSettings, Backend, LensAttention, LensGroupedQueryAttention
+from .checkpoint import CheckpointSpec
+from .mlp import LensGatedMLP
+
+
+def attention_settings(spec: CheckpointSpec) -> AttentionSettings:
+    return AttentionSettings(
+        rotary=spec.rotary,
+        rope_theta=spec.rope_theta,
+        norm_q=spec.norm_q,
+        norm_k=spec.norm_k,
+        has_norm_weights=spec.has_qk_norm_weights,
+        scale=spec.attn_scale,
+    )
+
+
+def build_config(
+    spec: CheckpointSpec, *, dtype: torch.dtype, device: str, n_ctx: int, prepends_bos: bool
+) -> HookedTransformerConfig:
+    """A HookedTransformerConfig for the checkpoint (no weight processing, no init)."""
+    name = spec.source.rstrip("/").split("/")[-1]
+    return HookedTransformerConfig(
+        model_name=name,
+        d_model=spec.d_model,
+        d_head=spec.d_head,
+        n_heads=spec.n_heads,
+        d_mlp=spec.d_mlp,
+        n_layers=spec.n_layers,
+        n_ctx=n_ctx,
+        d_vocab=spec.d_vocab,
+        act_fn="silu",
+        eps=spec.eps,
+        normalization_type="RMS",
+        final_rms=True,
+        gated_mlp=True,
+        # "rotary" means "no additive position embedding"; whether q/k rotate is the attention's call.
+        positional_embedding_type="rotary",
+        rotary_dim=spec.d_head,
+        rotary_base=spec.rope_theta,
+        rotary_adjacent_pairs=False,
+        n_key_value_heads=spec.n_kv_heads if spec.grouped_query else None,
+        attn_scale=1.0 / spec.attn_scale,
+        original_architecture="LlamaForCausalLM",
+        tokenizer_prepends_bos=prepends_bos,
+        default_prepend_bos=prepends_bos,
+        dtype=dtype,
+        device=device,
+        init_weights=False,
+    )
+
+
+class DropeLensTransformer(HookedTransformer):
+    """A ``HookedTransformer`` for a RoPE or DroPE Llama checkpoint.
+
+    Differences from stock TransformerLens: attention and MLP modules are drope_lens's (see
+    :mod:`drope_lens.attention`), token ids are checked against the vocabulary before embedding,
+    the tokenizer keeps the checkpoint's own BOS behaviour, and ``lens`` holds the
+    :class:`~drope_lens.checkpoint.CheckpointSpec` (variant, attention type, softmax scale,
+    source). Everything else (hooks, ``run_with_cache``, ``generate``, ``ActivationCache``) is
+    TransformerLens's.
+    """
+
+    lens: CheckpointSpec
+    quantization: Optional[str] = None
+
+    def __init__(self, cfg: HookedTransformerConfig, spec: CheckpointSpec, tokenizer=None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            super().__init__(cfg, tokenizer=tokenizer, move_to_device=False)
+        self.lens = spec
+        self._warned_rope_length = False
+        settings = attention_settings(spec)
+        attention_class = LensGroupedQueryAttention if spec.grouped_query else LensAttention
+        for index, block in enumerate(self.blocks):
+            block.attn = attention_class(self.cfg, "global", index)
+            block.attn.init_lens(settings)
+            block.mlp = LensGatedMLP(self.cfg)
+        self.setup()  # rebuild the hook dictionary with the new modules
+
+    # -- variant ---------------------------------------------------------------------------
+    @property
+    def variant(self) -> str:
+        """``"rope"`` or ``"drope"``."""
+        return self.lens.variant
+
+    def set_attention_backend(self, backend: Backend) -> None:
+        """``"auto"`` (SDPA unless scores/pattern are hooked), ``"sdpa"`` or ``"explicit"``."""
+        if backend not in ("auto", "sdpa", "explicit"):
+            raise ValueError(f"backend={backend!r}: allowed values are 'auto', 'sdpa', 'explicit'.")
+        for block in self.blocks:
+            block.attn.backend = backend
+
+    # -- tokenizer: keep the checkpoint's BOS behaviour -----------------------------------
+    def set_tokenizer(self, tokenizer, default_padding_side=None):  # type: ignore[override]
+        """Attach ``tokenizer`` as the checkpoint defines it.
+
+        Stock TransformerLens re-creates Llama-family tokenizers with ``add_bos_token=True``;
+        here the tokenizer is kept as saved, and ``cfg.default_prepend_bos`` follows whether it
+        prepends BOS itself (Llama-2: yes; SmolLM: no).
+        """
+        if default_padding_side not in ("left", "right", None):
+            raise ValueError(f"default_padding_side={default_padding_side!r}: use 'left', 'right' or None.")
+        self.tokenizer = tokenizer
+        if default_padding_side is not None:
+            tokenizer.padding_side = default_padding_side
+        if tokenizer.padding_side is None:
+            tokenizer.padding_side = "right"
+        prepends = len(tokenizer.encode("")) > 0
+        self.cfg.tokenizer_prepends_bos = prepends
+        self.cfg.default_prepend_bos = prepends
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+
+    # -- input checks ----------------------------------------------------------------------
+    def _check_tokens(self, tokens: torch.Tensor, past_kv_cache) -> None:
+        if tokens.dtype.is_floating_point:
+            return  # embeddings passed directly (start_at_layer); nothing to check
+        if tokens.numel():
+            low, high = int(tokens.min()), int(tokens.max())
+            if low < 0 or high >= self.cfg.d_vocab:
+                raise ValueError(
+                    f"token id {high if high >= self.cfg.d_vocab else low} is outside the vocabulary "
+                    f"[0, {self.cfg.d_vocab}) of {self.lens.source}; check the tokenizer matches the model."
+                )
+        if self.lens.rotary and not self._warned_rope_length:
+            offset = past_kv_cache[0].past_keys.shape[1] if past_kv_cache is not None else 0
+            length = offset + tokens.shape[-1]
+            if length > self.lens.max_position_embeddings:
+                self._warned_rope_length = True
+                warnings.warn(
+                    f"{self.lens.source}: {length} tokens exceed the RoPE model's trained context of "
+                    f"{self.lens.max_position_embeddings}; rotary angles are extrapolated (this is "
+                    "allowed, it is an experiment).",
+                    stacklevel=3,
+                )
+
+    def input_to_embed(  # type: ignore[override]
+        self,
+        input: Union[str, list, torch.Tensor],
+        prepend_bos=USE_DEFAULT_VALUE,
+        padding_side=USE_DEFAULT_VALUE,
+        attention_mask: Optional[torch.Tensor] = None,
+        past_kv_cache=None,
+    ):
+        if isinstance(input, (str, list)):
+            if self.tokenizer is None:
+                raise ValueError(
+                    f"{self.lens.source} was loaded without a tokenizer; pass token ids instead of text."
+                )
+            input = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)
+        self._check_tokens(input, past_kv_cache)
+        return super().input_to_embed(
+            input,
+            prepend_bos=prepend_bos,
+            padding_side=padding_side,
+            attention_mask=attention_mask,
+            past_kv_cache=past_kv_cache,
+        )
+
+
+def is_drope(model: HookedTransformer) -> bool:
+    """True if ``model`` runs attention without rotary position embeddings."""
+    spec = getattr(model, "lens", None)
+    if spec is None:
+        raise TypeError("is_drope() needs a model loaded by drope_lens (load_model/load_pair/to_drope).")
+    return spec.variant == "drope"
