@@ -109,6 +109,11 @@ def apply_rotary(
     return x * cos + _rotate_half(x) * sin
 
 
+def _reduced_precision_math_allowed() -> bool:
+    allowed = getattr(torch.backends.cuda, "fp16_bf16_reduction_math_sdp_allowed", None)
+    return bool(allowed()) if allowed is not None else True
+
+
 def _hooked(hook_point: HookPoint) -> bool:
     return bool(hook_point._forward_hooks or hook_point._backward_hooks or hook_point._forward_pre_hooks)
 
@@ -267,14 +272,15 @@ class LensAttentionMixin:
         v: torch.Tensor,
         mask: Optional[torch.Tensor],
     ) -> torch.Tensor:
-        """Fused attention; scores and softmax accumulate in float32.
+        """Fused attention; q.k and the softmax are float32 for half-precision inputs.
 
-        On CUDA the flash and memory-efficient kernels keep q.k and the softmax in float32
-        registers for half inputs. On other devices half-precision inputs are upcast first, so
-        the math path cannot overflow (DroPE layer-1 q.k exceeds the float16 range).
+        Every SDPA backend of torch >= 2.5 keeps them in float32: flash and memory-efficient
+        kernels accumulate in float32 registers, and the math backend upcasts half inputs unless
+        reduced-precision math was explicitly allowed, in which case we upcast ourselves (DroPE
+        layer-1 q.k exceeds the float16 range).
         """
         dtype = v.dtype
-        if q.device.type != "cuda" and dtype in (torch.float16, torch.bfloat16):
+        if dtype in (torch.float16, torch.bfloat16) and _reduced_precision_math_allowed():
             q, k, v = q.float(), k.float(), v.float()
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.settings.scale

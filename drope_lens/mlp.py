@@ -24,5 +24,6 @@ class LensGatedMLP(GatedMLP):
     ) -> Float[torch.Tensor, "batch pos d_model"]:
         pre = self.hook_pre(matrix_projection(x, self.W_gate))
         pre_linear = self.hook_pre_linear(matrix_projection(x, self.W_in))
-        post = self.hook_post(torch.addcmul(self.b_in, self.act_fn(pre), pre_linear))
+        # act * linear is rounded once in the model dtype, as in HF; adding the zero bias is exact.
+        post = self.hook_post(self.act_fn(pre) * pre_linear + self.b_in)
         return matrix_projection(post, self.W_out, self.b_out)

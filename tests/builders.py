@@ -142,3 +142,28 @@ def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
     """max |ours - reference| / max |reference|."""
     ours, reference = ours.double(), reference.double()
     return float((ours - reference).abs().max() / reference.abs().max())
+
+
+def plant_massive_qk(model: LlamaForCausalLM, *, layer: int = 1, strength: float = 60.0) -> None:
+    """Give ``layer`` DroPE-like massive q/k values that make BOS an attention sink.
+
+    Every token embedding gets +3 in hidden dim 1 and BOS gets 20 in hidden dim 0; in ``layer``
+    the first dim of every head reads q from hidden dim 1 and k from hidden dim 0, scaled by
+    ``strength``. Query norms reach ~1,000 and q.k ~10^5, past float16's 65,504, with the BOS key
+    ahead of every other by a wide margin (no near-ties, so precision differences show up as
+    precision, not as flipped argmaxes).
+    """
+    bos = model.config.bos_token_id
+    with torch.no_grad():
+        emb = model.model.embed_tokens.weight
+        emb[:, 1] += 3.0
+        emb[bos, 0] = 20.0
+        attn = model.model.layers[layer].self_attn
+        for head in range(model.config.num_attention_heads):
+            row = head * attn.head_dim
+            attn.q_proj.weight[row].zero_()
+            attn.q_proj.weight[row, 1] = strength
+        for head in range(model.config.num_key_value_heads):
+            row = head * attn.head_dim
+            attn.k_proj.weight[row].zero_()
+            attn.k_proj.weight[row, 0] = strength

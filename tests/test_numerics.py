@@ -1,0 +1,68 @@
+"""Half precision on a checkpoint whose q.k overflows float16 (DroPE layer-1 massive values)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import drope_lens as dl
+from builders import plant_massive_qk, reference_model, relative_error, save_checkpoint, tiny_config
+
+TOKENS = torch.randint(3, 90, (8, 64), generator=torch.Generator().manual_seed(0))
+TOKENS[:, 0] = 1
+
+
+@pytest.fixture(scope="module")
+def hot_checkpoint(tmp_path_factory):
+    ref = reference_model(tiny_config(), attention_type="nope", init_std=0.05, seed=3)
+    plant_massive_qk(ref, layer=1, strength=60.0)
+    path = save_checkpoint(ref, tmp_path_factory.mktemp("hot"), attention_type="nope")
+    return path, ref
+
+
+def _hf_logits(ref, dtype, impl):
+    model = copy.deepcopy(ref).to(dtype)
+    model.config._attn_implementation = impl
+    with torch.no_grad():
+        return model(TOKENS).logits.float()
+
+
+def test_checkpoint_really_overflows_float16(hot_checkpoint):
+    path, ref = hot_checkpoint
+    model = dl.load_model(path)
+    _, cache = model.run_with_cache(TOKENS, names_filter=lambda n: n.startswith("blocks.1.attn.hook_"))
+    q_norms = cache["blocks.1.attn.hook_q"].flatten(-2).norm(dim=-1)
+    raw_scores = cache["blocks.1.attn.hook_attn_scores"] / model.lens.attn_scale
+    assert q_norms.max() > 500
+    assert raw_scores.max() > torch.finfo(torch.float16).max
+    # HF's eager path computes q.k in float16: it overflows to NaN (the study's "eager NaN").
+    assert _hf_logits(ref, torch.float16, "eager").isnan().any()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_is_finite_and_no_worse_than_hf_sdpa(hot_checkpoint, dtype):
+    path, ref = hot_checkpoint
+    exact = dl.load_model(path)(TOKENS)
+    model = dl.load_model(path, dtype=dtype)
+    ours = model(TOKENS).float()
+    hf_sdpa = _hf_logits(ref, dtype, "sdpa")
+    assert torch.isfinite(ours).all()
+    assert relative_error(ours, exact) <= relative_error(hf_sdpa, exact)
+    model.set_attention_backend("explicit")
+    explicit = model(TOKENS).float()
+    assert torch.isfinite(explicit).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_pattern_is_computed_in_float32(hot_checkpoint, dtype):
+    """The hooked (explicit) path: scores/softmax in float32, so the sink pattern survives."""
+    path, _ = hot_checkpoint
+    name = "blocks.1.attn.hook_pattern"
+    _, exact = dl.load_model(path).run_with_cache(TOKENS, names_filter=name)
+    _, half = dl.load_model(path, dtype=dtype).run_with_cache(TOKENS, names_filter=name)
+    assert half[name].dtype == torch.float32
+    assert torch.isfinite(half[name]).all()
+    assert half[name][:, :, 1:, 0].mean() > 0.99  # BOS sink, as in float32
+    torch.testing.assert_close(half[name], exact[name], rtol=0, atol=1e-3)
