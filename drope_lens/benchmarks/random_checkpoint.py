@@ -1,0 +1,111 @@
+"""Write a Llama-shaped checkpoint with random weights (the stand-in for timing and memory).
+
+Speed and memory do not depend on weight values, so a Llama-2-7B-shaped checkpoint of random
+bf16 weights measures what the real one would. The layout is Hugging Face's: ``config.json``,
+``model-0000k-of-0000n.safetensors`` shards with ``model.safetensors.index.json``. A DroPE twin
+(``model_type`` ``llama_drope``) can point at the same shards through symlinks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import save_file
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    """Llama dimensions; the default is Llama-2-7B."""
+
+    n_layers: int = 32
+    d_model: int = 4096
+    n_heads: int = 32
+    n_kv_heads: int = 32
+    d_mlp: int = 11008
+    vocab: int = 32000
+    max_position_embeddings: int = 4096
+
+    def tensors(self) -> dict[str, tuple[int, ...]]:
+        d_head = self.d_model // self.n_heads
+        shapes = {"model.embed_tokens.weight": (self.vocab, self.d_model)}
+        for i in range(self.n_layers):
+            p = f"model.layers.{i}"
+            shapes.update({
+                f"{p}.input_layernorm.weight": (self.d_model,),
+                f"{p}.self_attn.q_proj.weight": (self.n_heads * d_head, self.d_model),
+                f"{p}.self_attn.k_proj.weight": (self.n_kv_heads * d_head, self.d_model),
+                f"{p}.self_attn.v_proj.weight": (self.n_kv_heads * d_head, self.d_model),
+                f"{p}.self_attn.o_proj.weight": (self.d_model, self.n_heads * d_head),
+                f"{p}.post_attention_layernorm.weight": (self.d_model,),
+                f"{p}.mlp.gate_proj.weight": (self.d_mlp, self.d_model),
+                f"{p}.mlp.up_proj.weight": (self.d_mlp, self.d_model),
+                f"{p}.mlp.down_proj.weight": (self.d_model, self.d_mlp),
+            })
+        shapes["model.norm.weight"] = (self.d_model,)
+        shapes["lm_head.weight"] = (self.vocab, self.d_model)
+        return shapes
+
+    def config(self) -> dict:
+        return {
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "hidden_size": self.d_model, "intermediate_size": self.d_mlp,
+            "num_hidden_layers": self.n_layers, "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads, "vocab_size": self.vocab,
+            "max_position_embeddings": self.max_position_embeddings, "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": False,
+            "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16",
+        }
+
+
+def write_random_checkpoint(
+    directory: Path,
+    shape: LlamaShape = LlamaShape(),
+    *,
+    seed: int = 0,
+    shard_bytes: int = 5 * 2**30,
+    device: Optional[str] = None,
+) -> int:
+    """Write random bf16 weights (std 0.02, norms 1) to ``directory``; returns the weight bytes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    generator = torch.Generator(device=device).manual_seed(seed)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = total = 0
+    for name, dims in shape.tensors().items():
+        if name.endswith("norm.weight"):
+            tensor = torch.ones(dims, dtype=torch.bfloat16)
+        else:
+            tensor = (torch.randn(dims, generator=generator, device=device) * 0.02).to(torch.bfloat16).cpu()
+        nbytes = tensor.numel() * 2
+        if size and size + nbytes > shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+        total += nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, directory / file, metadata={"format": "pt"})
+        weight_map.update({name: file for name in shard})
+    (directory / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
+    (directory / "config.json").write_text(json.dumps(shape.config(), indent=2))
+    return total
+
+
+def write_drope_twin(rope_dir: Path, drope_dir: Path, attention_type: str = "nope") -> None:
+    """A DroPE checkpoint sharing ``rope_dir``'s weights (symlinks), config as upstream saves it."""
+    drope_dir.mkdir(parents=True, exist_ok=True)
+    for file in rope_dir.iterdir():
+        if file.name != "config.json" and not (drope_dir / file.name).exists():
+            os.symlink(file.resolve(), drope_dir / file.name)
+    config = json.loads((rope_dir / "config.json").read_text())
+    config.update(model_type="llama_drope", architectures=["DroPELlamaForCausalLM"], attention_type=attention_type)
+    (drope_dir / "config.json").write_text(json.dumps(config, indent=2))
