@@ -66,6 +66,20 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _random_checkpoint(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .benchmarks.random_checkpoint import SHAPES, write_drope_twin, write_random_checkpoint
+
+    out = Path(args.out)
+    nbytes = write_random_checkpoint(out, SHAPES[args.shape], seed=args.seed)
+    print(f"wrote {out} ({nbytes / 2**20:.1f} MiB of random bf16 weights, shape {args.shape})")
+    if args.drope:
+        write_drope_twin(out, Path(args.drope), attention_type=args.attention_type)
+        print(f"wrote {args.drope} (DroPE twin, attention_type={args.attention_type}, same weights)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drope-lens", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--revision", default=None)
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(func=_info)
+
+    rand = sub.add_parser("random-checkpoint", help="write a Llama-shaped checkpoint of random weights")
+    rand.add_argument("out", help="directory to write")
+    rand.add_argument("--shape", choices=["tiny", "llama2-7b"], default="tiny")
+    rand.add_argument("--seed", type=int, default=0)
+    rand.add_argument("--drope", default=None, help="also write a DroPE twin (same weights) here")
+    rand.add_argument("--attention-type", default="nope", help="attention_type of the DroPE twin")
+    rand.set_defaults(func=_random_checkpoint)
     return parser
 
 

@@ -62,6 +62,13 @@ class LlamaShape:
         }
 
 
+SHAPES = {
+    "tiny": LlamaShape(n_layers=2, d_model=128, n_heads=4, n_kv_heads=2, d_mlp=256, vocab=512,
+                       max_position_embeddings=512),
+    "llama2-7b": LlamaShape(),
+}
+
+
 def write_random_checkpoint(
     directory: Path,
     shape: LlamaShape = LlamaShape(),
