@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from transformer_lens.components import Attention, GroupedQueryAttention
-from transformer_lens.components.rms_norm import RMSNorm
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_offset_position_ids
 
@@ -109,6 +109,25 @@ def apply_rotary(
     return x * cos + _rotate_half(x) * sin
 
 
+class FullWidthRMSNorm(nn.Module):
+    """DroPE's q/k norm: RMSNorm over the whole ``n_heads * d_head`` projection.
+
+    Computed as ``torch.nn.RMSNorm`` (what upstream DroPE uses) computes it: in float32, weight
+    included, rounded once to the activation dtype.
+    """
+
+    def __init__(self, length: int, eps: float, dtype: torch.dtype):
+        super().__init__()
+        self.length = length
+        self.eps = eps
+        self.w = nn.Parameter(torch.ones(length, dtype=dtype))
+
+    def forward(self, x: Float[torch.Tensor, "batch pos head d_head"]) -> Float[torch.Tensor, "batch pos head d_head"]:
+        flat = x.flatten(-2)
+        out = F.rms_norm(flat.float(), (self.length,), self.w.float(), self.eps)
+        return out.to(x.dtype).unflatten(-1, x.shape[-2:])
+
+
 def _reduced_precision_math_allowed() -> bool:
     allowed = getattr(torch.backends.cuda, "fp16_bf16_reduction_math_sdp_allowed", None)
     return bool(allowed()) if allowed is not None else True
@@ -135,8 +154,8 @@ class LensAttentionMixin:
             self.hook_rot_k = HookPoint()
         n_kv = self.cfg.n_key_value_heads or self.cfg.n_heads
         if settings.has_norm_weights:
-            self.q_norm = RMSNorm(self.cfg, length=self.cfg.n_heads * self.cfg.d_head)
-            self.k_norm = RMSNorm(self.cfg, length=n_kv * self.cfg.d_head)
+            self.q_norm = FullWidthRMSNorm(self.cfg.n_heads * self.cfg.d_head, self.cfg.eps, self.cfg.dtype)
+            self.k_norm = FullWidthRMSNorm(n_kv * self.cfg.d_head, self.cfg.eps, self.cfg.dtype)
         else:
             self.q_norm = None
             self.k_norm = None
@@ -144,9 +163,6 @@ class LensAttentionMixin:
         for name in ("rotary_sin", "rotary_cos"):
             if name in self._buffers:
                 del self._buffers[name]
-
-    def _full_width_norm(self, x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
-        return norm(x.flatten(-2)).unflatten(-1, x.shape[-2:])
 
     def _positions(
         self, n_pos: int, offset: int, attention_mask: Optional[torch.Tensor], device: torch.device
@@ -211,9 +227,9 @@ class LensAttentionMixin:
         v = self.hook_v(head_projection(value_input, w_v, b_v))
 
         if settings.norm_q:
-            q = self._full_width_norm(q, self.q_norm)
+            q = self.q_norm(q)
         if settings.norm_k:
-            k = self._full_width_norm(k, self.k_norm)
+            k = self.k_norm(k)
         q = self.hook_q_normed(q)
         k = self.hook_k_normed(k)
 

@@ -66,3 +66,14 @@ def test_half_precision_pattern_is_computed_in_float32(hot_checkpoint, dtype):
     assert torch.isfinite(half[name]).all()
     assert half[name][:, :, 1:, 0].mean() > 0.99  # BOS sink, as in float32
     torch.testing.assert_close(half[name], exact[name], rtol=0, atol=1e-3)
+
+
+def test_bf16_qk_norm_rounds_like_torch_rmsnorm(checkpoint_factory):
+    """DroPE's q/k norm in bf16 is bit-identical to torch.nn.RMSNorm (upstream's module)."""
+    path, ref = checkpoint_factory(attention_type="qk_norm_nope")
+    model = dl.load_model(path, dtype=torch.bfloat16)
+    _, cache = model.run_with_cache(TOKENS[:2, :16], names_filter=lambda n: n.startswith("blocks.0.attn.hook_"))
+    norm = copy.deepcopy(ref.model.layers[0].self_attn.q_norm).to(torch.bfloat16)
+    with torch.no_grad():
+        expected = norm(cache["blocks.0.attn.hook_q"].flatten(-2))
+    assert torch.equal(cache["blocks.0.attn.hook_q_normed"].flatten(-2), expected)
