@@ -60,8 +60,19 @@ def tiny_config(**overrides) -> LlamaConfig:
     return LlamaConfig(**kwargs)
 
 
-def _norm_hook(norm: nn.Module):
-    return lambda module, inputs, output: norm(output)
+class _ApplyNorm:
+    """Forward hook on q_proj/k_proj that applies the attention's q_norm/k_norm to the output.
+
+    A callable object (not a closure) so that ``copy.deepcopy`` of the model re-points it at the
+    copied norm module.
+    """
+
+    def __init__(self, attention: nn.Module, norm_name: str):
+        self.attention = attention
+        self.norm_name = norm_name
+
+    def __call__(self, module, inputs, output):
+        return getattr(self.attention, self.norm_name)(output)
 
 
 def reference_model(
@@ -98,9 +109,9 @@ def reference_model(
                 attn.q_norm.weight.copy_(1.0 + 0.2 * torch.randn(n_q))
                 attn.k_norm.weight.copy_(1.0 + 0.2 * torch.randn(n_k))
             if attention_type in ("qk_norm_nope", "q_norm_nope"):
-                attn.q_proj.register_forward_hook(_norm_hook(attn.q_norm))
+                attn.q_proj.register_forward_hook(_ApplyNorm(attn, "q_norm"))
             if attention_type in ("qk_norm_nope", "k_norm_nope"):
-                attn.k_proj.register_forward_hook(_norm_hook(attn.k_norm))
+                attn.k_proj.register_forward_hook(_ApplyNorm(attn, "k_norm"))
         if softmax_scale is not None:
             attn.scaling = softmax_scale
     return model
