@@ -71,25 +71,19 @@ class RotaryTable:
     _tables: dict[tuple[int, float, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def lookup(
-        cls, d_head: int, theta: float, positions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape ``positions.shape + (d_head,)`` (float32)."""
-        device = positions.device
+    def table(cls, d_head: int, theta: float, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape ``[>= length, d_head]`` (float32) on ``device``."""
         key = (d_head, float(theta), str(device))
-        needed = int(positions.max().item()) + 1 if positions.numel() else 1
         table = cls._tables.get(key)
-        if table is None or table[0].shape[0] < needed:
-            length = max(needed, 2 * (table[0].shape[0] if table is not None else 1024))
-            inv_freq = 1.0 / (
-                theta ** (torch.arange(0, d_head, 2, dtype=torch.int64).float() / d_head)
-            ).to(device)
-            pos = torch.arange(length, device=device, dtype=torch.float32)
-            freqs = pos[:, None] * inv_freq[None, :]
+        if table is None or table[0].shape[0] < length:
+            size = max(length, 2 * (table[0].shape[0] if table is not None else 1024))
+            inv_freq = 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.int64).float() / d_head))
+            pos = torch.arange(size, dtype=torch.float32, device=device)
+            freqs = pos[:, None] * inv_freq.to(device)[None, :]
             emb = torch.cat((freqs, freqs), dim=-1)
             table = (emb.cos(), emb.sin())
             cls._tables[key] = table
-        return table[0][positions], table[1][positions]
+        return table
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -99,14 +93,24 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rotary(
     x: Float[torch.Tensor, "batch pos head d_head"],
-    positions: Int[torch.Tensor, "batch pos"],
+    offset: int,
     theta: float,
+    position_ids: Optional[Int[torch.Tensor, "batch pos"]] = None,
 ) -> Float[torch.Tensor, "batch pos head d_head"]:
-    """Rotate ``x`` by RoPE angles of absolute ``positions`` (Llama's half-split pairing)."""
-    cos, sin = RotaryTable.lookup(x.shape[-1], theta, positions)
-    cos = cos[:, :, None, :].to(x.dtype)
-    sin = sin[:, :, None, :].to(x.dtype)
-    return x * cos + _rotate_half(x) * sin
+    """Rotate ``x`` by the RoPE angles of its absolute positions (Llama's half-split pairing).
+
+    Positions are ``offset .. offset + pos - 1``, or ``position_ids`` when given (left padding).
+    No host-device synchronisation: table sizes come from shapes, not values.
+    """
+    n_pos = x.shape[1]
+    if position_ids is None:
+        cos, sin = RotaryTable.table(x.shape[-1], theta, offset + n_pos, x.device)
+        cos, sin = cos[offset : offset + n_pos][None, :, None, :], sin[offset : offset + n_pos][None, :, None, :]
+    else:
+        # position ids never exceed the attention mask's length (cumsum - 1)
+        cos, sin = RotaryTable.table(x.shape[-1], theta, offset + n_pos, x.device)
+        cos, sin = cos[position_ids][:, :, None, :], sin[position_ids][:, :, None, :]
+    return x * cos.to(x.dtype) + _rotate_half(x) * sin.to(x.dtype)
 
 
 class FullWidthRMSNorm(nn.Module):
@@ -164,12 +168,10 @@ class LensAttentionMixin:
             if name in self._buffers:
                 del self._buffers[name]
 
-    def _positions(
-        self, n_pos: int, offset: int, attention_mask: Optional[torch.Tensor], device: torch.device
-    ) -> torch.Tensor:
+    def _position_ids(self, offset: int, attention_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         if attention_mask is None:
-            return torch.arange(offset, offset + n_pos, device=device)[None, :]
-        return get_offset_position_ids(offset, attention_mask.to(device))
+            return None
+        return get_offset_position_ids(offset, attention_mask)
 
     def use_explicit_path(self) -> bool:
         """Whether scores/pattern must be materialised (they are hooked, or the backend says so)."""
@@ -240,8 +242,8 @@ class LensAttentionMixin:
             offset = 0
 
         if settings.rotary:
-            q = apply_rotary(q, self._positions(q.shape[1], offset, attention_mask, q.device), settings.rope_theta)
-            k = apply_rotary(k, self._positions(k.shape[1], 0, attention_mask, k.device), settings.rope_theta)
+            q = apply_rotary(q, offset, settings.rope_theta, self._position_ids(offset, attention_mask))
+            k = apply_rotary(k, 0, settings.rope_theta, self._position_ids(0, attention_mask))
         q = self.hook_rot_q(q)
         k = self.hook_rot_k(k)
 
