@@ -74,6 +74,7 @@ class DropeLensTransformer(HookedTransformer):
 
     lens: CheckpointSpec
     quantization: Optional[str] = None
+    position_offset: int = 0
 
     def __init__(self, cfg: HookedTransformerConfig, spec: CheckpointSpec, tokenizer=None):
         with warnings.catch_warnings():
@@ -134,8 +135,11 @@ class DropeLensTransformer(HookedTransformer):
                     f"token id {high if high >= self.cfg.d_vocab else low} is outside the vocabulary "
                     f"[0, {self.cfg.d_vocab}) of {self.lens.source}; check the tokenizer matches the model."
                 )
+        offset = past_kv_cache[0].past_keys.shape[1] if past_kv_cache is not None else 0
+        # absolute position of this forward's first token (non-zero while generating with a KV
+        # cache); position-targeted hooks in drope_lens.hooks read it
+        self.position_offset = offset
         if self.lens.rotary and not self._warned_rope_length:
-            offset = past_kv_cache[0].past_keys.shape[1] if past_kv_cache is not None else 0
             length = offset + tokens.shape[-1]
             if length > self.lens.max_position_embeddings:
                 self._warned_rope_length = True

@@ -1,0 +1,25 @@
+"""drope_lens.hooks: hook factories for capture and intervention on TransformerLens models.
+
+Every factory returns plain ``(hook_name, fn)`` pairs, usable with ``model.run_with_hooks``,
+``with model.hooks(fwd_hooks=...)``, ``run_with_cache`` and ``transformer_lens.patching``.
+"""
+
+from .batched import batched_zero_dims, by_row_groups
+from .capture import capture_dim_norms, capture_positions, capture_token_mean_norm, sequence_axis_norm
+from .interventions import ablate_positions, replace_topk_with_mean, zero_dims
+from .names import TENSORS, parse_layer, qkv_hook
+
+__all__ = [
+    "TENSORS",
+    "ablate_positions",
+    "batched_zero_dims",
+    "by_row_groups",
+    "capture_dim_norms",
+    "capture_positions",
+    "capture_token_mean_norm",
+    "parse_layer",
+    "qkv_hook",
+    "replace_topk_with_mean",
+    "sequence_axis_norm",
+    "zero_dims",
+]

@@ -1,0 +1,291 @@
+"""Experiment 2: disrupting massive Q/K dims, measured by perplexity.
+
+1. Identification: M (see :mod:`.massive_values`) of ``hook_q`` and ``hook_k`` averaged over the
+   identification texts; entries above ``threshold`` x the layer mean are massive.
+2. Conditions on the evaluation texts (disjoint from the identification texts):
+   ``baseline``; ``massive``: those entries zeroed in ``hook_q`` and ``hook_k`` at every position;
+   ``random`` (one per seed): the same NUMBER of entries per layer and tensor, drawn uniformly
+   from the non-massive entries (``random_pool="all"`` draws from all entries).
+3. Perplexity of a text = exp(mean NLL of tokens 1..T-1 given their prefix).
+
+All conditions are batched: rows of one forward may belong to different conditions (one
+``batched_zero_dims`` hook per layer and tensor), with results identical to running each
+condition alone. Statistics are over evaluation texts (paired tests, bootstrap CIs), never over
+repetitions of a deterministic condition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from drope_lens.hooks import batched_zero_dims, zero_dims
+from drope_lens.results import RunStore, model_identity
+from drope_lens.texts import Text
+
+from .common import batches_by_length, model_name, model_variant, progress, sequence_nll, tokenize, unit_prefix
+from .massive_values import massive_mask, sequence_norms
+
+EXPERIMENT = "disruption"
+Masks = dict[str, dict[int, torch.Tensor]]  # tensor -> layer -> bool [head, d_head]
+
+
+@dataclass(frozen=True)
+class DisruptionConfig:
+    threshold: float = 5.0
+    seeds: int = 10
+    max_tokens: int = 512
+    rotary: Literal["pre", "post"] = "pre"
+    seed: int = 0
+    batch_size: int = 16
+    random_pool: Literal["non_massive", "all"] = "non_massive"
+
+    def __post_init__(self) -> None:
+        if not self.threshold > 0:
+            raise ValueError(f"threshold={self.threshold}: must be positive.")
+        if self.seeds < 1:
+            raise ValueError(f"seeds={self.seeds}: need at least one random-control seed.")
+        if self.rotary not in ("pre", "post"):
+            raise ValueError(f"rotary={self.rotary!r}: allowed values are 'pre', 'post'.")
+        if self.random_pool not in ("non_massive", "all"):
+            raise ValueError(f"random_pool={self.random_pool!r}: allowed values are 'non_massive', 'all'.")
+        if self.max_tokens < 2 or self.batch_size < 1:
+            raise ValueError("max_tokens must be >= 2 and batch_size >= 1.")
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+
+def identify_massive(
+    model, texts: Sequence[Text], *, threshold: float, max_tokens: int, rotary: str = "pre", batch_size: int = 16
+) -> Masks:
+    """Massive (head, dim) entries of q and k per layer, from M averaged over ``texts``."""
+    tokens = tokenize(model, texts, max_tokens)
+    sums: dict[tuple[int, str], torch.Tensor] = {}
+    for _, batch in batches_by_length(tokens, batch_size):
+        for key, m in sequence_norms(model, batch, ("q", "k"), rotary).items():
+            total = m.sum(dim=0).cpu()
+            sums[key] = sums[key] + total if key in sums else total
+    masks: Masks = {"q": {}, "k": {}}
+    for (layer, tensor), total in sorted(sums.items()):
+        masks[tensor][layer] = massive_mask(total / len(texts), threshold)
+    return masks
+
+
+def random_masks(massive: Masks, seed: int, pool: str = "non_massive") -> Masks:
+    """Per layer and tensor, as many random entries as ``massive`` has, drawn with ``seed``."""
+    out: Masks = {}
+    for t_index, (tensor, layers) in enumerate(sorted(massive.items())):
+        out[tensor] = {}
+        for layer, mask in sorted(layers.items()):
+            rng = np.random.default_rng([seed, layer, t_index])
+            candidates = np.flatnonzero(~mask.numpy().ravel()) if pool == "non_massive" else np.arange(mask.numel())
+            count = int(mask.sum())
+            if count > candidates.size:
+                raise ValueError(f"layer {layer} {tensor}: {count} massive entries but only {candidates.size} to draw from.")
+            chosen = rng.choice(candidates, size=count, replace=False)
+            flat = torch.zeros(mask.numel(), dtype=torch.bool)
+            flat[torch.from_numpy(chosen)] = True
+            out[tensor][layer] = flat.view(mask.shape)
+    return out
+
+
+def _conditions(massive: Masks, config: DisruptionConfig) -> list[tuple[str, int, Optional[Masks]]]:
+    conditions: list[tuple[str, int, Optional[Masks]]] = [("baseline", -1, None), ("massive", -1, massive)]
+    conditions += [("random", s, random_masks(massive, s, config.random_pool)) for s in config.seed_list]
+    return conditions
+
+
+def _hooks_for_rows(row_masks: list[Optional[Masks]], rotary: str) -> list:
+    pairs = []
+    for tensor in ("q", "k"):
+        per_row = [m[tensor] if m is not None else {} for m in row_masks]
+        if any(per_row):
+            pairs += batched_zero_dims(per_row, tensor, rotary)
+    return pairs
+
+
+def run(
+    model,
+    identification_texts: Sequence[Text],
+    evaluation_texts: Sequence[Text],
+    *,
+    threshold: float = 5.0,
+    seeds: int = 10,
+    max_tokens: int = 512,
+    rotary: Literal["pre", "post"] = "pre",
+    seed: int = 0,
+    batch_size: int = 16,
+    random_pool: Literal["non_massive", "all"] = "non_massive",
+    batched: bool = True,
+    store: Optional[RunStore] = None,
+    show_progress: bool = True,
+) -> pd.DataFrame:
+    """Perplexity of every evaluation text under baseline, massive and random conditions.
+
+    Columns: ``model``, ``variant``, ``condition``, ``seed`` (-1 unless random), ``sample``
+    (index into ``evaluation_texts``), ``text``, ``n_tokens``, ``nll`` (nats/token), ``ppl``,
+    ``n_zeroed_q``, ``n_zeroed_k`` (entries zeroed over all layers). ``batched=False`` runs each
+    condition alone (one forward per condition and batch of texts), the reference loop.
+    """
+    config = DisruptionConfig(threshold, seeds, max_tokens, rotary, seed, batch_size, random_pool)
+    names = {t.text for t in identification_texts}
+    overlap = [t.name for t in evaluation_texts if t.text in names]
+    if overlap:
+        raise ValueError(f"evaluation texts {overlap} are also identification texts; use disjoint sets.")
+    massive = identify_massive(model, identification_texts, threshold=config.threshold, max_tokens=config.max_tokens,
+                               rotary=config.rotary, batch_size=config.batch_size)
+    conditions = _conditions(massive, config)
+    tokens = tokenize(model, evaluation_texts, config.max_tokens)
+    prefix = unit_prefix(model)
+    unit_of = lambda cond, s: f"{prefix}-{cond}-{s}"  # noqa: E731
+    todo = [c for c in conditions if store is None or not store.has(unit_of(c[0], c[1]))]
+
+    # every (condition, text) pair is one row; rows of equal length share forwards
+    rows = [(ci, sample) for ci in range(len(todo)) for sample in range(len(evaluation_texts))]
+    if batched:
+        groups = [rows]
+    else:
+        groups = [[r for r in rows if r[0] == ci] for ci in range(len(todo))]
+    results: dict[int, dict[int, float]] = {ci: {} for ci in range(len(todo))}
+    work = []
+    for group in groups:
+        for local, batch in batches_by_length([tokens[sample] for _, sample in group], config.batch_size):
+            work.append(([group[i] for i in local], batch))
+    for batch_rows, batch in progress(work, len(work), f"disruption {model_variant(model)}", show_progress):
+        hooks = _hooks_for_rows([todo[ci][2] for ci, _ in batch_rows], config.rotary)
+        with torch.inference_mode():
+            logits = model.run_with_hooks(batch.to(model.cfg.device), fwd_hooks=hooks)
+            nll = sequence_nll(logits, batch).cpu()
+        for (ci, sample), value in zip(batch_rows, nll.tolist()):
+            results[ci][sample] = value
+            if store is not None and len(results[ci]) == len(evaluation_texts):
+                store.save_part(unit_of(todo[ci][0], todo[ci][1]), _frame(model, todo[ci], results[ci], evaluation_texts, tokens))
+    frames = []
+    for condition in conditions:
+        ci = next((i for i, c in enumerate(todo) if c[:2] == condition[:2]), None)
+        if ci is None:
+            frames.append(store.load_part(unit_of(condition[0], condition[1])))
+        else:
+            frames.append(_frame(model, condition, results[ci], evaluation_texts, tokens))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _frame(model, condition, nlls: dict[int, float], texts: Sequence[Text], tokens) -> pd.DataFrame:
+    name, seed, masks = condition
+    zeroed = {t: (sum(int(m.sum()) for m in masks[t].values()) if masks is not None else 0) for t in ("q", "k")}
+    return pd.DataFrame([{
+        "model": model_name(model), "variant": model_variant(model), "condition": name, "seed": seed,
+        "sample": sample, "text": texts[sample].name, "n_tokens": int(len(tokens[sample])),
+        "nll": nll, "ppl": float(np.exp(nll)), "n_zeroed_q": zeroed["q"], "n_zeroed_k": zeroed["k"],
+    } for sample, nll in sorted(nlls.items())])
+
+
+def single_condition_hooks(masks: Masks, rotary: str = "pre") -> list:
+    """The plain (unbatched) hooks of one condition: ``zero_dims`` on q and k."""
+    return zero_dims(masks["q"], "q", rotary) + zero_dims(masks["k"], "k", rotary)
+
+
+# ------------------------------------------------------------------------------------------
+# Summaries and statistics: DataFrame in, DataFrame out.
+# ------------------------------------------------------------------------------------------
+def _per_text(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, text): baseline, massive and mean-over-seeds random PPL."""
+    base = df[df.condition == "baseline"].set_index(["model", "variant", "sample"])["ppl"].rename("baseline")
+    mass = df[df.condition == "massive"].set_index(["model", "variant", "sample"])["ppl"].rename("massive")
+    rand = (df[df.condition == "random"].groupby(["model", "variant", "sample"])["ppl"].mean().rename("random"))
+    return pd.concat([base, mass, rand], axis=1).reset_index()
+
+
+def _increase(numerator: np.ndarray, denominator: np.ndarray) -> float:
+    return 100.0 * (numerator.mean() / denominator.mean() - 1.0)
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model: mean PPL over texts per condition, % increases and the M-R difference.
+
+    ``random_ppl`` is the mean over seeds of the mean-over-texts PPL (``random_ppl_std`` its
+    spread over seeds); ``massive_pct`` / ``random_pct`` are % increases of the mean PPL over
+    baseline; ``m_minus_r`` = massive_pct - random_pct.
+    """
+    rows = []
+    for (model, variant), group in df.groupby(["model", "variant"]):
+        base = group[group.condition == "baseline"]["ppl"].to_numpy()
+        mass = group[group.condition == "massive"]["ppl"].to_numpy()
+        per_seed = group[group.condition == "random"].groupby("seed")["ppl"].mean().to_numpy()
+        massive_pct = _increase(mass, base)
+        random_pct = 100.0 * (per_seed.mean() / base.mean() - 1.0)
+        rows.append({
+            "model": model, "variant": variant, "n_texts": len(base), "n_seeds": len(per_seed),
+            "baseline_ppl": base.mean(), "massive_ppl": mass.mean(),
+            "random_ppl": per_seed.mean(), "random_ppl_std": per_seed.std(ddof=1) if len(per_seed) > 1 else 0.0,
+            "massive_pct": massive_pct, "random_pct": random_pct, "m_minus_r": massive_pct - random_pct,
+            "n_zeroed_q": int(group[group.condition == "massive"]["n_zeroed_q"].iloc[0]),
+            "n_zeroed_k": int(group[group.condition == "massive"]["n_zeroed_k"].iloc[0]),
+        })
+    return pd.DataFrame(rows)
+
+
+def reliance_ratio(summary_frame: pd.DataFrame) -> float:
+    """RoPE's M-R difference over DroPE's (how much more RoPE relies on its massive dims)."""
+    by_variant = summary_frame.set_index("variant")["m_minus_r"]
+    if not {"rope", "drope"} <= set(by_variant.index):
+        raise ValueError("reliance_ratio needs one RoPE and one DroPE model in the summary.")
+    return float(by_variant["rope"] / by_variant["drope"])
+
+
+def statistics(df: pd.DataFrame, n_bootstrap: int = 10_000, seed: int = 0) -> pd.DataFrame:
+    """Paired tests and bootstrap CIs over evaluation texts, per model.
+
+    Paired t-test and Wilcoxon signed-rank on log PPL: massive vs baseline and massive vs random
+    (random = per-text mean over seeds). 95% percentile-bootstrap CIs (texts resampled with
+    replacement) for massive_pct and m_minus_r.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (model, variant), group in _per_text(df).groupby(["model", "variant"]):
+        b, m, r = (np.log(group[c].to_numpy()) for c in ("baseline", "massive", "random"))
+        raw = {c: group[c].to_numpy() for c in ("baseline", "massive", "random")}
+        n = len(b)
+        boot_massive, boot_mr = [], []
+        for _ in range(n_bootstrap):
+            idx = rng.integers(0, n, n)
+            mp = _increase(raw["massive"][idx], raw["baseline"][idx])
+            rp = _increase(raw["random"][idx], raw["baseline"][idx])
+            boot_massive.append(mp)
+            boot_mr.append(mp - rp)
+        row = {"model": model, "variant": variant, "n_texts": n}
+        for label, other in (("vs_baseline", b), ("vs_random", r)):
+            diff = m - other
+            row[f"massive_{label}_mean_log_ratio"] = float(diff.mean())
+            row[f"massive_{label}_t_p"] = float(stats.ttest_rel(m, other).pvalue) if n > 1 else np.nan
+            row[f"massive_{label}_wilcoxon_p"] = (float(stats.wilcoxon(m, other).pvalue)
+                                                  if n > 1 and np.any(diff != 0) else np.nan)
+        row["massive_pct_ci_low"], row["massive_pct_ci_high"] = np.percentile(boot_massive, [2.5, 97.5]).tolist()
+        row["m_minus_r_ci_low"], row["m_minus_r_ci_high"] = np.percentile(boot_mr, [2.5, 97.5]).tolist()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def identification_frame(model, masks: Masks) -> pd.DataFrame:
+    """The identified massive entries as a tidy frame: model, layer, tensor, count, heads, dims."""
+    rows = []
+    for tensor, layers in sorted(masks.items()):
+        for layer, mask in sorted(layers.items()):
+            heads, dims = torch.nonzero(mask, as_tuple=True)
+            rows.append({"model": model_name(model), "variant": model_variant(model), "layer": layer,
+                         "tensor": tensor, "count": int(mask.sum()), "heads": heads.tolist(), "dims": dims.tolist()})
+    return pd.DataFrame(rows)
+
+
+def meta_for(models: Sequence, config: DisruptionConfig, identification: Sequence[Text], evaluation: Sequence[Text]) -> dict:
+    return {"config": asdict(config), "seed": config.seed, "seeds": config.seed_list,
+            "models": [model_identity(m) for m in models],
+            "identification_texts": [t.name for t in identification],
+            "evaluation_texts": [t.name for t in evaluation]}

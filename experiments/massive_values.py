@@ -1,0 +1,172 @@
+"""Experiment 1: massive values in Q, K and V, per layer.
+
+For one text of T tokens and one layer, ``M[h, i] = ||x[:, h, i]||_2 / sqrt(T)`` over the sequence
+axis of ``hook_q``/``hook_k``/``hook_v`` (pre-rotary by default, as the study; ``rotary="post"``
+uses ``hook_rot_q``/``hook_rot_k`` as Jin et al. 2025). Entry (h, i) is massive when
+``M[h, i] > threshold * mean(M)``, the mean over all heads x dims of that layer and tensor.
+Texts are tokenised with BOS and cut to ``max_tokens``; M covers every position, BOS included.
+
+``run`` returns one row per (text, layer, tensor) with the count and where the massive entries
+sit (``heads``, ``dims``); the summaries below aggregate it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float
+
+from drope_lens.hooks import capture_dim_norms
+from drope_lens.results import RunStore, model_identity
+from drope_lens.texts import Text
+
+from .common import batches_by_length, model_name, model_variant, progress, tokenize, unit_prefix
+
+EXPERIMENT = "massive_values"
+
+
+@dataclass(frozen=True)
+class MassiveValuesConfig:
+    threshold: float = 5.0
+    max_tokens: int = 512
+    rotary: Literal["pre", "post"] = "pre"
+    tensors: tuple[str, ...] = ("q", "k", "v")
+    batch_size: int = 10
+
+    def __post_init__(self) -> None:
+        if not self.threshold > 0:
+            raise ValueError(f"threshold={self.threshold}: must be positive.")
+        if self.rotary not in ("pre", "post"):
+            raise ValueError(f"rotary={self.rotary!r}: allowed values are 'pre', 'post'.")
+        bad = [t for t in self.tensors if t not in ("q", "k", "v")]
+        if bad or not self.tensors:
+            raise ValueError(f"tensors={self.tensors}: choose from 'q', 'k', 'v'.")
+        if self.max_tokens < 2 or self.batch_size < 1:
+            raise ValueError("max_tokens must be >= 2 and batch_size >= 1.")
+
+
+def massive_mask(m: Float[torch.Tensor, "head d_head"], threshold: float) -> Bool[torch.Tensor, "head d_head"]:
+    """Entries of M above ``threshold`` times the mean of M over all heads x dims."""
+    return m > threshold * m.mean()
+
+
+def sequence_norms(
+    model, tokens: torch.Tensor, tensors: Sequence[str], rotary: str
+) -> dict[tuple[int, str], torch.Tensor]:
+    """M for every layer and tensor of one batch of equal-length token rows: ``[batch, head, d]``."""
+    store: dict = {}
+    hooks = capture_dim_norms(store, model.cfg.n_layers, tensors=tensors, rotary=rotary)
+    with torch.inference_mode():
+        model.run_with_hooks(tokens.to(model.cfg.device), return_type=None, fwd_hooks=hooks)
+    return store
+
+
+def run(
+    model,
+    texts: Sequence[Text],
+    *,
+    threshold: float = 5.0,
+    max_tokens: int = 512,
+    rotary: Literal["pre", "post"] = "pre",
+    tensors: tuple[str, ...] = ("q", "k", "v"),
+    batch_size: int = 10,
+    store: Optional[RunStore] = None,
+    show_progress: bool = True,
+) -> pd.DataFrame:
+    """Massive-value counts per text, layer and tensor (see module docstring).
+
+    Columns: ``model``, ``variant``, ``sample`` (index into ``texts``), ``text``, ``register``,
+    ``n_tokens``, ``layer``, ``tensor``, ``count``, ``heads`` and ``dims`` (lists: where each
+    massive entry sits), ``mean_m`` (the layer's mean M) and ``max_m``. With ``store``, each
+    text's rows are saved as soon as they are measured and texts already saved are skipped.
+    """
+    config = MassiveValuesConfig(threshold, max_tokens, rotary, tuple(tensors), batch_size)
+    tokens = tokenize(model, texts, config.max_tokens)
+    unit = lambda i: f"{unit_prefix(model)}-sample-{i}"  # noqa: E731
+    todo = [i for i in range(len(texts)) if store is None or not store.has(unit(i))]
+    frames: dict[int, pd.DataFrame] = {}
+    batches = list(batches_by_length([tokens[i] for i in todo], config.batch_size))
+    for local, batch in progress(batches, len(batches), f"massive values {model_variant(model)}", show_progress):
+        norms = sequence_norms(model, batch, config.tensors, config.rotary)
+        for row, local_index in enumerate(local):
+            sample = todo[local_index]
+            records = []
+            for (layer, tensor), m in sorted(norms.items()):
+                m_row = m[row].cpu()
+                mask = massive_mask(m_row, config.threshold)
+                heads, dims = torch.nonzero(mask, as_tuple=True)
+                records.append({
+                    "model": model_name(model), "variant": model_variant(model), "sample": sample,
+                    "text": texts[sample].name, "register": texts[sample].register,
+                    "n_tokens": int(batch.shape[1]), "layer": layer, "tensor": tensor,
+                    "count": int(mask.sum()), "heads": heads.tolist(), "dims": dims.tolist(),
+                    "mean_m": float(m_row.mean()), "max_m": float(m_row.max()),
+                })
+            frame = pd.DataFrame.from_records(records)
+            frames[sample] = frame
+            if store is not None:
+                store.save_part(unit(sample), frame)
+    parts = [frames[i] if i in frames else store.load_part(unit(i)) for i in range(len(texts))]
+    return pd.concat(parts, ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Summaries: DataFrame in, DataFrame out. Nothing here touches a model.
+# ------------------------------------------------------------------------------------------
+def per_layer(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over texts of the count, per model, tensor and layer (the per-layer curve)."""
+    return (df.groupby(["model", "variant", "tensor", "layer"])["count"].agg(["mean", "std"])
+            .reset_index())
+
+
+def totals(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model and tensor: total count over layers, mean +- std over texts."""
+    per_text = df.groupby(["model", "variant", "tensor", "sample"])["count"].sum().reset_index()
+    return (per_text.groupby(["model", "variant", "tensor"])["count"]
+            .agg(mean="mean", std="std", n_texts="count").reset_index())
+
+
+def compare(df: pd.DataFrame) -> pd.DataFrame:
+    """RoPE vs DroPE totals per tensor with the relative change (DroPE - RoPE) / RoPE."""
+    t = totals(df)
+    wide = t.pivot_table(index="tensor", columns="variant", values=["mean", "std"])
+    wide.columns = [f"{stat}_{variant}" for stat, variant in wide.columns]
+    wide = wide.reset_index()
+    if {"mean_rope", "mean_drope"} <= set(wide.columns):
+        wide["change_pct"] = 100.0 * (wide["mean_drope"] - wide["mean_rope"]) / wide["mean_rope"]
+    return wide
+
+
+def dim_locations(df: pd.DataFrame, d_head: int) -> pd.DataFrame:
+    """Where massive entries sit within the head, per model and tensor.
+
+    Llama pairs rotary dims i and i + d/2 at frequency index ``f = i mod d/2``; the angle of pair
+    f turns as ``theta^(-2f/d)`` per token, so small f is high-frequency and large f is
+    low-frequency. Reports the share of massive entries in the low-frequency half (f >= d/4),
+    the mean f / (d/2), and the most common dims.
+    """
+    half = d_head // 2
+    rows = []
+    for (model, variant, tensor), group in df.groupby(["model", "variant", "tensor"]):
+        dims = np.array([d for ds in group["dims"] for d in ds], dtype=int)
+        if dims.size == 0:
+            rows.append({"model": model, "variant": variant, "tensor": tensor, "n_massive": 0,
+                         "low_freq_share": np.nan, "mean_freq_position": np.nan, "top_dims": []})
+            continue
+        freq = dims % half
+        values, counts = np.unique(dims, return_counts=True)
+        top = values[np.argsort(-counts)][:5].tolist()
+        rows.append({"model": model, "variant": variant, "tensor": tensor, "n_massive": int(dims.size),
+                     "low_freq_share": float((freq >= half // 2).mean()),
+                     "mean_freq_position": float((freq / half).mean()), "top_dims": top})
+    return pd.DataFrame(rows)
+
+
+def meta_for(models: Sequence, config: MassiveValuesConfig, texts: Sequence[Text]) -> dict:
+    """meta.json content of a run over ``models``."""
+    return {"config": asdict(config), "seed": None, "models": [model_identity(m) for m in models],
+            "texts": [t.name for t in texts]}

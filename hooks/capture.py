@@ -1,0 +1,103 @@
+"""Capture hooks that reduce activations as they stream by, instead of caching them whole.
+
+Each factory returns a list of ``(hook_name, fn)`` pairs for ``model.run_with_hooks``,
+``with model.hooks(...)`` or ``transformer_lens.patching``; results land in the ``store`` dict the
+caller passes (keys documented per factory). Values are float32 tensors on the model's device,
+one row per batch element; the caller moves them where it likes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Optional, Sequence
+
+import torch
+from jaxtyping import Float, Int
+
+from .names import Rotary, qkv_hook, parse_layer
+
+HookPair = tuple[str, Callable]
+
+
+def sequence_axis_norm(
+    x: Float[torch.Tensor, "batch pos head d_head"],
+    lengths: Optional[Int[torch.Tensor, "batch"]] = None,
+) -> Float[torch.Tensor, "batch head d_head"]:
+    """M[b, h, i] = ||x[b, :, h, i]||_2 / sqrt(T) over the sequence axis (float32).
+
+    ``lengths`` (valid tokens per row, the rest right-padding) restricts the norm to each row's
+    own tokens and divides by its own sqrt(T).
+    """
+    x = x.float()
+    if lengths is None:
+        return x.norm(dim=1) / math.sqrt(x.shape[1])
+    positions = torch.arange(x.shape[1], device=x.device)
+    valid = (positions[None, :] < lengths.to(x.device)[:, None]).to(x.dtype)  # [batch, pos]
+    squares = (x.square() * valid[:, :, None, None]).sum(dim=1)
+    return squares.sqrt() / lengths.to(x.device, x.dtype).sqrt()[:, None, None]
+
+
+def capture_dim_norms(
+    store: dict,
+    n_layers: int,
+    tensors: Iterable[str] = ("q", "k", "v"),
+    rotary: Rotary = "pre",
+    lengths: Optional[torch.Tensor] = None,
+) -> list[HookPair]:
+    """Per-(head, dim) sequence-axis norms M of q/k/v in every layer.
+
+    ``store[(layer, tensor)]`` = ``[batch, head, d_head]`` (kv heads for k/v under grouped-query
+    attention), as defined by :func:`sequence_axis_norm`.
+    """
+    pairs: list[HookPair] = []
+    for tensor in tensors:
+        for layer in range(n_layers):
+
+            def fn(x, hook, key=(layer, tensor)):
+                store[key] = sequence_axis_norm(x, lengths)
+                return None
+
+            pairs.append((qkv_hook(layer, tensor, rotary), fn))
+    return pairs
+
+
+def capture_token_mean_norm(store: dict, names: Sequence[str]) -> list[HookPair]:
+    """Token-mean L2 norm of any hook: ``store[name]`` = ``[batch]``.
+
+    The norm is over all non-batch, non-position axes (so all heads concatenated for q/k/v).
+    """
+
+    def fn(x, hook):
+        store[hook.name] = x.float().flatten(2).norm(dim=-1).mean(dim=1)
+        return None
+
+    return [(name, fn) for name in names]
+
+
+def capture_positions(store: dict, names: Sequence[str], positions: Sequence[int], model=None) -> list[HookPair]:
+    """Values of hooks at absolute ``positions``: ``store[(name, position)]`` = ``[batch, ...]``.
+
+    Positions are absolute token indices; during KV-cache generation (``model`` given) a
+    position is captured in the forward that contains it.
+    """
+
+    def fn(x, hook):
+        offset = getattr(model, "position_offset", 0) if model is not None else 0
+        for position in positions:
+            local = position - offset
+            if 0 <= local < x.shape[1]:
+                store[(hook.name, position)] = x[:, local].detach().float().clone()
+        return None
+
+    return [(name, fn) for name in names]
+
+
+def layers_of(store: dict) -> list[int]:
+    """Sorted layer indices present in a capture store keyed by hook name or (layer, tensor)."""
+    layers = set()
+    for key in store:
+        if isinstance(key, tuple) and isinstance(key[0], int):
+            layers.add(key[0])
+        elif isinstance(key, str):
+            layers.add(parse_layer(key))
+    return sorted(layers)
