@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from transformer_lens import HookedTransformer
 from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
-from transformer_lens.utilities.defaults_utils import USE_DEFAULT_VALUE
+from jaxtyping import Float, Int
+from transformer_lens.components import Embed
 
 from .attention import AttentionSettings, Backend, LensAttention, LensGroupedQueryAttention
 from .checkpoint import CheckpointSpec
@@ -82,6 +83,8 @@ class DropeLensTransformer(HookedTransformer):
             super().__init__(cfg, tokenizer=tokenizer, move_to_device=False)
         self.lens = spec
         self._warned_rope_length = False
+        self.embed.__class__ = CheckedEmbed  # same parameters, checked forward
+        self.embed.source = spec.source
         settings = attention_settings(spec)
         attention_class = LensGroupedQueryAttention if spec.grouped_query else LensAttention
         for index, block in enumerate(self.blocks):
@@ -124,54 +127,53 @@ class DropeLensTransformer(HookedTransformer):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
 
-    # -- input checks ----------------------------------------------------------------------
-    def _check_tokens(self, tokens: torch.Tensor, past_kv_cache) -> None:
-        if tokens.dtype.is_floating_point:
-            return  # embeddings passed directly (start_at_layer); nothing to check
-        if tokens.numel():
-            low, high = int(tokens.min()), int(tokens.max())
-            if low < 0 or high >= self.cfg.d_vocab:
-                raise ValueError(
-                    f"token id {high if high >= self.cfg.d_vocab else low} is outside the vocabulary "
-                    f"[0, {self.cfg.d_vocab}) of {self.lens.source}; check the tokenizer matches the model."
-                )
-        offset = past_kv_cache[0].past_keys.shape[1] if past_kv_cache is not None else 0
-        # absolute position of this forward's first token (non-zero while generating with a KV
-        # cache); position-targeted hooks in drope_lens.hooks read it
+    # -- forward: absolute positions, RoPE length warning ------------------------------------
+    def forward(self, *args, **kwargs):  # type: ignore[override]
+        """TransformerLens's forward, recording ``position_offset`` (the KV-cache length).
+
+        Position-targeted hooks in :mod:`drope_lens.hooks` read ``model.position_offset`` to act
+        on absolute positions: it is 0 for a plain forward and the number of cached tokens while
+        generating with ``use_past_kv_cache=True`` (TransformerLens's ``generate`` calls
+        ``forward`` with embeddings, so this is the one place every path passes through).
+        """
+        cache = kwargs.get("past_kv_cache", args[10] if len(args) > 10 else None)
+        offset = cache[0].past_keys.shape[1] if cache is not None else 0
         self.position_offset = offset
-        if self.lens.rotary and not self._warned_rope_length:
-            length = offset + tokens.shape[-1]
+        inputs = kwargs.get("input", args[0] if args else None)
+        if self.lens.rotary and not self._warned_rope_length and isinstance(inputs, torch.Tensor):
+            length = offset + (inputs.shape[1] if inputs.ndim >= 2 else inputs.shape[0])
             if length > self.lens.max_position_embeddings:
                 self._warned_rope_length = True
                 warnings.warn(
                     f"{self.lens.source}: {length} tokens exceed the RoPE model's trained context of "
                     f"{self.lens.max_position_embeddings}; rotary angles are extrapolated (this is "
                     "allowed, it is an experiment).",
-                    stacklevel=3,
+                    stacklevel=2,
                 )
+        return super().forward(*args, **kwargs)
 
-    def input_to_embed(  # type: ignore[override]
-        self,
-        input: Union[str, list, torch.Tensor],
-        prepend_bos=USE_DEFAULT_VALUE,
-        padding_side=USE_DEFAULT_VALUE,
-        attention_mask: Optional[torch.Tensor] = None,
-        past_kv_cache=None,
-    ):
-        if isinstance(input, (str, list)):
-            if self.tokenizer is None:
+    def input_to_embed(self, input, *args, **kwargs):  # type: ignore[override]
+        if isinstance(input, (str, list)) and self.tokenizer is None:
+            raise ValueError(f"{self.lens.source} was loaded without a tokenizer; pass token ids instead of text.")
+        return super().input_to_embed(input, *args, **kwargs)
+
+
+class CheckedEmbed(Embed):
+    """Token embedding that names out-of-vocabulary ids instead of failing inside an index op
+    (an IndexError on CPU, a device-side assert that kills the CUDA context on GPU)."""
+
+    source: str = "the model"
+
+    def forward(self, tokens: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch pos d_model"]:
+        if tokens.numel():
+            low, high = int(tokens.min()), int(tokens.max())
+            if low < 0 or high >= self.cfg.d_vocab:
+                bad = high if high >= self.cfg.d_vocab else low
                 raise ValueError(
-                    f"{self.lens.source} was loaded without a tokenizer; pass token ids instead of text."
+                    f"token id {bad} is outside the vocabulary [0, {self.cfg.d_vocab}) of {self.source}; "
+                    "check that the tokenizer matches the model."
                 )
-            input = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)
-        self._check_tokens(input, past_kv_cache)
-        return super().input_to_embed(
-            input,
-            prepend_bos=prepend_bos,
-            padding_side=padding_side,
-            attention_mask=attention_mask,
-            past_kv_cache=past_kv_cache,
-        )
+        return super().forward(tokens)
 
 
 def is_drope(model: HookedTransformer) -> bool:

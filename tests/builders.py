@@ -178,3 +178,16 @@ def plant_massive_qk(model: LlamaForCausalLM, *, layer: int = 1, strength: float
             row = head * attn.head_dim
             attn.k_proj.weight[row].zero_()
             attn.k_proj.weight[row, 0] = strength
+
+
+def plant_massive_dims(model: LlamaForCausalLM, planted: dict[tuple[int, str], list[tuple[int, int]]], factor: float = 25.0) -> None:
+    """Scale the projection rows of chosen (head, dim) entries so their sequence norm stands out.
+
+    ``planted[(layer, "q"|"k"|"v")] = [(head, dim), ...]``.
+    """
+    with torch.no_grad():
+        for (layer, tensor), entries in planted.items():
+            attn = model.model.layers[layer].self_attn
+            weight = getattr(attn, f"{tensor}_proj").weight
+            for head, dim in entries:
+                weight[head * attn.head_dim + dim] *= factor
