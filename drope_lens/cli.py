@@ -80,6 +80,118 @@ def _random_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_sources(args: argparse.Namespace) -> list[str]:
+    from .registry import lookup
+
+    if args.pair and (args.rope or args.drope):
+        raise ValueError("give either --pair NAME or --rope/--drope sources, not both.")
+    if args.pair:
+        entry = lookup(args.pair)
+        return [entry.rope, entry.drope]
+    sources = [s for s in (args.rope, args.drope) if s]
+    if not sources:
+        raise ValueError("no model: pass --pair NAME (e.g. llama2-7b) or --rope SRC and/or --drope SRC.")
+    return sources
+
+
+def _each_model(args: argparse.Namespace, sources: list[str]):
+    """Load the models one at a time (only one is in memory), yielding each."""
+    import gc
+
+    import torch
+
+    from .loading import load_model
+
+    for source in sources:
+        model = load_model(source, dtype=args.dtype, device=args.device, quantization=args.quantization)
+        yield model
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _run_experiment(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from dataclasses import asdict
+
+    from .results import RunStore, model_identity, run_id_for
+    from .texts import load_texts, split_texts
+
+    pd.set_option("display.width", 160)
+    pd.set_option("display.max_columns", 30)
+    sources = _model_sources(args)
+    texts = load_texts(args.texts)
+    load_key = {"sources": sources, "dtype": args.dtype, "quantization": args.quantization}
+    frames, identities, d_head = [], [], None
+    if args.experiment == "massive-values":
+        from drope_lens.experiments import massive_values as exp
+
+        config = exp.MassiveValuesConfig(args.threshold, args.max_tokens, args.rotary, batch_size=args.batch_size)
+        chosen = texts[: args.n_texts]
+        key = load_key | {"texts": [t.name for t in chosen]}
+        store = RunStore(args.out, exp.EXPERIMENT, args.run_id or run_id_for(exp.EXPERIMENT, config, key))
+        for model in _each_model(args, sources):
+            frames.append(exp.run(model, chosen, threshold=config.threshold, max_tokens=config.max_tokens,
+                                  rotary=config.rotary, batch_size=config.batch_size, store=store))
+            identities.append(model_identity(model))
+            d_head = model.cfg.d_head
+        meta = {"config": asdict(config), "seed": None, "texts": [t.name for t in chosen]}
+    else:
+        from drope_lens.experiments import disruption as exp
+
+        config = exp.DisruptionConfig(args.threshold, args.seeds, args.max_tokens, args.rotary, args.seed, args.batch_size)
+        ident, evaluation = split_texts(texts, args.n_identification, args.n_evaluation, seed=args.seed)
+        key = load_key | {"identification": [t.name for t in ident], "evaluation": [t.name for t in evaluation]}
+        store = RunStore(args.out, exp.EXPERIMENT, args.run_id or run_id_for(exp.EXPERIMENT, config, key))
+        for model in _each_model(args, sources):
+            frames.append(exp.run(model, ident, evaluation, threshold=config.threshold, seeds=config.seeds,
+                                  max_tokens=config.max_tokens, rotary=config.rotary, seed=config.seed,
+                                  batch_size=config.batch_size, store=store))
+            identities.append(model_identity(model))
+        meta = exp.meta_for([], config, ident, evaluation)
+    df = pd.concat(frames, ignore_index=True)
+    meta["models"] = identities
+    directory = store.finalize(df, meta)
+    print(f"results: {directory}\n")
+    if args.experiment == "massive-values":
+        print("Massive-value counts, total over layers (mean +- std over texts):")
+        print(exp.totals(df).to_string(index=False))
+        if len(sources) == 2:
+            print("\nRoPE vs DroPE:")
+            print(exp.compare(df).to_string(index=False))
+        print("\nWhere massive dims sit (frequency index f = dim mod d_head/2; low-frequency half f >= d_head/4):")
+        print(exp.dim_locations(df, d_head).to_string(index=False))
+    else:
+        summary = exp.summary(df)
+        print("Perplexity over evaluation texts (mean over texts; random: mean +- std over seeds):")
+        print(summary.to_string(index=False))
+        if set(summary.variant) >= {"rope", "drope"}:
+            print(f"\nRoPE/DroPE reliance ratio (M-R difference): {exp.reliance_ratio(summary):.2f}")
+        print("\nPaired tests and 95% bootstrap CIs over evaluation texts:")
+        print(exp.statistics(df).T.to_string(header=False))
+    return 0
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pair", default=None, help="registry name of a RoPE/DroPE pair (e.g. llama2-7b)")
+    parser.add_argument("--rope", default=None, help="RoPE checkpoint directory or hub id")
+    parser.add_argument("--drope", default=None, help="DroPE checkpoint directory or hub id")
+    parser.add_argument("--dtype", default="float32", help="float32 (default), bf16 or fp16")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--quantization", choices=["nf4"], default=None)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drope-lens", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +213,27 @@ def build_parser() -> argparse.ArgumentParser:
     rand.add_argument("--drope", default=None, help="also write a DroPE twin (same weights) here")
     rand.add_argument("--attention-type", default="nope", help="attention_type of the DroPE twin")
     rand.set_defaults(func=_random_checkpoint)
+
+    run = sub.add_parser("run", help="run an experiment on a RoPE/DroPE pair and save its results")
+    run_sub = run.add_subparsers(dest="experiment", required=True)
+    mv = run_sub.add_parser("massive-values", help="Exp 1: massive values in Q/K/V per layer")
+    dr = run_sub.add_parser("disruption", help="Exp 2: zero massive Q/K dims, measure perplexity")
+    for p in (mv, dr):
+        _add_model_options(p)
+        p.add_argument("--texts", default="builtin", help="builtin (default), wikitext, or a .txt/.jsonl file or folder")
+        p.add_argument("--out", default="results", help="results root (default: results/)")
+        p.add_argument("--run-id", default=None, help="default: derived from the configuration, so reruns resume")
+        p.add_argument("--threshold", type=float, default=5.0)
+        p.add_argument("--max-tokens", type=int, default=512)
+        p.add_argument("--rotary", choices=["pre", "post"], default="pre")
+        p.set_defaults(func=_run_experiment)
+    mv.add_argument("--n-texts", type=int, default=10)
+    mv.add_argument("--batch-size", type=int, default=10)
+    dr.add_argument("--seeds", type=int, default=10)
+    dr.add_argument("--seed", type=int, default=0)
+    dr.add_argument("--n-identification", type=int, default=3)
+    dr.add_argument("--n-evaluation", type=int, default=9)
+    dr.add_argument("--batch-size", type=int, default=16)
     return parser
 
 

@@ -131,6 +131,13 @@ class RunStore:
     def load_part(self, unit: str) -> pd.DataFrame:
         return pd.read_parquet(self.part_path(unit))
 
+    def save_extra(self, name: str, frame: pd.DataFrame) -> Path:
+        """A side table of the run (e.g. the identified massive dims): ``<run>/<name>.parquet``."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        target = self.directory / f"{name}.parquet"
+        frame.to_parquet(target, index=False)
+        return target
+
     def finalize(self, frame: pd.DataFrame, meta: dict[str, Any]) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(self.directory / "data.parquet", index=False)

@@ -141,6 +141,8 @@ def run(
         raise ValueError(f"evaluation texts {overlap} are also identification texts; use disjoint sets.")
     massive = identify_massive(model, identification_texts, threshold=config.threshold, max_tokens=config.max_tokens,
                                rotary=config.rotary, batch_size=config.batch_size)
+    if store is not None:
+        store.save_extra(f"identification-{unit_prefix(model)}", identification_frame(model, massive))
     conditions = _conditions(massive, config)
     tokens = tokenize(model, evaluation_texts, config.max_tokens)
     prefix = unit_prefix(model)
@@ -237,7 +239,8 @@ def reliance_ratio(summary_frame: pd.DataFrame) -> float:
     by_variant = summary_frame.set_index("variant")["m_minus_r"]
     if not {"rope", "drope"} <= set(by_variant.index):
         raise ValueError("reliance_ratio needs one RoPE and one DroPE model in the summary.")
-    return float(by_variant["rope"] / by_variant["drope"])
+    denominator = float(by_variant["drope"])
+    return float(by_variant["rope"]) / denominator if denominator != 0 else float("nan")
 
 
 def statistics(df: pd.DataFrame, n_bootstrap: int = 10_000, seed: int = 0) -> pd.DataFrame:

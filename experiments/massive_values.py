@@ -111,7 +111,10 @@ def run(
             if store is not None:
                 store.save_part(unit(sample), frame)
     parts = [frames[i] if i in frames else store.load_part(unit(i)) for i in range(len(texts))]
-    return pd.concat(parts, ignore_index=True)
+    df = pd.concat(parts, ignore_index=True)
+    for column in ("heads", "dims"):  # parquet gives arrays back; keep plain lists throughout
+        df[column] = [list(map(int, v)) for v in df[column]]
+    return df
 
 
 # ------------------------------------------------------------------------------------------
