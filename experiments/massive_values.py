@@ -49,9 +49,9 @@ class MassiveValuesConfig:
             raise ValueError("max_tokens must be >= 2 and batch_size >= 1.")
 
 
-def massive_mask(m: Float[torch.Tensor, "head d_head"], threshold: float) -> Bool[torch.Tensor, "head d_head"]:
-    """Entries of M above ``threshold`` times the mean of M over all heads x dims."""
-    return m > threshold * m.mean()
+def massive_mask(m: Float[torch.Tensor, "*layers head d_head"], threshold: float) -> Bool[torch.Tensor, "*layers head d_head"]:
+    """Entries of M above ``threshold`` times the mean of M over all heads x dims of its layer."""
+    return m > threshold * m.mean(dim=(-2, -1), keepdim=True)
 
 
 def sequence_norms(
@@ -92,21 +92,32 @@ def run(
     batches = list(batches_by_length([tokens[i] for i in todo], config.batch_size))
     for local, batch in progress(batches, len(batches), f"massive values {model_variant(model)}", show_progress):
         norms = sequence_norms(model, batch, config.tensors, config.rotary)
+        keys = sorted(norms)
+        # one transfer and vectorised thresholds for every layer, tensor and row of the batch
+        by_tensor = {t: torch.stack([norms[k] for k in keys if k[1] == t]).cpu() for t in config.tensors}
+        masks = {t: massive_mask(m, config.threshold) for t, m in by_tensor.items()}
         for row, local_index in enumerate(local):
             sample = todo[local_index]
             records = []
-            for (layer, tensor), m in sorted(norms.items()):
-                m_row = m[row].cpu()
-                mask = massive_mask(m_row, config.threshold)
-                heads, dims = torch.nonzero(mask, as_tuple=True)
-                records.append({
-                    "model": model_name(model), "variant": model_variant(model), "sample": sample,
-                    "text": texts[sample].name, "register": texts[sample].register,
-                    "n_tokens": int(batch.shape[1]), "layer": layer, "tensor": tensor,
-                    "count": int(mask.sum()), "heads": heads.tolist(), "dims": dims.tolist(),
-                    "mean_m": float(m_row.mean()), "max_m": float(m_row.max()),
-                })
-            frame = pd.DataFrame.from_records(records)
+            for tensor in config.tensors:
+                m_all, mask_all = by_tensor[tensor][:, row], masks[tensor][:, row]  # [layer, head, d]
+                counts = mask_all.sum(dim=(-2, -1)).tolist()
+                means = m_all.mean(dim=(-2, -1)).tolist()
+                maxes = m_all.amax(dim=(-2, -1)).tolist()
+                where = torch.nonzero(mask_all).tolist()  # [layer, head, dim] triples, sorted
+                per_layer: dict[int, tuple[list[int], list[int]]] = {l: ([], []) for l in range(len(counts))}
+                for layer, head, dim in where:
+                    per_layer[layer][0].append(head)
+                    per_layer[layer][1].append(dim)
+                for layer in range(len(counts)):
+                    records.append({
+                        "model": model_name(model), "variant": model_variant(model), "sample": sample,
+                        "text": texts[sample].name, "register": texts[sample].register,
+                        "n_tokens": int(batch.shape[1]), "layer": layer, "tensor": tensor,
+                        "count": int(counts[layer]), "heads": per_layer[layer][0], "dims": per_layer[layer][1],
+                        "mean_m": means[layer], "max_m": maxes[layer],
+                    })
+            frame = pd.DataFrame.from_records(records).sort_values(["layer", "tensor"], ignore_index=True)
             frames[sample] = frame
             if store is not None:
                 store.save_part(unit(sample), frame)

@@ -28,9 +28,10 @@ def sequence_axis_norm(
     ``lengths`` (valid tokens per row, the rest right-padding) restricts the norm to each row's
     own tokens and divides by its own sqrt(T).
     """
-    x = x.float()
     if lengths is None:
-        return x.norm(dim=1) / math.sqrt(x.shape[1])
+        # float32 accumulation without materialising a float32 copy of x
+        return torch.linalg.vector_norm(x, dim=1, dtype=torch.float32) / math.sqrt(x.shape[1])
+    x = x.float()
     positions = torch.arange(x.shape[1], device=x.device)
     valid = (positions[None, :] < lengths.to(x.device)[:, None]).to(x.dtype)  # [batch, pos]
     squares = (x.square() * valid[:, :, None, None]).sum(dim=1)

@@ -49,9 +49,9 @@ def main() -> None:
     from transformers import LlamaForCausalLM
 
     texts = builtin_texts()
-    rope_dir = args.workdir / "rope"
+    rope_dir = args.workdir / "rope_massive"
     if not (rope_dir / "config.json").exists():
-        write_random_checkpoint(rope_dir, LlamaShape())
+        write_random_checkpoint(rope_dir, LlamaShape(), massive_dims_per_head=2)
     write_tokenizer(rope_dir, [t.text for t in texts])
     report: dict = {"device": torch.cuda.get_device_name(), "batch_size": args.batch_size}
 
@@ -77,7 +77,7 @@ def main() -> None:
         report[f"exp1_{variant}"] = {
             "seconds": t_exp1, "hf_base_forward_seconds": bare_exp1, "ratio": t_exp1 / bare_exp1,
             "peak_gpu_bytes": peak1, "model_bytes": torch.cuda.memory_allocated(),
-            "q_total_mean": float(massive_values.totals(df1).set_index("tensor").loc["q", "mean"]),
+            "totals_mean": massive_values.totals(df1).set_index("tensor")["mean"].to_dict(),
         }
         print(variant, "exp1", report[f"exp1_{variant}"], flush=True)
         save()
@@ -108,7 +108,7 @@ def main() -> None:
             "seconds_one_row_at_a_time": t_per_row, "speedup_vs_row_at_a_time": t_per_row / t_batched,
             "max_abs_nll_diff_vs_condition_at_a_time": float((nll - torch.tensor(df_pc.nll.values)).abs().max()),
             "max_abs_nll_diff_vs_row_at_a_time": float((nll - torch.tensor(df_pr.nll.values)).abs().max()),
-            "summary": disruption.summary(df2).iloc[0][["baseline_ppl", "massive_ppl", "random_ppl", "n_zeroed_q", "n_zeroed_k"]].to_dict(),
+            "summary": {k: float(v) for k, v in disruption.summary(df2).iloc[0][["baseline_ppl", "massive_ppl", "random_ppl", "n_zeroed_q", "n_zeroed_k"]].items()},
         }
         print(variant, "exp2", report[f"exp2_{variant}"], flush=True)
         save()

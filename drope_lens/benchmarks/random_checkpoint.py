@@ -76,8 +76,14 @@ def write_random_checkpoint(
     seed: int = 0,
     shard_bytes: int = 5 * 2**30,
     device: Optional[str] = None,
+    massive_dims_per_head: int = 0,
 ) -> int:
-    """Write random bf16 weights (std 0.02, norms 1) to ``directory``; returns the weight bytes."""
+    """Write random bf16 weights (std 0.02, norms 1) to ``directory``; returns the weight bytes.
+
+    ``massive_dims_per_head`` > 0 scales that many q_proj and k_proj rows per head (the last dims
+    of the head, i.e. low-frequency rotary dims) by 20, so that Exp 1/2 find massive values as
+    they do in trained Llamas; random weights alone have none.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -87,7 +93,12 @@ def write_random_checkpoint(
         if name.endswith("norm.weight"):
             tensor = torch.ones(dims, dtype=torch.bfloat16)
         else:
-            tensor = (torch.randn(dims, generator=generator, device=device) * 0.02).to(torch.bfloat16).cpu()
+            tensor = torch.randn(dims, generator=generator, device=device) * 0.02
+            if massive_dims_per_head and name.endswith(("q_proj.weight", "k_proj.weight")):
+                d_head = shape.d_model // shape.n_heads
+                rows = tensor.view(-1, d_head, tensor.shape[-1])
+                rows[:, d_head - massive_dims_per_head :] *= 20.0
+            tensor = tensor.to(torch.bfloat16).cpu()
         nbytes = tensor.numel() * 2
         if size and size + nbytes > shard_bytes:
             shards.append({})
