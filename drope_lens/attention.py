@@ -72,7 +72,11 @@ class RotaryTable:
 
     @classmethod
     def table(cls, d_head: int, theta: float, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape ``[>= length, d_head]`` (float32) on ``device``."""
+        """``cos`` and sign-folded ``sin`` of shape ``[>= length, d_head]`` (float32) on ``device``.
+
+        The sine's first half is negated so that ``rotate_half(x) * sin == roll(x) * signed_sin``
+        (negation is exact, so this is the same product HF computes).
+        """
         key = (d_head, float(theta), str(device))
         table = cls._tables.get(key)
         if table is None or table[0].shape[0] < length:
@@ -81,14 +85,11 @@ class RotaryTable:
             pos = torch.arange(size, dtype=torch.float32, device=device)
             freqs = pos[:, None] * inv_freq.to(device)[None, :]
             emb = torch.cat((freqs, freqs), dim=-1)
-            table = (emb.cos(), emb.sin())
+            sin = emb.sin()
+            sin[:, : d_head // 2] *= -1
+            table = (emb.cos(), sin)
             cls._tables[key] = table
         return table
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def apply_rotary(
@@ -110,7 +111,8 @@ def apply_rotary(
         # position ids never exceed the attention mask's length (cumsum - 1)
         cos, sin = RotaryTable.table(x.shape[-1], theta, offset + n_pos, x.device)
         cos, sin = cos[position_ids][:, :, None, :], sin[position_ids][:, :, None, :]
-    return x * cos.to(x.dtype) + _rotate_half(x) * sin.to(x.dtype)
+    # x * cos + rotate_half(x) * sin, where rotate_half(x) * sin == roll(x, d/2) * signed sin
+    return torch.addcmul(x * cos.to(x.dtype), x.roll(x.shape[-1] // 2, dims=-1), sin.to(x.dtype))
 
 
 class FullWidthRMSNorm(nn.Module):

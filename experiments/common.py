@@ -31,15 +31,21 @@ def unit_prefix(model) -> str:
 
 
 def tokenize(model, texts: Sequence[Text], max_tokens: int) -> list[torch.Tensor]:
-    """Each text tokenised by the model's tokenizer with BOS prepended, cut to ``max_tokens``."""
-    if model.tokenizer is None:
+    """Each text tokenised by the model's tokenizer with BOS first, cut to ``max_tokens`` (CPU).
+
+    One batched tokenizer call; the BOS id is prepended when the tokenizer does not add it.
+    """
+    tokenizer = model.tokenizer
+    if tokenizer is None:
         raise ValueError(f"{model_name(model)} has no tokenizer; these experiments take texts.")
     if max_tokens < 2:
         raise ValueError(f"max_tokens={max_tokens}: need at least 2 tokens.")
+    bos = tokenizer.bos_token_id
     out = []
-    for text in texts:
-        tokens = model.to_tokens(text.text, prepend_bos=True, truncate=False)[0][:max_tokens]
-        out.append(tokens.cpu())
+    for ids in tokenizer([t.text for t in texts], add_special_tokens=True)["input_ids"]:
+        if bos is not None and (not ids or ids[0] != bos):
+            ids = [bos] + ids
+        out.append(torch.tensor(ids[:max_tokens], dtype=torch.long))
     return out
 
 

@@ -96,28 +96,33 @@ def run(
         # one transfer and vectorised thresholds for every layer, tensor and row of the batch
         by_tensor = {t: torch.stack([norms[k] for k in keys if k[1] == t]).cpu() for t in config.tensors}
         masks = {t: massive_mask(m, config.threshold) for t, m in by_tensor.items()}
+        stats = {}
+        for tensor in config.tensors:
+            m, mask = by_tensor[tensor], masks[tensor]  # [layer, batch, head, d]
+            stats[tensor] = (mask.sum(dim=(-2, -1)).numpy(), m.mean(dim=(-2, -1)).numpy(),
+                             m.amax(dim=(-2, -1)).numpy(), mask.numpy())
         for row, local_index in enumerate(local):
             sample = todo[local_index]
-            records = []
-            for tensor in config.tensors:
-                m_all, mask_all = by_tensor[tensor][:, row], masks[tensor][:, row]  # [layer, head, d]
-                counts = mask_all.sum(dim=(-2, -1)).tolist()
-                means = m_all.mean(dim=(-2, -1)).tolist()
-                maxes = m_all.amax(dim=(-2, -1)).tolist()
-                where = torch.nonzero(mask_all).tolist()  # [layer, head, dim] triples, sorted
-                per_layer: dict[int, tuple[list[int], list[int]]] = {l: ([], []) for l in range(len(counts))}
-                for layer, head, dim in where:
-                    per_layer[layer][0].append(head)
-                    per_layer[layer][1].append(dim)
-                for layer in range(len(counts)):
-                    records.append({
-                        "model": model_name(model), "variant": model_variant(model), "sample": sample,
-                        "text": texts[sample].name, "register": texts[sample].register,
-                        "n_tokens": int(batch.shape[1]), "layer": layer, "tensor": tensor,
-                        "count": int(counts[layer]), "heads": per_layer[layer][0], "dims": per_layer[layer][1],
-                        "mean_m": means[layer], "max_m": maxes[layer],
-                    })
-            frame = pd.DataFrame.from_records(records).sort_values(["layer", "tensor"], ignore_index=True)
+            columns: dict[str, list] = {c: [] for c in ("layer", "tensor", "count", "heads", "dims", "mean_m", "max_m")}
+            where = {}
+            for tensor, (counts, _, _, mask_np) in stats.items():
+                _, head_idx, dim_idx = np.nonzero(mask_np[:, row])  # sorted by layer
+                cuts = np.cumsum(counts[:, row])[:-1]
+                where[tensor] = (np.split(head_idx, cuts), np.split(dim_idx, cuts))
+            for layer in range(model.cfg.n_layers):
+                for tensor, (counts, means, maxes, _) in stats.items():
+                    columns["layer"].append(layer)
+                    columns["tensor"].append(tensor)
+                    columns["count"].append(int(counts[layer, row]))
+                    columns["heads"].append(where[tensor][0][layer].tolist())
+                    columns["dims"].append(where[tensor][1][layer].tolist())
+                    columns["mean_m"].append(float(means[layer, row]))
+                    columns["max_m"].append(float(maxes[layer, row]))
+            frame = pd.DataFrame({
+                "model": model_name(model), "variant": model_variant(model), "sample": sample,
+                "text": texts[sample].name, "register": texts[sample].register, "n_tokens": int(batch.shape[1]),
+                **columns,
+            })
             frames[sample] = frame
             if store is not None:
                 store.save_part(unit(sample), frame)
