@@ -126,11 +126,13 @@ def run(
             frames[sample] = frame
             if store is not None:
                 store.save_part(unit(sample), frame)
-    parts = [frames[i] if i in frames else store.load_part(unit(i)) for i in range(len(texts))]
-    df = pd.concat(parts, ignore_index=True)
-    for column in ("heads", "dims"):  # parquet gives arrays back; keep plain lists throughout
-        df[column] = [list(map(int, v)) for v in df[column]]
-    return df
+    for i in range(len(texts)):
+        if i not in frames:  # finished in an earlier run; parquet gives arrays back, keep lists
+            frame = store.load_part(unit(i))
+            for column in ("heads", "dims"):
+                frame[column] = [list(map(int, v)) for v in frame[column]]
+            frames[i] = frame
+    return pd.concat([frames[i] for i in range(len(texts))], ignore_index=True)
 
 
 # ------------------------------------------------------------------------------------------
