@@ -108,24 +108,17 @@ def _first(config: dict[str, Any], *keys: str, default: Any = None) -> Any:
 
 
 def _rope_theta(config: dict[str, Any], path: str) -> float:
+    """rope_theta from either config convention; any RoPE scaling other than 'default' is refused."""
     params = config.get("rope_parameters")
-    scaling = config.get("rope_scaling")
-    if isinstance(params, dict):
-        rope_type = params.get("rope_type", params.get("type", "default"))
-        if rope_type != "default":
+    for field in ("rope_parameters", "rope_scaling"):
+        value = config.get(field)
+        if isinstance(value, dict) and value.get("rope_type", value.get("type", "default")) != "default":
             raise CheckpointError(
-                f"{path}: rope_parameters.rope_type={rope_type!r} is not supported; drope_lens "
-                "implements plain RoPE ('default'), as used by Llama-2 and SmolLM."
+                f"{path}: {field}={value!r} is not supported; drope_lens implements plain RoPE "
+                "('default'), as used by Llama-2 and SmolLM."
             )
-        if "rope_theta" in params:
-            return float(params["rope_theta"])
-    if isinstance(scaling, dict):
-        rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-        if rope_type != "default":
-            raise CheckpointError(
-                f"{path}: rope_scaling={scaling!r} is not supported; drope_lens implements plain "
-                "RoPE ('default'), as used by Llama-2 and SmolLM."
-            )
+    if isinstance(params, dict) and "rope_theta" in params:
+        return float(params["rope_theta"])
     return float(config.get("rope_theta", 10000.0))
 
 
@@ -192,10 +185,6 @@ def parse_config(
     for flag in ("attention_bias", "mlp_bias"):
         if config.get(flag):
             raise CheckpointError(f"{where}: {flag}=true is not supported (Llama has no biases).")
-    if int(config.get("pretraining_tp", 1) or 1) != 1:
-        # pretraining_tp only changes how HF splits matmuls, not the function; accept silently.
-        pass
-
     required = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
     missing = [k for k in required if config.get(k) is None]
     if missing:

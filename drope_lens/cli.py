@@ -150,7 +150,7 @@ def _run_experiment(args: argparse.Namespace) -> int:
                                   max_tokens=config.max_tokens, rotary=config.rotary, seed=config.seed,
                                   batch_size=config.batch_size, store=store))
             identities.append(model_identity(model))
-        meta = exp.meta_for([], config, ident, evaluation)
+        meta = exp.meta_for(config, ident, evaluation)
     df = pd.concat(frames, ignore_index=True)
     meta["models"] = identities
     directory = store.finalize(df, meta)

@@ -24,8 +24,8 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from drope_lens.hooks import batched_zero_dims, zero_dims
-from drope_lens.results import RunStore, model_identity
+from drope_lens.hooks import batched_zero_dims
+from drope_lens.results import RunStore
 from drope_lens.texts import Text
 
 from .common import batches_by_length, model_name, model_variant, progress, sequence_nll, tokenize, unit_prefix
@@ -189,11 +189,6 @@ def _frame(model, condition, nlls: dict[int, float], texts: Sequence[Text], toke
     } for sample, nll in sorted(nlls.items())])
 
 
-def single_condition_hooks(masks: Masks, rotary: str = "pre") -> list:
-    """The plain (unbatched) hooks of one condition: ``zero_dims`` on q and k."""
-    return zero_dims(masks["q"], "q", rotary) + zero_dims(masks["k"], "k", rotary)
-
-
 # ------------------------------------------------------------------------------------------
 # Summaries and statistics: DataFrame in, DataFrame out.
 # ------------------------------------------------------------------------------------------
@@ -287,8 +282,8 @@ def identification_frame(model, masks: Masks) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def meta_for(models: Sequence, config: DisruptionConfig, identification: Sequence[Text], evaluation: Sequence[Text]) -> dict:
+def meta_for(config: DisruptionConfig, identification: Sequence[Text], evaluation: Sequence[Text]) -> dict:
+    """meta.json content of a run (the caller adds the models' identities)."""
     return {"config": asdict(config), "seed": config.seed, "seeds": config.seed_list,
-            "models": [model_identity(m) for m in models],
             "identification_texts": [t.name for t in identification],
             "evaluation_texts": [t.name for t in evaluation]}

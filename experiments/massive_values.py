@@ -12,7 +12,7 @@ sit (``heads``, ``dims``); the summaries below aggregate it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal, Optional, Sequence
 
 import numpy as np
@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Bool, Float
 
 from drope_lens.hooks import capture_dim_norms
-from drope_lens.results import RunStore, model_identity
+from drope_lens.results import RunStore
 from drope_lens.texts import Text
 
 from .common import batches_by_length, model_name, model_variant, progress, tokenize, unit_prefix
@@ -185,9 +185,3 @@ def dim_locations(df: pd.DataFrame, d_head: int) -> pd.DataFrame:
                      "low_freq_share": float((freq >= half // 2).mean()),
                      "mean_freq_position": float((freq / half).mean()), "top_dims": top})
     return pd.DataFrame(rows)
-
-
-def meta_for(models: Sequence, config: MassiveValuesConfig, texts: Sequence[Text]) -> dict:
-    """meta.json content of a run over ``models``."""
-    return {"config": asdict(config), "seed": None, "models": [model_identity(m) for m in models],
-            "texts": [t.name for t in texts]}

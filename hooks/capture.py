@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 from jaxtyping import Float, Int
 
-from .names import Rotary, qkv_hook, parse_layer
+from .names import Rotary, qkv_hook
 
 HookPair = tuple[str, Callable]
 
@@ -91,14 +91,3 @@ def capture_positions(store: dict, names: Sequence[str], positions: Sequence[int
         return None
 
     return [(name, fn) for name in names]
-
-
-def layers_of(store: dict) -> list[int]:
-    """Sorted layer indices present in a capture store keyed by hook name or (layer, tensor)."""
-    layers = set()
-    for key in store:
-        if isinstance(key, tuple) and isinstance(key[0], int):
-            layers.add(key[0])
-        elif isinstance(key, str):
-            layers.add(parse_layer(key))
-    return sorted(layers)

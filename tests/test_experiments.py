@@ -173,7 +173,10 @@ def test_determinism_and_resume(planted, tmp_path, monkeypatch):
     assert resumed.equals(first)
     # identification (1 forward) + only the missing condition (1 forward of 3 texts)
     assert len(forwards) == 2
-    store.finalize(resumed, disruption.meta_for([model], disruption.DisruptionConfig(seeds=3, max_tokens=24), texts[:2], texts[2:]))
+    from drope_lens.results import model_identity
+
+    meta = disruption.meta_for(disruption.DisruptionConfig(seeds=3, max_tokens=24), texts[:2], texts[2:])
+    store.finalize(resumed, meta | {"models": [model_identity(model)]})
     data, meta = load_run(store.directory)
     assert data.equals(resumed)
     assert meta["config"]["seeds"] == 3 and meta["models"][0]["variant"] == "rope"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformer_lens.hook_points import HookPoint
 
 import drope_lens as dl
 from drope_lens import hooks
