@@ -3,7 +3,8 @@
     python -m drope_lens.benchmarks.equivalence_7b --workdir /tmp/bench --out eq.json
 
 Random weights (std 0.02), 2 x 256 tokens. Reports max|delta logit| / max|logit| of drope_lens
-against ``LlamaForCausalLM`` in float32 (the faithfulness check at full size), and in bfloat16
+against ``LlamaForCausalLM`` in float32 (the faithfulness check at full size) next to the same
+measure between HF's own eager and sdpa paths (fp32 reordering noise on this GPU), and in bfloat16
 both drope_lens's and transformers' own error against transformers-fp32 (so the bf16 difference
 between the two implementations can be read against bf16 rounding noise).
 """
@@ -41,6 +42,9 @@ def main() -> None:
     with torch.inference_mode():
         hf32 = LlamaForCausalLM.from_pretrained(rope_dir, dtype=torch.float32, attn_implementation="sdpa").cuda().eval()
         ref = hf32(tokens).logits.float()
+        # how far two HF attention paths in fp32 are apart: the scale of fp32 reordering noise here
+        hf32.config._attn_implementation = "eager"
+        report["fp32_hf_eager_vs_hf_sdpa"] = rel(hf32(tokens).logits.float(), ref)
         del hf32
         gc.collect(); torch.cuda.empty_cache()
         for variant in ("rope", "drope"):
