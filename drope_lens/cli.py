@@ -69,11 +69,15 @@ def _info(args: argparse.Namespace) -> int:
 def _random_checkpoint(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .benchmarks.random_checkpoint import SHAPES, write_drope_twin, write_random_checkpoint
+    from .benchmarks.random_checkpoint import SHAPES, write_drope_twin, write_random_checkpoint, write_tokenizer
+    from .texts import builtin_texts
 
     out = Path(args.out)
-    nbytes = write_random_checkpoint(out, SHAPES[args.shape], seed=args.seed)
-    print(f"wrote {out} ({nbytes / 2**20:.1f} MiB of random bf16 weights, shape {args.shape})")
+    shape = SHAPES[args.shape]
+    nbytes = write_random_checkpoint(out, shape, seed=args.seed)
+    write_tokenizer(out, [t.text for t in builtin_texts()], vocab_size=min(shape.vocab, 8000))
+    print(f"wrote {out} ({nbytes / 2**20:.1f} MiB of random bf16 weights, shape {args.shape}, "
+          "byte-level BPE tokenizer trained on the built-in texts)")
     if args.drope:
         write_drope_twin(out, Path(args.drope), attention_type=args.attention_type)
         print(f"wrote {args.drope} (DroPE twin, attention_type={args.attention_type}, same weights)")

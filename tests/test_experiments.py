@@ -236,3 +236,17 @@ def test_cli_runs_save_results_and_print_summaries(planted, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "drope_lens.cli", "run", "disruption", "--out", str(tmp_path)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "no model" in bad.stderr
+
+
+def test_wikitext_articles_from_a_cached_dataset(monkeypatch):
+    """wikitext-2 rows are grouped into articles at top-level ' = Title = ' headings (no download)."""
+    import sys
+    import types
+
+    body = " ".join(["word"] * 700)
+    rows = [" = Alpha = \n", f" {body} \n", " = = Section = = \n", " more words \n", " = Beta = \n", " too short \n"]
+    fake = types.SimpleNamespace(load_dataset=lambda *a, **k: {"text": rows})
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    texts = load_texts("wikitext")
+    assert len(texts) == 1 and texts[0].register == "wikitext"
+    assert texts[0].words == 700 + 5 + 2  # body, the "= = Section = =" heading, its line; no title
