@@ -152,6 +152,22 @@ class DropeLensTransformer(HookedTransformer):
                 )
         return super().forward(*args, **kwargs)
 
+    def to_tokens(self, input, prepend_bos=None, padding_side=None, move_to_device=True, truncate=True):  # type: ignore[override]
+        """TransformerLens's ``to_tokens``, but truncation to ``n_ctx`` is announced, never silent.
+
+        ``n_ctx`` defaults to the checkpoint's trained context; long-context experiments pass
+        ``truncate=False`` or load with a larger ``n_ctx``.
+        """
+        tokens = super().to_tokens(input, prepend_bos, padding_side, move_to_device, truncate=False)
+        if truncate and tokens.shape[-1] > self.cfg.n_ctx:
+            warnings.warn(
+                f"{tokens.shape[-1]} tokens truncated to n_ctx={self.cfg.n_ctx}; pass truncate=False, or "
+                "load_model(..., n_ctx=...), to keep them all.",
+                stacklevel=2,
+            )
+            tokens = super().to_tokens(input, prepend_bos, padding_side, move_to_device, truncate=True)
+        return tokens
+
     def input_to_embed(self, input, *args, **kwargs):  # type: ignore[override]
         if isinstance(input, (str, list)) and self.tokenizer is None:
             raise ValueError(f"{self.lens.source} was loaded without a tokenizer; pass token ids instead of text.")

@@ -213,3 +213,11 @@ def test_peak_host_memory_of_streaming_load(tmp_path, checkpoint_factory):
     growth = int(out.split()[-1])
     assert weight_bytes > 50e6
     assert growth <= 1.3 * weight_bytes, (growth, weight_bytes)
+
+
+def test_to_tokens_announces_truncation(checkpoint_factory):
+    model = dl.load_model(checkpoint_factory()[0], n_ctx=8)
+    text = "the city of paris is in france and rome is in italy"
+    with pytest.warns(UserWarning, match="truncated to n_ctx=8"):
+        assert model.to_tokens(text).shape[1] == 8
+    assert model.to_tokens(text, truncate=False).shape[1] == 13
