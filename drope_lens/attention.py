@@ -112,7 +112,8 @@ def apply_rotary(
         cos, sin = RotaryTable.table(x.shape[-1], theta, offset + n_pos, x.device)
         cos, sin = cos[position_ids][:, :, None, :], sin[position_ids][:, :, None, :]
     # x * cos + rotate_half(x) * sin, where rotate_half(x) * sin == roll(x, d/2) * signed sin
-    return torch.addcmul(x * cos.to(x.dtype), x.roll(x.shape[-1] // 2, dims=-1), sin.to(x.dtype))
+    # exactly; each product is rounded to x.dtype before the sum, as in HF, so bf16 matches it.
+    return x * cos.to(x.dtype) + x.roll(x.shape[-1] // 2, dims=-1) * sin.to(x.dtype)
 
 
 class FullWidthRMSNorm(nn.Module):
