@@ -35,7 +35,7 @@ class MassiveValuesConfig:
     max_tokens: int = 512
     rotary: Literal["pre", "post"] = "pre"
     tensors: tuple[str, ...] = ("q", "k", "v")
-    batch_size: int = 10
+    batch_size: int = 5
 
     def __post_init__(self) -> None:
         if not self.threshold > 0:
@@ -65,6 +65,63 @@ def sequence_norms(
     return store
 
 
+class _BatchStatistics:
+    """Counts, means, maxima and masks of one batch, copied to the host asynchronously.
+
+    Everything is enqueued on the GPU right after the batch's forward and copied into pinned
+    memory; ``host()`` waits only for those copies, so the next batch's forward can already be
+    running while this batch is turned into rows.
+    """
+
+    def __init__(self, norms: dict, tensors: Sequence[str], n_layers: int, threshold: float):
+        self.arrays: dict[str, dict[str, torch.Tensor]] = {}
+        for tensor in tensors:
+            m = torch.stack([norms[(layer, tensor)] for layer in range(n_layers)])  # [layer, batch, head, d]
+            mask = massive_mask(m, threshold)
+            values = {"count": mask.sum(dim=(-2, -1)), "mean": m.mean(dim=(-2, -1)),
+                      "max": m.amax(dim=(-2, -1)), "mask": mask}
+            self.arrays[tensor] = {k: _to_host(v) for k, v in values.items()}
+        self.event = torch.cuda.Event() if torch.cuda.is_available() and m.is_cuda else None
+        if self.event is not None:
+            self.event.record()
+
+    def host(self) -> dict[str, dict[str, np.ndarray]]:
+        if self.event is not None:
+            self.event.synchronize()
+        return {t: {k: v.numpy() for k, v in arrays.items()} for t, arrays in self.arrays.items()}
+
+
+def _to_host(x: torch.Tensor) -> torch.Tensor:
+    if not x.is_cuda:
+        return x
+    out = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    out.copy_(x, non_blocking=True)
+    return out
+
+
+def _rows(model, texts: Sequence[Text], sample: int, row: int, n_tokens: int, stats: dict) -> pd.DataFrame:
+    """One text's rows (layer x tensor) from its batch's host statistics."""
+    where = {}
+    for tensor, arrays in stats.items():
+        _, heads, dims = np.nonzero(arrays["mask"][:, row])  # sorted by layer
+        cuts = np.cumsum(arrays["count"][:, row])[:-1]
+        where[tensor] = (np.split(heads, cuts), np.split(dims, cuts))
+    columns: dict[str, list] = {c: [] for c in ("layer", "tensor", "count", "heads", "dims", "mean_m", "max_m")}
+    for layer in range(model.cfg.n_layers):
+        for tensor, arrays in stats.items():
+            columns["layer"].append(layer)
+            columns["tensor"].append(tensor)
+            columns["count"].append(int(arrays["count"][layer, row]))
+            columns["heads"].append(where[tensor][0][layer].tolist())
+            columns["dims"].append(where[tensor][1][layer].tolist())
+            columns["mean_m"].append(float(arrays["mean"][layer, row]))
+            columns["max_m"].append(float(arrays["max"][layer, row]))
+    return pd.DataFrame({
+        "model": model_name(model), "variant": model_variant(model), "sample": sample,
+        "text": texts[sample].name, "register": texts[sample].register, "n_tokens": n_tokens, **columns,
+    })
+
+
 def run(
     model,
     texts: Sequence[Text],
@@ -73,7 +130,7 @@ def run(
     max_tokens: int = 512,
     rotary: Literal["pre", "post"] = "pre",
     tensors: tuple[str, ...] = ("q", "k", "v"),
-    batch_size: int = 10,
+    batch_size: int = 5,
     store: Optional[RunStore] = None,
     show_progress: bool = True,
 ) -> pd.DataFrame:
@@ -83,49 +140,33 @@ def run(
     ``n_tokens``, ``layer``, ``tensor``, ``count``, ``heads`` and ``dims`` (lists: where each
     massive entry sits), ``mean_m`` (the layer's mean M) and ``max_m``. With ``store``, each
     text's rows are saved as soon as they are measured and texts already saved are skipped.
+    Batches are pipelined: a batch's rows are built while the next batch runs on the GPU.
     """
     config = MassiveValuesConfig(threshold, max_tokens, rotary, tuple(tensors), batch_size)
     tokens = tokenize(model, texts, config.max_tokens)
     unit = lambda i: f"{unit_prefix(model)}-sample-{i}"  # noqa: E731
     todo = [i for i in range(len(texts)) if store is None or not store.has(unit(i))]
     frames: dict[int, pd.DataFrame] = {}
-    batches = list(batches_by_length([tokens[i] for i in todo], config.batch_size))
-    for local, batch in progress(batches, len(batches), f"massive values {model_variant(model)}", show_progress):
-        norms = sequence_norms(model, batch, config.tensors, config.rotary)
-        keys = sorted(norms)
-        # one transfer and vectorised thresholds for every layer, tensor and row of the batch
-        by_tensor = {t: torch.stack([norms[k] for k in keys if k[1] == t]).cpu() for t in config.tensors}
-        masks = {t: massive_mask(m, config.threshold) for t, m in by_tensor.items()}
-        stats = {}
-        for tensor in config.tensors:
-            m, mask = by_tensor[tensor], masks[tensor]  # [layer, batch, head, d]
-            stats[tensor] = (mask.sum(dim=(-2, -1)).numpy(), m.mean(dim=(-2, -1)).numpy(),
-                             m.amax(dim=(-2, -1)).numpy(), mask.numpy())
+
+    def finish(pending) -> None:
+        local, n_tokens, statistics = pending
+        stats = statistics.host()
         for row, local_index in enumerate(local):
             sample = todo[local_index]
-            columns: dict[str, list] = {c: [] for c in ("layer", "tensor", "count", "heads", "dims", "mean_m", "max_m")}
-            where = {}
-            for tensor, (counts, _, _, mask_np) in stats.items():
-                _, head_idx, dim_idx = np.nonzero(mask_np[:, row])  # sorted by layer
-                cuts = np.cumsum(counts[:, row])[:-1]
-                where[tensor] = (np.split(head_idx, cuts), np.split(dim_idx, cuts))
-            for layer in range(model.cfg.n_layers):
-                for tensor, (counts, means, maxes, _) in stats.items():
-                    columns["layer"].append(layer)
-                    columns["tensor"].append(tensor)
-                    columns["count"].append(int(counts[layer, row]))
-                    columns["heads"].append(where[tensor][0][layer].tolist())
-                    columns["dims"].append(where[tensor][1][layer].tolist())
-                    columns["mean_m"].append(float(means[layer, row]))
-                    columns["max_m"].append(float(maxes[layer, row]))
-            frame = pd.DataFrame({
-                "model": model_name(model), "variant": model_variant(model), "sample": sample,
-                "text": texts[sample].name, "register": texts[sample].register, "n_tokens": int(batch.shape[1]),
-                **columns,
-            })
-            frames[sample] = frame
+            frames[sample] = _rows(model, texts, sample, row, n_tokens, stats)
             if store is not None:
-                store.save_part(unit(sample), frame)
+                store.save_part(unit(sample), frames[sample])
+
+    batches = list(batches_by_length([tokens[i] for i in todo], config.batch_size))
+    pending = None
+    for local, batch in progress(batches, len(batches), f"massive values {model_variant(model)}", show_progress):
+        norms = sequence_norms(model, batch, config.tensors, config.rotary)
+        current = (local, int(batch.shape[1]), _BatchStatistics(norms, config.tensors, model.cfg.n_layers, config.threshold))
+        if pending is not None:
+            finish(pending)
+        pending = current
+    if pending is not None:
+        finish(pending)
     for i in range(len(texts)):
         if i not in frames:  # finished in an earlier run; parquet gives arrays back, keep lists
             frame = store.load_part(unit(i))

@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/drope_lens_bench"))
     parser.add_argument("--out", type=Path, default=Path("exp_bench.json"))
     parser.add_argument("--batch-size", type=int, default=27)
+    parser.add_argument("--only-exp1", action="store_true")
     args = parser.parse_args()
 
     import drope_lens as dl
@@ -72,15 +73,20 @@ def main() -> None:
             bare_exp1, _ = timed(lambda: hf.model(batch), repeat=5)
             massive_values.run(model, exp1_texts, show_progress=False)  # warm-up
             torch.cuda.reset_peak_memory_stats()
-            t_exp1, df1 = timed(lambda: massive_values.run(model, exp1_texts, show_progress=False), repeat=5)
+            t_exp1, df1 = timed(lambda: massive_values.run(model, exp1_texts, show_progress=False), repeat=7)
             peak1 = torch.cuda.max_memory_allocated()
+            t_exp1_one_batch, _ = timed(lambda: massive_values.run(model, exp1_texts, batch_size=10, show_progress=False), repeat=7)
+            t_forward, _ = timed(lambda: model(batch, return_type=None), repeat=5)
         report[f"exp1_{variant}"] = {
             "seconds": t_exp1, "hf_base_forward_seconds": bare_exp1, "ratio": t_exp1 / bare_exp1,
+            "seconds_one_batch_of_10": t_exp1_one_batch, "drope_lens_bare_forward_seconds": t_forward,
             "peak_gpu_bytes": peak1, "model_bytes": torch.cuda.memory_allocated(),
             "totals_mean": massive_values.totals(df1).set_index("tensor")["mean"].to_dict(),
         }
         print(variant, "exp1", report[f"exp1_{variant}"], flush=True)
         save()
+        if args.only_exp1:
+            continue
 
         kwargs = dict(seeds=10, max_tokens=512, show_progress=False)
         eval_tokens = tokenize(model, evaluation, 512)
