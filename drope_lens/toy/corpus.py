@@ -1,0 +1,280 @@
+"""Synthetic training corpus for the bundled toy RoPE/DroPE pair (issue 4, first part).
+
+Seeded and deterministic. Documents mix:
+
+- ``prose``: English from a small grammar and vocabulary written for this project;
+- ``city_fact`` / ``sport_fact``: "The city of X is in Y." and "X plays Y." for the real
+  city/country table (``data/cities.tsv``) and athlete/sport table (``data/athletes.tsv``);
+- ``city_qa`` / ``sport_qa``: the study's yes/no prompt with its answer, for the *training* part of
+  each fact table only;
+- ``passkey``: the study's simple passkey format (filler, needle, question, answer);
+- ``review``: a movie review with its label in the study's IMDB prompt;
+- ``copy``: a random word sequence followed by its repetition (induction).
+
+Evaluation sets (:func:`evaluation_sets`) ask the study's yes/no questions about facts whose
+statements were in training but whose questions were not, and use passkeys and reviews never
+generated for training (disjoint key sets and seed streams).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Iterator
+
+YES_NO_PROMPT = "Answer with only 'Yes' or 'No'.\n\nQuestion: {question}\nAnswer:"
+REVIEW_PROMPT = "Read this movie review and answer: Is it Positive or Negative?\n\nReview: {text}\n\nSentiment (Positive/Negative):"
+FILLER = "The grass is green. The sky is blue. The sun is yellow. "
+NEEDLE = " The secret passkey is {key}. Remember this number. "
+PASSKEY_QUESTION = "{text}\n\nWhat is the secret passkey mentioned above? Answer with just the number:"
+
+_SUBJECTS = ["the farmer", "a young teacher", "my neighbour", "the old captain", "a quiet student", "the baker",
+             "our guide", "the tired nurse", "a curious child", "the mayor", "the painter", "a stranger",
+             "the engineer", "my aunt", "the shepherd", "a travelling musician"]
+_VERBS = ["carried", "found", "repaired", "painted", "sold", "watched", "opened", "cleaned", "borrowed",
+          "described", "measured", "planted", "forgot", "wrapped", "counted", "followed"]
+_OBJECTS = ["a wooden box", "the red lantern", "an old map", "the garden gate", "a basket of apples",
+            "the broken clock", "a letter", "the narrow boat", "a pair of boots", "the kitchen table",
+            "a small bell", "the window frame", "a bundle of reeds", "the copper kettle"]
+_PLACES = ["near the river", "in the village square", "behind the mill", "at the station", "on the hill",
+           "by the harbour", "in the market", "under the bridge", "at the edge of the forest", "in the library"]
+_TIMES = ["early in the morning", "after the storm", "before dinner", "on a cold evening", "last spring",
+          "during the festival", "at noon", "late at night", "the next day"]
+_ADVERBS = ["slowly", "carefully", "quickly", "quietly", "proudly", "patiently", "happily"]
+_CONNECTIVES = ["Then", "Later", "Afterwards", "Meanwhile", "Soon", "Still"]
+_TITLES = ["The Silent Harbour", "Glass Mountains", "A Winter Orchard", "The Last Lantern", "Paper Kings",
+           "River of Clocks", "Northern Lights", "The Copper Road", "Small Hours", "The Long Table",
+           "Iron Gardens", "Salt and Smoke", "The Ninth Bridge", "Evening Trains", "Quiet Thunder"]
+_POSITIVE = ["wonderful", "moving", "brilliant", "charming", "gripping", "beautiful", "delightful", "clever"]
+_NEGATIVE = ["dull", "boring", "clumsy", "tedious", "confusing", "shallow", "lifeless", "forgettable"]
+_ASPECTS = ["acting", "story", "music", "camera work", "dialogue", "ending", "pacing", "cast"]
+
+
+def _table(name: str) -> list[tuple[str, str]]:
+    lines = resources.files("drope_lens").joinpath(f"data/{name}").read_text(encoding="utf-8").splitlines()
+    return [tuple(line.split("\t")) for line in lines[1:] if line.strip()]  # type: ignore[misc]
+
+
+def cities() -> list[tuple[str, str]]:
+    """(city, country) pairs: at least 200 real cities."""
+    return _table("cities.tsv")
+
+
+def athletes() -> list[tuple[str, str]]:
+    """(athlete, sport) pairs."""
+    return _table("athletes.tsv")
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """What the generator makes. ``weights`` are relative document counts per kind."""
+
+    seed: int = 0
+    n_train: int = 20_000
+    n_heldout: int = 500
+    qa_fraction: float = 0.6  # share of each fact table whose yes/no questions are trained on
+    filler_repeats: tuple[int, int] = (4, 14)  # passkey filler length range (trained context 256-512)
+    weights: dict[str, float] = field(default_factory=lambda: {
+        "prose": 0.30, "city_fact": 0.12, "sport_fact": 0.06, "city_qa": 0.10, "sport_qa": 0.05,
+        "passkey": 0.17, "review": 0.10, "copy": 0.10,
+    })
+
+    def __post_init__(self) -> None:
+        if not 0 < self.qa_fraction < 1:
+            raise ValueError(f"qa_fraction={self.qa_fraction}: must be strictly between 0 and 1.")
+        low, high = self.filler_repeats
+        if not 1 <= low <= high:
+            raise ValueError(f"filler_repeats={self.filler_repeats}: need 1 <= low <= high.")
+        unknown = set(self.weights) - set(_GENERATORS)
+        if unknown or not any(w > 0 for w in self.weights.values()):
+            raise ValueError(f"weights: unknown kinds {sorted(unknown)} or no positive weight; kinds are {sorted(_GENERATORS)}.")
+
+
+@dataclass(frozen=True)
+class Document:
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which facts have their questions in training (``qa``) and which are held for evaluation."""
+
+    city_qa: tuple[tuple[str, str], ...]
+    city_eval: tuple[tuple[str, str], ...]
+    sport_qa: tuple[tuple[str, str], ...]
+    sport_eval: tuple[tuple[str, str], ...]
+
+
+def fact_split(config: CorpusConfig) -> Split:
+    rng = random.Random(f"{config.seed}-split")
+    city_rows, sport_rows = cities(), athletes()
+    rng.shuffle(city_rows)
+    rng.shuffle(sport_rows)
+    nc, ns = int(len(city_rows) * config.qa_fraction), int(len(sport_rows) * config.qa_fraction)
+    return Split(tuple(city_rows[:nc]), tuple(city_rows[nc:]), tuple(sport_rows[:ns]), tuple(sport_rows[ns:]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Document generators: (rng, config, split, stream) -> text. ``stream`` is "train" or "eval".
+# ---------------------------------------------------------------------------------------------
+def _sentence(rng: random.Random) -> str:
+    parts = [rng.choice(_SUBJECTS), rng.choice(_ADVERBS) if rng.random() < 0.3 else None,
+             rng.choice(_VERBS), rng.choice(_OBJECTS), rng.choice(_PLACES)]
+    sentence = " ".join(p for p in parts if p)
+    opener = rng.random()
+    if opener < 0.4:
+        sentence = f"{rng.choice(_TIMES)}, {sentence}"
+    elif opener < 0.65:
+        sentence = f"{rng.choice(_CONNECTIVES)} {sentence}"
+    return sentence[0].upper() + sentence[1:] + "."
+
+
+def _prose(rng, config, split, stream) -> str:
+    return " ".join(_sentence(rng) for _ in range(rng.randint(3, 9)))
+
+
+def _city_fact(rng, config, split, stream) -> str:
+    city, country = rng.choice(split.city_qa + split.city_eval)
+    return f"The city of {city} is in {country}."
+
+
+def _sport_fact(rng, config, split, stream) -> str:
+    athlete, sport = rng.choice(split.sport_qa + split.sport_eval)
+    return f"{athlete} plays {sport}."
+
+
+def _wrong(rng: random.Random, truth: str, options: list[str]) -> str:
+    return rng.choice([o for o in options if o != truth])
+
+
+def city_question(rng: random.Random, city: str, country: str, countries: list[str]) -> tuple[str, bool]:
+    """A yes/no question about a city, true half of the time."""
+    truthful = rng.random() < 0.5
+    asked = country if truthful else _wrong(rng, country, countries)
+    return YES_NO_PROMPT.format(question=f"Is the city of {city} in {asked}?"), truthful
+
+
+def sport_question(rng: random.Random, athlete: str, sport: str, sports: list[str]) -> tuple[str, bool]:
+    truthful = rng.random() < 0.5
+    asked = sport if truthful else _wrong(rng, sport, sports)
+    return YES_NO_PROMPT.format(question=f"Does {athlete} play {asked}?"), truthful
+
+
+def _city_qa(rng, config, split, stream) -> str:
+    countries = sorted({c for _, c in cities()})
+    prompt, truth = city_question(rng, *rng.choice(split.city_qa), countries)
+    return f"{prompt} {'Yes' if truth else 'No'}"
+
+
+def _sport_qa(rng, config, split, stream) -> str:
+    sports = sorted({s for _, s in athletes()})
+    prompt, truth = sport_question(rng, *rng.choice(split.sport_qa), sports)
+    return f"{prompt} {'Yes' if truth else 'No'}"
+
+
+def passkey_key(rng: random.Random, stream: str) -> str:
+    """A 5-digit key; training keys are never divisible by 7, evaluation keys always are."""
+    while True:
+        key = rng.randint(10000, 99999)
+        if (key % 7 == 0) == (stream == "eval"):
+            return str(key)
+
+
+def passkey_prompt(rng: random.Random, key: str, repeats: int, depth: float | None = None) -> str:
+    """The study's simple passkey prompt with ``repeats`` filler sentences around the needle."""
+    depth = rng.uniform(0.25, 0.75) if depth is None else depth
+    before = max(1, round(repeats * depth))
+    text = FILLER * before + NEEDLE.format(key=key) + FILLER * max(1, repeats - before)
+    return PASSKEY_QUESTION.format(text=text.strip())
+
+
+def _passkey(rng, config, split, stream) -> str:
+    key = passkey_key(rng, stream)
+    return f"{passkey_prompt(rng, key, rng.randint(*config.filler_repeats))} {key}"
+
+
+def review_text(rng: random.Random, positive: bool) -> str:
+    words = _POSITIVE if positive else _NEGATIVE
+    title = rng.choice(_TITLES)
+    sentences = [f"I watched {title} {rng.choice(_TIMES)}."]
+    for _ in range(rng.randint(2, 4)):
+        sentences.append(f"The {rng.choice(_ASPECTS)} was {rng.choice(words)}.")
+    verdict = "I would happily watch it again." if positive else "I would not watch it again."
+    return " ".join(sentences + [verdict])
+
+
+def _review(rng, config, split, stream) -> str:
+    positive = rng.random() < 0.5
+    return f"{REVIEW_PROMPT.format(text=review_text(rng, positive))} {'Positive' if positive else 'Negative'}"
+
+
+def _copy(rng, config, split, stream) -> str:
+    vocabulary = [w for group in (_OBJECTS, _PLACES) for phrase in group for w in phrase.split()]
+    sequence = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(6, 20)))
+    return f"{sequence} | {sequence}"
+
+
+_GENERATORS = {
+    "prose": _prose, "city_fact": _city_fact, "sport_fact": _sport_fact, "city_qa": _city_qa,
+    "sport_qa": _sport_qa, "passkey": _passkey, "review": _review, "copy": _copy,
+}
+
+
+def _documents(config: CorpusConfig, n: int, stream: str, split: Split) -> Iterator[Document]:
+    """``n`` documents from the seed stream ``stream``; passkeys always come from the training key set."""
+    rng = random.Random(f"{config.seed}-{stream}")
+    kinds = [k for k, w in config.weights.items() if w > 0]
+    weights = [config.weights[k] for k in kinds]
+    for _ in range(n):
+        kind = rng.choices(kinds, weights)[0]
+        yield Document(kind, _GENERATORS[kind](rng, config, split, "train"))
+
+
+def build_corpus(config: CorpusConfig = CorpusConfig()) -> tuple[list[Document], list[Document]]:
+    """``(train, heldout)`` documents. Held-out documents come from their own seed stream and
+    contain no yes/no questions about evaluation facts (they only reuse the training QA facts)."""
+    split = fact_split(config)
+    train = list(_documents(config, config.n_train, "train", split))
+    heldout = list(_documents(config, config.n_heldout, "heldout", split))
+    return train, heldout
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One evaluation prompt and its answer (``"Yes"``/``"No"``, ``"Positive"``/``"Negative"``, or a key)."""
+
+    task: str
+    prompt: str
+    answer: str
+
+
+def evaluation_sets(config: CorpusConfig = CorpusConfig(), n_sentiment: int = 100, n_passkey: int = 20,
+                    passkey_repeats: int = 10) -> dict[str, list[EvalItem]]:
+    """The four study tasks on the toy corpus.
+
+    ``cities``/``sports``: one question per held-out fact (its statement was trained on, its
+    question never was), true or false at random. ``sentiment``: new reviews, half positive.
+    ``passkey``: evaluation-stream keys (never in training) with ``passkey_repeats`` filler
+    sentences.
+    """
+    split = fact_split(config)
+    rng = random.Random(f"{config.seed}-evaluation")
+    countries = sorted({c for _, c in cities()})
+    sports = sorted({s for _, s in athletes()})
+    out: dict[str, list[EvalItem]] = {"cities": [], "sports": [], "sentiment": [], "passkey": []}
+    for city, country in split.city_eval:
+        prompt, truth = city_question(rng, city, country, countries)
+        out["cities"].append(EvalItem("cities", prompt, "Yes" if truth else "No"))
+    for athlete, sport in split.sport_eval:
+        prompt, truth = sport_question(rng, athlete, sport, sports)
+        out["sports"].append(EvalItem("sports", prompt, "Yes" if truth else "No"))
+    for i in range(n_sentiment):
+        positive = i % 2 == 0
+        out["sentiment"].append(EvalItem("sentiment", REVIEW_PROMPT.format(text=review_text(rng, positive)),
+                                         "Positive" if positive else "Negative"))
+    for _ in range(n_passkey):
+        key = passkey_key(rng, "eval")
+        out["passkey"].append(EvalItem("passkey", passkey_prompt(rng, key, passkey_repeats), key))
+    return out
