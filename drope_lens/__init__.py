@@ -18,6 +18,7 @@ _warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", ca
 from .checkpoint import DROPE_ATTENTION_TYPES, CheckpointError, CheckpointSpec  # noqa: E402
 from .convert import to_drope  # noqa: E402
 from .loading import load_model  # noqa: E402
+from .saving import save_model  # noqa: E402
 from .model import DropeLensTransformer, is_drope  # noqa: E402
 from .registry import load_pair, register_pair  # noqa: E402
 
@@ -30,6 +31,7 @@ __all__ = [
     "load_model",
     "load_pair",
     "register_pair",
+    "save_model",
     "to_drope",
 ]
 __version__ = "0.1.0"

@@ -107,6 +107,7 @@ class WeightTarget:
     param: str
     shape: tuple[int, ...]
     view: Callable[[torch.Tensor], torch.Tensor]
+    unview: Callable[[torch.Tensor], torch.Tensor]  # TransformerLens parameter -> checkpoint tensor
     linear: bool  # an nn.Linear weight (quantised under nf4)
 
 
@@ -118,32 +119,39 @@ def weight_targets(spec: CheckpointSpec) -> dict[str, WeightTarget]:
     def heads_in(count: int) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda w: w.view(count, h, m).permute(0, 2, 1)  # [(n h), m] -> [n, m, h]
 
+    def heads_out(count: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda w: w.permute(0, 2, 1).reshape(count * h, m)  # [n, m, h] -> [(n h), m]
+
     identity: Callable[[torch.Tensor], torch.Tensor] = lambda w: w
     transpose: Callable[[torch.Tensor], torch.Tensor] = lambda w: w.T
+    vector = lambda module, param, length: WeightTarget(module, param, (length,), identity, identity, False)  # noqa: E731
     targets = {
-        "model.embed_tokens.weight": WeightTarget("embed", "W_E", (v, m), identity, False),
-        "model.norm.weight": WeightTarget("ln_final", "w", (m,), identity, False),
+        "model.embed_tokens.weight": WeightTarget("embed", "W_E", (v, m), identity, identity, False),
+        "model.norm.weight": vector("ln_final", "w", m),
     }
     if not spec.tie_word_embeddings:
-        targets["lm_head.weight"] = WeightTarget("unembed", "W_U", (v, m), transpose, False)
+        targets["lm_head.weight"] = WeightTarget("unembed", "W_U", (v, m), transpose, transpose, False)
     for layer in range(spec.n_layers):
         hf, tl = f"model.layers.{layer}", f"blocks.{layer}"
         targets.update({
-            f"{hf}.input_layernorm.weight": WeightTarget(f"{tl}.ln1", "w", (m,), identity, False),
-            f"{hf}.post_attention_layernorm.weight": WeightTarget(f"{tl}.ln2", "w", (m,), identity, False),
-            f"{hf}.self_attn.q_proj.weight": WeightTarget(f"{tl}.attn", "W_Q", (n * h, m), heads_in(n), True),
-            f"{hf}.self_attn.k_proj.weight": WeightTarget(f"{tl}.attn", f"{kv}W_K", (nkv * h, m), heads_in(nkv), True),
-            f"{hf}.self_attn.v_proj.weight": WeightTarget(f"{tl}.attn", f"{kv}W_V", (nkv * h, m), heads_in(nkv), True),
+            f"{hf}.input_layernorm.weight": vector(f"{tl}.ln1", "w", m),
+            f"{hf}.post_attention_layernorm.weight": vector(f"{tl}.ln2", "w", m),
+            f"{hf}.self_attn.q_proj.weight": WeightTarget(f"{tl}.attn", "W_Q", (n * h, m), heads_in(n), heads_out(n), True),
+            f"{hf}.self_attn.k_proj.weight": WeightTarget(
+                f"{tl}.attn", f"{kv}W_K", (nkv * h, m), heads_in(nkv), heads_out(nkv), True),
+            f"{hf}.self_attn.v_proj.weight": WeightTarget(
+                f"{tl}.attn", f"{kv}W_V", (nkv * h, m), heads_in(nkv), heads_out(nkv), True),
             f"{hf}.self_attn.o_proj.weight": WeightTarget(
-                f"{tl}.attn", "W_O", (m, n * h), lambda w: w.view(m, n, h).permute(1, 2, 0), True
+                f"{tl}.attn", "W_O", (m, n * h), lambda w: w.view(m, n, h).permute(1, 2, 0),
+                lambda w: w.permute(2, 0, 1).reshape(m, n * h), True,
             ),
-            f"{hf}.mlp.gate_proj.weight": WeightTarget(f"{tl}.mlp", "W_gate", (f, m), transpose, True),
-            f"{hf}.mlp.up_proj.weight": WeightTarget(f"{tl}.mlp", "W_in", (f, m), transpose, True),
-            f"{hf}.mlp.down_proj.weight": WeightTarget(f"{tl}.mlp", "W_out", (m, f), transpose, True),
+            f"{hf}.mlp.gate_proj.weight": WeightTarget(f"{tl}.mlp", "W_gate", (f, m), transpose, transpose, True),
+            f"{hf}.mlp.up_proj.weight": WeightTarget(f"{tl}.mlp", "W_in", (f, m), transpose, transpose, True),
+            f"{hf}.mlp.down_proj.weight": WeightTarget(f"{tl}.mlp", "W_out", (m, f), transpose, transpose, True),
         })
         if spec.has_qk_norm_weights:
-            targets[f"{hf}.self_attn.q_norm.weight"] = WeightTarget(f"{tl}.attn.q_norm", "w", (n * h,), identity, False)
-            targets[f"{hf}.self_attn.k_norm.weight"] = WeightTarget(f"{tl}.attn.k_norm", "w", (nkv * h,), identity, False)
+            targets[f"{hf}.self_attn.q_norm.weight"] = vector(f"{tl}.attn.q_norm", "w", n * h)
+            targets[f"{hf}.self_attn.k_norm.weight"] = vector(f"{tl}.attn.k_norm", "w", nkv * h)
     return targets
 
 

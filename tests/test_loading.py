@@ -221,3 +221,28 @@ def test_to_tokens_announces_truncation(checkpoint_factory):
     with pytest.warns(UserWarning, match="truncated to n_ctx=8"):
         assert model.to_tokens(text).shape[1] == 8
     assert model.to_tokens(text, truncate=False).shape[1] == 13
+
+
+@pytest.mark.parametrize("kwargs", [{"n_kv_heads": 2, "tie": True},
+                                    {"attention_type": "qk_norm_nope", "softmax_scale": 0.07}])
+def test_save_model_round_trip(checkpoint_factory, tmp_path, kwargs):
+    path, ref = checkpoint_factory(**kwargs)
+    model = dl.load_model(path)
+    saved = dl.save_model(model, tmp_path / "saved")
+    again = dl.load_model(saved)
+    assert again.lens.attention_type == model.lens.attention_type and again.lens.softmax_scale == model.lens.softmax_scale
+    torch.testing.assert_close(again(TOKENS), model(TOKENS), rtol=0, atol=0)
+    assert again.to_tokens("the city of paris").tolist() == model.to_tokens("the city of paris").tolist()
+
+
+def test_saved_rope_and_to_drope_checkpoints_load_elsewhere(checkpoint_factory, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    path, ref = checkpoint_factory()
+    rope = dl.load_model(path)
+    hf = LlamaForCausalLM.from_pretrained(dl.save_model(rope, tmp_path / "rope"))  # independent loader
+    with torch.no_grad():
+        assert relative_error(rope(TOKENS), hf(TOKENS).logits) <= 1e-5
+    drope = dl.load_model(dl.save_model(dl.to_drope(rope), tmp_path / "drope"))
+    assert dl.is_drope(drope) and json.loads((tmp_path / "drope" / "config.json").read_text())["model_type"] == "llama_drope"
+    torch.testing.assert_close(drope(TOKENS), dl.to_drope(rope)(TOKENS), rtol=0, atol=0)

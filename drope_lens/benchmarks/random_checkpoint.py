@@ -130,19 +130,8 @@ def write_drope_twin(rope_dir: Path, drope_dir: Path, attention_type: str = "nop
 
 
 def write_tokenizer(directory: Path, texts: list[str], vocab_size: int = 8000) -> None:
-    """A byte-level BPE tokenizer trained on ``texts`` (BOS ``<s>`` = 1 prepended, EOS ``</s>`` = 2).
+    """A byte-level BPE trained on ``texts`` (see :func:`drope_lens.toy.tokenizer.train_tokenizer`),
+    so text experiments run on a random-weight checkpoint; ids stay below ``vocab_size``."""
+    from ..toy.tokenizer import train_tokenizer
 
-    Lets text experiments run on a random-weight checkpoint; ids stay below ``vocab_size``.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(texts, trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    fast.save_pretrained(directory)
+    train_tokenizer(texts, directory, vocab_size=vocab_size)
