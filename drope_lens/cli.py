@@ -178,6 +178,28 @@ def _run_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_toy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .toy.corpus import CorpusConfig
+    from .toy.train import ToyModelConfig, TrainConfig, train_toy_pair
+
+    if args.tiny:  # a CPU-sized run: checks the whole recipe in seconds, not a useful model
+        corpus = CorpusConfig(n_train=400, n_heldout=40, filler_repeats=(1, 3))
+        model = ToyModelConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_mlp=128, context=64, vocab_size=320)
+        training = TrainConfig(pretrain_steps=args.steps or 40, batch_size=8, lr=5e-3, warmup=5, device=args.device)
+    else:
+        corpus, model = CorpusConfig(n_train=args.documents), ToyModelConfig()
+        training = TrainConfig(pretrain_steps=args.steps or 3000, device=args.device)
+    run = train_toy_pair(Path(args.out), corpus, model, training)
+    r = run.report
+    print(f"RoPE checkpoint:  {run.rope}\nDroPE checkpoint: {run.drope}")
+    print(f"pretraining: {r['pretrain_tokens']:,} tokens in {r['pretrain_seconds']:.1f} s; "
+          f"recalibration: {r['recalibrate_tokens']:,} tokens in {r['recalibrate_seconds']:.1f} s")
+    print("held-out loss (nats/token): " + ", ".join(f"{k} {v:.3f}" for k, v in r["heldout_loss"].items()))
+    return 0
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pair", default=None, help="registry name of a RoPE/DroPE pair (e.g. llama2-7b)")
     parser.add_argument("--rope", default=None, help="RoPE checkpoint directory or hub id")
@@ -217,6 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     rand.add_argument("--drope", default=None, help="also write a DroPE twin (same weights) here")
     rand.add_argument("--attention-type", default="nope", help="attention_type of the DroPE twin")
     rand.set_defaults(func=_random_checkpoint)
+
+    toy = sub.add_parser("train-toy", help="pretrain a small RoPE Llama, drop rotary, recalibrate (the DroPE recipe)")
+    toy.add_argument("--out", required=True, help="directory for the tokenizer, checkpoints and training.json")
+    toy.add_argument("--steps", type=int, default=None, help="pretraining steps (recalibration: 15%% of them)")
+    toy.add_argument("--documents", type=int, default=20_000, help="training documents to generate")
+    toy.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    toy.add_argument("--tiny", action="store_true", help="a seconds-long CPU run of the whole recipe")
+    toy.set_defaults(func=_train_toy)
 
     run = sub.add_parser("run", help="run an experiment on a RoPE/DroPE pair and save its results")
     run_sub = run.add_subparsers(dest="experiment", required=True)
