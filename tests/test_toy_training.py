@@ -33,3 +33,18 @@ def test_mini_training_run(tmp_path):
     assert not torch.equal(rope_params["blocks.0.attn.W_Q"], drope_params["blocks.0.attn.W_Q"])
     saved = json.loads((tmp_path / "training.json").read_text())
     assert saved["heldout_loss"]["rope"] < 6.0 and saved["pretrain_tokens"] == 40 * 8 * 64
+
+
+def test_quality_probe_runs_on_a_trained_pair(tmp_path):
+    from drope_lens.toy.corpus import evaluation_sets
+    from drope_lens.toy.probe import passkey_accuracy, yes_no_accuracy
+
+    corpus = CorpusConfig(n_train=200, n_heldout=20, filler_repeats=(1, 2))
+    run = train_toy_pair(tmp_path, corpus,
+                         ToyModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_mlp=64, context=32, vocab_size=300),
+                         TrainConfig(pretrain_steps=5, batch_size=4, warmup=1, device="cpu"))
+    model = dl.load_model(run.drope)
+    sets = evaluation_sets(corpus, n_sentiment=4, n_passkey=2, passkey_repeats=1)
+    assert 0.0 <= yes_no_accuracy(model, sets["cities"][:6], "Yes", "No") <= 1.0
+    assert 0.0 <= yes_no_accuracy(model, sets["sentiment"], "Positive", "Negative") <= 1.0
+    assert passkey_accuracy(model, sets["passkey"], new_tokens=3) in (0.0, 0.5, 1.0)
