@@ -34,7 +34,6 @@ import torch
 
 from .random_checkpoint import LlamaShape, write_drope_twin, write_random_checkpoint
 
-GiB = 2**30
 # hook points TransformerLens only allows once a cfg flag is switched on (use_attn_result, ...)
 _OPT_IN_HOOKS = ("hook_result", "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_mlp_in")
 
