@@ -18,6 +18,7 @@ generated for training (disjoint key sets and seed streams).
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 from importlib import resources
@@ -51,19 +52,30 @@ _NEGATIVE = ["dull", "boring", "clumsy", "tedious", "confusing", "shallow", "lif
 _ASPECTS = ["acting", "story", "music", "camera work", "dialogue", "ending", "pacing", "cast"]
 
 
-def _table(name: str) -> list[tuple[str, str]]:
+@functools.lru_cache(maxsize=None)
+def _table(name: str) -> tuple[tuple[str, str], ...]:
     lines = resources.files("drope_lens").joinpath(f"data/{name}").read_text(encoding="utf-8").splitlines()
-    return [tuple(line.split("\t")) for line in lines[1:] if line.strip()]  # type: ignore[misc]
+    return tuple(tuple(line.split("\t")) for line in lines[1:] if line.strip())  # type: ignore[misc]
 
 
 def cities() -> list[tuple[str, str]]:
     """(city, country) pairs: at least 200 real cities."""
-    return _table("cities.tsv")
+    return list(_table("cities.tsv"))
 
 
 def athletes() -> list[tuple[str, str]]:
     """(athlete, sport) pairs."""
-    return _table("athletes.tsv")
+    return list(_table("athletes.tsv"))
+
+
+@functools.lru_cache(maxsize=None)
+def countries() -> list[str]:
+    return sorted({c for _, c in _table("cities.tsv")})
+
+
+@functools.lru_cache(maxsize=None)
+def sports() -> list[str]:
+    return sorted({s for _, s in _table("athletes.tsv")})
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,7 @@ class CorpusConfig:
     n_train: int = 20_000
     n_heldout: int = 500
     qa_fraction: float = 0.6  # share of each fact table whose yes/no questions are trained on
-    filler_repeats: tuple[int, int] = (4, 14)  # passkey filler length range (trained context 256-512)
+    filler_repeats: tuple[int, int] = (2, 15)  # passkey filler sentences (15 nearly fill a 256-token context)
     weights: dict[str, float] = field(default_factory=lambda: {
         "prose": 0.30, "city_fact": 0.12, "sport_fact": 0.06, "city_qa": 0.10, "sport_qa": 0.05,
         "passkey": 0.17, "review": 0.10, "copy": 0.10,
@@ -135,14 +147,32 @@ def _prose(rng, config, split, stream) -> str:
     return " ".join(_sentence(rng) for _ in range(rng.randint(3, 9)))
 
 
+CITY_FACT_TEMPLATES = (
+    "The city of {city} is in {country}.",
+    "{city} is a city in {country}.",
+    "The city of {city} is located in {country}.",
+    "Many travellers to {country} visit the city of {city}.",
+    "{city} is one of the cities of {country}.",
+)
+SPORT_FACT_TEMPLATES = (
+    "{athlete} plays {sport}.",
+    "{athlete} is known for playing {sport}.",
+    "The sport that {athlete} plays is {sport}.",
+    "{athlete} has played {sport} for many years.",
+)
+
+
 def _city_fact(rng, config, split, stream) -> str:
-    city, country = rng.choice(split.city_qa + split.city_eval)
-    return f"The city of {city} is in {country}."
+    """One to three statements about cities (every city of the table, QA split or not)."""
+    rows = split.city_qa + split.city_eval
+    return " ".join(rng.choice(CITY_FACT_TEMPLATES).format(city=city, country=country)
+                    for city, country in (rng.choice(rows) for _ in range(rng.randint(1, 3))))
 
 
 def _sport_fact(rng, config, split, stream) -> str:
-    athlete, sport = rng.choice(split.sport_qa + split.sport_eval)
-    return f"{athlete} plays {sport}."
+    rows = split.sport_qa + split.sport_eval
+    return " ".join(rng.choice(SPORT_FACT_TEMPLATES).format(athlete=athlete, sport=sport)
+                    for athlete, sport in (rng.choice(rows) for _ in range(rng.randint(1, 3))))
 
 
 def _wrong(rng: random.Random, truth: str, options: list[str]) -> str:
@@ -163,14 +193,12 @@ def sport_question(rng: random.Random, athlete: str, sport: str, sports: list[st
 
 
 def _city_qa(rng, config, split, stream) -> str:
-    countries = sorted({c for _, c in cities()})
-    prompt, truth = city_question(rng, *rng.choice(split.city_qa), countries)
+    prompt, truth = city_question(rng, *rng.choice(split.city_qa), countries())
     return f"{prompt} {'Yes' if truth else 'No'}"
 
 
 def _sport_qa(rng, config, split, stream) -> str:
-    sports = sorted({s for _, s in athletes()})
-    prompt, truth = sport_question(rng, *rng.choice(split.sport_qa), sports)
+    prompt, truth = sport_question(rng, *rng.choice(split.sport_qa), sports())
     return f"{prompt} {'Yes' if truth else 'No'}"
 
 
@@ -184,7 +212,7 @@ def passkey_key(rng: random.Random, stream: str) -> str:
 
 def passkey_prompt(rng: random.Random, key: str, repeats: int, depth: float | None = None) -> str:
     """The study's simple passkey prompt with ``repeats`` filler sentences around the needle."""
-    depth = rng.uniform(0.25, 0.75) if depth is None else depth
+    depth = rng.uniform(0.1, 0.9) if depth is None else depth
     before = max(1, round(repeats * depth))
     text = FILLER * before + NEEDLE.format(key=key) + FILLER * max(1, repeats - before)
     return PASSKEY_QUESTION.format(text=text.strip())
@@ -237,8 +265,12 @@ def build_corpus(config: CorpusConfig = CorpusConfig()) -> tuple[list[Document],
     contain no yes/no questions about evaluation facts (they only reuse the training QA facts)."""
     split = fact_split(config)
     train = list(_documents(config, config.n_train, "train", split))
-    heldout = list(_documents(config, config.n_heldout, "heldout", split))
-    return train, heldout
+    return train, heldout_documents(config)
+
+
+def heldout_documents(config: CorpusConfig = CorpusConfig()) -> list[Document]:
+    """The held-out stream alone (``config.n_heldout`` documents), as in :func:`build_corpus`."""
+    return list(_documents(config, config.n_heldout, "heldout", fact_split(config)))
 
 
 @dataclass(frozen=True)
@@ -250,31 +282,31 @@ class EvalItem:
     answer: str
 
 
-def evaluation_sets(config: CorpusConfig = CorpusConfig(), n_sentiment: int = 100, n_passkey: int = 20,
+def evaluation_sets(config: CorpusConfig = CorpusConfig(), n_sentiment: int = 100, n_passkey: int = 50,
                     passkey_repeats: int = 10) -> dict[str, list[EvalItem]]:
     """The four study tasks on the toy corpus.
 
-    ``cities``/``sports``: one question per held-out fact (its statement was trained on, its
-    question never was), true or false at random. ``sentiment``: new reviews, half positive.
-    ``passkey``: evaluation-stream keys (never in training) with ``passkey_repeats`` filler
-    sentences.
+    ``cities``/``sports``: one question per held-out fact (its statements were trained on, no
+    question about it ever was), true or false at random. ``sentiment``: new reviews, half
+    positive. ``passkey``: evaluation-stream keys (never in training) with ``passkey_repeats``
+    filler sentences and the needle uniformly in the middle half. Deterministic given the config.
     """
     split = fact_split(config)
     rng = random.Random(f"{config.seed}-evaluation")
-    countries = sorted({c for _, c in cities()})
-    sports = sorted({s for _, s in athletes()})
     out: dict[str, list[EvalItem]] = {"cities": [], "sports": [], "sentiment": [], "passkey": []}
     for city, country in split.city_eval:
-        prompt, truth = city_question(rng, city, country, countries)
+        prompt, truth = city_question(rng, city, country, countries())
         out["cities"].append(EvalItem("cities", prompt, "Yes" if truth else "No"))
     for athlete, sport in split.sport_eval:
-        prompt, truth = sport_question(rng, athlete, sport, sports)
+        prompt, truth = sport_question(rng, athlete, sport, sports())
         out["sports"].append(EvalItem("sports", prompt, "Yes" if truth else "No"))
     for i in range(n_sentiment):
         positive = i % 2 == 0
         out["sentiment"].append(EvalItem("sentiment", REVIEW_PROMPT.format(text=review_text(rng, positive)),
                                          "Positive" if positive else "Negative"))
+    key_rng = random.Random(f"{config.seed}-evaluation-passkey-{passkey_repeats}")
     for _ in range(n_passkey):
-        key = passkey_key(rng, "eval")
-        out["passkey"].append(EvalItem("passkey", passkey_prompt(rng, key, passkey_repeats), key))
+        key = passkey_key(key_rng, "eval")
+        prompt = passkey_prompt(key_rng, key, passkey_repeats, depth=key_rng.uniform(0.25, 0.75))
+        out["passkey"].append(EvalItem("passkey", prompt, key))
     return out
