@@ -190,7 +190,8 @@ def _train_toy(args: argparse.Namespace) -> int:
         training = TrainConfig(pretrain_steps=args.steps or 40, batch_size=8, lr=5e-3, warmup=5, device=args.device)
     else:
         corpus, model = CorpusConfig(n_train=args.documents), ToyModelConfig(n_layers=args.layers)
-        training = TrainConfig(pretrain_steps=args.steps or TrainConfig.pretrain_steps, device=args.device)
+        training = TrainConfig(pretrain_steps=args.steps or TrainConfig.pretrain_steps, device=args.device,
+                               recalibrate_fraction=args.recalibrate_fraction, recalibrate_lr=args.recalibrate_lr)
     run = train_toy_pair(Path(args.out), corpus, model, training)
     r = run.report
     print(f"RoPE checkpoint:  {run.rope}\nDroPE checkpoint: {run.drope}")
@@ -249,9 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     toy = sub.add_parser("train-toy", help="pretrain a small RoPE Llama, drop rotary, recalibrate (the DroPE recipe)")
     toy.add_argument("--out", required=True, help="directory for the tokenizer, checkpoints and training.json")
-    toy.add_argument("--steps", type=int, default=None, help="pretraining steps (recalibration: 15%% of them)")
-    toy.add_argument("--documents", type=int, default=800_000, help="training documents to generate")
+    toy.add_argument("--steps", type=int, default=None, help="pretraining steps (default 6000; recalibration: --recalibrate-fraction of them)")
+    toy.add_argument("--documents", type=int, default=1_200_000, help="training documents to generate")
     toy.add_argument("--layers", type=int, default=4)
+    toy.add_argument("--recalibrate-fraction", type=float, default=0.2,
+                     help="recalibration steps as a share of pretraining steps")
+    toy.add_argument("--recalibrate-lr", type=float, default=1e-3)
     toy.add_argument("--evaluate", action="store_true", help="then evaluate both checkpoints (evaluation.json)")
     toy.add_argument("--device", default="cuda" if _cuda() else "cpu")
     toy.add_argument("--tiny", action="store_true", help="a seconds-long CPU run of the whole recipe")

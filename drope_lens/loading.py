@@ -183,14 +183,17 @@ def _place(
 
 
 def _materialise_remaining(model: nn.Module, device: torch.device, dtype: torch.dtype, requires_grad: bool) -> None:
-    """Zero-fill parameters the checkpoint has no tensor for (TL's biases) and rebuild buffers."""
+    """Zero-fill parameters the checkpoint has no tensor for (TL's biases) and rebuild buffers.
+
+    The biases stay frozen at zero even with ``requires_grad``: a Llama has none, so training them
+    would make a model that no checkpoint can hold."""
     for module in model.modules():
         for name, param in list(module._parameters.items()):
             if param is not None and param.is_meta:
                 if not name.lstrip("_").startswith("b_"):
                     raise CheckpointError(f"internal: parameter {name} of {type(module).__name__} was not loaded.")
                 module._parameters[name] = nn.Parameter(
-                    torch.zeros(param.shape, dtype=dtype, device=device), requires_grad=requires_grad
+                    torch.zeros(param.shape, dtype=dtype, device=device), requires_grad=False
                 )
         for name, buf in list(module._buffers.items()):
             if buf is not None and buf.is_meta:

@@ -44,6 +44,14 @@ def save_model(model: DropeLensTransformer, directory: Union[str, Path], *, dtyp
         raise TypeError(f"save_model() needs a drope_lens model, got {type(model).__name__}.")
     if model.quantization is not None:
         raise ValueError(f"cannot save a {model.quantization}-quantised model; load it unquantised to save it.")
+    nonzero_biases = [name for name, param in model.named_parameters()
+                      if name.rsplit(".", 1)[-1].lstrip("_").startswith("b_") and bool(param.detach().any())]
+    if nonzero_biases:
+        raise ValueError(
+            f"cannot save {len(nonzero_biases)} non-zero biases ({', '.join(nonzero_biases[:4])}"
+            f"{', ...' if len(nonzero_biases) > 4 else ''}): a Llama checkpoint has no biases, so they would be "
+            "lost. Keep TransformerLens's zero biases frozen (load_model(requires_grad=True) does)."
+        )
     target_dtype = resolve_dtype(dtype) if dtype is not None else model.cfg.dtype
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

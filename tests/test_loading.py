@@ -116,10 +116,26 @@ def test_drope_checkpoint_forced_to_rope_applies_rotary(checkpoint_factory):
     assert not torch.allclose(forced(TOKENS), drope(TOKENS))
 
 
+def _is_tl_bias(name: str) -> bool:
+    return name.rsplit(".", 1)[-1].lstrip("_").startswith("b_")
+
+
 def test_parameters_are_frozen_unless_asked(checkpoint_factory):
     path, _ = checkpoint_factory()
     assert not any(p.requires_grad for p in dl.load_model(path).parameters())
-    assert all(p.requires_grad for p in dl.load_model(path, requires_grad=True).parameters())
+    trainable = dl.load_model(path, requires_grad=True)
+    named = dict(trainable.named_parameters())
+    # checkpoint weights train; TransformerLens's zero biases (a Llama has none) stay frozen at zero
+    assert all(p.requires_grad for n, p in named.items() if not _is_tl_bias(n))
+    assert any(_is_tl_bias(n) for n in named) and not any(p.requires_grad for n, p in named.items() if _is_tl_bias(n))
+
+
+def test_save_refuses_biases_a_checkpoint_cannot_hold(checkpoint_factory, tmp_path):
+    model = dl.load_model(checkpoint_factory()[0])
+    with torch.no_grad():
+        model.blocks[0].attn.b_O.add_(0.5)
+    with pytest.raises(ValueError, match="non-zero biases.*blocks.0.attn.b_O"):
+        dl.save_model(model, tmp_path / "out")
 
 
 def test_hook_points_present(checkpoint_factory):

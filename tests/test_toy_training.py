@@ -9,8 +9,8 @@ import time
 import torch
 
 import drope_lens as dl
-from drope_lens.toy.corpus import CorpusConfig
-from drope_lens.toy.train import ToyModelConfig, TrainConfig, train_toy_pair
+from drope_lens.toy.corpus import CorpusConfig, heldout_documents
+from drope_lens.toy.train import ToyModelConfig, TrainConfig, evaluate_loss, pack, train_toy_pair
 
 
 def test_mini_training_run(tmp_path):
@@ -19,20 +19,24 @@ def test_mini_training_run(tmp_path):
         tmp_path,
         CorpusConfig(n_train=400, n_heldout=40, filler_repeats=(1, 3)),
         ToyModelConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_mlp=128, context=64, vocab_size=320),
-        TrainConfig(pretrain_steps=40, batch_size=8, lr=5e-3, warmup=5, device="cpu"),
+        TrainConfig(pretrain_steps=40, batch_size=8, lr=5e-3, warmup=5, device="cpu", save_dtype="float32"),
     )
     assert time.perf_counter() - started < 60
     losses = run.report["pretrain_losses"]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0  # pretraining lowers the loss
-    # 6 recalibration steps (15% of 40) of 8 rows x 64 positions; padding is not counted
-    assert 0.8 * 6 * 8 * 64 < run.report["recalibrate_tokens"] <= 6 * 8 * 64
-    assert 0.10 < run.report["recalibrate_share"] < 0.20
+    # 8 recalibration steps (20% of 40) of 8 rows x 64 positions; padding is not counted
+    assert 0.8 * 8 * 8 * 64 < run.report["recalibrate_tokens"] <= 8 * 8 * 64
+    assert 0.15 < run.report["recalibrate_share"] < 0.25
     rope, drope = dl.load_model(run.rope), dl.load_model(run.drope)
     assert rope.variant == "rope" and drope.variant == "drope" and drope.lens.attention_type == "nope"
     assert set(rope.hook_dict) == set(drope.hook_dict)
     rope_params, drope_params = dict(rope.named_parameters()), dict(drope.named_parameters())
     assert {k: v.shape for k, v in rope_params.items()} == {k: v.shape for k, v in drope_params.items()}
     assert not torch.equal(rope_params["blocks.0.attn.W_Q"], drope_params["blocks.0.attn.W_Q"])
+    # the saved checkpoints are the trained models: their held-out loss is the one measured in training
+    heldout = pack(rope.tokenizer, [d.text for d in heldout_documents(CorpusConfig(n_train=400, n_heldout=40, filler_repeats=(1, 3)))], 64)
+    for name, model in (("rope", rope), ("drope", drope)):
+        assert abs(evaluate_loss(model, heldout, rope.tokenizer.eos_token_id) - run.report["heldout_loss"][name]) < 1e-4
     saved = json.loads((tmp_path / "training.json").read_text())
     assert saved["heldout_loss"]["rope"] < 6.0 and 0.8 * 40 * 8 * 64 < saved["pretrain_tokens"] <= 40 * 8 * 64
     assert json.loads((run.drope / "toy.json").read_text())["tokens"] == json.loads((run.rope / "toy.json").read_text())["tokens"]

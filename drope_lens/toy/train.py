@@ -40,8 +40,8 @@ class ToyModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    pretrain_steps: int = 4000
-    recalibrate_fraction: float = 0.15  # recalibration tokens as a share of pretraining tokens
+    pretrain_steps: int = 6000
+    recalibrate_fraction: float = 0.2  # recalibration steps as a share of pretraining steps (DroPE: 10-20%)
     batch_size: int = 128
     lr: float = 2e-3
     recalibrate_lr: float = 1e-3
@@ -243,8 +243,7 @@ def train_toy_pair(out: Path, corpus_config: CorpusConfig = CorpusConfig(), mode
     pretrain_seconds = time.perf_counter() - t0
     rope_heldout = evaluate_loss(rope, heldout, eos)
 
-    drope = to_drope(rope)
-    drope.requires_grad_(True)
+    drope = to_drope(rope)  # a deep copy: keeps which parameters train (the zero biases do not)
     heldout_after_drop = evaluate_loss(drope, heldout, eos)
     t0 = time.perf_counter()
     recal = train(drope, data, train_config.recalibrate_steps, lr=train_config.recalibrate_lr,
