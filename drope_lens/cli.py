@@ -44,26 +44,50 @@ def model_summary(model) -> dict:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .loading import load_model
+    from pathlib import Path
 
-    model = load_model(
-        args.source,
-        dtype=args.dtype,
-        device=args.device,
-        n_ctx=args.n_ctx,
-        quantization=args.quantization,
-        variant=args.variant,
-        revision=args.revision,
-    )
-    summary = model_summary(model)
-    if args.json:
-        print(json.dumps(summary, indent=2))
+    from .loading import load_model
+    from .registry import pairs
+
+    known = pairs()
+    if args.source in known and not Path(args.source).exists():  # a pair name: describe both models
+        sources = [known[args.source].rope, known[args.source].drope]
     else:
-        width = max(len(k) for k in summary)
-        for key, value in summary.items():
-            shown = f"{value:,}" if key == "parameters" else value
-            print(f"{key:<{width}}  {shown}")
+        sources = [args.source]
+    summaries = []
+    for source in sources:
+        model = load_model(source, dtype=args.dtype, device=args.device, n_ctx=args.n_ctx,
+                           quantization=args.quantization, variant=args.variant, revision=args.revision)
+        summaries.append(model_summary(model))
+        del model
+    if args.json:
+        print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+        return 0
+    width = max(len(k) for k in summaries[0])
+    columns = [{k: (f"{v:,}" if k == "parameters" else str(v)) for k, v in s.items()} for s in summaries]
+    col_width = max(len(v) for c in columns for v in c.values())
+    for key in summaries[0]:
+        print(f"{key:<{width}}  " + "  ".join(f"{c[key]:<{col_width}}" for c in columns).rstrip())
     return 0
+
+
+def _trained_context(source: str) -> Optional[int]:
+    """``max_position_embeddings`` from a checkpoint's config.json (None if it cannot be read)."""
+    try:
+        from .loading import resolve_source
+
+        config = json.loads((resolve_source(source) / "config.json").read_text())
+        return int(config["max_position_embeddings"])
+    except Exception:  # the load itself will report the real problem
+        return None
+
+
+def _max_tokens(args: argparse.Namespace, sources: list[str]) -> int:
+    """``--max-tokens``, or the study's 512 capped at the smallest trained context of the models."""
+    if args.max_tokens is not None:
+        return args.max_tokens
+    contexts = [c for c in (_trained_context(s) for s in sources) if c]
+    return min([512, *contexts])
 
 
 def _random_checkpoint(args: argparse.Namespace) -> int:
@@ -89,13 +113,13 @@ def _model_sources(args: argparse.Namespace) -> list[str]:
 
     if args.pair and (args.rope or args.drope):
         raise ValueError("give either --pair NAME or --rope/--drope sources, not both.")
+    if not (args.pair or args.rope or args.drope):
+        args.pair = "toy"
+        print("no --pair/--rope/--drope given: using the bundled toy pair (drope-lens info toy describes it)\n")
     if args.pair:
         entry = lookup(args.pair)
         return [entry.rope, entry.drope]
-    sources = [s for s in (args.rope, args.drope) if s]
-    if not sources:
-        raise ValueError("no model: pass --pair NAME (e.g. llama2-7b) or --rope SRC and/or --drope SRC.")
-    return sources
+    return [s for s in (args.rope, args.drope) if s]
 
 
 def _each_model(args: argparse.Namespace, sources: list[str]):
@@ -126,6 +150,7 @@ def _run_experiment(args: argparse.Namespace) -> int:
     pd.set_option("display.width", 160)
     pd.set_option("display.max_columns", 30)
     sources = _model_sources(args)
+    args.max_tokens = _max_tokens(args, sources)
     texts = load_texts(args.texts)
     load_key = {"sources": sources, "dtype": args.dtype, "quantization": args.quantization}
     frames, identities, d_head = [], [], None
@@ -209,7 +234,8 @@ def _train_toy(args: argparse.Namespace) -> int:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pair", default=None, help="registry name of a RoPE/DroPE pair (e.g. llama2-7b)")
+    parser.add_argument("--pair", default=None,
+                        help="registry name of a RoPE/DroPE pair (default: toy, the bundled pair; e.g. llama2-7b)")
     parser.add_argument("--rope", default=None, help="RoPE checkpoint directory or hub id")
     parser.add_argument("--drope", default=None, help="DroPE checkpoint directory or hub id")
     parser.add_argument("--dtype", default="float32", help="float32 (default), bf16 or fp16")
@@ -230,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drope-lens", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="load a checkpoint and describe it")
-    info.add_argument("source", help="checkpoint directory or hub id")
+    info.add_argument("source", nargs="?", default="toy",
+                      help="checkpoint directory, hub id, bundled:toy/rope, or a pair name (default: toy, both models)")
     info.add_argument("--dtype", default="float32", help="float32 (default), bf16 or fp16")
     info.add_argument("--device", default="cpu")
     info.add_argument("--n-ctx", type=int, default=None)
@@ -255,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--layers", type=int, default=4)
     toy.add_argument("--recalibrate-fraction", type=float, default=0.2,
                      help="recalibration steps as a share of pretraining steps")
-    toy.add_argument("--recalibrate-lr", type=float, default=1e-3)
+    toy.add_argument("--recalibrate-lr", type=float, default=3e-3)
     toy.add_argument("--evaluate", action="store_true", help="then evaluate both checkpoints (evaluation.json)")
     toy.add_argument("--device", default="cuda" if _cuda() else "cpu")
     toy.add_argument("--tiny", action="store_true", help="a seconds-long CPU run of the whole recipe")
@@ -271,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", default="results", help="results root (default: results/)")
         p.add_argument("--run-id", default=None, help="default: derived from the configuration, so reruns resume")
         p.add_argument("--threshold", type=float, default=5.0)
-        p.add_argument("--max-tokens", type=int, default=512)
+        p.add_argument("--max-tokens", type=int, default=None,
+                       help="tokens per text (default: 512, the study's, capped at the models' trained context)")
         p.add_argument("--rotary", choices=["pre", "post"], default="pre")
         p.set_defaults(func=_run_experiment)
     mv.add_argument("--n-texts", type=int, default=10)

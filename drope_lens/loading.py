@@ -45,8 +45,13 @@ def resolve_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
 
 
 def resolve_source(source: Union[str, os.PathLike], revision: Optional[str] = None) -> Path:
-    """A local checkpoint directory for ``source`` (a directory, or a hub id fetched to the cache)."""
+    """A local checkpoint directory for ``source``: a directory, a bundled name
+    (``bundled:toy/rope``), or a hub id fetched to the cache."""
     text = os.fspath(source)
+    if text.startswith("bundled:"):
+        from .bundled import resolve
+
+        return resolve(text)
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():

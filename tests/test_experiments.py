@@ -233,9 +233,9 @@ def test_cli_runs_save_results_and_print_summaries(planted, tmp_path):
     assert len(meta["identification_texts"]) == 3 and len(meta["evaluation_texts"]) == 9
     assert not set(meta["identification_texts"]) & set(meta["evaluation_texts"])
     assert (run_dir / "data.parquet").is_file() and list(run_dir.glob("identification-*.parquet"))
-    bad = subprocess.run([sys.executable, "-m", "drope_lens.cli", "run", "disruption", "--out", str(tmp_path)],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "no model" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "drope_lens.cli", "run", "disruption", "--pair", "toy", "--rope", rope,
+                          "--out", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not both" in bad.stderr
 
 
 def test_wikitext_articles_from_a_cached_dataset(monkeypatch):

@@ -44,7 +44,7 @@ class TrainConfig:
     recalibrate_fraction: float = 0.2  # recalibration steps as a share of pretraining steps (DroPE: 10-20%)
     batch_size: int = 128
     lr: float = 2e-3
-    recalibrate_lr: float = 1e-3
+    recalibrate_lr: float = 3e-3
     warmup: int = 200
     weight_decay: float = 0.1
     seed: int = 0
