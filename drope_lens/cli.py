@@ -151,6 +151,8 @@ def _run_experiment(args: argparse.Namespace) -> int:
     pd.set_option("display.max_columns", 30)
     sources = _model_sources(args)
     args.max_tokens = _max_tokens(args, sources)
+    if args.texts is None:  # the toy pair never saw real English: give it text from its own corpus
+        args.texts = "toy" if all(s.startswith("bundled:toy/") for s in sources) else "builtin"
     texts = load_texts(args.texts)
     load_key = {"sources": sources, "dtype": args.dtype, "quantization": args.quantization}
     frames, identities, d_head = [], [], None
@@ -197,7 +199,9 @@ def _run_experiment(args: argparse.Namespace) -> int:
         print("Perplexity over evaluation texts (mean over texts; random: mean +- std over seeds):")
         print(summary.to_string(index=False))
         if set(summary.variant) >= {"rope", "drope"}:
-            print(f"\nRoPE/DroPE reliance ratio (M-R difference): {exp.reliance_ratio(summary):.2f}")
+            ratio = exp.reliance_ratio(summary)
+            shown = f"{ratio:.2f}" if ratio == ratio else "undefined (DroPE's M-R difference is zero)"
+            print(f"\nRoPE/DroPE reliance ratio (M-R difference): {shown}")
         print("\nPaired tests and 95% bootstrap CIs over evaluation texts:")
         print(exp.statistics(df).T.to_string(header=False))
     return 0
@@ -294,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     dr = run_sub.add_parser("disruption", help="Exp 2: zero massive Q/K dims, measure perplexity")
     for p in (mv, dr):
         _add_model_options(p)
-        p.add_argument("--texts", default="builtin", help="builtin (default), wikitext, or a .txt/.jsonl file or folder")
+        p.add_argument("--texts", default=None,
+                       help="builtin, wikitext, toy (held-out toy-corpus text), or a .txt/.jsonl file or folder "
+                            "(default: toy for the toy pair, builtin otherwise)")
         p.add_argument("--out", default="results", help="results root (default: results/)")
         p.add_argument("--run-id", default=None, help="default: derived from the configuration, so reruns resume")
         p.add_argument("--threshold", type=float, default=5.0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -83,12 +83,44 @@ def wikitext_texts(min_words: int = 600, split: str = "test") -> list[Text]:
     return texts
 
 
+def toy_texts(n: int = 12, min_words: int = 250) -> list[Text]:
+    """``n`` texts in the bundled toy pair's own distribution: consecutive documents of its
+    corpus's held-out stream (never trained on), joined until each has ``min_words`` words
+    (about 300 toy tokens, more than the toy's trained context of 256).
+
+    Documents are joined with ``</s><s>``, which the toy tokenizer reads as EOS and BOS: the
+    document boundary the pair was trained on. (Joined with blank lines instead, the DroPE
+    toy's perplexity more than doubles while RoPE's rises by a fifth.)"""
+    from .bundled import resolve
+    from .toy.corpus import heldout_documents
+    from .toy.evaluate import toy_metadata
+
+    config, _ = toy_metadata(resolve("bundled:toy/rope"))
+    texts: list[Text] = []
+    current: list[str] = []
+    n_docs = 64
+    while len(texts) < n:
+        texts, current = [], []
+        for doc in heldout_documents(replace(config, n_heldout=n_docs)):
+            current.append(doc.text)
+            if sum(len(t.split()) for t in current) >= min_words:
+                texts.append(Text(f"toy-heldout-{len(texts):02d}", "toy-corpus", "</s><s>".join(current)))
+                current = []
+                if len(texts) == n:
+                    break
+        n_docs *= 2
+    return texts
+
+
 def load_texts(source: Union[None, str, Path] = None) -> list[Text]:
-    """Texts from ``source``: None/"builtin", "wikitext", a ``.txt``/``.jsonl`` file, or a folder."""
+    """Texts from ``source``: None/"builtin", "wikitext", "toy" (the toy corpus's held-out
+    stream), a ``.txt``/``.jsonl`` file, or a folder."""
     if source is None or str(source) == "builtin":
         return builtin_texts()
     if str(source) == "wikitext":
         return wikitext_texts()
+    if str(source) == "toy":
+        return toy_texts()
     path = Path(source).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".txt", ".jsonl"))
@@ -98,7 +130,7 @@ def load_texts(source: Union[None, str, Path] = None) -> list[Text]:
     elif path.is_file():
         texts = _from_file(path)
     else:
-        raise FileNotFoundError(f"{source}: no such text file or folder (or use 'builtin' / 'wikitext').")
+        raise FileNotFoundError(f"{source}: no such text file or folder (or use 'builtin' / 'wikitext' / 'toy').")
     if not texts:
         raise ValueError(f"{source}: no texts found.")
     return texts

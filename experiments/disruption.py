@@ -230,12 +230,17 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def reliance_ratio(summary_frame: pd.DataFrame) -> float:
-    """RoPE's M-R difference over DroPE's (how much more RoPE relies on its massive dims)."""
+    """RoPE's M-R difference over DroPE's (how much more RoPE relies on its massive dims).
+
+    NaN when DroPE's difference is zero to within 1e-6 percentage points (for instance when no
+    DroPE dim passed the threshold, so both conditions equal the baseline): the ratio is then
+    undefined, not large.
+    """
     by_variant = summary_frame.set_index("variant")["m_minus_r"]
     if not {"rope", "drope"} <= set(by_variant.index):
         raise ValueError("reliance_ratio needs one RoPE and one DroPE model in the summary.")
     denominator = float(by_variant["drope"])
-    return float(by_variant["rope"]) / denominator if denominator != 0 else float("nan")
+    return float(by_variant["rope"]) / denominator if abs(denominator) > 1e-6 else float("nan")
 
 
 def statistics(df: pd.DataFrame, n_bootstrap: int = 10_000, seed: int = 0) -> pd.DataFrame:

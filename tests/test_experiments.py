@@ -250,3 +250,16 @@ def test_wikitext_articles_from_a_cached_dataset(monkeypatch):
     texts = load_texts("wikitext")
     assert len(texts) == 1 and texts[0].register == "wikitext"
     assert texts[0].words == 700 + 5 + 2  # body, the "= = Section = =" heading, its line; no title
+
+
+def test_reliance_ratio_is_undefined_not_huge_when_drope_difference_is_zero():
+    import math
+
+    import pandas as pd
+
+    from drope_lens.experiments import disruption
+
+    frame = pd.DataFrame({"variant": ["rope", "drope"], "m_minus_r": [17.6, 2.2e-14]})
+    assert math.isnan(disruption.reliance_ratio(frame))
+    frame = pd.DataFrame({"variant": ["rope", "drope"], "m_minus_r": [17.6, 4.4]})
+    assert disruption.reliance_ratio(frame) == pytest.approx(4.0)
