@@ -70,8 +70,10 @@ def identify_massive(
     sums: dict[tuple[int, str], torch.Tensor] = {}
     for _, batch in batches_by_length(tokens, batch_size):
         for key, m in sequence_norms(model, batch, ("q", "k"), rotary).items():
-            total = m.sum(dim=0).cpu()
+            total = m.sum(dim=0)
             sums[key] = sums[key] + total if key in sums else total
+    keys = sorted(sums)
+    sums = dict(zip(keys, torch.stack([sums[k] for k in keys]).cpu()))  # one device->host copy
     masks: Masks = {"q": {}, "k": {}}
     for (layer, tensor), total in sorted(sums.items()):
         masks[tensor][layer] = massive_mask(total / len(texts), threshold)
@@ -100,6 +102,39 @@ def _conditions(massive: Masks, config: DisruptionConfig) -> list[tuple[str, int
     conditions: list[tuple[str, int, Optional[Masks]]] = [("baseline", -1, None), ("massive", -1, massive)]
     conditions += [("random", s, random_masks(massive, s, config.random_pool)) for s in config.seed_list]
     return conditions
+
+
+def _on_device(masks: Optional[Masks], device) -> Optional[Masks]:
+    if masks is None:
+        return None
+    return {t: {layer: m.to(device) for layer, m in per_layer.items()} for t, per_layer in masks.items()}
+
+
+class _AsyncHost:
+    """A device tensor's copy into pinned host memory, waited for only when read."""
+
+    def __init__(self, x: torch.Tensor):
+        if x.is_cuda:
+            self.value = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+            self.value.copy_(x, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.value, self.event = x, None
+
+    def host(self) -> torch.Tensor:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.value
+
+
+def balanced_batch_size(n_rows: int, batch_size: int) -> int:
+    """The smallest batch size that needs as few batches as ``batch_size`` does: rows spread
+    evenly (111 rows at 27 -> 5 batches of at most 23, not four of 27 and one of 3)."""
+    if n_rows <= 0:
+        return batch_size
+    n_batches = -(-n_rows // batch_size)
+    return -(-n_rows // n_batches)
 
 
 def _hooks_for_rows(row_masks: list[Optional[Masks]], rotary: str) -> list:
@@ -144,10 +179,13 @@ def run(
     if store is not None:
         store.save_extra(f"identification-{unit_prefix(model)}", identification_frame(model, massive))
     conditions = _conditions(massive, config)
+    device_masks = [_on_device(c[2], model.cfg.device) for c in conditions]  # no host->device copy inside hooks
     tokens = tokenize(model, evaluation_texts, config.max_tokens)
     prefix = unit_prefix(model)
     unit_of = lambda cond, s: f"{prefix}-{cond}-{s}"  # noqa: E731
-    todo = [c for c in conditions if store is None or not store.has(unit_of(c[0], c[1]))]
+    todo_index = [i for i, c in enumerate(conditions) if store is None or not store.has(unit_of(c[0], c[1]))]
+    todo = [conditions[i] for i in todo_index]
+    todo_masks = [device_masks[i] for i in todo_index]
 
     # every (condition, text) pair is one row; rows of equal length share forwards
     rows = [(ci, sample) for ci in range(len(todo)) for sample in range(len(evaluation_texts))]
@@ -158,17 +196,30 @@ def run(
     results: dict[int, dict[int, float]] = {ci: {} for ci in range(len(todo))}
     work = []
     for group in groups:
-        for local, batch in batches_by_length([tokens[sample] for _, sample in group], config.batch_size):
+        for local, batch in batches_by_length([tokens[sample] for _, sample in group],
+                                              balanced_batch_size(len(group), config.batch_size)):
             work.append(([group[i] for i in local], batch))
-    for batch_rows, batch in progress(work, len(work), f"disruption {model_variant(model)}", show_progress):
-        hooks = _hooks_for_rows([todo[ci][2] for ci, _ in batch_rows], config.rotary)
-        with torch.inference_mode():
-            logits = model.run_with_hooks(batch.to(model.cfg.device), fwd_hooks=hooks)
-            nll = sequence_nll(logits, batch).cpu()
-        for (ci, sample), value in zip(batch_rows, nll.tolist()):
+
+    def finish(pending) -> None:
+        batch_rows, nll = pending
+        for (ci, sample), value in zip(batch_rows, nll.host().tolist()):
             results[ci][sample] = value
             if store is not None and len(results[ci]) == len(evaluation_texts):
                 store.save_part(unit_of(todo[ci][0], todo[ci][1]), _frame(model, todo[ci], results[ci], evaluation_texts, tokens))
+
+    # Pipelined: a batch's NLLs are copied to the host while the next batch runs.
+    pending = None
+    for batch_rows, batch in progress(work, len(work), f"disruption {model_variant(model)}", show_progress):
+        hooks = _hooks_for_rows([todo_masks[ci] for ci, _ in batch_rows], config.rotary)
+        with torch.inference_mode():
+            logits = model.run_with_hooks(batch.to(model.cfg.device), fwd_hooks=hooks)
+            current = (batch_rows, _AsyncHost(sequence_nll(logits, batch)))
+            del logits
+        if pending is not None:
+            finish(pending)
+        pending = current
+    if pending is not None:
+        finish(pending)
     frames = []
     for condition in conditions:
         ci = next((i for i, c in enumerate(todo) if c[:2] == condition[:2]), None)

@@ -54,14 +54,33 @@ def massive_mask(m: Float[torch.Tensor, "*layers head d_head"], threshold: float
     return m > threshold * m.mean(dim=(-2, -1), keepdim=True)
 
 
+class _StopForward(Exception):
+    """Raised by the last capture hook: nothing after the last layer's q/k is needed."""
+
+
+def _stop_forward(x, hook):
+    raise _StopForward
+
+
 def sequence_norms(
     model, tokens: torch.Tensor, tensors: Sequence[str], rotary: str
 ) -> dict[tuple[int, str], torch.Tensor]:
-    """M for every layer and tensor of one batch of equal-length token rows: ``[batch, head, d]``."""
+    """M for every layer and tensor of one batch of equal-length token rows: ``[batch, head, d]``.
+
+    The forward stops at the last layer's ``hook_rot_k`` (after its q, k and v hooks have
+    fired): that layer's attention, its MLP and the final norm are not needed, so they are not run.
+    """
     store: dict = {}
     hooks = capture_dim_norms(store, model.cfg.n_layers, tensors=tensors, rotary=rotary)
+    hooks.append((f"blocks.{model.cfg.n_layers - 1}.attn.hook_rot_k", _stop_forward))
     with torch.inference_mode():
-        model.run_with_hooks(tokens.to(model.cfg.device), return_type=None, fwd_hooks=hooks)
+        try:
+            model.run_with_hooks(tokens.to(model.cfg.device), return_type=None, fwd_hooks=hooks)
+        except _StopForward:
+            pass
+    missing = [key for key in ((layer, t) for layer in range(model.cfg.n_layers) for t in tensors) if key not in store]
+    if missing:  # pragma: no cover - a model whose attention fires hooks in another order
+        raise RuntimeError(f"capture hooks did not fire for {missing[:3]}...; the early stop came too soon.")
     return store
 
 
@@ -99,26 +118,43 @@ def _to_host(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _rows(model, texts: Sequence[Text], sample: int, row: int, n_tokens: int, stats: dict) -> pd.DataFrame:
-    """One text's rows (layer x tensor) from its batch's host statistics."""
-    where = {}
+def _batch_rows(model, texts: Sequence[Text], samples: Sequence[int], n_tokens: int, stats: dict) -> pd.DataFrame:
+    """Rows (text x layer x tensor) of one batch from its host statistics, built with array ops.
+
+    Row order: by text, then layer, then tensor (as ``tensors`` were given).
+    """
+    n_layers, n_rows = model.cfg.n_layers, len(samples)
+    tensors = list(stats)
+    columns: dict[str, np.ndarray] = {}
+    heads_lists, dims_lists = [], []
+    per_tensor = {}
     for tensor, arrays in stats.items():
-        _, heads, dims = np.nonzero(arrays["mask"][:, row])  # sorted by layer
-        cuts = np.cumsum(arrays["count"][:, row])[:-1]
-        where[tensor] = (np.split(heads, cuts), np.split(dims, cuts))
-    columns: dict[str, list] = {c: [] for c in ("layer", "tensor", "count", "heads", "dims", "mean_m", "max_m")}
-    for layer in range(model.cfg.n_layers):
-        for tensor, arrays in stats.items():
-            columns["layer"].append(layer)
-            columns["tensor"].append(tensor)
-            columns["count"].append(int(arrays["count"][layer, row]))
-            columns["heads"].append(where[tensor][0][layer].tolist())
-            columns["dims"].append(where[tensor][1][layer].tolist())
-            columns["mean_m"].append(float(arrays["mean"][layer, row]))
-            columns["max_m"].append(float(arrays["max"][layer, row]))
+        mask = arrays["mask"][:, :n_rows]  # [layer, batch, head, d]
+        n_heads, d_head = mask.shape[-2:]
+        row_major = np.ascontiguousarray(mask.transpose(1, 0, 2, 3))  # [batch, layer, head, d]
+        flat = np.flatnonzero(row_major) % (n_heads * d_head)  # sorted by batch row, then layer
+        heads, dims = (flat // d_head).tolist(), (flat % d_head).tolist()
+        counts = arrays["count"][:, :n_rows].T.reshape(-1)  # [batch * layer]
+        bounds = np.concatenate([[0], np.cumsum(counts)]).tolist()
+        per_tensor[tensor] = ([heads[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+                              [dims[a:b] for a, b in zip(bounds[:-1], bounds[1:])], counts,
+                              arrays["mean"][:, :n_rows].T.reshape(-1), arrays["max"][:, :n_rows].T.reshape(-1))
+    # interleave tensors: row index = ((text * n_layers) + layer) * n_tensors + tensor
+    n = n_rows * n_layers
+    for key, index in (("count", 2), ("mean_m", 3), ("max_m", 4)):
+        columns[key] = np.stack([per_tensor[t][index] for t in tensors], axis=1).reshape(-1)
+    for i in range(n):
+        for t in tensors:
+            heads_lists.append(per_tensor[t][0][i])
+            dims_lists.append(per_tensor[t][1][i])
+    sample_of_row = np.repeat(np.asarray(samples), n_layers * len(tensors))
     return pd.DataFrame({
-        "model": model_name(model), "variant": model_variant(model), "sample": sample,
-        "text": texts[sample].name, "register": texts[sample].register, "n_tokens": n_tokens, **columns,
+        "model": model_name(model), "variant": model_variant(model), "sample": sample_of_row,
+        "text": [texts[s].name for s in sample_of_row], "register": [texts[s].register for s in sample_of_row],
+        "n_tokens": n_tokens, "layer": np.tile(np.repeat(np.arange(n_layers), len(tensors)), n_rows),
+        "tensor": np.tile(np.asarray(tensors, dtype=object), n), "count": columns["count"].astype(np.int64),
+        "heads": heads_lists, "dims": dims_lists,
+        "mean_m": columns["mean_m"].astype(np.float64), "max_m": columns["max_m"].astype(np.float64),
     })
 
 
@@ -143,30 +179,36 @@ def run(
     Batches are pipelined: a batch's rows are built while the next batch runs on the GPU.
     """
     config = MassiveValuesConfig(threshold, max_tokens, rotary, tuple(tensors), batch_size)
-    tokens = tokenize(model, texts, config.max_tokens)
     unit = lambda i: f"{unit_prefix(model)}-sample-{i}"  # noqa: E731
     todo = [i for i in range(len(texts)) if store is None or not store.has(unit(i))]
     frames: dict[int, pd.DataFrame] = {}
 
     def finish(pending) -> None:
-        local, n_tokens, statistics = pending
-        stats = statistics.host()
-        for row, local_index in enumerate(local):
-            sample = todo[local_index]
-            frames[sample] = _rows(model, texts, sample, row, n_tokens, stats)
+        samples, n_tokens, statistics = pending
+        batch_frame = _batch_rows(model, texts, samples, n_tokens, statistics.host())
+        for sample, frame in batch_frame.groupby("sample", sort=False):
+            frames[sample] = frame.reset_index(drop=True)
             if store is not None:
                 store.save_part(unit(sample), frames[sample])
 
-    batches = list(batches_by_length([tokens[i] for i in todo], config.batch_size))
+    # Texts are tokenised one chunk of ``batch_size`` at a time, so that tokenising the next
+    # chunk and turning the previous batch into rows both overlap the running forward.
+    chunks = [todo[i : i + config.batch_size] for i in range(0, len(todo), config.batch_size)]
     pending = None
-    for local, batch in progress(batches, len(batches), f"massive values {model_variant(model)}", show_progress):
-        norms = sequence_norms(model, batch, config.tensors, config.rotary)
-        current = (local, int(batch.shape[1]), _BatchStatistics(norms, config.tensors, model.cfg.n_layers, config.threshold))
-        if pending is not None:
-            finish(pending)
-        pending = current
+    bar = progress(range(len(todo)), len(todo), f"massive values {model_variant(model)}", show_progress)
+    for chunk in chunks:
+        tokens = tokenize(model, [texts[i] for i in chunk], config.max_tokens)
+        for local, batch in batches_by_length(tokens, config.batch_size):
+            norms = sequence_norms(model, batch, config.tensors, config.rotary)
+            statistics = _BatchStatistics(norms, config.tensors, model.cfg.n_layers, config.threshold)
+            if pending is not None:
+                finish(pending)
+                bar.update(len(pending[0]))
+            pending = ([chunk[i] for i in local], int(batch.shape[1]), statistics)
     if pending is not None:
         finish(pending)
+        bar.update(len(pending[0]))
+    bar.close()
     for i in range(len(texts)):
         if i not in frames:  # finished in an earlier run; parquet gives arrays back, keep lists
             frame = store.load_part(unit(i))

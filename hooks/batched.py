@@ -31,9 +31,11 @@ def batched_zero_dims(
         if len(shapes) != 1:
             raise ValueError(f"layer {layer}: masks of different shapes {shapes}.")
         (shape,) = shapes
+        device = next(m[layer].device for m in masks_per_row if layer in m)
         stacked = torch.stack(
-            [m[layer].bool() if layer in m else torch.zeros(shape, dtype=torch.bool) for m in masks_per_row]
-        )  # [batch, head, d_head]
+            [m[layer].bool() if layer in m else torch.zeros(shape, dtype=torch.bool, device=device)
+             for m in masks_per_row]
+        )  # [batch, head, d_head], on the masks' device: put them on the model's to avoid a copy per forward
 
         def fn(x, hook, stacked=stacked):
             if stacked.shape[0] != x.shape[0]:

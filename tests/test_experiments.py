@@ -263,3 +263,15 @@ def test_reliance_ratio_is_undefined_not_huge_when_drope_difference_is_zero():
     assert math.isnan(disruption.reliance_ratio(frame))
     frame = pd.DataFrame({"variant": ["rope", "drope"], "m_minus_r": [17.6, 4.4]})
     assert disruption.reliance_ratio(frame) == pytest.approx(4.0)
+
+
+def test_massive_values_early_stop_leaves_the_model_clean(planted):
+    from drope_lens.experiments import massive_values
+    from drope_lens.texts import builtin_texts
+
+    model = dl.load_model(planted["rope"][0])
+    tokens = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    before = model(tokens)
+    massive_values.run(model, builtin_texts()[:3], max_tokens=32, show_progress=False)
+    assert all(not hp.fwd_hooks for hp in model.hook_dict.values())  # the stopped forward removed its hooks
+    torch.testing.assert_close(model(tokens), before, rtol=0, atol=0)
