@@ -113,7 +113,16 @@ def apply_rotary(
         cos, sin = cos[position_ids][:, :, None, :], sin[position_ids][:, :, None, :]
     # x * cos + rotate_half(x) * sin, where rotate_half(x) * sin == roll(x, d/2) * signed sin
     # exactly; each product is rounded to x.dtype before the sum, as in HF, so bf16 matches it.
-    return x * cos.to(x.dtype) + x.roll(x.shape[-1] // 2, dims=-1) * sin.to(x.dtype)
+    # The rolled product is written half by half into one buffer (no rolled copy of x) and the
+    # sum is in place: 7 passes over x-sized memory instead of 9.
+    half = x.shape[-1] // 2
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    if torch.is_grad_enabled() and x.requires_grad:  # training: out= has no autograd; same arithmetic
+        return x * cos + x.roll(half, dims=-1) * sin
+    rolled = torch.empty_like(x)
+    torch.mul(x[..., half:], sin[..., :half], out=rolled[..., :half])
+    torch.mul(x[..., :half], sin[..., half:], out=rolled[..., half:])
+    return torch.mul(x, cos).add_(rolled)
 
 
 class FullWidthRMSNorm(nn.Module):

@@ -275,3 +275,18 @@ def test_massive_values_early_stop_leaves_the_model_clean(planted):
     massive_values.run(model, builtin_texts()[:3], max_tokens=32, show_progress=False)
     assert all(not hp.fwd_hooks for hp in model.hook_dict.values())  # the stopped forward removed its hooks
     torch.testing.assert_close(model(tokens), before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("max_tokens", [16, 100, 512])
+def test_prefix_tokenisation_equals_whole_text_tokenisation(planted, max_tokens):
+    """tokenize() reads only a prefix of each text; the tokens kept are those of the whole text."""
+    from drope_lens.experiments.common import tokenize
+    from drope_lens.texts import Text, builtin_texts, toy_texts
+
+    texts = builtin_texts() + toy_texts()[:4] + [Text("short", "x", "a few words only")]
+    for source in (planted["rope"][0], "bundled:toy/rope"):
+        model = dl.load_model(source)
+        got = tokenize(model, texts, max_tokens)
+        for text, tokens in zip(texts, got):
+            whole = model.tokenizer(text.text, add_special_tokens=True)["input_ids"]
+            assert tokens.tolist() == whole[:max_tokens]
