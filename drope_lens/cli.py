@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--rotary", choices=["pre", "post"], default="pre")
         p.set_defaults(func=_run_experiment)
     mv.add_argument("--n-texts", type=int, default=10)
-    mv.add_argument("--batch-size", type=int, default=5)
+    mv.add_argument("--batch-size", type=int, default=10, help="texts per forward (default 10: the study's 10 texts at once)")
     dr.add_argument("--seeds", type=int, default=10)
     dr.add_argument("--seed", type=int, default=0)
     dr.add_argument("--n-identification", type=int, default=3)

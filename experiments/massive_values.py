@@ -35,7 +35,7 @@ class MassiveValuesConfig:
     max_tokens: int = 512
     rotary: Literal["pre", "post"] = "pre"
     tensors: tuple[str, ...] = ("q", "k", "v")
-    batch_size: int = 5
+    batch_size: int = 10
 
     def __post_init__(self) -> None:
         if not self.threshold > 0:
@@ -166,7 +166,7 @@ def run(
     max_tokens: int = 512,
     rotary: Literal["pre", "post"] = "pre",
     tensors: tuple[str, ...] = ("q", "k", "v"),
-    batch_size: int = 5,
+    batch_size: int = 10,
     store: Optional[RunStore] = None,
     show_progress: bool = True,
 ) -> pd.DataFrame:

@@ -75,11 +75,11 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
             t_exp1, df1 = timed(lambda: massive_values.run(model, exp1_texts, show_progress=False), repeat=7)
             peak1 = torch.cuda.max_memory_allocated()
-            t_exp1_one_batch, _ = timed(lambda: massive_values.run(model, exp1_texts, batch_size=10, show_progress=False), repeat=7)
+            t_exp1_two_batches, _ = timed(lambda: massive_values.run(model, exp1_texts, batch_size=5, show_progress=False), repeat=7)
             t_forward, _ = timed(lambda: model(batch, return_type=None), repeat=5)
         report[f"exp1_{variant}"] = {
             "seconds": t_exp1, "hf_base_forward_seconds": bare_exp1, "ratio": t_exp1 / bare_exp1,
-            "seconds_one_batch_of_10": t_exp1_one_batch, "drope_lens_bare_forward_seconds": t_forward,
+            "seconds_two_batches_of_5": t_exp1_two_batches, "drope_lens_bare_forward_seconds": t_forward,
             "peak_gpu_bytes": peak1, "model_bytes": torch.cuda.memory_allocated(),
             "totals_mean": massive_values.totals(df1).set_index("tensor")["mean"].to_dict(),
         }
@@ -104,8 +104,8 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
             t_batched, df2 = timed(lambda: disruption.run(model, ident, evaluation, batch_size=args.batch_size, **kwargs), repeat=3)
             peak2 = torch.cuda.max_memory_allocated()
-            t_per_condition, df_pc = timed(lambda: disruption.run(model, ident, evaluation, batch_size=9, batched=False, **kwargs))
-            t_per_row, df_pr = timed(lambda: disruption.run(model, ident, evaluation, batch_size=1, batched=False, **kwargs))
+            t_per_condition, df_pc = timed(lambda: disruption.run(model, ident, evaluation, batch_size=9, batched=False, **kwargs), repeat=3)
+            t_per_row, df_pr = timed(lambda: disruption.run(model, ident, evaluation, batch_size=1, batched=False, **kwargs), repeat=3)
         nll = torch.tensor(df2.nll.values)
         report[f"exp2_{variant}"] = {
             "seconds_batched": t_batched, "hf_forward_seconds_same_rows": bare_exp2, "ratio": t_batched / bare_exp2,
