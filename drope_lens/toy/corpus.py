@@ -44,6 +44,56 @@ _TIMES = ["early in the morning", "after the storm", "before dinner", "on a cold
           "during the festival", "at noon", "late at night", "the next day"]
 _ADVERBS = ["slowly", "carefully", "quickly", "quietly", "proudly", "patiently", "happily"]
 _CONNECTIVES = ["Then", "Later", "Afterwards", "Meanwhile", "Soon", "Still"]
+_ADJECTIVES = """
+ancient autumn bitter bright broad calm careful cheerful clever cloudy cold crooked curious damp dark
+deep distant dusty eager early empty enormous faded famous fierce fragile fresh friendly frozen gentle
+gloomy golden graceful green grey heavy hidden hollow honest huge humble icy idle jolly kind lazy light
+little lively lonely loud lucky merry mighty misty modern narrow nervous noble noisy odd open orange
+pale patient plain polite proud purple quick quiet rapid rare ripe rough round rusty salty sandy scarlet
+secret sharp shiny silent silver simple sleepy slow small smooth soft solid sour spare splendid steady
+steep sticky stormy strange striped strong sturdy sudden sunny sweet swift tall tender thick thin tidy
+tiny tired triangular twisted velvet violet warm weary wet white wide wild windy wise wooden worn young
+""".split()
+_NOUNS = """
+anchor apron arrow badge barrel basket beacon bench bicycle blanket bottle bracelet bridge bucket
+cabinet candle canoe carpet cart castle chain chair chimney cloak compass cottage crate crown cup
+curtain cushion drum envelope feather fence fiddle flag flute fountain garden glove harp hammer hat
+helmet hive jar jacket kettle key kite ladder lamp lantern ledger lighthouse lock locket loom mirror
+mitten needle notebook oar orchard paddle pail parcel pebble pencil piano pillow pipe pitcher plank
+pocket pot quilt rake ribbon ring rope saddle sail satchel scarf scroll shawl shelf shovel sickle sled
+spoon stool suitcase sundial sword table telescope tent thimble ticket tower trumpet trunk umbrella
+vase violin wagon wallet wheel whistle window windmill wreath
+""".split()
+_PAST_VERBS = """
+admired adjusted balanced buried carved chased checked collected covered delivered discovered dropped
+dusted examined fetched fixed folded gathered guarded hammered hid hung inspected lifted loaded lost
+mended moved noticed offered packed painted polished pulled pushed raised rescued returned rolled
+scrubbed searched shared sketched sorted stacked stitched stored studied swept tied tested traded
+turned unlocked unpacked visited washed weighed wound
+""".split()
+_PEOPLE = """
+farmer teacher neighbour captain student baker guide nurse child mayor painter stranger engineer aunt
+shepherd musician blacksmith carpenter fisherman gardener librarian merchant miller pilot poet potter
+sailor scholar soldier tailor weaver doctor judge clerk cook hunter innkeeper jeweller knight porter
+""".split()
+_NAMES = """
+Ada Agnes Albert Alice Amos Anna Arthur Beatrice Benedict Bertha Bruno Camille Cecil Clara Conrad Cora
+Cyril Daisy Dorothy Edgar Edith Edmund Elena Elias Eliza Emil Esther Felix Flora Frances Frederick
+Gideon Greta Harold Hazel Helena Henry Hilda Horace Ida Irene Isaac Ivy Jasper Josephine Julian Karl
+Leonard Lillian Lionel Lucy Mabel Magnus Margaret Martha Matilda Maurice Mildred Miriam Nora Oliver
+Olive Oscar Otto Pauline Percy Philippa Quentin Rosa Rufus Ruth Samuel Silas Sophia Stella Theodore
+Thea Tobias Ursula Vera Victor Violet Walter Wilfred Winifred Xavier Yvonne Zachary Zelda
+""".split()
+_MORE_ADVERBS = """
+briskly calmly cautiously cheerfully clumsily eagerly faithfully gently gladly gracefully hastily
+honestly kindly lazily loudly merrily neatly nervously openly politely promptly rapidly roughly
+sadly secretly silently softly solemnly steadily swiftly tenderly thoughtfully warmly wearily wisely
+""".split()
+_PLACES_MORE = """
+barn bakery bay canyon cathedral cellar cliff courtyard dock farmhouse ferry field forge glade hall
+harbour hillside inn island kitchen lake meadow mill orchard pier quarry riverbank schoolhouse shore
+square stable station tavern temple valley village vineyard wharf workshop
+""".split()
 _TITLES = ["The Silent Harbour", "Glass Mountains", "A Winter Orchard", "The Last Lantern", "Paper Kings",
            "River of Clocks", "Northern Lights", "The Copper Road", "Small Hours", "The Long Table",
            "Iron Gardens", "Salt and Smoke", "The Ninth Bridge", "Evening Trains", "Quiet Thunder"]
@@ -132,8 +182,20 @@ def fact_split(config: CorpusConfig) -> Split:
 # Document generators: (rng, config, split, stream) -> text. ``stream`` is "train" or "eval".
 # ---------------------------------------------------------------------------------------------
 def _sentence(rng: random.Random) -> str:
-    parts = [rng.choice(_SUBJECTS), rng.choice(_ADVERBS) if rng.random() < 0.3 else None,
-             rng.choice(_VERBS), rng.choice(_OBJECTS), rng.choice(_PLACES)]
+    if rng.random() < 0.5:  # the small original grammar
+        parts = [rng.choice(_SUBJECTS), rng.choice(_ADVERBS) if rng.random() < 0.3 else None,
+                 rng.choice(_VERBS), rng.choice(_OBJECTS), rng.choice(_PLACES)]
+    else:  # the larger vocabulary: people, adjectives, things and places
+        roll = rng.random()
+        if roll < 0.35:
+            person = f"{rng.choice(_NAMES)} the {rng.choice(_PEOPLE)}"
+        elif roll < 0.7:
+            person = f"the {rng.choice(_ADJECTIVES)} {rng.choice(_PEOPLE)}"
+        else:
+            person = rng.choice(_NAMES)
+        thing = f"the {rng.choice(_ADJECTIVES)} {rng.choice(_NOUNS)}"
+        place = f"{rng.choice(['in', 'near', 'behind', 'beside', 'at'])} the {rng.choice(_PLACES_MORE)}"
+        parts = [person, rng.choice(_MORE_ADVERBS) if rng.random() < 0.3 else None, rng.choice(_PAST_VERBS), thing, place]
     sentence = " ".join(p for p in parts if p)
     opener = rng.random()
     if opener < 0.4:
