@@ -89,8 +89,9 @@ def toy_texts(n: int = 12, min_words: int = 250) -> list[Text]:
     (about 300 toy tokens, more than the toy's trained context of 256).
 
     Documents are joined with ``</s><s>``, which the toy tokenizer reads as EOS and BOS: the
-    document boundary the pair was trained on. (Joined with blank lines instead, the DroPE
-    toy's perplexity more than doubles while RoPE's rises by a fifth.)"""
+    document boundary the pair was trained on. (Joined with blank lines instead, the toy
+    pair's perplexity on 9 such texts goes from 3.8 to 8.3 for RoPE and from 3.6 to 11.7 for
+    DroPE.)"""
     from .bundled import resolve
     from .toy.corpus import heldout_documents
     from .toy.evaluate import toy_metadata
