@@ -208,7 +208,10 @@ def _run_experiment(args: argparse.Namespace) -> int:
 
 
 def _train_toy(args: argparse.Namespace) -> int:
+    import logging
     from pathlib import Path
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     from .toy.corpus import CorpusConfig
     from .toy.train import ToyModelConfig, TrainConfig, train_toy_pair

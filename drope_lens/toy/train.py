@@ -9,6 +9,7 @@ CPU; checkpoints saved in ``TrainConfig.save_dtype`` (float16: the bundled pair)
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,8 @@ from ..loading import load_model
 from ..saving import save_model
 from .corpus import CorpusConfig, build_corpus
 from .tokenizer import train_tokenizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,8 @@ def train(
     generator = torch.Generator().manual_seed(seed)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     losses, tokens = [], 0
-    for step in tqdm(range(steps), desc=desc, leave=False):
+    bar = tqdm(range(steps), desc=desc, leave=False)
+    for step in bar:
         rows = torch.randint(0, data.shape[0], (batch_size,), generator=generator)
         batch = data[rows]
         tokens += int((batch != PAD).sum())
@@ -160,6 +164,11 @@ def train(
         optimizer.step()
         scheduler.step()
         losses.append(loss.detach())
+        if (step + 1) % 100 == 0 or step + 1 == steps:  # one host sync per 100 steps
+            recent = float(torch.stack(losses[-100:]).mean())
+            bar.set_postfix(loss=f"{recent:.3f}")
+            log.info("%s step %d/%d: mean loss of the last %d steps %.4f", desc, step + 1, steps,
+                     min(100, len(losses)), recent)
     model.eval()
     return TrainLog([float(x) for x in torch.stack(losses).cpu()] if losses else [], tokens)
 
