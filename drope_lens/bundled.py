@@ -16,7 +16,7 @@ PREFIX = "bundled:"
 
 def root(pair: str = "toy") -> Path:
     """The folder that holds a bundled pair (``rope/``, ``drope/``, ``SHA256SUMS``, reports)."""
-    path = Path(str(resources.files("drope_lens").joinpath("data", pair)))
+    path = Path(str(resources.files("drope_lens").joinpath("data").joinpath(pair)))  # one name per call: Python 3.10
     if not (path / "SHA256SUMS").is_file():
         raise FileNotFoundError(f"no bundled pair {pair!r} in this installation ({path}).")
     return path

@@ -1,5 +1,6 @@
-"""The toy RoPE/DroPE pair: corpus generator, tokenizer, and the DroPE training recipe.
+"""The toy RoPE/DroPE pair: corpus generator (``corpus``), tokenizer (``tokenizer``), the DroPE
+training recipe (``train``, ``drope-lens train-toy``) and its quality evaluation (``evaluate``).
 
-Work in progress (issue 4): ``drope-lens train-toy`` runs the recipe; the trained pair is not yet
-bundled, and its quality has not been measured.
+The pair trained with these modules ships in the package: ``drope_lens.load_pair("toy")``; see
+``docs/toy_pair.md``.
 """
