@@ -72,8 +72,9 @@ def identify_massive(
         for key, m in sequence_norms(model, batch, ("q", "k"), rotary).items():
             total = m.sum(dim=0)
             sums[key] = sums[key] + total if key in sums else total
-    keys = sorted(sums)
-    sums = dict(zip(keys, torch.stack([sums[k] for k in keys]).cpu()))  # one device->host copy
+    for tensor in ("q", "k"):  # one device->host copy per tensor (k has fewer heads under GQA)
+        keys = sorted(k for k in sums if k[1] == tensor)
+        sums.update(zip(keys, torch.stack([sums[k] for k in keys]).cpu()))
     masks: Masks = {"q": {}, "k": {}}
     for (layer, tensor), total in sorted(sums.items()):
         masks[tensor][layer] = massive_mask(total / len(texts), threshold)

@@ -290,3 +290,18 @@ def test_prefix_tokenisation_equals_whole_text_tokenisation(planted, max_tokens)
         for text, tokens in zip(texts, got):
             whole = model.tokenizer(text.text, add_special_tokens=True)["input_ids"]
             assert tokens.tolist() == whole[:max_tokens]
+
+
+@pytest.mark.parametrize("attention_type", [None, "nope"])
+def test_grouped_query_models_run_both_experiments(checkpoint_factory, attention_type):
+    """k and v have fewer heads than q under GQA; both experiments handle the two shapes."""
+    model = dl.load_model(checkpoint_factory(attention_type=attention_type, n_kv_heads=2)[0])
+    texts = builtin_texts()
+    mv = massive_values.run(model, texts[:2], threshold=2.0, max_tokens=24, show_progress=False)
+    assert set(mv.tensor) == {"q", "k", "v"}
+    assert all(h < 2 for tensor, heads in zip(mv.tensor, mv.heads) if tensor != "q" for h in heads)
+    ident, evaluation = split_texts(texts, 2, 3)
+    masks = disruption.identify_massive(model, ident, threshold=2.0, max_tokens=24)
+    assert masks["q"][0].shape == (4, 16) and masks["k"][0].shape == (2, 16)
+    df = disruption.run(model, ident, evaluation, threshold=2.0, seeds=2, max_tokens=24, show_progress=False)
+    assert len(df) == (2 + 2) * 3 and df.ppl.notna().all()
