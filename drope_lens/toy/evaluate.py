@@ -42,6 +42,12 @@ class EvalConfig:
     passkey_new_tokens: int = 20
     batch_size: int = 25
 
+    def __post_init__(self) -> None:
+        if min(self.n_passkey, self.n_sentiment, self.passkey_new_tokens, self.batch_size) < 1:
+            raise ValueError(f"{self}: counts, new tokens and batch size must be at least 1.")
+        if not self.context_multiples or min(self.context_multiples) < 1:
+            raise ValueError(f"context_multiples={self.context_multiples}: need positive integers.")
+
 
 def _answer_ids(tokenizer, word: str) -> list[int]:
     return tokenizer(" " + word, add_special_tokens=False)["input_ids"]
