@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from .checkpoint import CheckpointError, CheckpointSpec, Variant, parse_config, read_config
 from .model import DropeLensTransformer, build_config
-from .safetensors_stream import index_checkpoint, read_tensor
+from .safetensors_stream import index_checkpoint, read_tensors_prefetched
 
 logger = logging.getLogger(__name__)
 
@@ -287,11 +287,13 @@ def load_model(
     with torch.device("meta"):
         model = DropeLensTransformer(cfg, spec, tokenizer=tokenizer)
 
-    for name, target in targets.items():
+    ordered = sorted((entries[name] for name in targets), key=lambda e: (str(e.file), e.start))
+    for entry, tensor in read_tensors_prefetched(ordered):  # reads overlap placement
         _place(
-            model, target, read_tensor(entries[name]),
+            model, targets[entry.name], tensor,
             device=target_device, dtype=torch_dtype, quantization=quantization, requires_grad=requires_grad,
         )
+        del tensor
     if spec.tie_word_embeddings:
         model.unembed._parameters["W_U"] = nn.Parameter(model.embed.W_E.T, requires_grad=requires_grad)
     _materialise_remaining(model, target_device, torch_dtype, requires_grad)

@@ -141,3 +141,26 @@ def iter_tensors(entries: dict[str, TensorEntry]) -> Iterator[tuple[str, torch.T
     """Yield ``(name, tensor)`` in file order, reading one tensor at a time."""
     for entry in sorted(entries.values(), key=lambda e: (str(e.file), e.start)):
         yield entry.name, read_tensor(entry)
+
+
+def read_tensors_prefetched(
+    entries: list[TensorEntry], workers: int = 4, lookahead: int = 4
+) -> Iterator[tuple[TensorEntry, torch.Tensor]]:
+    """Yield ``(entry, tensor)`` in the given order while up to ``lookahead`` later tensors are
+    being read by ``workers`` threads (file reads release the GIL), so reading overlaps whatever
+    the caller does with each tensor (a host-to-device copy, quantisation). At most
+    ``lookahead + 1`` tensors are held beyond those the caller keeps."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if workers < 1 or lookahead < 1:
+        yield from ((entry, read_tensor(entry)) for entry in entries)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="drope_lens-read") as pool:
+        pending = [pool.submit(read_tensor, entry) for entry in entries[:lookahead]]
+        for i, entry in enumerate(entries):
+            tensor = pending[i].result()
+            pending[i] = None  # drop the future's reference to the tensor
+            if i + lookahead < len(entries):
+                pending.append(pool.submit(read_tensor, entries[i + lookahead]))
+            yield entry, tensor
+

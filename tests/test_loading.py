@@ -262,3 +262,14 @@ def test_saved_rope_and_to_drope_checkpoints_load_elsewhere(checkpoint_factory, 
     drope = dl.load_model(dl.save_model(dl.to_drope(rope), tmp_path / "drope"))
     assert dl.is_drope(drope) and json.loads((tmp_path / "drope" / "config.json").read_text())["model_type"] == "llama_drope"
     torch.testing.assert_close(drope(TOKENS), dl.to_drope(rope)(TOKENS), rtol=0, atol=0)
+
+
+def test_prefetched_reads_keep_order_and_bytes(checkpoint_factory):
+    from drope_lens.safetensors_stream import index_checkpoint, read_tensor, read_tensors_prefetched
+
+    path, _ = checkpoint_factory()
+    entries = sorted(index_checkpoint(path).values(), key=lambda e: e.start)
+    for workers in (0, 3):
+        got = list(read_tensors_prefetched(entries, workers=workers, lookahead=2))
+        assert [e.name for e, _ in got] == [e.name for e in entries]
+        assert all(torch.equal(t, read_tensor(e)) for e, t in got)
