@@ -101,5 +101,39 @@ def sequence_nll(
     return torch.stack(rows)
 
 
+class HostCopy:
+    """Tensors (a tensor or a nested dict of them) copied from the device into pinned host memory
+    without blocking; ``host()`` waits for those copies only, so the next forward can already be
+    queued. CPU tensors are passed through."""
+
+    def __init__(self, tree):
+        self.tree = self._copy(tree)
+        self.event = None
+        if torch.cuda.is_available() and self._any_cuda(tree):
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    @classmethod
+    def _copy(cls, tree):
+        if isinstance(tree, dict):
+            return {k: cls._copy(v) for k, v in tree.items()}
+        if not tree.is_cuda:
+            return tree
+        out = torch.empty(tree.shape, dtype=tree.dtype, pin_memory=True)
+        out.copy_(tree, non_blocking=True)
+        return out
+
+    @classmethod
+    def _any_cuda(cls, tree) -> bool:
+        if isinstance(tree, dict):
+            return any(cls._any_cuda(v) for v in tree.values())
+        return tree.is_cuda
+
+    def host(self):
+        if self.event is not None:
+            self.event.synchronize()
+        return self.tree
+
+
 def progress(iterable, total: int, desc: str, enabled: bool = True):
     return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=False)

@@ -28,7 +28,7 @@ from drope_lens.hooks import batched_zero_dims
 from drope_lens.results import RunStore
 from drope_lens.texts import Text
 
-from .common import batches_by_length, model_name, model_variant, progress, sequence_nll, tokenize, unit_prefix
+from .common import HostCopy, batches_by_length, model_name, model_variant, progress, sequence_nll, tokenize, unit_prefix
 from .massive_values import massive_mask, sequence_norms
 
 EXPERIMENT = "disruption"
@@ -109,24 +109,6 @@ def _on_device(masks: Optional[Masks], device) -> Optional[Masks]:
     if masks is None:
         return None
     return {t: {layer: m.to(device) for layer, m in per_layer.items()} for t, per_layer in masks.items()}
-
-
-class _AsyncHost:
-    """A device tensor's copy into pinned host memory, waited for only when read."""
-
-    def __init__(self, x: torch.Tensor):
-        if x.is_cuda:
-            self.value = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
-            self.value.copy_(x, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
-        else:
-            self.value, self.event = x, None
-
-    def host(self) -> torch.Tensor:
-        if self.event is not None:
-            self.event.synchronize()
-        return self.value
 
 
 def balanced_batch_size(n_rows: int, batch_size: int) -> int:
@@ -214,7 +196,7 @@ def run(
         hooks = _hooks_for_rows([todo_masks[ci] for ci, _ in batch_rows], config.rotary)
         with torch.inference_mode():
             logits = model.run_with_hooks(batch.to(model.cfg.device), fwd_hooks=hooks)
-            current = (batch_rows, _AsyncHost(sequence_nll(logits, batch)))
+            current = (batch_rows, HostCopy(sequence_nll(logits, batch)))
             del logits
         if pending is not None:
             finish(pending)

@@ -24,7 +24,7 @@ from drope_lens.hooks import capture_dim_norms
 from drope_lens.results import RunStore
 from drope_lens.texts import Text
 
-from .common import batches_by_length, model_name, model_variant, progress, tokenize, unit_prefix
+from .common import HostCopy, batches_by_length, model_name, model_variant, progress, tokenize, unit_prefix
 
 EXPERIMENT = "massive_values"
 
@@ -93,29 +93,16 @@ class _BatchStatistics:
     """
 
     def __init__(self, norms: dict, tensors: Sequence[str], n_layers: int, threshold: float):
-        self.arrays: dict[str, dict[str, torch.Tensor]] = {}
+        arrays: dict[str, dict[str, torch.Tensor]] = {}
         for tensor in tensors:
             m = torch.stack([norms[(layer, tensor)] for layer in range(n_layers)])  # [layer, batch, head, d]
             mask = massive_mask(m, threshold)
-            values = {"count": mask.sum(dim=(-2, -1)), "mean": m.mean(dim=(-2, -1)),
-                      "max": m.amax(dim=(-2, -1)), "mask": mask}
-            self.arrays[tensor] = {k: _to_host(v) for k, v in values.items()}
-        self.event = torch.cuda.Event() if torch.cuda.is_available() and m.is_cuda else None
-        if self.event is not None:
-            self.event.record()
+            arrays[tensor] = {"count": mask.sum(dim=(-2, -1)), "mean": m.mean(dim=(-2, -1)),
+                              "max": m.amax(dim=(-2, -1)), "mask": mask}
+        self.copies = HostCopy(arrays)
 
     def host(self) -> dict[str, dict[str, np.ndarray]]:
-        if self.event is not None:
-            self.event.synchronize()
-        return {t: {k: v.numpy() for k, v in arrays.items()} for t, arrays in self.arrays.items()}
-
-
-def _to_host(x: torch.Tensor) -> torch.Tensor:
-    if not x.is_cuda:
-        return x
-    out = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
-    out.copy_(x, non_blocking=True)
-    return out
+        return {t: {k: v.numpy() for k, v in arrays.items()} for t, arrays in self.copies.host().items()}
 
 
 def _batch_rows(model, texts: Sequence[Text], samples: Sequence[int], n_tokens: int, stats: dict) -> pd.DataFrame:
