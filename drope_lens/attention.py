@@ -37,6 +37,8 @@ from transformer_lens.components import Attention, GroupedQueryAttention
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_offset_position_ids
 
+from . import fused
+from .hooks_state import is_hooked
 from .linear import head_projection, output_projection
 
 Backend = Literal["auto", "sdpa", "explicit"]
@@ -97,19 +99,23 @@ def apply_rotary(
     offset: int,
     theta: float,
     position_ids: Optional[Int[torch.Tensor, "batch pos"]] = None,
+    fused_kernel: bool = True,
 ) -> Float[torch.Tensor, "batch pos head d_head"]:
     """Rotate ``x`` by the RoPE angles of its absolute positions (Llama's half-split pairing).
 
     Positions are ``offset .. offset + pos - 1``, or ``position_ids`` when given (left padding).
-    No host-device synchronisation: table sizes come from shapes, not values.
+    No host-device synchronisation: table sizes come from shapes, not values. On CUDA, outside
+    autograd, one fused kernel (:func:`drope_lens.fused.rotary`) computes the same roundings
+    unless ``fused_kernel=False``.
     """
     n_pos = x.shape[1]
+    # position ids never exceed the attention mask's length (cumsum - 1)
+    cos, sin = RotaryTable.table(x.shape[-1], theta, offset + n_pos, x.device)
+    if fused_kernel and fused.usable(x):
+        return fused.rotary(x, cos, sin, offset, position_ids)
     if position_ids is None:
-        cos, sin = RotaryTable.table(x.shape[-1], theta, offset + n_pos, x.device)
         cos, sin = cos[offset : offset + n_pos][None, :, None, :], sin[offset : offset + n_pos][None, :, None, :]
     else:
-        # position ids never exceed the attention mask's length (cumsum - 1)
-        cos, sin = RotaryTable.table(x.shape[-1], theta, offset + n_pos, x.device)
         cos, sin = cos[position_ids][:, :, None, :], sin[position_ids][:, :, None, :]
     # x * cos + rotate_half(x) * sin, where rotate_half(x) * sin == roll(x, d/2) * signed sin
     # exactly; each product is rounded to x.dtype before the sum, as in HF, so bf16 matches it.
@@ -149,15 +155,12 @@ def _reduced_precision_math_allowed() -> bool:
     return bool(allowed()) if allowed is not None else True
 
 
-def _hooked(hook_point: HookPoint) -> bool:
-    return bool(hook_point._forward_hooks or hook_point._backward_hooks or hook_point._forward_pre_hooks)
-
-
 class LensAttentionMixin:
     """Forward pass shared by :class:`LensAttention` and :class:`LensGroupedQueryAttention`."""
 
     settings: AttentionSettings
     backend: Backend
+    fused_kernels: bool = True
 
     def init_lens(self, settings: AttentionSettings) -> None:
         """Attach the variant's settings, its q/k norms and the extra hook points."""
@@ -191,7 +194,7 @@ class LensAttentionMixin:
             return True
         if self.backend == "sdpa":
             return False
-        return _hooked(self.hook_attn_scores) or _hooked(self.hook_pattern)
+        return is_hooked(self.hook_attn_scores) or is_hooked(self.hook_pattern)
 
     def _mask(
         self,
@@ -254,8 +257,9 @@ class LensAttentionMixin:
             offset = 0
 
         if settings.rotary:
-            q = apply_rotary(q, offset, settings.rope_theta, self._position_ids(offset, attention_mask))
-            k = apply_rotary(k, 0, settings.rope_theta, self._position_ids(0, attention_mask))
+            fused_kernel = self.fused_kernels
+            q = apply_rotary(q, offset, settings.rope_theta, self._position_ids(offset, attention_mask), fused_kernel)
+            k = apply_rotary(k, 0, settings.rope_theta, self._position_ids(0, attention_mask), fused_kernel)
         q = self.hook_rot_q(q)
         k = self.hook_rot_k(k)
 

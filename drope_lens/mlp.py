@@ -13,11 +13,18 @@ import torch
 from jaxtyping import Float
 from transformer_lens.components.mlps.gated_mlp import GatedMLP
 
+from . import fused
 from .linear import matrix_projection
 
 
 class LensGatedMLP(GatedMLP):
-    """``mlp_out = (act(x @ W_gate) * (x @ W_in) + b_in) @ W_out + b_out``."""
+    """``mlp_out = (act(x @ W_gate) * (x @ W_in) + b_in) @ W_out + b_out``.
+
+    For SiLU on CUDA outside autograd, ``act(pre) * pre_linear + b_in`` is one fused kernel with
+    the same roundings (:func:`drope_lens.fused.silu_mul_add`); the hooks see the same tensors.
+    """
+
+    fused_kernels: bool = True
 
     def forward(  # type: ignore[override]
         self, x: Float[torch.Tensor, "batch pos d_model"]
@@ -25,5 +32,8 @@ class LensGatedMLP(GatedMLP):
         pre = self.hook_pre(matrix_projection(x, self.W_gate))
         pre_linear = self.hook_pre_linear(matrix_projection(x, self.W_in))
         # act * linear is rounded once in the model dtype, as in HF; adding the zero bias is exact.
-        post = self.hook_post(self.act_fn(pre) * pre_linear + self.b_in)
+        if self.fused_kernels and self.cfg.act_fn == "silu" and pre.dtype == pre_linear.dtype and fused.usable(pre, pre_linear, self.b_in):
+            post = self.hook_post(fused.silu_mul_add(pre, pre_linear, self.b_in))
+        else:
+            post = self.hook_post(self.act_fn(pre) * pre_linear + self.b_in)
         return matrix_projection(post, self.W_out, self.b_out)

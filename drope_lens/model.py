@@ -6,14 +6,21 @@ import warnings
 from typing import Optional
 
 import torch
-from transformer_lens import HookedTransformer
-from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
 from jaxtyping import Float, Int
+from transformer_lens import HookedTransformer
 from transformer_lens.components import Embed
+from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
 
-from .attention import AttentionSettings, Backend, LensAttention, LensGroupedQueryAttention
+from .attention import (
+    AttentionSettings,
+    Backend,
+    LensAttention,
+    LensGroupedQueryAttention,
+)
+from .block import LensTransformerBlock
 from .checkpoint import CheckpointSpec
 from .mlp import LensGatedMLP
+from .norm import LensRMSNorm
 
 
 def attention_settings(spec: CheckpointSpec) -> AttentionSettings:
@@ -88,9 +95,13 @@ class DropeLensTransformer(HookedTransformer):
         settings = attention_settings(spec)
         attention_class = LensGroupedQueryAttention if spec.grouped_query else LensAttention
         for index, block in enumerate(self.blocks):
+            block.__class__ = LensTransformerBlock  # same parameters and hooks, ln1 computed once
             block.attn = attention_class(self.cfg, "global", index)
             block.attn.init_lens(settings)
             block.mlp = LensGatedMLP(self.cfg)
+            for norm in (block.ln1, block.ln2):
+                norm.__class__ = LensRMSNorm  # same parameters and hooks, fused CUDA path
+        self.ln_final.__class__ = LensRMSNorm
         self.setup()  # rebuild the hook dictionary with the new modules
 
     # -- variant ---------------------------------------------------------------------------
@@ -105,6 +116,14 @@ class DropeLensTransformer(HookedTransformer):
             raise ValueError(f"backend={backend!r}: allowed values are 'auto', 'sdpa', 'explicit'.")
         for block in self.blocks:
             block.attn.backend = backend
+
+    def set_fused_kernels(self, enabled: bool) -> None:
+        """Use (the default) or bypass the fused CUDA kernels of :mod:`drope_lens.fused` for
+        RMSNorm, the SiLU gate and rotary. They apply only on CUDA outside autograd and compute
+        the same roundings as the eager code; bypassing them is for comparisons and debugging."""
+        for module in self.modules():
+            if hasattr(type(module), "fused_kernels"):
+                module.fused_kernels = bool(enabled)
 
     # -- tokenizer: keep the checkpoint's BOS behaviour -----------------------------------
     def set_tokenizer(self, tokenizer, default_padding_side=None):  # type: ignore[override]

@@ -79,16 +79,22 @@ def test_bf16_qk_norm_rounds_like_torch_rmsnorm(checkpoint_factory):
     assert torch.equal(cache["blocks.0.attn.hook_q_normed"].flatten(-2), expected)
 
 
-def test_bf16_rope_matches_hf_rounding(checkpoint_factory):
-    """RoPE in bf16 rounds like HF's apply_rotary_pos_emb: the first layer's rotated q is bit-identical."""
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))],
+)
+def test_bf16_rope_matches_hf_rounding(checkpoint_factory, device):
+    """RoPE in bf16 rounds like HF's apply_rotary_pos_emb: the first layer's rotated q is bit-identical
+    (on CUDA this is the fused rotary kernel)."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     path, ref = checkpoint_factory()
-    model = dl.load_model(path, dtype=torch.bfloat16)
-    tokens = TOKENS[:2, :32]
+    ref = ref.to(device)
+    model = dl.load_model(path, dtype=torch.bfloat16, device=device)
+    tokens = TOKENS[:2, :32].to(device)
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.startswith("blocks.0.attn.hook_"))
     q = cache["blocks.0.attn.hook_q"].transpose(1, 2)  # [batch, head, pos, d_head]
-    positions = torch.arange(tokens.shape[1])[None].expand(tokens.shape[0], -1)
+    positions = torch.arange(tokens.shape[1], device=device)[None].expand(tokens.shape[0], -1)
     # HF's rotary embedding keeps inv_freq in float32 and casts cos/sin to q's dtype
     cos, sin = ref.model.rotary_emb(q, positions)
     expected, _ = apply_rotary_pos_emb(q, q, cos, sin)

@@ -8,6 +8,11 @@ ratio to bare ``transformers`` sdpa forwards over the same token rows in the sam
 base model for Exp 1, which needs no logits; the LM for Exp 2). Exp 2 is timed batched (all
 conditions mixed in batches), one condition at a time (a batch of the 9 texts per condition) and
 one row at a time (one forward per condition and text).
+
+To show how much batching *can* gain at this size, the same rows are also run through
+``transformers`` one condition (9 rows) and one row at a time, and the sweep's achieved matmul
+throughput (TFLOP/s, from the model's shape) is compared with that of one large bf16 GEMM
+measured on the same GPU.
 """
 
 from __future__ import annotations
@@ -35,6 +40,30 @@ def timed(fn, repeat: int = 1) -> tuple[float, object]:
     return times[len(times) // 2], result
 
 
+def matmul_flop_per_token(shape: LlamaShape) -> float:
+    """FLOP of the weight matmuls per token (2 per multiply-add): q/k/v/o, gate/up/down, lm head.
+
+    Attention's q.k and pattern.v products are left out (about 2% at 512 tokens)."""
+    d_kv = shape.d_model // shape.n_heads * shape.n_kv_heads
+    per_layer = shape.d_model * (2 * shape.d_model + 2 * d_kv) + 3 * shape.d_model * shape.d_mlp
+    return 2.0 * (shape.n_layers * per_layer + shape.d_model * shape.vocab)
+
+
+def gemm_tflops(m: int = 5120, k: int = 4096, n: int = 11008, repeat: int = 50) -> float:
+    """Achieved TFLOP/s of one bf16 ``[m, k] @ [k, n]`` GEMM (the MLP's shape at 10 x 512 tokens)."""
+    a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(5):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeat):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2.0 * m * k * n * repeat / (start.elapsed_time(end) / 1e3) / 1e12
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/drope_lens_bench"))
@@ -54,7 +83,9 @@ def main() -> None:
     if not (rope_dir / "config.json").exists():
         write_random_checkpoint(rope_dir, LlamaShape(), massive_dims_per_head=2)
     write_tokenizer(rope_dir, [t.text for t in texts])
-    report: dict = {"device": torch.cuda.get_device_name(), "batch_size": args.batch_size}
+    report: dict = {"device": torch.cuda.get_device_name(), "batch_size": args.batch_size,
+                    "gemm_tflops_5120x4096x11008": gemm_tflops()}
+    flop_per_token = matmul_flop_per_token(LlamaShape())
 
     def save():
         args.out.write_text(json.dumps(report, indent=2))
@@ -93,22 +124,31 @@ def main() -> None:
         ident_tokens = tokenize(model, ident, 512)
         rows = [t for t in ident_tokens] + [t for _ in range(12) for t in eval_tokens]  # 3 + 12 conditions x 9
 
-        def bare_forwards():
+        def bare_forwards(batch_size: int = args.batch_size):
             with torch.inference_mode():
-                for _, b in batches_by_length(rows, args.batch_size):
+                for _, b in batches_by_length(rows, batch_size):
                     hf(b.cuda()).logits
         with torch.inference_mode():
             bare_forwards()
             bare_exp2, _ = timed(bare_forwards, repeat=3)
+            bare_exp2_by_9, _ = timed(lambda: bare_forwards(9), repeat=3)
+            bare_exp2_by_1, _ = timed(lambda: bare_forwards(1), repeat=3)
             disruption.run(model, ident, evaluation, batch_size=args.batch_size, **kwargs)  # warm-up
             torch.cuda.reset_peak_memory_stats()
             t_batched, df2 = timed(lambda: disruption.run(model, ident, evaluation, batch_size=args.batch_size, **kwargs), repeat=3)
             peak2 = torch.cuda.max_memory_allocated()
             t_per_condition, df_pc = timed(lambda: disruption.run(model, ident, evaluation, batch_size=9, batched=False, **kwargs), repeat=3)
             t_per_row, df_pr = timed(lambda: disruption.run(model, ident, evaluation, batch_size=1, batched=False, **kwargs), repeat=3)
+        n_tokens = sum(int(t.numel()) for t in rows)
         nll = torch.tensor(df2.nll.values)
         report[f"exp2_{variant}"] = {
             "seconds_batched": t_batched, "hf_forward_seconds_same_rows": bare_exp2, "ratio": t_batched / bare_exp2,
+            "hf_forward_seconds_batches_of_9": bare_exp2_by_9, "hf_forward_seconds_one_row_at_a_time": bare_exp2_by_1,
+            "hf_speedup_batched_vs_one_row_at_a_time": bare_exp2_by_1 / bare_exp2,
+            "matmul_tflop": flop_per_token * n_tokens / 1e12,
+            "tflops_batched": flop_per_token * n_tokens / t_batched / 1e12,
+            "tflops_hf_batched": flop_per_token * n_tokens / bare_exp2 / 1e12,
+            "tflops_needed_for_3x_vs_one_row_at_a_time": 3 * flop_per_token * n_tokens / t_per_row / 1e12,
             "peak_gpu_bytes": peak2,
             "seconds_one_condition_at_a_time": t_per_condition, "speedup_vs_condition_at_a_time": t_per_condition / t_batched,
             "seconds_one_row_at_a_time": t_per_row, "speedup_vs_row_at_a_time": t_per_row / t_batched,
