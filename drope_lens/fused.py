@@ -1,13 +1,16 @@
 """Fused GPU kernels (Triton) for the memory-bound steps of a Llama forward.
 
-On an H100, a 10 x 512-token forward of a Llama-2-7B-shaped model spends about 88 ms in GEMMs
-and, in eager PyTorch, about 60 ms more in elementwise kernels: TransformerLens's RMSNorm alone
-is seven kernels (upcast, square, mean, add, sqrt, divide, downcast, weight) and 36 ms
-(``docs/gpu_evidence/profile_forward_h100.json``). Each kernel here reads its inputs once and
-writes its output once, and performs *the same roundings in the same order* as the eager code it
-replaces, so results are equal to the eager path (bit for bit for SiLU-gate and rotary; RMSNorm
-may differ in the last bit of an element where the fp32 sum of squares is accumulated in a
-different order).
+On an H100, one 10 x 512-token forward with logits of a Llama-2-7B-shaped bf16 model spent 88 ms
+in GEMMs and, with stock TransformerLens modules, 72 ms (RoPE) in elementwise, copy and
+reduction kernels; TransformerLens's RMSNorm (upcast, square, mean, add, sqrt, divide, downcast,
+weight: one kernel each, four norms per layer) took about 36 ms of that
+(``docs/gpu_evidence/profile_forward_h100_before_fused_kernels.json``). Each kernel here reads its
+inputs once and writes its output once, and performs *the same roundings in the same order* as
+the eager code it replaces, with multiply-add contraction (FMA) switched off: SiLU-gate and
+rotary are bit-identical to the eager path; RMSNorm accumulates the float32 sum of squares in
+another order, so an element may differ in its last bit or two after rounding to 16 bits. With
+them (and ``ln1`` computed once per block, :mod:`drope_lens.block`) the same forward takes 111 ms
+against 159 ms for ``transformers`` (``docs/gpu_evidence/load_forward_h100_fused_kernels.json``).
 
 They are used only where :func:`usable` says so: CUDA tensors, Triton importable, and no autograd
 graph recorded through the inputs (training keeps the eager path). Hooked modules keep the eager
