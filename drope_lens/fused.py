@@ -21,6 +21,7 @@ off for a model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from types import SimpleNamespace
@@ -121,6 +122,13 @@ def usable(*tensors: torch.Tensor) -> bool:
     return _kernels() is not None
 
 
+def _on_device_of(x: torch.Tensor):
+    """Triton launches on the current CUDA device: make it ``x``'s (models split over GPUs)."""
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
+
+
 def _warps(block: int) -> int:
     return max(1, min(16, block // 256))
 
@@ -136,10 +144,11 @@ def rms_norm(
     out = torch.empty_like(flat)
     if flat.shape[0]:
         block = kernels.triton.next_power_of_2(n_cols)
-        kernels.rms_norm[(flat.shape[0],)](
-            flat, weight.contiguous(), out, n_cols, 1.0 / n_cols, eps, BLOCK=block, num_warps=_warps(block),
-            **NO_CONTRACTION,
-        )
+        with _on_device_of(flat):
+            kernels.rms_norm[(flat.shape[0],)](
+                flat, weight.contiguous(), out, n_cols, 1.0 / n_cols, eps, BLOCK=block, num_warps=_warps(block),
+                **NO_CONTRACTION,
+            )
     return out.view(x.shape)
 
 
@@ -156,10 +165,11 @@ def silu_mul_add(
     n = gate.numel()
     if n:
         block = 2048
-        kernels.silu_mul_add[(kernels.triton.cdiv(n, block),)](
-            gate, up, bias.to(gate.dtype).contiguous(), out, n, gate.shape[-1],
-            BLOCK=block, ACCURATE_EXP=not _interpreting(), num_warps=8, **NO_CONTRACTION,
-        )
+        with _on_device_of(gate):
+            kernels.silu_mul_add[(kernels.triton.cdiv(n, block),)](
+                gate, up, bias.to(gate.dtype).contiguous(), out, n, gate.shape[-1],
+                BLOCK=block, ACCURATE_EXP=not _interpreting(), num_warps=8, **NO_CONTRACTION,
+            )
     return out
 
 
@@ -185,8 +195,9 @@ def rotary(
         has_ids = position_ids is not None
         ids = position_ids.reshape(-1).contiguous() if has_ids else x  # x: an unused placeholder pointer
         block = kernels.triton.next_power_of_2(width)
-        kernels.rotary[(rows,)](
-            x, cos, signed_sin, ids, out, n_pos, offset, width, d_head,
-            BLOCK=block, HAS_POSITION_IDS=has_ids, num_warps=_warps(block), **NO_CONTRACTION,
-        )
+        with _on_device_of(x):
+            kernels.rotary[(rows,)](
+                x, cos, signed_sin, ids, out, n_pos, offset, width, d_head,
+                BLOCK=block, HAS_POSITION_IDS=has_ids, num_warps=_warps(block), **NO_CONTRACTION,
+            )
     return out
