@@ -122,6 +122,13 @@ def usable(*tensors: torch.Tensor) -> bool:
     return _kernels() is not None
 
 
+def _require() -> SimpleNamespace:
+    kernels = _kernels()
+    if kernels is None:
+        raise RuntimeError("drope_lens.fused needs Triton (installed with the CUDA builds of PyTorch); use the eager path.")
+    return kernels
+
+
 def _on_device_of(x: torch.Tensor):
     """Triton launches on the current CUDA device: make it ``x``'s (models split over GPUs)."""
     if x.is_cuda and x.device.index != torch.cuda.current_device():
@@ -138,7 +145,7 @@ def rms_norm(
 ) -> Float[torch.Tensor, "... length"]:
     """TransformerLens's RMSNorm in one kernel: ``(x / sqrt(mean(x**2) + eps))`` in float32,
     rounded to ``x.dtype``, times ``weight`` (rounded again), exactly as the eager module does."""
-    kernels = _kernels()
+    kernels = _require()
     n_cols = x.shape[-1]
     flat = x.reshape(-1, n_cols).contiguous()
     out = torch.empty_like(flat)
@@ -157,7 +164,7 @@ def silu_mul_add(
 ) -> Float[torch.Tensor, "... d_mlp"]:
     """``silu(gate) * up + bias`` in one kernel, each of the three results rounded to the input
     dtype as the eager expression rounds it."""
-    kernels = _kernels()
+    kernels = _require()
     if gate.shape != up.shape or gate.dtype != up.dtype:
         raise ValueError(f"gate {tuple(gate.shape)} {gate.dtype} and up {tuple(up.shape)} {up.dtype} must match.")
     gate, up = gate.contiguous(), up.contiguous()
@@ -186,7 +193,7 @@ def rotary(
 
     ``cos``/``signed_sin`` are float32 tables indexed by absolute position (the sine's first half
     negated, see :class:`drope_lens.attention.RotaryTable`)."""
-    kernels = _kernels()
+    kernels = _require()
     batch, n_pos, n_heads, d_head = x.shape
     x = x.contiguous()
     out = torch.empty_like(x)
