@@ -166,34 +166,41 @@ def run(
     tokens = tokenize(model, evaluation_texts, config.max_tokens)
     prefix = unit_prefix(model)
     unit_of = lambda cond, s: f"{prefix}-{cond}-{s}"  # noqa: E731
-    todo_index = [i for i, c in enumerate(conditions) if store is None or not store.has(unit_of(c[0], c[1]))]
-    todo = [conditions[i] for i in todo_index]
-    todo_masks = [device_masks[i] for i in todo_index]
+    done = [store is not None and store.has(unit_of(c[0], c[1])) for c in conditions]
 
-    # every (condition, text) pair is one row; rows of equal length share forwards
-    rows = [(ci, sample) for ci in range(len(todo)) for sample in range(len(evaluation_texts))]
+    # Every (condition, text) pair is one row; rows of equal length share forwards. The batches
+    # are planned over all conditions, finished or not, and a rerun runs every planned batch that
+    # holds a row of an unfinished condition: each row's NLL always comes from the same batch, so
+    # a resumed sweep equals an uninterrupted one bit for bit, also on GPUs whose GEMMs round
+    # differently for different batch shapes.
+    rows = [(ci, sample) for ci in range(len(conditions)) for sample in range(len(evaluation_texts))]
     if batched:
         groups = [rows]
     else:
-        groups = [[r for r in rows if r[0] == ci] for ci in range(len(todo))]
-    results: dict[int, dict[int, float]] = {ci: {} for ci in range(len(todo))}
+        groups = [[r for r in rows if r[0] == ci] for ci in range(len(conditions))]
+    results: dict[int, dict[int, float]] = {ci: {} for ci in range(len(conditions)) if not done[ci]}
     work = []
     for group in groups:
         for local, batch in batches_by_length([tokens[sample] for _, sample in group],
                                               balanced_batch_size(len(group), config.batch_size)):
-            work.append(([group[i] for i in local], batch))
+            batch_rows = [group[i] for i in local]
+            if not all(done[ci] for ci, _ in batch_rows):
+                work.append((batch_rows, batch))
 
     def finish(pending) -> None:
         batch_rows, nll = pending
         for (ci, sample), value in zip(batch_rows, nll.host().tolist()):
+            if done[ci]:  # recomputed only because it shares a batch with an unfinished condition
+                continue
             results[ci][sample] = value
             if store is not None and len(results[ci]) == len(evaluation_texts):
-                store.save_part(unit_of(todo[ci][0], todo[ci][1]), _frame(model, todo[ci], results[ci], evaluation_texts, tokens))
+                store.save_part(unit_of(conditions[ci][0], conditions[ci][1]),
+                                _frame(model, conditions[ci], results[ci], evaluation_texts, tokens))
 
     # Pipelined: a batch's NLLs are copied to the host while the next batch runs.
     pending = None
     for batch_rows, batch in progress(work, len(work), f"disruption {model_variant(model)}", show_progress):
-        hooks = _hooks_for_rows([todo_masks[ci] for ci, _ in batch_rows], config.rotary)
+        hooks = _hooks_for_rows([device_masks[ci] for ci, _ in batch_rows], config.rotary)
         with torch.inference_mode():
             logits = model.run_with_hooks(batch.to(model.cfg.device), fwd_hooks=hooks)
             current = (batch_rows, HostCopy(sequence_nll(logits, batch)))
@@ -204,9 +211,8 @@ def run(
     if pending is not None:
         finish(pending)
     frames = []
-    for condition in conditions:
-        ci = next((i for i, c in enumerate(todo) if c[:2] == condition[:2]), None)
-        if ci is None:
+    for ci, condition in enumerate(conditions):
+        if done[ci]:
             frames.append(store.load_part(unit_of(condition[0], condition[1])))
         else:
             frames.append(_frame(model, condition, results[ci], evaluation_texts, tokens))

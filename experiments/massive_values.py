@@ -167,34 +167,48 @@ def run(
     """
     config = MassiveValuesConfig(threshold, max_tokens, rotary, tuple(tensors), batch_size)
     unit = lambda i: f"{unit_prefix(model)}-sample-{i}"  # noqa: E731
-    todo = [i for i in range(len(texts)) if store is None or not store.has(unit(i))]
+    done = {i for i in range(len(texts)) if store is not None and store.has(unit(i))}
     frames: dict[int, pd.DataFrame] = {}
 
     def finish(pending) -> None:
         samples, n_tokens, statistics = pending
         batch_frame = _batch_rows(model, texts, samples, n_tokens, statistics.host())
         for sample, frame in batch_frame.groupby("sample", sort=False):
+            if sample in done:  # recomputed only because it shares a batch with a missing text
+                continue
             frames[sample] = frame.reset_index(drop=True)
             if store is not None:
                 store.save_part(unit(sample), frames[sample])
 
-    # Texts are tokenised one chunk of ``batch_size`` at a time, so that tokenising the next
-    # chunk and turning the previous batch into rows both overlap the running forward.
-    chunks = [todo[i : i + config.batch_size] for i in range(0, len(todo), config.batch_size)]
+    # The batches are planned over all texts, finished or not, and a rerun runs every planned
+    # batch that holds a missing text: each text's numbers always come from the same batch, so
+    # a resumed sweep equals an uninterrupted one bit for bit, also on GPUs whose GEMMs round
+    # differently for different batch shapes. Texts are tokenised one chunk of ``batch_size``
+    # at a time, so that tokenising the next chunk and turning the previous batch into rows
+    # both overlap the running forward.
+    chunks = [list(range(i, min(i + config.batch_size, len(texts)))) for i in range(0, len(texts), config.batch_size)]
+    chunks = [chunk for chunk in chunks if not done.issuperset(chunk)]
     pending = None
-    bar = progress(range(len(todo)), len(todo), f"massive values {model_variant(model)}", show_progress)
+    bar = progress(range(len(texts) - len(done)), len(texts) - len(done), f"massive values {model_variant(model)}", show_progress)
+
+    def advance(samples) -> None:
+        bar.update(sum(1 for i in samples if i not in done))
+
     for chunk in chunks:
         tokens = tokenize(model, [texts[i] for i in chunk], config.max_tokens)
         for local, batch in batches_by_length(tokens, config.batch_size):
+            samples = [chunk[i] for i in local]
+            if done.issuperset(samples):
+                continue
             norms = sequence_norms(model, batch, config.tensors, config.rotary)
             statistics = _BatchStatistics(norms, config.tensors, model.cfg.n_layers, config.threshold)
             if pending is not None:
                 finish(pending)
-                bar.update(len(pending[0]))
-            pending = ([chunk[i] for i in local], int(batch.shape[1]), statistics)
+                advance(pending[0])
+            pending = (samples, int(batch.shape[1]), statistics)
     if pending is not None:
         finish(pending)
-        bar.update(len(pending[0]))
+        advance(pending[0])
     bar.close()
     for i in range(len(texts)):
         if i not in frames:  # finished in an earlier run; parquet gives arrays back, keep lists

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,27 @@ sys.path.insert(0, str(Path(__file__).parent))
 from builders import reference_model, save_checkpoint, tiny_config  # noqa: E402
 
 torch.set_num_threads(2)
+
+# DROPE_LENS_TEST_DEVICE=cuda runs the experiment tests with models on the GPU (the fused-kernel
+# path users get there); references stay where the tests build them.
+TEST_DEVICE = os.environ.get("DROPE_LENS_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _models_on_test_device(request, monkeypatch):
+    if TEST_DEVICE == "cpu" or request.node.get_closest_marker("gpu"):
+        return
+    import drope_lens
+    import drope_lens.loading
+
+    original = drope_lens.loading.load_model
+
+    def load_model(*args, **kwargs):
+        kwargs.setdefault("device", TEST_DEVICE)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(drope_lens, "load_model", load_model)
+    monkeypatch.setattr(drope_lens.loading, "load_model", load_model)
 
 
 def pytest_collection_modifyitems(config, items):
