@@ -111,11 +111,16 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
 def usable(*tensors: torch.Tensor) -> bool:
     """True when the fused kernels may replace the eager code for these tensors: Triton is
-    importable, every tensor is on CUDA (or Triton runs in interpreter mode), and no autograd
-    graph is being recorded through them."""
+    importable, every tensor is on CUDA (or Triton runs in interpreter mode) and is float16,
+    bfloat16 or float32, and no autograd graph is being recorded through them."""
     if not (_interpreting() or all(t.is_cuda for t in tensors)):
+        return False
+    if any(t.dtype not in _FLOAT_DTYPES for t in tensors):  # the kernels compute in float32
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False

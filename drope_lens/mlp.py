@@ -31,8 +31,14 @@ class LensGatedMLP(GatedMLP):
     ) -> Float[torch.Tensor, "batch pos d_model"]:
         pre = self.hook_pre(matrix_projection(x, self.W_gate))
         pre_linear = self.hook_pre_linear(matrix_projection(x, self.W_in))
-        # act * linear is rounded once in the model dtype, as in HF; adding the zero bias is exact.
-        if self.fused_kernels and self.cfg.act_fn == "silu" and pre.dtype == pre_linear.dtype and fused.usable(pre, pre_linear, self.b_in):
+        # act(pre) and act(pre) * pre_linear are each rounded to the model dtype, as in HF; adding
+        # the zero bias is exact.
+        if (
+            self.fused_kernels
+            and self.cfg.act_fn == "silu"
+            and pre.dtype == pre_linear.dtype
+            and fused.usable(pre, pre_linear, self.b_in)
+        ):
             post = self.hook_post(fused.silu_mul_add(pre, pre_linear, self.b_in))
         else:
             post = self.hook_post(self.act_fn(pre) * pre_linear + self.b_in)

@@ -28,7 +28,6 @@ class LensRMSNorm(RMSNorm):
     def forward(self, x: Float[torch.Tensor, "... length"]) -> Float[torch.Tensor, "... length"]:  # type: ignore[override]
         if (
             self.fused_kernels
-            and self.cfg.dtype != torch.float64
             and x.dtype == self.cfg.dtype
             and x.device == self.w.device
             and not is_hooked(self.hook_scale)

@@ -149,3 +149,8 @@ def test_fused_bf16_model_is_as_accurate_as_the_eager_one(variant):
     for name in cache.keys():
         a, b = cache[name].float(), eager_cache[name].float()
         assert ((a - b).norm() / b.norm()).item() < 2**-8, name
+
+
+def test_float64_is_never_fused():
+    x = torch.zeros(2, 3, dtype=torch.float64, device=DEVICE if (INTERPRET or torch.cuda.is_available()) else "cpu")
+    assert not fused.usable(x)
