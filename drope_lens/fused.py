@@ -98,17 +98,13 @@ def _kernels() -> Optional[SimpleNamespace]:
     )
 
 
-def _no_contraction() -> dict:
-    """Launch options that forbid fusing a multiply and an add into one FMA (one rounding where
-    the eager code rounds twice); the interpreter takes no compile options."""
-    return {} if os.environ.get("TRITON_INTERPRET") == "1" else {"enable_fp_fusion": False}
-
-
-NO_CONTRACTION = _no_contraction()
-
-
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# Launch options that forbid fusing a multiply and an add into one FMA (one rounding where the
+# eager code rounds twice); the interpreter takes no compile options.
+NO_CONTRACTION: dict = {} if _interpreting() else {"enable_fp_fusion": False}
 
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)

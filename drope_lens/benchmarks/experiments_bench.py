@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .random_checkpoint import LlamaShape, write_random_checkpoint, write_tokenizer
+from .random_checkpoint import LlamaShape, massive_checkpoint, write_tokenizer
 
 
 def timed(fn, repeat: int = 1) -> tuple[float, object]:
@@ -79,9 +79,7 @@ def main() -> None:
     from transformers import LlamaForCausalLM
 
     texts = builtin_texts()
-    rope_dir = args.workdir / "rope_massive"
-    if not (rope_dir / "config.json").exists():
-        write_random_checkpoint(rope_dir, LlamaShape(), massive_dims_per_head=2)
+    rope_dir = massive_checkpoint(args.workdir)
     write_tokenizer(rope_dir, [t.text for t in texts])
     report: dict = {"device": torch.cuda.get_device_name(), "batch_size": args.batch_size,
                     "gemm_tflops_5120x4096x11008": gemm_tflops()}

@@ -123,11 +123,9 @@ def main() -> None:
 
     import drope_lens as dl
 
-    from .random_checkpoint import LlamaShape, write_random_checkpoint
+    from .random_checkpoint import massive_checkpoint
 
-    rope_dir = args.workdir / "rope_massive"
-    if not (rope_dir / "config.json").exists():
-        write_random_checkpoint(rope_dir, LlamaShape(), massive_dims_per_head=2)
+    rope_dir = massive_checkpoint(args.workdir)
     batch = torch.randint(3, 8000, (10, 512), generator=torch.Generator().manual_seed(0)).cuda()
     report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     with torch.inference_mode():

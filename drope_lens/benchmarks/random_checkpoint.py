@@ -118,6 +118,15 @@ def write_random_checkpoint(
     return total
 
 
+def massive_checkpoint(workdir: Path) -> Path:
+    """The Llama-2-7B-shaped random checkpoint with 2 massive q/k dims per head that the experiment
+    benchmarks share, written under ``workdir`` once and reused."""
+    directory = workdir / "rope_massive"
+    if not (directory / "config.json").exists():
+        write_random_checkpoint(directory, LlamaShape(), massive_dims_per_head=2)
+    return directory
+
+
 def write_drope_twin(rope_dir: Path, drope_dir: Path, attention_type: str = "nope") -> None:
     """A DroPE checkpoint sharing ``rope_dir``'s weights (symlinks), config as upstream saves it."""
     drope_dir.mkdir(parents=True, exist_ok=True)
