@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Optional, Sequence
 
+from .runner import _cuda
+
 
 def model_summary(model) -> dict:
     """What ``drope-lens info`` prints, as a dict."""
@@ -71,25 +73,6 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _trained_context(source: str) -> Optional[int]:
-    """``max_position_embeddings`` from a checkpoint's config.json (None if it cannot be read)."""
-    try:
-        from .loading import resolve_source
-
-        config = json.loads((resolve_source(source) / "config.json").read_text())
-        return int(config["max_position_embeddings"])
-    except Exception:  # the load itself will report the real problem
-        return None
-
-
-def _max_tokens(args: argparse.Namespace, sources: list[str]) -> int:
-    """``--max-tokens``, or the study's 512 capped at the smallest trained context of the models."""
-    if args.max_tokens is not None:
-        return args.max_tokens
-    contexts = [c for c in (_trained_context(s) for s in sources) if c]
-    return min([512, *contexts])
-
-
 def _random_checkpoint(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -108,103 +91,15 @@ def _random_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_sources(args: argparse.Namespace) -> list[str]:
-    from .registry import lookup
-
-    if args.pair and (args.rope or args.drope):
-        raise ValueError("give either --pair NAME or --rope/--drope sources, not both.")
-    if not (args.pair or args.rope or args.drope):
-        args.pair = "toy"
-        print("no --pair/--rope/--drope given: using the bundled toy pair (drope-lens info toy describes it)\n")
-    if args.pair:
-        entry = lookup(args.pair)
-        return [entry.rope, entry.drope]
-    return [s for s in (args.rope, args.drope) if s]
-
-
-def _each_model(args: argparse.Namespace, sources: list[str]):
-    """Load the models one at a time (only one is in memory), yielding each."""
-    import gc
-
-    import torch
-
-    from .loading import load_model
-
-    for source in sources:
-        model = load_model(source, dtype=args.dtype, device=args.device, quantization=args.quantization)
-        yield model
-        del model
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-
 def _run_experiment(args: argparse.Namespace) -> int:
-    import pandas as pd
+    import importlib
 
-    from dataclasses import asdict
+    from drope_lens.experiments import CLI_EXPERIMENTS
 
-    from .results import RunStore, model_identity, run_id_for
-    from .texts import load_texts, split_texts
+    from .runner import RunContext
 
-    pd.set_option("display.width", 160)
-    pd.set_option("display.max_columns", 30)
-    sources = _model_sources(args)
-    args.max_tokens = _max_tokens(args, sources)
-    if args.texts is None:  # the toy pair never saw real English: give it text from its own corpus
-        args.texts = "toy" if all(s.startswith("bundled:toy/") for s in sources) else "builtin"
-    texts = load_texts(args.texts)
-    load_key = {"sources": sources, "dtype": args.dtype, "quantization": args.quantization}
-    frames, identities, d_head = [], [], None
-    if args.experiment == "massive-values":
-        from drope_lens.experiments import massive_values as exp
-
-        config = exp.MassiveValuesConfig(args.threshold, args.max_tokens, args.rotary, batch_size=args.batch_size)
-        chosen = texts[: args.n_texts]
-        key = load_key | {"texts": [t.name for t in chosen]}
-        store = RunStore(args.out, exp.EXPERIMENT, args.run_id or run_id_for(exp.EXPERIMENT, config, key))
-        for model in _each_model(args, sources):
-            frames.append(exp.run(model, chosen, threshold=config.threshold, max_tokens=config.max_tokens,
-                                  rotary=config.rotary, batch_size=config.batch_size, store=store))
-            identities.append(model_identity(model))
-            d_head = model.cfg.d_head
-        meta = {"config": asdict(config), "seed": None, "texts": [t.name for t in chosen]}
-    else:
-        from drope_lens.experiments import disruption as exp
-
-        config = exp.DisruptionConfig(args.threshold, args.seeds, args.max_tokens, args.rotary, args.seed, args.batch_size)
-        ident, evaluation = split_texts(texts, args.n_identification, args.n_evaluation, seed=args.seed)
-        key = load_key | {"identification": [t.name for t in ident], "evaluation": [t.name for t in evaluation]}
-        store = RunStore(args.out, exp.EXPERIMENT, args.run_id or run_id_for(exp.EXPERIMENT, config, key))
-        for model in _each_model(args, sources):
-            frames.append(exp.run(model, ident, evaluation, threshold=config.threshold, seeds=config.seeds,
-                                  max_tokens=config.max_tokens, rotary=config.rotary, seed=config.seed,
-                                  batch_size=config.batch_size, store=store))
-            identities.append(model_identity(model))
-        meta = exp.meta_for(config, ident, evaluation)
-    df = pd.concat(frames, ignore_index=True)
-    meta["models"] = identities
-    directory = store.finalize(df, meta)
-    print(f"results: {directory}\n")
-    if args.experiment == "massive-values":
-        print("Massive-value counts, total over layers (mean +- std over texts):")
-        print(exp.totals(df).to_string(index=False))
-        if len(sources) == 2:
-            print("\nRoPE vs DroPE:")
-            print(exp.compare(df).to_string(index=False))
-        print("\nWhere massive dims sit (frequency index f = dim mod d_head/2; low-frequency half f >= d_head/4):")
-        print(exp.dim_locations(df, d_head).to_string(index=False))
-    else:
-        summary = exp.summary(df)
-        print("Perplexity over evaluation texts (mean over texts; random: mean +- std over seeds):")
-        print(summary.to_string(index=False))
-        if set(summary.variant) >= {"rope", "drope"}:
-            ratio = exp.reliance_ratio(summary)
-            shown = f"{ratio:.2f}" if ratio == ratio else "undefined (DroPE's M-R difference is zero)"
-            print(f"\nRoPE/DroPE reliance ratio (M-R difference): {shown}")
-        print("\nPaired tests and 95% bootstrap CIs over evaluation texts:")
-        print(exp.statistics(df).T.to_string(header=False))
-    return 0
+    module = importlib.import_module(f"drope_lens.experiments.{CLI_EXPERIMENTS[args.experiment][0]}")
+    return module.run_cli(RunContext.from_args(args))
 
 
 def _train_toy(args: argparse.Namespace) -> int:
@@ -238,25 +133,6 @@ def _train_toy(args: argparse.Namespace) -> int:
         (Path(args.out) / "evaluation.json").write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2))
     return 0
-
-
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pair", default=None,
-                        help="registry name of a RoPE/DroPE pair (default: toy, the bundled pair; e.g. llama2-7b)")
-    parser.add_argument("--rope", default=None, help="RoPE checkpoint directory or hub id")
-    parser.add_argument("--drope", default=None, help="DroPE checkpoint directory or hub id")
-    parser.add_argument("--dtype", default="float32", help="float32 (default), bf16 or fp16")
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    parser.add_argument("--quantization", choices=["nf4"], default=None)
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
-        return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,27 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run an experiment on a RoPE/DroPE pair and save its results")
     run_sub = run.add_subparsers(dest="experiment", required=True)
-    mv = run_sub.add_parser("massive-values", help="Exp 1: massive values in Q/K/V per layer")
-    dr = run_sub.add_parser("disruption", help="Exp 2: zero massive Q/K dims, measure perplexity")
-    for p in (mv, dr):
-        _add_model_options(p)
-        p.add_argument("--texts", default=None,
-                       help="builtin, wikitext, toy (held-out toy-corpus text), or a .txt/.jsonl file or folder "
-                            "(default: toy for the toy pair, builtin otherwise)")
-        p.add_argument("--out", default="results", help="results root (default: results/)")
-        p.add_argument("--run-id", default=None, help="default: derived from the configuration, so reruns resume")
-        p.add_argument("--threshold", type=float, default=5.0)
-        p.add_argument("--max-tokens", type=int, default=None,
-                       help="tokens per text (default: 512, the study's, capped at the models' trained context)")
-        p.add_argument("--rotary", choices=["pre", "post"], default="pre")
-        p.set_defaults(func=_run_experiment)
-    mv.add_argument("--n-texts", type=int, default=10)
-    mv.add_argument("--batch-size", type=int, default=10, help="texts per forward (default 10: the study's 10 texts at once)")
-    dr.add_argument("--seeds", type=int, default=10)
-    dr.add_argument("--seed", type=int, default=0)
-    dr.add_argument("--n-identification", type=int, default=3)
-    dr.add_argument("--n-evaluation", type=int, default=9)
-    dr.add_argument("--batch-size", type=int, default=16)
+    import importlib
+
+    from drope_lens.experiments import CLI_EXPERIMENTS
+
+    from .runner import add_common_arguments
+
+    for command, (module_name, help_text) in CLI_EXPERIMENTS.items():
+        module = importlib.import_module(f"drope_lens.experiments.{module_name}")
+        sub_parser = run_sub.add_parser(command, help=help_text)
+        add_common_arguments(sub_parser, texts=getattr(module, "CLI_TAKES_TEXTS", True))
+        module.add_cli_arguments(sub_parser)
+        sub_parser.set_defaults(func=_run_experiment)
     return parser
 
 

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 REGISTERS = ("narrative", "technical", "dialogue", "factual")
 
@@ -41,18 +41,105 @@ def builtin_texts() -> list[Text]:
     return texts
 
 
+class TextInputError(ValueError):
+    """Texts that cannot be used: the message names the file and line, or the item and its index."""
+
+
+#: What the experiments accept as texts (see :func:`as_texts`).
+TextsLike = Union[str, Text, Iterable[Union[str, Text]], Any]
+
+
+def as_texts(texts: TextsLike, *, name_prefix: str = "text", register: str = "user") -> list[Text]:
+    """The one normaliser of user texts, used by every experiment.
+
+    Accepts a ``str`` (one text), a :class:`Text`, a list/tuple of ``str`` or ``Text`` (mixed is
+    fine), a pandas ``Series`` (its index becomes the names unless it is the default range
+    index), a ``datasets`` column or ``Dataset`` with a ``text`` column, or any other iterable of
+    strings. Texts without a name get ``{name_prefix}_{index:03d}``. Raises
+    :class:`TextInputError` naming the offending item (index and type) for anything that is not
+    text, for empty or whitespace-only strings, for duplicate names, and for an empty input.
+    """
+    if isinstance(texts, (str, Text)):
+        items: list[tuple[Optional[str], Any]] = [(None, texts)]
+    else:
+        items = _named_items(texts)
+    out: list[Text] = []
+    for index, (name, item) in enumerate(items):
+        if isinstance(item, Text):
+            text = item
+        elif isinstance(item, str):
+            text = Text(name if name is not None else f"{name_prefix}_{index:03d}", register, item)
+        else:
+            raise TextInputError(
+                f"texts[{index}] is a {type(item).__name__} ({item!r:.60}), not a str or drope_lens.texts.Text; "
+                "pass strings, Text objects, a pandas Series of strings or a datasets column."
+            )
+        if not text.text.strip():
+            raise TextInputError(f"texts[{index}] ({text.name!r}) is empty; every text needs some content.")
+        out.append(text)
+    if not out:
+        raise TextInputError("no texts given (an empty list); pass at least one string.")
+    seen: dict[str, int] = {}
+    for index, text in enumerate(out):
+        if text.name in seen:
+            raise TextInputError(
+                f"texts[{seen[text.name]}] and texts[{index}] are both named {text.name!r}; names must be unique."
+            )
+        seen[text.name] = index
+    return out
+
+
+def _named_items(texts: Any) -> list[tuple[Optional[str], Any]]:
+    """``(name or None, item)`` pairs of a list, Series, datasets column/Dataset or iterable."""
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is a dependency
+        pd = None
+    if pd is not None and isinstance(texts, pd.DataFrame):
+        if "text" not in texts.columns:
+            raise TextInputError(f"a DataFrame of texts needs a 'text' column; it has {list(texts.columns)}.")
+        names = texts["name"].astype(str).tolist() if "name" in texts.columns else [None] * len(texts)
+        return list(zip(names, texts["text"].tolist()))
+    if pd is not None and isinstance(texts, pd.Series):
+        default_index = isinstance(texts.index, pd.RangeIndex)
+        names = [None if default_index else str(i) for i in texts.index]
+        return list(zip(names, texts.tolist()))
+    column_names = getattr(texts, "column_names", None)  # a datasets.Dataset
+    if isinstance(column_names, list):
+        if "text" not in column_names:
+            raise TextInputError(f"a datasets.Dataset of texts needs a 'text' column; it has {column_names}.")
+        return [(None, t) for t in texts["text"]]
+    if isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
+        raise TextInputError(
+            f"texts is a {type(texts).__name__}; pass a str, a list of str or Text, a pandas Series or a datasets column."
+        )
+    return [(None, t) for t in texts]
+
+
 def _from_file(path: Path) -> list[Text]:
     if path.suffix == ".jsonl":
         texts = []
         for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-            if line.strip():
+            if not line.strip():
+                continue
+            try:
                 record = json.loads(line)
-                if "text" not in record:
-                    raise ValueError(f"{path}:{i + 1}: each JSON line needs a 'text' field.")
-                texts.append(Text(str(record.get("name", f"{path.stem}_{i}")), str(record.get("register", path.stem)),
-                                  record["text"]))
+            except json.JSONDecodeError as exc:
+                raise TextInputError(f"{path}:{i + 1}: not a JSON object ({exc.msg}); each line must be "
+                                     '{"text": ..., "name": ...}.') from None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise TextInputError(f"{path}:{i + 1}: each JSON line needs a string 'text' field.")
+            if not record["text"].strip():
+                raise TextInputError(f"{path}:{i + 1}: the 'text' field is empty.")
+            texts.append(Text(str(record.get("name", f"{path.stem}_{i}")), str(record.get("register", path.stem)),
+                              record["text"]))
+        if not texts:
+            raise TextInputError(f"{path}: no texts in this file (it is empty).")
         return texts
-    return [Text(path.stem, "user", path.read_text(encoding="utf-8").strip())]
+    content = path.read_text(encoding="utf-8").strip()
+    if not content:
+        raise TextInputError(f"{path}: the file is empty; a text file must hold the text to analyse.")
+    return [Text(path.stem, "user", content)]
 
 
 def wikitext_texts(min_words: int = 600, split: str = "test") -> list[Text]:

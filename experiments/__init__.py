@@ -6,3 +6,10 @@ through a :class:`drope_lens.results.RunStore`) and summaries that take that Dat
 - :mod:`.massive_values` — Exp 1, massive values in Q/K/V per layer;
 - :mod:`.disruption` — Exp 2, zeroing massive Q/K dims vs random dims, perplexity.
 """
+
+#: ``drope-lens run <command>`` -> (module of this package, one-line help). Each module defines
+#: ``add_cli_arguments(parser)`` and ``run_cli(ctx: drope_lens.runner.RunContext) -> int``.
+CLI_EXPERIMENTS: dict[str, tuple[str, str]] = {
+    "massive-values": ("massive_values", "Exp 1: massive values in Q/K/V per layer"),
+    "disruption": ("disruption", "Exp 2: zero massive Q/K dims, measure perplexity"),
+}

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
-from drope_lens.texts import Text
+from drope_lens.texts import Text, TextInputError, TextsLike, as_texts
+
+#: Where position 0 comes from. ``"checkpoint"``: the checkpoint's tokenizer decides, as in
+#: Hugging Face (Llama-2 prepends ``<s>``; SmolLM2 and Qwen prepend nothing, so position 0 is the
+#: text's first token and a warning says so). ``"always"``: the tokenizer's BOS token is put at
+#: position 0 when the tokenizer does not put it there itself (an error if it has none).
+BosPolicy = Literal["checkpoint", "always"]
+BOS_POLICIES: tuple[str, ...] = ("checkpoint", "always")
+#: Fewest tokens (position 0 included) a text may have: statistics over query positions t >= 1
+#: and next-token losses need at least one token after position 0.
+MIN_TOKENS = 2
+
+
+def check_bos(bos: str) -> str:
+    if bos not in BOS_POLICIES:
+        raise ValueError(f"bos={bos!r}: allowed values are {list(BOS_POLICIES)}.")
+    return bos
 
 
 def model_name(model) -> str:
@@ -34,22 +51,40 @@ PREFIX_CHARS_PER_TOKEN = 6  # generous: English BPE averages about 4 characters 
 PREFIX_MARGIN_TOKENS = 16  # tokens past max_tokens that a prefix must reach to be trusted
 
 
-def tokenize(model, texts: Sequence[Text], max_tokens: int) -> list[torch.Tensor]:
-    """Each text tokenised by the model's tokenizer with BOS first, cut to ``max_tokens`` (CPU).
+def tokenize(
+    model,
+    texts: TextsLike,
+    max_tokens: int,
+    *,
+    bos: BosPolicy = "checkpoint",
+    min_tokens: int = MIN_TOKENS,
+) -> list[torch.Tensor]:
+    """Each text tokenised by the model's tokenizer, position 0 as ``bos`` says, cut to ``max_tokens`` (CPU).
+
+    ``texts`` is anything :func:`drope_lens.texts.as_texts` accepts. ``bos="checkpoint"`` keeps the
+    tokenizer's own special tokens (warning once per call when position 0 is then not a special
+    token, since the study's "BOS" measurements read position 0); ``bos="always"`` puts the
+    tokenizer's BOS token first when the tokenizer did not. A text with fewer than
+    ``min_tokens`` tokens raises :class:`~drope_lens.texts.TextInputError` naming it.
 
     Only a prefix of each text is tokenised: the text cut at a whitespace boundary after about
     ``6 * max_tokens`` characters. The prefix's tokens are used only if they run at least
     ``PREFIX_MARGIN_TOKENS`` past ``max_tokens``, so that the cut cannot reach the tokens kept;
     otherwise the whole text is tokenised. (Tokenising 900-word texts whole to keep 512 tokens
-    costs as much as a third of a 7B forward on a fast GPU.) One batched tokenizer call per pass;
-    the BOS id is prepended when the tokenizer does not add it.
+    costs as much as a third of a 7B forward on a fast GPU.) One batched tokenizer call per pass.
     """
+    texts = as_texts(texts)
+    check_bos(bos)
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise ValueError(f"{model_name(model)} has no tokenizer; these experiments take texts.")
     if max_tokens < 2:
         raise ValueError(f"max_tokens={max_tokens}: need at least 2 tokens.")
-    bos = tokenizer.bos_token_id
+    bos_id = tokenizer.bos_token_id
+    if bos == "always" and bos_id is None:
+        raise ValueError(
+            f"bos='always' but the tokenizer of {model_name(model)} defines no BOS token; use bos='checkpoint'."
+        )
     limit = max_tokens * PREFIX_CHARS_PER_TOKEN
     prefixes = [_whitespace_prefix(t.text, limit) for t in texts]
     encoded = tokenizer(prefixes, add_special_tokens=True)["input_ids"]
@@ -58,11 +93,27 @@ def tokenize(model, texts: Sequence[Text], max_tokens: int) -> list[torch.Tensor
     if redo:
         for i, ids in zip(redo, tokenizer([texts[i].text for i in redo], add_special_tokens=True)["input_ids"]):
             encoded[i] = ids
-    out = []
-    for ids in encoded:
-        if bos is not None and (not ids or ids[0] != bos):
-            ids = [bos] + ids
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    out, not_special = [], []
+    for text, ids in zip(texts, encoded):
+        if bos == "always" and (not ids or ids[0] != bos_id):
+            ids = [bos_id] + ids
+        if len(ids) < min_tokens:
+            raise TextInputError(
+                f"text {text.name!r} has {len(ids)} token(s) (position 0 included); at least {min_tokens} are "
+                "needed. Pass a longer text."
+            )
+        if ids[0] not in special:
+            not_special.append(text.name)
         out.append(torch.tensor(ids[:max_tokens], dtype=torch.long))
+    if not_special:
+        warnings.warn(
+            f"position 0 is not a special token for {len(not_special)} text(s) ({not_special[0]!r}, ...): the "
+            f"tokenizer of {model_name(model)} prepends no BOS, so 'BOS' statistics read the first text token. "
+            "Pass bos='always' to put the BOS token there.",
+            UserWarning,
+            stacklevel=2,
+        )
     return out
 
 

@@ -26,9 +26,20 @@ from scipy import stats
 
 from drope_lens.hooks import batched_zero_dims
 from drope_lens.results import RunStore
-from drope_lens.texts import Text
+from drope_lens.texts import Text, TextsLike, as_texts
 
-from .common import HostCopy, batches_by_length, model_name, model_variant, progress, sequence_nll, tokenize, unit_prefix
+from .common import (
+    BosPolicy,
+    HostCopy,
+    batches_by_length,
+    check_bos,
+    model_name,
+    model_variant,
+    progress,
+    sequence_nll,
+    tokenize,
+    unit_prefix,
+)
 from .massive_values import massive_mask, sequence_norms
 
 EXPERIMENT = "disruption"
@@ -44,8 +55,10 @@ class DisruptionConfig:
     seed: int = 0
     batch_size: int = 16
     random_pool: Literal["non_massive", "all"] = "non_massive"
+    bos: BosPolicy = "checkpoint"
 
     def __post_init__(self) -> None:
+        check_bos(self.bos)
         if not self.threshold > 0:
             raise ValueError(f"threshold={self.threshold}: must be positive.")
         if self.seeds < 1:
@@ -63,10 +76,12 @@ class DisruptionConfig:
 
 
 def identify_massive(
-    model, texts: Sequence[Text], *, threshold: float, max_tokens: int, rotary: str = "pre", batch_size: int = 16
+    model, texts: TextsLike, *, threshold: float, max_tokens: int, rotary: str = "pre", batch_size: int = 16,
+    bos: BosPolicy = "checkpoint",
 ) -> Masks:
     """Massive (head, dim) entries of q and k per layer, from M averaged over ``texts``."""
-    tokens = tokenize(model, texts, max_tokens)
+    texts = as_texts(texts, name_prefix="identification")
+    tokens = tokenize(model, texts, max_tokens, bos=bos)
     sums: dict[tuple[int, str], torch.Tensor] = {}
     for _, batch in batches_by_length(tokens, batch_size):
         for key, m in sequence_norms(model, batch, ("q", "k"), rotary).items():
@@ -131,8 +146,8 @@ def _hooks_for_rows(row_masks: list[Optional[Masks]], rotary: str) -> list:
 
 def run(
     model,
-    identification_texts: Sequence[Text],
-    evaluation_texts: Sequence[Text],
+    identification_texts: TextsLike,
+    evaluation_texts: TextsLike,
     *,
     threshold: float = 5.0,
     seeds: int = 10,
@@ -141,6 +156,7 @@ def run(
     seed: int = 0,
     batch_size: int = 16,
     random_pool: Literal["non_massive", "all"] = "non_massive",
+    bos: BosPolicy = "checkpoint",
     batched: bool = True,
     store: Optional[RunStore] = None,
     show_progress: bool = True,
@@ -152,18 +168,20 @@ def run(
     ``n_zeroed_q``, ``n_zeroed_k`` (entries zeroed over all layers). ``batched=False`` runs each
     condition alone (one forward per condition and batch of texts), the reference loop.
     """
-    config = DisruptionConfig(threshold, seeds, max_tokens, rotary, seed, batch_size, random_pool)
+    config = DisruptionConfig(threshold, seeds, max_tokens, rotary, seed, batch_size, random_pool, bos)
+    identification_texts = as_texts(identification_texts, name_prefix="identification")
+    evaluation_texts = as_texts(evaluation_texts, name_prefix="evaluation")
     names = {t.text for t in identification_texts}
     overlap = [t.name for t in evaluation_texts if t.text in names]
     if overlap:
         raise ValueError(f"evaluation texts {overlap} are also identification texts; use disjoint sets.")
     massive = identify_massive(model, identification_texts, threshold=config.threshold, max_tokens=config.max_tokens,
-                               rotary=config.rotary, batch_size=config.batch_size)
+                               rotary=config.rotary, batch_size=config.batch_size, bos=config.bos)
     if store is not None:
         store.save_extra(f"identification-{unit_prefix(model)}", identification_frame(model, massive))
     conditions = _conditions(massive, config)
     device_masks = [_on_device(c[2], model.cfg.device) for c in conditions]  # no host->device copy inside hooks
-    tokens = tokenize(model, evaluation_texts, config.max_tokens)
+    tokens = tokenize(model, evaluation_texts, config.max_tokens, bos=config.bos)
     prefix = unit_prefix(model)
     unit_of = lambda cond, s: f"{prefix}-{cond}-{s}"  # noqa: E731
     done = [store is not None and store.has(unit_of(c[0], c[1])) for c in conditions]
@@ -332,3 +350,46 @@ def meta_for(config: DisruptionConfig, identification: Sequence[Text], evaluatio
     return {"config": asdict(config), "seed": config.seed, "seeds": config.seed_list,
             "identification_texts": [t.name for t in identification],
             "evaluation_texts": [t.name for t in evaluation]}
+
+
+# ------------------------------------------------------------------------------------------
+# Command line: ``drope-lens run disruption`` (see drope_lens.runner).
+# ------------------------------------------------------------------------------------------
+def add_cli_arguments(parser) -> None:
+    parser.add_argument("--threshold", type=float, default=5.0)
+    parser.add_argument("--rotary", choices=["pre", "post"], default="pre")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-identification", type=int, default=3)
+    parser.add_argument("--n-evaluation", type=int, default=9)
+    parser.add_argument("--batch-size", type=int, default=16)
+
+
+def run_cli(ctx) -> int:
+    from drope_lens.results import model_identity
+    from drope_lens.runner import print_table
+    from drope_lens.texts import split_texts
+
+    args = ctx.args
+    config = DisruptionConfig(args.threshold, args.seeds, args.max_tokens, args.rotary, args.seed, args.batch_size,
+                              bos=args.bos)
+    ident, evaluation = split_texts(ctx.texts(), args.n_identification, args.n_evaluation, seed=args.seed)
+    store = ctx.store(EXPERIMENT, config, {"identification": [t.name for t in ident],
+                                           "evaluation": [t.name for t in evaluation]})
+    frames, identities = [], []
+    for model in ctx.models():
+        frames.append(run(model, ident, evaluation, threshold=config.threshold, seeds=config.seeds,
+                          max_tokens=config.max_tokens, rotary=config.rotary, seed=config.seed,
+                          batch_size=config.batch_size, bos=config.bos, store=store))
+        identities.append(model_identity(model))
+    ctx.finalize(store, frames, meta_for(config, ident, evaluation), identities)
+    df = pd.concat(frames, ignore_index=True)
+    table = summary(df)
+    print_table("Perplexity over evaluation texts (mean over texts; random: mean +- std over seeds):", table)
+    if set(table.variant) >= {"rope", "drope"}:
+        ratio = reliance_ratio(table)
+        shown = f"{ratio:.2f}" if ratio == ratio else "undefined (DroPE's M-R difference is zero)"
+        print(f"RoPE/DroPE reliance ratio (M-R difference): {shown}\n")
+    print("Paired tests and 95% bootstrap CIs over evaluation texts:")
+    print(statistics(df).T.to_string(header=False))
+    return 0

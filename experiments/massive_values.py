@@ -22,9 +22,19 @@ from jaxtyping import Bool, Float
 
 from drope_lens.hooks import capture_dim_norms
 from drope_lens.results import RunStore
-from drope_lens.texts import Text
+from drope_lens.texts import Text, TextsLike, as_texts
 
-from .common import HostCopy, batches_by_length, model_name, model_variant, progress, tokenize, unit_prefix
+from .common import (
+    BosPolicy,
+    HostCopy,
+    batches_by_length,
+    check_bos,
+    model_name,
+    model_variant,
+    progress,
+    tokenize,
+    unit_prefix,
+)
 
 EXPERIMENT = "massive_values"
 
@@ -36,8 +46,10 @@ class MassiveValuesConfig:
     rotary: Literal["pre", "post"] = "pre"
     tensors: tuple[str, ...] = ("q", "k", "v")
     batch_size: int = 10
+    bos: BosPolicy = "checkpoint"
 
     def __post_init__(self) -> None:
+        check_bos(self.bos)
         if not self.threshold > 0:
             raise ValueError(f"threshold={self.threshold}: must be positive.")
         if self.rotary not in ("pre", "post"):
@@ -147,17 +159,22 @@ def _batch_rows(model, texts: Sequence[Text], samples: Sequence[int], n_tokens: 
 
 def run(
     model,
-    texts: Sequence[Text],
+    texts: TextsLike,
     *,
     threshold: float = 5.0,
     max_tokens: int = 512,
     rotary: Literal["pre", "post"] = "pre",
     tensors: tuple[str, ...] = ("q", "k", "v"),
     batch_size: int = 10,
+    bos: BosPolicy = "checkpoint",
     store: Optional[RunStore] = None,
     show_progress: bool = True,
 ) -> pd.DataFrame:
     """Massive-value counts per text, layer and tensor (see module docstring).
+
+    ``texts``: a string, a list of strings or :class:`~drope_lens.texts.Text`, a pandas Series or
+    a datasets column (:func:`~drope_lens.texts.as_texts`). ``bos``: the position-0 policy
+    (:data:`~drope_lens.experiments.common.BosPolicy`).
 
     Columns: ``model``, ``variant``, ``sample`` (index into ``texts``), ``text``, ``register``,
     ``n_tokens``, ``layer``, ``tensor``, ``count``, ``heads`` and ``dims`` (lists: where each
@@ -165,7 +182,8 @@ def run(
     text's rows are saved as soon as they are measured and texts already saved are skipped.
     Batches are pipelined: a batch's rows are built while the next batch runs on the GPU.
     """
-    config = MassiveValuesConfig(threshold, max_tokens, rotary, tuple(tensors), batch_size)
+    config = MassiveValuesConfig(threshold, max_tokens, rotary, tuple(tensors), batch_size, bos)
+    texts = as_texts(texts)
     unit = lambda i: f"{unit_prefix(model)}-sample-{i}"  # noqa: E731
     done = {i for i in range(len(texts)) if store is not None and store.has(unit(i))}
     frames: dict[int, pd.DataFrame] = {}
@@ -195,7 +213,7 @@ def run(
         bar.update(sum(1 for i in samples if i not in done))
 
     for chunk in chunks:
-        tokens = tokenize(model, [texts[i] for i in chunk], config.max_tokens)
+        tokens = tokenize(model, [texts[i] for i in chunk], config.max_tokens, bos=config.bos)
         for local, batch in batches_by_length(tokens, config.batch_size):
             samples = [chunk[i] for i in local]
             if done.issuperset(samples):
@@ -269,3 +287,40 @@ def dim_locations(df: pd.DataFrame, d_head: int) -> pd.DataFrame:
                      "low_freq_share": float((freq >= half // 2).mean()),
                      "mean_freq_position": float((freq / half).mean()), "top_dims": top})
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------
+# Command line: ``drope-lens run massive-values`` (see drope_lens.runner).
+# ------------------------------------------------------------------------------------------
+def add_cli_arguments(parser) -> None:
+    parser.add_argument("--threshold", type=float, default=5.0)
+    parser.add_argument("--rotary", choices=["pre", "post"], default="pre")
+    parser.add_argument("--n-texts", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=10,
+                        help="texts per forward (default 10: the study's 10 texts at once)")
+
+
+def run_cli(ctx) -> int:
+    from dataclasses import asdict
+
+    from drope_lens.results import model_identity
+    from drope_lens.runner import print_table
+
+    args = ctx.args
+    config = MassiveValuesConfig(args.threshold, args.max_tokens, args.rotary, batch_size=args.batch_size, bos=args.bos)
+    chosen = ctx.texts()[: args.n_texts]
+    store = ctx.store(EXPERIMENT, config, {"texts": [t.name for t in chosen]})
+    frames, identities, d_head = [], [], None
+    for model in ctx.models():
+        frames.append(run(model, chosen, threshold=config.threshold, max_tokens=config.max_tokens,
+                          rotary=config.rotary, batch_size=config.batch_size, bos=config.bos, store=store))
+        identities.append(model_identity(model))
+        d_head = model.cfg.d_head
+    ctx.finalize(store, frames, {"config": asdict(config), "seed": None, "texts": [t.name for t in chosen]}, identities)
+    df = pd.concat(frames, ignore_index=True)
+    print_table("Massive-value counts, total over layers (mean +- std over texts):", totals(df))
+    if len(ctx.sources) == 2:
+        print_table("RoPE vs DroPE:", compare(df))
+    print_table("Where massive dims sit (frequency index f = dim mod d_head/2; low-frequency half f >= d_head/4):",
+                dim_locations(df, d_head))
+    return 0

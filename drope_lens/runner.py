@@ -1,0 +1,160 @@
+"""What every ``drope-lens run <experiment>`` command shares: models, texts, results, printing.
+
+An experiment module plugs into the command line by defining two functions::
+
+    def add_cli_arguments(parser: argparse.ArgumentParser) -> None   # its own options
+    def run_cli(ctx: RunContext) -> int                              # run, save, print
+
+and a line in :data:`drope_lens.experiments.CLI_EXPERIMENTS`. The common options (model
+choice, dtype, device, texts, BOS policy, results root, run id, max tokens) are added here, so
+they are spelled the same for every experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import pandas as pd
+
+from .results import RunStore, model_identity, run_id_for
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, texts: bool = True) -> None:
+    """Model, text, BOS and results options shared by every experiment command."""
+    parser.add_argument("--pair", default=None,
+                        help="registry name of a RoPE/DroPE pair (default: toy, the bundled pair; e.g. llama2-7b)")
+    parser.add_argument("--rope", default=None, help="RoPE checkpoint directory or hub id")
+    parser.add_argument("--drope", default=None, help="DroPE checkpoint directory or hub id")
+    parser.add_argument("--dtype", default="float32", help="float32 (default), bf16 or fp16")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--quantization", choices=["nf4"], default=None)
+    parser.add_argument("--out", default="results", help="results root (default: results/)")
+    parser.add_argument("--run-id", default=None, help="default: derived from the configuration, so reruns resume")
+    parser.add_argument("--bos", choices=["checkpoint", "always"], default="checkpoint",
+                        help="position 0: as the checkpoint's tokenizer does (default) or always the BOS token")
+    if texts:
+        parser.add_argument("--texts", default=None,
+                            help="builtin, wikitext, toy (held-out toy-corpus text), or a .txt/.jsonl file or folder "
+                                 "(default: toy for the toy pair, builtin otherwise)")
+        parser.add_argument("--max-tokens", type=int, default=None,
+                            help="tokens per text (default: 512, the study's, capped at the models' trained context)")
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def trained_context(source: str) -> Optional[int]:
+    """``max_position_embeddings`` from a checkpoint's config.json (None if it cannot be read)."""
+    try:
+        from .loading import resolve_source
+
+        config = json.loads((resolve_source(source) / "config.json").read_text())
+        return int(config["max_position_embeddings"])
+    except Exception:  # the load itself will report the real problem
+        return None
+
+
+def model_sources(args: argparse.Namespace) -> list[str]:
+    """The checkpoints a command runs on: ``--pair`` (default: the bundled toy pair) or ``--rope``/``--drope``."""
+    from .registry import lookup
+
+    if args.pair and (args.rope or args.drope):
+        raise ValueError("give either --pair NAME or --rope/--drope sources, not both.")
+    if not (args.pair or args.rope or args.drope):
+        args.pair = "toy"
+        print("no --pair/--rope/--drope given: using the bundled toy pair (drope-lens info toy describes it)\n")
+    if args.pair:
+        entry = lookup(args.pair)
+        return [entry.rope, entry.drope]
+    return [s for s in (args.rope, args.drope) if s]
+
+
+@dataclass
+class RunContext:
+    """One ``drope-lens run`` invocation: parsed arguments, the checkpoints, and helpers."""
+
+    args: argparse.Namespace
+    sources: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "RunContext":
+        ctx = cls(args, model_sources(args))
+        if hasattr(args, "max_tokens"):
+            if args.max_tokens is None:
+                contexts = [c for c in (trained_context(s) for s in ctx.sources) if c]
+                args.max_tokens = min([512, *contexts])
+            if args.max_tokens < 2:
+                raise ValueError(f"--max-tokens {args.max_tokens}: need at least 2 tokens per text.")
+        return ctx
+
+    @property
+    def is_toy(self) -> bool:
+        return all(s.startswith("bundled:toy/") for s in self.sources)
+
+    def texts(self):
+        """The texts ``--texts`` names (default: the toy corpus for the toy pair, else builtin)."""
+        from .texts import load_texts
+
+        source = self.args.texts
+        if source is None:  # the toy pair never saw real English: give it text from its own corpus
+            source = self.args.texts = "toy" if self.is_toy else "builtin"
+        return load_texts(source)
+
+    @property
+    def load_key(self) -> dict[str, Any]:
+        """What identifies the models of a run (part of the run id)."""
+        return {"sources": self.sources, "dtype": self.args.dtype, "quantization": self.args.quantization,
+                "bos": self.args.bos}
+
+    def store(self, experiment: str, config: Any, key: dict[str, Any]) -> RunStore:
+        run_id = self.args.run_id or run_id_for(experiment, config, self.load_key | key)
+        return RunStore(self.args.out, experiment, run_id)
+
+    def models(self) -> Iterator[Any]:
+        """Load the models one at a time (only one is in memory), yielding each."""
+        import torch
+
+        from .loading import load_model
+
+        for source in self.sources:
+            model = load_model(source, dtype=self.args.dtype, device=self.args.device,
+                               quantization=self.args.quantization)
+            yield model
+            del model
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def finalize(self, store: RunStore, frames: list[pd.DataFrame], meta: dict[str, Any],
+                 identities: list[dict[str, Any]]) -> Path:
+        """Write ``data.parquet`` and ``meta.json`` (models and BOS policy added) and say where."""
+        df = pd.concat(frames, ignore_index=True)
+        meta = dict(meta)
+        meta["models"] = identities
+        meta.setdefault("bos", self.args.bos)
+        directory = store.finalize(df, meta)
+        print(f"results: {directory}\n")
+        return directory
+
+
+def identities_of(models: list[Any]) -> list[dict[str, Any]]:
+    return [model_identity(m) for m in models]
+
+
+def print_table(title: str, frame: pd.DataFrame) -> None:
+    """A titled table, wide enough not to wrap."""
+    with pd.option_context("display.width", 160, "display.max_columns", 30):
+        print(title)
+        print(frame.to_string(index=False))
+        print()
