@@ -206,6 +206,20 @@ def test_qwen2_biases_are_loaded_into_b_qkv(family_checkpoint):
     assert model.tokenizer.bos_token is None and not model.cfg.default_prepend_bos
 
 
+@pytest.mark.parametrize("attention_type", [None, "qk_norm_nope"])
+def test_llama_with_attention_bias(tmp_path, attention_type):
+    """Llama's attention_bias=true: q/k/v and o_proj biases, loaded, matched and saved back."""
+    case = CASES["smollm2"]
+    ref = family_reference(case, attention_type=attention_type, attention_bias=True)
+    path = save_family_checkpoint(ref, case, tmp_path / "ckpt", attention_type=attention_type)
+    model = dl.load_model(path)
+    assert model.lens.qkv_bias and model.lens.o_bias
+    assert torch.equal(model.blocks[0].attn.b_O, ref.model.layers[0].self_attn.o_proj.bias)
+    assert relative_error(_logits(model), _hf_forward(ref, TOKENS)[0]) <= BOUND
+    again = dl.load_model(dl.save_model(model, tmp_path / "saved"))
+    assert torch.equal(_logits(again), _logits(model))
+
+
 # -- sliding window --------------------------------------------------------------------------
 @pytest.mark.parametrize("case,windows", [
     ("mistral", [None, None]), ("mistral-sliding", [5, 5]), ("qwen2", [None, None]), ("qwen2-sliding", [None, 5]),
@@ -240,6 +254,26 @@ def test_sliding_window_generation_with_cache_matches_transformers(family_checkp
         got = model.generate(prompt, max_new_tokens=8, do_sample=False, use_past_kv_cache=True, verbose=False,
                              stop_at_eos=False)
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("case", ["mistral-sliding", "qwen2-sliding"])
+@pytest.mark.parametrize("attention_type", [None, "nope"])
+def test_sliding_window_with_left_padding(family_checkpoint, case, attention_type):
+    """Rows of a left-padded batch equal the rows alone and transformers' forward of each row."""
+    path, ref = family_checkpoint(case, attention_type)
+    model = dl.load_model(path)
+    rows = [[1, 5, 9, 17, 33, 40, 61, 70, 12], [1, 44, 45, 46], [1, 7, 8, 20, 21, 22, 23]]
+    length = max(map(len, rows))
+    tokens = torch.tensor([[0] * (length - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows])
+    for backend in ("sdpa", "explicit"):
+        model.set_attention_backend(backend)
+        with torch.no_grad():
+            batch = model(tokens, attention_mask=mask)
+        for i, row in enumerate(rows):
+            with torch.no_grad():
+                expected = ref(torch.tensor([row])).logits[0]
+            assert relative_error(batch[i, length - len(row):], expected) <= BOUND, (backend, i)
 
 
 # -- upstream checkpoint variants -------------------------------------------------------------
