@@ -12,6 +12,8 @@ failures it avoids):
   hook points ``hook_q_normed`` / ``hook_k_normed`` after them (``hook_q``/``hook_k`` stay the raw
   projections);
 * ``softmax_scale`` replaces ``1/sqrt(d_head)``;
+* Llama-3's ``llama3`` RoPE frequency adjustment, q/k/v biases (Qwen2) and a sliding-window mask
+  (Mistral, Qwen2: ``settings.sliding_window``) are computed as ``transformers`` computes them;
 * scores and softmax are float32 in every model dtype;
 * when nobody hooks ``hook_attn_scores`` / ``hook_pattern`` the scores are never materialised:
   ``torch.nn.functional.scaled_dot_product_attention`` computes the same thing.
@@ -29,6 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -38,6 +42,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_offset_position_ids
 
 from . import fused
+from .checkpoint import RopeScaling
 from .hooks_state import is_hooked
 from .linear import head_projection, output_projection
 
@@ -54,12 +59,42 @@ class AttentionSettings:
     norm_k: bool
     has_norm_weights: bool
     scale: float  # multiplier applied to q.k before the softmax
+    rope_scaling: Optional[RopeScaling] = None  # Llama-3 frequency adjustment (RoPE only)
+    #: A query at position p sees keys p - sliding_window < k <= p (None: every key k <= p), the
+    #: convention of transformers' ``sliding_window_overlay``. Applies with and without rotary.
+    sliding_window: Optional[int] = None
 
     def __post_init__(self) -> None:
         if (self.norm_q or self.norm_k) and not self.has_norm_weights:
             raise ValueError("norm_q/norm_k need has_norm_weights=True")
         if not self.scale > 0:
             raise ValueError(f"scale must be positive, got {self.scale}")
+        if self.sliding_window is not None and not (isinstance(self.sliding_window, int) and self.sliding_window > 0):
+            raise ValueError(f"sliding_window must be a positive integer or None, got {self.sliding_window!r}")
+
+
+def rope_inv_freq(d_head: int, theta: float, scaling: Optional[RopeScaling] = None) -> Float[torch.Tensor, "half"]:
+    """RoPE inverse frequencies (float32, radians per position) for each pair of dimensions.
+
+    Plain RoPE: ``theta ** (-2i / d_head)``. With ``scaling`` (``rope_type="llama3"``) adjusted
+    with the same float32 operations, in the same order, as ``transformers``'
+    ``_compute_llama3_parameters``.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.int64).float() / d_head))
+    if scaling is None:
+        return inv_freq
+    factor = scaling.factor
+    old_context_len = scaling.original_max_position_embeddings
+    low_freq_wavelen = old_context_len / scaling.low_freq_factor
+    high_freq_wavelen = old_context_len / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    inv_freq_llama = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth_factor = (old_context_len / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    smoothed_inv_freq = (1 - smooth_factor) * inv_freq_llama / factor + smooth_factor * inv_freq_llama
+    is_medium_freq = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium_freq, smoothed_inv_freq, inv_freq_llama)
 
 
 class RotaryTable:
@@ -70,20 +105,24 @@ class RotaryTable:
     O(length * d_head), nothing is sized by ``n_ctx``.
     """
 
-    _tables: dict[tuple[int, float, str], tuple[torch.Tensor, torch.Tensor]] = {}
+    _tables: dict[tuple[int, float, Optional[RopeScaling], str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def table(cls, d_head: int, theta: float, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def table(
+        cls, d_head: int, theta: float, length: int, device: torch.device, scaling: Optional[RopeScaling] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``cos`` and sign-folded ``sin`` of shape ``[>= length, d_head]`` (float32) on ``device``.
 
         The sine's first half is negated so that ``rotate_half(x) * sin == roll(x) * signed_sin``
-        (negation is exact, so this is the same product HF computes).
+        (negation is exact, so this is the same product HF computes). ``scaling`` selects the
+        Llama-3 frequencies (:func:`rope_inv_freq`); tables are cached per (d_head, theta,
+        scaling, device).
         """
-        key = (d_head, float(theta), str(device))
+        key = (d_head, float(theta), scaling, str(device))
         table = cls._tables.get(key)
         if table is None or table[0].shape[0] < length:
             size = max(length, 2 * (table[0].shape[0] if table is not None else 1024))
-            inv_freq = 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.int64).float() / d_head))
+            inv_freq = rope_inv_freq(d_head, theta, scaling)
             pos = torch.arange(size, dtype=torch.float32, device=device)
             freqs = pos[:, None] * inv_freq.to(device)[None, :]
             emb = torch.cat((freqs, freqs), dim=-1)
@@ -100,17 +139,20 @@ def apply_rotary(
     theta: float,
     position_ids: Optional[Int[torch.Tensor, "batch pos"]] = None,
     fused_kernel: bool = True,
+    scaling: Optional[RopeScaling] = None,
 ) -> Float[torch.Tensor, "batch pos head d_head"]:
     """Rotate ``x`` by the RoPE angles of its absolute positions (Llama's half-split pairing).
 
     Positions are ``offset .. offset + pos - 1``, or ``position_ids`` when given (left padding).
+    ``scaling`` is the Llama-3 frequency adjustment (None: plain RoPE); the fused kernel reads
+    the same cos/sin table as the eager code.
     No host-device synchronisation: table sizes come from shapes, not values. On CUDA, outside
     autograd, one fused kernel (:func:`drope_lens.fused.rotary`) computes the same roundings
     unless ``fused_kernel=False``.
     """
     n_pos = x.shape[1]
     # position ids never exceed the attention mask's length (cumsum - 1)
-    cos, sin = RotaryTable.table(x.shape[-1], theta, offset + n_pos, x.device)
+    cos, sin = RotaryTable.table(x.shape[-1], theta, offset + n_pos, x.device, scaling)
     if fused_kernel and fused.usable(x):
         return fused.rotary(x, cos, sin, offset, position_ids)
     if position_ids is None:
@@ -204,12 +246,22 @@ class LensAttentionMixin:
         attention_mask: Optional[torch.Tensor],
         device: torch.device,
     ) -> Optional[torch.Tensor]:
-        """Boolean ``[batch|1, 1, query, key]`` mask (True = may attend), or None for plain causal."""
-        if attention_mask is None and offset == 0 and n_query == n_key:
+        """Boolean ``[batch|1, 1, query, key]`` mask (True = may attend), or None for plain causal.
+
+        Query ``i`` sits at index ``offset + i`` of the key sequence (cached keys first). With a
+        sliding window W a query at index p sees keys p - W < k <= p (indices in the padded
+        sequence, as transformers' masks count them); the window is skipped when no query could
+        reach past it."""
+        window = self.settings.sliding_window
+        windowed = window is not None and offset + n_query > window
+        if attention_mask is None and offset == 0 and n_query == n_key and not windowed:
             return None
         q_pos = torch.arange(offset, offset + n_query, device=device)
         k_pos = torch.arange(n_key, device=device)
-        mask = (k_pos[None, :] <= q_pos[:, None])[None, None]
+        visible = k_pos[None, :] <= q_pos[:, None]
+        if windowed:
+            visible = visible & (k_pos[None, :] > q_pos[:, None] - window)
+        mask = visible[None, None]
         if attention_mask is not None:
             mask = mask & attention_mask.to(device).bool()[:, None, None, :]
         return mask
@@ -258,8 +310,9 @@ class LensAttentionMixin:
 
         if settings.rotary:
             fused_kernel = self.fused_kernels
-            q = apply_rotary(q, offset, settings.rope_theta, self._position_ids(offset, attention_mask), fused_kernel)
-            k = apply_rotary(k, 0, settings.rope_theta, self._position_ids(0, attention_mask), fused_kernel)
+            scaling = settings.rope_scaling
+            q = apply_rotary(q, offset, settings.rope_theta, self._position_ids(offset, attention_mask), fused_kernel, scaling)
+            k = apply_rotary(k, 0, settings.rope_theta, self._position_ids(0, attention_mask), fused_kernel, scaling)
         q = self.hook_rot_q(q)
         k = self.hook_rot_k(k)
 
@@ -327,4 +380,4 @@ class LensAttention(LensAttentionMixin, Attention):
 
 
 class LensGroupedQueryAttention(LensAttentionMixin, GroupedQueryAttention):
-    """Grouped-query attention (SmolLM-style) with drope_lens's forward."""
+    """Grouped-query attention (SmolLM, Llama-3, Qwen2, Mistral) with drope_lens's forward."""

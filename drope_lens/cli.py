@@ -42,6 +42,10 @@ def model_summary(model) -> dict:
         "parameters": n_params,
         "quantization": model.quantization or "none",
         "prepends_bos": model.cfg.default_prepend_bos,
+        "family": spec.family,
+        "rope_type": spec.rope_scaling.rope_type if spec.rope_scaling is not None else "default",
+        "sliding_window": spec.sliding_window,
+        "sliding_layers": list(spec.sliding_layers),
     }
 
 

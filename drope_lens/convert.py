@@ -29,7 +29,6 @@ def to_drope(model: DropeLensTransformer) -> DropeLensTransformer:
     spec: CheckpointSpec = model.lens.with_variant("drope")
     result = copy.deepcopy(model)
     result.lens = spec
-    settings = attention_settings(spec)
-    for block in result.blocks:
-        block.attn.settings = settings
+    for index, block in enumerate(result.blocks):
+        block.attn.settings = attention_settings(spec, index)
     return result

@@ -1,4 +1,4 @@
-"""``load_model``: a RoPE or DroPE Llama checkpoint as a faithful HookedTransformer.
+"""``load_model``: a RoPE or DroPE checkpoint (Llama, Qwen2, Mistral) as a faithful HookedTransformer.
 
 Data path: checkpoint directory (or hub id, downloaded to the local cache first) ->
 ``config.json`` -> :class:`CheckpointSpec` -> model skeleton on the ``meta`` device -> weights
@@ -101,7 +101,8 @@ def load_tokenizer(directory: Path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Weight mapping: checkpoint (HF Llama names, [out, in] layout) -> TransformerLens parameters.
+# Weight mapping: checkpoint (HF names, shared by Llama/Qwen2/Mistral, [out, in] layout) ->
+# TransformerLens parameters.
 # Every TL weight is a view of the checkpoint tensor: see drope_lens.linear.
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -114,10 +115,19 @@ class WeightTarget:
     view: Callable[[torch.Tensor], torch.Tensor]
     unview: Callable[[torch.Tensor], torch.Tensor]  # TransformerLens parameter -> checkpoint tensor
     linear: bool  # an nn.Linear weight (quantised under nf4)
+    optional: bool = False  # may be absent from the checkpoint (then filled as upstream initialises it)
+    fill: float = 0.0  # the value an absent optional tensor gets
 
 
 def weight_targets(spec: CheckpointSpec) -> dict[str, WeightTarget]:
-    """The expected checkpoint tensors and where each goes."""
+    """The expected checkpoint tensors and where each goes.
+
+    q/k/v biases (Qwen2; Llama with ``attention_bias``) go to TransformerLens's ``b_Q``/``b_K``/
+    ``b_V`` (``_b_K``/``_b_V`` under grouped-query attention) as ``[head, d_head]`` views, an
+    ``o_proj`` bias to ``b_O``. For ``q_norm_nope``/``k_norm_nope`` the unused norm's weight is
+    optional: upstream saves both norms, but a checkpoint without the unused one is complete
+    (an absent one is filled with ones, ``nn.RMSNorm``'s initial weight, as upstream creates it).
+    """
     n, nkv, h, m, f, v = spec.n_heads, spec.n_kv_heads, spec.d_head, spec.d_model, spec.d_mlp, spec.d_vocab
     kv = "_" if spec.grouped_query else ""
 
@@ -127,6 +137,10 @@ def weight_targets(spec: CheckpointSpec) -> dict[str, WeightTarget]:
     def heads_out(count: int) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda w: w.permute(0, 2, 1).reshape(count * h, m)  # [n, m, h] -> [(n h), m]
 
+    def heads_bias(count: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda b: b.view(count, h)  # [(n h)] -> [n, h]
+
+    flat: Callable[[torch.Tensor], torch.Tensor] = lambda b: b.reshape(-1)
     identity: Callable[[torch.Tensor], torch.Tensor] = lambda w: w
     transpose: Callable[[torch.Tensor], torch.Tensor] = lambda w: w.T
     vector = lambda module, param, length: WeightTarget(module, param, (length,), identity, identity, False)  # noqa: E731
@@ -154,9 +168,17 @@ def weight_targets(spec: CheckpointSpec) -> dict[str, WeightTarget]:
             f"{hf}.mlp.up_proj.weight": WeightTarget(f"{tl}.mlp", "W_in", (f, m), transpose, transpose, True),
             f"{hf}.mlp.down_proj.weight": WeightTarget(f"{tl}.mlp", "W_out", (m, f), transpose, transpose, True),
         })
+        if spec.qkv_bias:
+            for proj, param, count in (("q", "b_Q", n), ("k", f"{kv}b_K", nkv), ("v", f"{kv}b_V", nkv)):
+                targets[f"{hf}.self_attn.{proj}_proj.bias"] = WeightTarget(
+                    f"{tl}.attn", param, (count * h,), heads_bias(count), flat, False)
+        if spec.o_bias:
+            targets[f"{hf}.self_attn.o_proj.bias"] = vector(f"{tl}.attn", "b_O", m)
         if spec.has_qk_norm_weights:
-            targets[f"{hf}.self_attn.q_norm.weight"] = vector(f"{tl}.attn.q_norm", "w", n * h)
-            targets[f"{hf}.self_attn.k_norm.weight"] = vector(f"{tl}.attn.k_norm", "w", nkv * h)
+            for norm, length in (("q_norm", n * h), ("k_norm", nkv * h)):
+                unused = norm == spec.unused_norm
+                targets[f"{hf}.self_attn.{norm}.weight"] = WeightTarget(
+                    f"{tl}.attn.{norm}", "w", (length,), identity, identity, False, optional=unused, fill=1.0)
     return targets
 
 
@@ -190,8 +212,9 @@ def _place(
 def _materialise_remaining(model: nn.Module, device: torch.device, dtype: torch.dtype, requires_grad: bool) -> None:
     """Zero-fill parameters the checkpoint has no tensor for (TL's biases) and rebuild buffers.
 
-    The biases stay frozen at zero even with ``requires_grad``: a Llama has none, so training them
-    would make a model that no checkpoint can hold."""
+    These biases stay frozen at zero even with ``requires_grad``: the checkpoint has none, so
+    training them would make a model that no checkpoint can hold. Biases the checkpoint does
+    hold (Qwen2's q/k/v) were loaded before this and are left alone."""
     for module in model.modules():
         for name, param in list(module._parameters.items()):
             if param is not None and param.is_meta:
@@ -219,7 +242,7 @@ def load_model(
     revision: Optional[str] = None,
     requires_grad: bool = False,
 ) -> DropeLensTransformer:
-    """Load a RoPE or DroPE Llama checkpoint as a :class:`DropeLensTransformer` (a HookedTransformer).
+    """Load a RoPE or DroPE checkpoint (Llama, Llama-3, SmolLM, Qwen2, Mistral) as a :class:`DropeLensTransformer`.
 
     Args:
         source: checkpoint directory (``config.json``, ``*.safetensors`` [+ index], tokenizer
@@ -254,7 +277,7 @@ def load_model(
 
     entries = index_checkpoint(directory)
     targets = weight_targets(spec)
-    missing = [name for name in targets if name not in entries]
+    missing = [name for name, target in targets.items() if name not in entries and not target.optional]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise CheckpointError(f"{directory}: missing weight(s) {shown} (config attention_type={spec.attention_type!r}).")
@@ -268,7 +291,10 @@ def load_model(
             f"{directory}: unexpected weight(s) {unexpected[:5]} for a {spec.variant} checkpoint with "
             f"attention_type={spec.attention_type!r}; the config and the weights disagree."
         )
+    absent = [name for name in targets if name not in entries]  # optional ones only, by now
     for name, target in targets.items():
+        if name in absent:
+            continue
         if entries[name].shape != target.shape:
             raise CheckpointError(
                 f"{directory}: weight {name} has shape {list(entries[name].shape)} but config.json "
@@ -287,13 +313,17 @@ def load_model(
     with torch.device("meta"):
         model = DropeLensTransformer(cfg, spec, tokenizer=tokenizer)
 
-    ordered = sorted((entries[name] for name in targets), key=lambda e: (str(e.file), e.start))
+    ordered = sorted((entries[name] for name in targets if name in entries), key=lambda e: (str(e.file), e.start))
     for entry, tensor in read_tensors_prefetched(ordered):  # reads overlap placement
         _place(
             model, targets[entry.name], tensor,
             device=target_device, dtype=torch_dtype, quantization=quantization, requires_grad=requires_grad,
         )
         del tensor
+    for name in absent:
+        target = targets[name]
+        _place(model, target, torch.full(target.shape, target.fill), device=target_device, dtype=torch_dtype,
+               quantization=quantization, requires_grad=requires_grad)
     if spec.tie_word_embeddings:
         model.unembed._parameters["W_U"] = nn.Parameter(model.embed.W_E.T, requires_grad=requires_grad)
     _materialise_remaining(model, target_device, torch_dtype, requires_grad)

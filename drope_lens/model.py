@@ -1,4 +1,4 @@
-"""The HookedTransformer that drope_lens builds for RoPE and DroPE Llama checkpoints."""
+"""The HookedTransformer that drope_lens builds for RoPE and DroPE checkpoints (Llama, Qwen2, Mistral)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from .mlp import LensGatedMLP
 from .norm import LensRMSNorm
 
 
-def attention_settings(spec: CheckpointSpec) -> AttentionSettings:
+def attention_settings(spec: CheckpointSpec, layer: int = 0) -> AttentionSettings:
+    """The attention settings of ``layer`` (layers differ only in their sliding window)."""
     return AttentionSettings(
         rotary=spec.rotary,
         rope_theta=spec.rope_theta,
@@ -31,6 +32,8 @@ def attention_settings(spec: CheckpointSpec) -> AttentionSettings:
         norm_k=spec.norm_k,
         has_norm_weights=spec.has_qk_norm_weights,
         scale=spec.attn_scale,
+        rope_scaling=spec.rope_scaling,
+        sliding_window=spec.window(layer),
     )
 
 
@@ -70,7 +73,9 @@ def build_config(
 
 
 class DropeLensTransformer(HookedTransformer):
-    """A ``HookedTransformer`` for a RoPE or DroPE Llama checkpoint.
+    """A ``HookedTransformer`` for a RoPE or DroPE checkpoint of a supported family.
+
+    Every family (Llama, Llama-3, SmolLM, Qwen2, Mistral) gets the same modules and hook names.
 
     Differences from stock TransformerLens: attention and MLP modules are drope_lens's (see
     :mod:`drope_lens.attention`), token ids are checked against the vocabulary before embedding,
@@ -92,11 +97,11 @@ class DropeLensTransformer(HookedTransformer):
         self._warned_rope_length = False
         self.embed.__class__ = CheckedEmbed  # same parameters, checked forward
         self.embed.source = spec.source
-        settings = attention_settings(spec)
         attention_class = LensGroupedQueryAttention if spec.grouped_query else LensAttention
         for index, block in enumerate(self.blocks):
             block.__class__ = LensTransformerBlock  # same parameters and hooks, ln1 computed once
-            block.attn = attention_class(self.cfg, "global", index)
+            settings = attention_settings(spec, index)
+            block.attn = attention_class(self.cfg, "global", index)  # the window lives in settings
             block.attn.init_lens(settings)
             block.mlp = LensGatedMLP(self.cfg)
             for norm in (block.ln1, block.ln2):
