@@ -248,9 +248,10 @@ def run(
         pending = current
     if pending is not None:
         finish(pending)
-    for k in plan.saved:  # checkpointed by an earlier, interrupted run (read before the gather)
-        nlls[k] = _checkpointed(store, keys[k], planned[k][0])
-    nlls = gather(nlls)  # every rank's batches (one rank: these)
+    # Batches checkpointed by an earlier, interrupted run: every rank reads them, before the gather
+    # (rank 0 deletes them after it, once the conditions are saved).
+    saved = {k: _checkpointed(store, keys[k], planned[k][0]) for k in plan.saved}
+    nlls = gather(nlls) | saved  # every rank's batches (one rank: these)
     results: dict[int, dict[int, float]] = {ci: {} for ci in range(len(conditions)) if not done[ci]}
     for k in plan.needed:
         for (ci, sample), value in zip(planned[k][0], nlls[k]):
@@ -415,6 +416,8 @@ def run_cli(ctx) -> int:
                           batch_size=config.batch_size, bos=config.bos, store=store))
         identities.append(model_identity(model))
     ctx.finalize(store, frames, meta_for(config, ident, evaluation), identities)
+    if not is_main():  # under torchrun, rank 0 prints the summaries
+        return 0
     df = pd.concat(frames, ignore_index=True)
     table = summary(df)
     print_table("Perplexity over evaluation texts (mean over texts; random: mean +- std over seeds):", table)

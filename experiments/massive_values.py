@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float
 
+from drope_lens.distributed import is_main
 from drope_lens.hooks import capture_dim_norms
 from drope_lens.results import RunStore
 from drope_lens.texts import Text, TextsLike, as_texts
@@ -327,6 +328,8 @@ def run_cli(ctx) -> int:
         identities.append(model_identity(model))
         d_head = model.cfg.d_head
     ctx.finalize(store, frames, {"config": asdict(config), "seed": None, "texts": [t.name for t in chosen]}, identities)
+    if not is_main():  # under torchrun, rank 0 prints the summaries
+        return 0
     df = pd.concat(frames, ignore_index=True)
     print_table("Massive-value counts, total over layers (mean +- std over texts):", totals(df))
     if len(ctx.sources) == 2:
