@@ -65,10 +65,15 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
+_ALONE = [0]  # > 0 inside alone(): this process acts as a world of one
+
+
 def world() -> World:
     """Rank, world size and local rank: from the process group if one exists, else from the
     ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` variables ``torchrun`` sets, else ``(0, 1, 0)``."""
     local = _env_int("LOCAL_RANK", 0)
+    if _ALONE[0]:
+        return World(0, 1, local)
     if _initialized():
         dist = _dist()
         return World(dist.get_rank(), dist.get_world_size(), local)
@@ -213,6 +218,18 @@ def shard(items: Sequence[T], costs: Optional[Sequence[float]] = None, *, me: Op
             mine.append(k)
         heapq.heappush(loads, (load + float(costs[k]), rank))
     return [items[k] for k in sorted(mine)]
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Inside this block this process is a world of one: sweeps run all their batches here, no
+    collective is issued, stores write. (E.g. rank 0 timing a single-GPU run while the others wait
+    at a barrier after the block.)"""
+    _ALONE[0] += 1
+    try:
+        yield
+    finally:
+        _ALONE[0] -= 1
 
 
 @contextlib.contextmanager
