@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from .checkpoint import CheckpointError, CheckpointSpec, Variant, parse_config, read_config
 from .model import DropeLensTransformer, build_config
+from .placement import plan_placement
 from .safetensors_stream import index_checkpoint, read_tensors_prefetched
 
 logger = logging.getLogger(__name__)
@@ -209,13 +210,16 @@ def _place(
     module._parameters[target.param] = param
 
 
-def _materialise_remaining(model: nn.Module, device: torch.device, dtype: torch.dtype, requires_grad: bool) -> None:
-    """Zero-fill parameters the checkpoint has no tensor for (TL's biases) and rebuild buffers.
+def _materialise_remaining(model: nn.Module, device_for: Callable[[str], torch.device], dtype: torch.dtype,
+                           requires_grad: bool) -> None:
+    """Zero-fill parameters the checkpoint has no tensor for (TL's biases) and rebuild buffers,
+    each on its module's device (``device_for(module path)``).
 
     These biases stay frozen at zero even with ``requires_grad``: the checkpoint has none, so
     training them would make a model that no checkpoint can hold. Biases the checkpoint does
     hold (Qwen2's q/k/v) were loaded before this and are left alone."""
-    for module in model.modules():
+    for path, module in model.named_modules():
+        device = device_for(path)
         for name, param in list(module._parameters.items()):
             if param is not None and param.is_meta:
                 if not name.lstrip("_").startswith("b_"):
@@ -241,6 +245,7 @@ def load_model(
     variant: Optional[Variant] = None,
     revision: Optional[str] = None,
     requires_grad: bool = False,
+    n_devices: int = 1,
 ) -> DropeLensTransformer:
     """Load a RoPE or DroPE checkpoint (Llama, Llama-3, SmolLM, Qwen2, Mistral) as a :class:`DropeLensTransformer`.
 
@@ -257,12 +262,15 @@ def load_model(
         variant: ``"rope"``/``"drope"`` to override what the config says.
         revision: hub revision (branch, tag or commit) when ``source`` is a hub id.
         requires_grad: whether parameters require grad (False: analysis; True: training).
+        n_devices: GPUs to split the layers over, starting at ``device`` (see
+            :mod:`drope_lens.placement`); under ``torchrun`` a bare ``"cuda"`` is this rank's GPU.
     """
     directory = resolve_source(source, revision)
     config = read_config(directory)
     spec = parse_config(config, source=os.fspath(source), variant=variant, path=str(directory), revision=revision)
     torch_dtype = resolve_dtype(dtype)
-    target_device = torch.device(device)
+    placement = plan_placement(device, n_devices, spec.n_layers)
+    target_device = placement.base
     if quantization not in (None, "nf4"):
         raise ValueError(f"quantization={quantization!r}: allowed values are None and 'nf4'.")
     if quantization == "nf4":
@@ -310,6 +318,7 @@ def load_model(
         n_ctx=n_ctx or spec.max_position_embeddings,
         prepends_bos=prepends_bos,
     )
+    cfg.n_devices = n_devices  # TransformerLens moves the residual to each block's device
     with torch.device("meta"):
         model = DropeLensTransformer(cfg, spec, tokenizer=tokenizer)
 
@@ -317,16 +326,20 @@ def load_model(
     for entry, tensor in read_tensors_prefetched(ordered):  # reads overlap placement
         _place(
             model, targets[entry.name], tensor,
-            device=target_device, dtype=torch_dtype, quantization=quantization, requires_grad=requires_grad,
+            device=placement.device_for(targets[entry.name].module), dtype=torch_dtype, quantization=quantization,
+            requires_grad=requires_grad,
         )
         del tensor
     for name in absent:
         target = targets[name]
-        _place(model, target, torch.full(target.shape, target.fill), device=target_device, dtype=torch_dtype,
+        _place(model, target, torch.full(target.shape, target.fill), device=placement.device_for(target.module),
+               dtype=torch_dtype,
                quantization=quantization, requires_grad=requires_grad)
     if spec.tie_word_embeddings:
-        model.unembed._parameters["W_U"] = nn.Parameter(model.embed.W_E.T, requires_grad=requires_grad)
-    _materialise_remaining(model, target_device, torch_dtype, requires_grad)
+        # shared storage on one device; a copy on the last GPU when the layers are split
+        model.unembed._parameters["W_U"] = nn.Parameter(model.embed.W_E.T.to(placement.device_for("unembed")),
+                                                        requires_grad=requires_grad)
+    _materialise_remaining(model, placement.device_for, torch_dtype, requires_grad)
     if quantization == "nf4":
         model.cfg.load_in_4bit = True
     model.quantization = quantization

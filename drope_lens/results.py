@@ -5,6 +5,14 @@ unit is written to ``parts/<unit>.parquet`` at once, so an interrupted sweep kee
 finished and a rerun with the same configuration (hence the same run id) skips it.
 ``finalize`` concatenates the parts into ``data.parquet`` and writes ``meta.json`` with the
 configuration, seed, model identities, dtype, quantisation, package versions and git commit.
+
+Under ``torchrun`` (see :mod:`drope_lens.distributed`) every rank writes its own units' parts into
+the same directory (a filesystem all ranks share is required). Parts are keyed by unit name,
+never by rank, so a directory written by one world size resumes under any other. A planned batch
+whose rows belong to units finished by several ranks is checkpointed as
+``batches/<key>.parquet`` (:meth:`RunStore.save_batch`) until its units are written.
+``save_extra`` and ``finalize`` write on rank 0 only; ``finalize`` waits for every rank first and
+records the world size in ``meta.json``.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import time
@@ -21,6 +30,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
+
+from . import distributed
 
 PACKAGES = ("drope_lens", "torch", "transformers", "transformer-lens", "safetensors", "pandas", "scipy", "bitsandbytes")
 
@@ -122,36 +133,77 @@ class RunStore:
         return self.part_path(unit).is_file()
 
     def save_part(self, unit: str, frame: pd.DataFrame) -> None:
-        self.parts.mkdir(parents=True, exist_ok=True)
-        target = self.part_path(unit)
-        tmp = target.with_suffix(".tmp")
-        frame.to_parquet(tmp, index=False)
-        tmp.replace(target)  # atomic: a crash never leaves a half-written part
+        _write_atomic(frame, self.part_path(unit))
 
     def load_part(self, unit: str) -> pd.DataFrame:
         return pd.read_parquet(self.part_path(unit))
 
+    # -- batch checkpoints: rows of one planned batch, kept until their units are written ----
+    @property
+    def batches(self) -> Path:
+        return self.directory / "batches"
+
+    def batch_path(self, key: str) -> Path:
+        return self.batches / self.part_path(key).name
+
+    def has_batch(self, key: str) -> bool:
+        return self.batch_path(key).is_file()
+
+    def save_batch(self, key: str, frame: pd.DataFrame) -> None:
+        _write_atomic(frame, self.batch_path(key))
+
+    def load_batch(self, key: str) -> pd.DataFrame:
+        return pd.read_parquet(self.batch_path(key))
+
+    def drop_batches(self, keys) -> None:
+        """Delete batch checkpoints (once the units they feed are saved as parts)."""
+        for key in keys:
+            self.batch_path(key).unlink(missing_ok=True)
+        if self.batches.is_dir() and not any(self.batches.iterdir()):
+            self.batches.rmdir()
+
     def save_extra(self, name: str, frame: pd.DataFrame) -> Path:
-        """A side table of the run (e.g. the identified massive dims): ``<run>/<name>.parquet``."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """A side table of the run (e.g. the identified massive dims): ``<run>/<name>.parquet``.
+
+        Written by rank 0 only (every rank computes the same table)."""
         target = self.directory / f"{name}.parquet"
-        frame.to_parquet(target, index=False)
+        if distributed.is_main():
+            _write_atomic(frame, target)
         return target
 
     def finalize(self, frame: pd.DataFrame, meta: dict[str, Any]) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        frame.to_parquet(self.directory / "data.parquet", index=False)
-        full = {
-            "experiment": self.experiment,
-            "run_id": self.run_id,
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "packages": package_versions(),
-            "git_commit": git_commit(),
-            "python": platform.python_version(),
-            **meta,
-        }
-        (self.directory / "meta.json").write_text(json.dumps(full, indent=2, default=str))
+        """Write ``data.parquet`` (``frame``: the whole run's rows) and ``meta.json``.
+
+        Under ``torchrun`` every rank calls this with the same gathered ``frame``: all ranks meet
+        at a barrier (every part is on disk), rank 0 writes both files, and all ranks meet again
+        so that the files exist on return everywhere. ``meta.json`` records ``world_size``.
+        """
+        distributed.barrier()
+        if distributed.is_main():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            _write_atomic(frame, self.directory / "data.parquet")
+            full = {
+                "experiment": self.experiment,
+                "run_id": self.run_id,
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "packages": package_versions(),
+                "git_commit": git_commit(),
+                "python": platform.python_version(),
+                "world_size": distributed.world().size,
+                **meta,
+            }
+            (self.directory / "meta.json").write_text(json.dumps(full, indent=2, default=str))
+        distributed.barrier()
         return self.directory
+
+
+def _write_atomic(frame: pd.DataFrame, target: Path) -> None:
+    """Write ``target`` through a temporary file of this rank and process, then rename: a crash
+    never leaves a half-written file, and two ranks writing the same file never share a temporary."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{distributed.world().rank}-{os.getpid()}.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(target)
 
 
 def load_run(directory: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:

@@ -8,6 +8,13 @@ An experiment module plugs into the command line by defining two functions::
 and a line in :data:`drope_lens.experiments.CLI_EXPERIMENTS`. The common options (model
 choice, dtype, device, texts, BOS policy, results root, run id, max tokens) are added here, so
 they are spelled the same for every experiment.
+
+Under ``torchrun --nproc-per-node N drope-lens run ...`` the command runs unchanged as N ranks
+(see :mod:`drope_lens.distributed`): :meth:`RunContext.from_args` creates the process group,
+each rank loads its replica on its own GPU (``cuda:LOCAL_RANK``, or ``LOCAL_RANK * --n-devices``
+onwards when one replica spans several GPUs), the experiments share their planned batches
+among the ranks, and only rank 0 prints (its stdout is the command's; other ranks' stdout is
+discarded, their stderr kept) and writes ``data.parquet``/``meta.json``.
 """
 
 from __future__ import annotations
@@ -15,12 +22,15 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import pandas as pd
 
+from . import distributed
 from .results import RunStore, model_identity, run_id_for
 
 
@@ -33,6 +43,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, texts: bool = True)
     parser.add_argument("--dtype", default="float32", help="float32 (default), bf16 or fp16")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--quantization", choices=["nf4"], default=None)
+    parser.add_argument("--n-devices", type=int, default=1,
+                        help="GPUs per model: split its layers over this many GPUs (default 1); under torchrun "
+                             "each rank uses GPUs LOCAL_RANK*N .. LOCAL_RANK*N+N-1")
     parser.add_argument("--out", default="results", help="results root (default: results/)")
     parser.add_argument("--run-id", default=None, help="default: derived from the configuration, so reruns resume")
     parser.add_argument("--bos", choices=["checkpoint", "always"], default="checkpoint",
@@ -89,6 +102,12 @@ class RunContext:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunContext":
+        n_devices = getattr(args, "n_devices", 1)
+        if n_devices < 1:
+            raise ValueError(f"--n-devices {n_devices}: must be at least 1.")
+        distributed.init_from_env(args.device, n_devices=n_devices)  # no-op outside torchrun
+        if not distributed.is_main():  # one rank prints: the others' tables would repeat it
+            sys.stdout = open(os.devnull, "w")
         ctx = cls(args, model_sources(args))
         if hasattr(args, "max_tokens"):
             if args.max_tokens is None:
@@ -129,7 +148,7 @@ class RunContext:
 
         for source in self.sources:
             model = load_model(source, dtype=self.args.dtype, device=self.args.device,
-                               quantization=self.args.quantization)
+                               quantization=self.args.quantization, n_devices=getattr(self.args, "n_devices", 1))
             yield model
             del model
             gc.collect()
@@ -138,7 +157,9 @@ class RunContext:
 
     def finalize(self, store: RunStore, frames: list[pd.DataFrame], meta: dict[str, Any],
                  identities: list[dict[str, Any]]) -> Path:
-        """Write ``data.parquet`` and ``meta.json`` (models and BOS policy added) and say where."""
+        """Write ``data.parquet`` and ``meta.json`` (models and BOS policy added) and say where.
+
+        Under ``torchrun`` every rank calls this with the whole run's frames; rank 0 writes."""
         df = pd.concat(frames, ignore_index=True)
         meta = dict(meta)
         meta["models"] = identities
@@ -153,7 +174,9 @@ def identities_of(models: list[Any]) -> list[dict[str, Any]]:
 
 
 def print_table(title: str, frame: pd.DataFrame) -> None:
-    """A titled table, wide enough not to wrap."""
+    """A titled table, wide enough not to wrap (printed by rank 0 only under torchrun)."""
+    if not distributed.is_main():
+        return
     with pd.option_context("display.width", 160, "display.max_columns", 30):
         print(title)
         print(frame.to_string(index=False))

@@ -187,4 +187,7 @@ class HostCopy:
 
 
 def progress(iterable, total: int, desc: str, enabled: bool = True):
-    return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=False)
+    """A progress bar (shown on rank 0 only under torchrun: it counts rank 0's share)."""
+    from drope_lens.distributed import is_main
+
+    return tqdm(iterable, total=total, desc=desc, disable=not (enabled and is_main()), leave=False)

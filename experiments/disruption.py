@@ -24,7 +24,9 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from drope_lens.distributed import is_main
 from drope_lens.hooks import batched_zero_dims
+from drope_lens.placement import layer_device
 from drope_lens.results import RunStore
 from drope_lens.texts import Text, TextsLike, as_texts
 
@@ -40,6 +42,7 @@ from .common import (
     tokenize,
     unit_prefix,
 )
+from .engine import gather, plan_sweep
 from .massive_values import massive_mask, sequence_norms
 
 EXPERIMENT = "disruption"
@@ -89,7 +92,8 @@ def identify_massive(
             sums[key] = sums[key] + total if key in sums else total
     for tensor in ("q", "k"):  # one device->host copy per tensor (k has fewer heads under GQA)
         keys = sorted(k for k in sums if k[1] == tensor)
-        sums.update(zip(keys, torch.stack([sums[k] for k in keys]).cpu()))
+        first = sums[keys[0]].device  # layers may sit on several GPUs (load_model(n_devices=...))
+        sums.update(zip(keys, torch.stack([sums[k].to(first) for k in keys]).cpu()))
     masks: Masks = {"q": {}, "k": {}}
     for (layer, tensor), total in sorted(sums.items()):
         masks[tensor][layer] = massive_mask(total / len(texts), threshold)
@@ -120,10 +124,23 @@ def _conditions(massive: Masks, config: DisruptionConfig) -> list[tuple[str, int
     return conditions
 
 
-def _on_device(masks: Optional[Masks], device) -> Optional[Masks]:
+def _on_device(model, masks: Optional[Masks]) -> Optional[Masks]:
+    """Each layer's masks on the device of that layer (layers may sit on several GPUs)."""
     if masks is None:
         return None
-    return {t: {layer: m.to(device) for layer, m in per_layer.items()} for t, per_layer in masks.items()}
+    return {t: {layer: m.to(layer_device(model, layer)) for layer, m in per_layer.items()}
+            for t, per_layer in masks.items()}
+
+
+def _checkpointed(store: RunStore, key: str, batch_rows: list[tuple[int, int]]) -> list[float]:
+    """A planned batch's NLLs from its checkpoint, after checking that it holds the planned rows."""
+    frame = store.load_batch(key)
+    if list(zip(frame["condition"].tolist(), frame["sample"].tolist())) != list(batch_rows):
+        raise RuntimeError(
+            f"{store.batch_path(key)}: holds other rows than planned batch {key} (was the run id reused "
+            "with another configuration?); delete it to recompute that batch."
+        )
+    return frame["nll"].tolist()
 
 
 def balanced_batch_size(n_rows: int, batch_size: int) -> int:
@@ -167,6 +184,10 @@ def run(
     (index into ``evaluation_texts``), ``text``, ``n_tokens``, ``nll`` (nats/token), ``ppl``,
     ``n_zeroed_q``, ``n_zeroed_k`` (entries zeroed over all layers). ``batched=False`` runs each
     condition alone (one forward per condition and batch of texts), the reference loop.
+
+    Under ``torchrun`` each rank runs whole planned batches (see :mod:`.engine`; identification
+    runs on every rank) and every rank returns the whole DataFrame, equal to a single-process
+    run's; with ``store``, rank 0 writes the condition parts.
     """
     config = DisruptionConfig(threshold, seeds, max_tokens, rotary, seed, batch_size, random_pool, bos)
     identification_texts = as_texts(identification_texts, name_prefix="identification")
@@ -180,60 +201,72 @@ def run(
     if store is not None:
         store.save_extra(f"identification-{unit_prefix(model)}", identification_frame(model, massive))
     conditions = _conditions(massive, config)
-    device_masks = [_on_device(c[2], model.cfg.device) for c in conditions]  # no host->device copy inside hooks
+    device_masks = [_on_device(model, c[2]) for c in conditions]  # no host->device copy inside hooks
     tokens = tokenize(model, evaluation_texts, config.max_tokens, bos=config.bos)
     prefix = unit_prefix(model)
-    unit_of = lambda cond, s: f"{prefix}-{cond}-{s}"  # noqa: E731
-    done = [store is not None and store.has(unit_of(c[0], c[1])) for c in conditions]
+    unit_of = lambda ci: f"{prefix}-{conditions[ci][0]}-{conditions[ci][1]}"  # noqa: E731
 
     # Every (condition, text) pair is one row; rows of equal length share forwards. The batches
     # are planned over all conditions, finished or not, and a rerun runs every planned batch that
     # holds a row of an unfinished condition: each row's NLL always comes from the same batch, so
-    # a resumed sweep equals an uninterrupted one bit for bit, also on GPUs whose GEMMs round
-    # differently for different batch shapes.
+    # a resumed (or torchrun-shared, see .engine) sweep equals an uninterrupted single-process one
+    # bit for bit, also on GPUs whose GEMMs round differently for different batch shapes. A
+    # condition's rows span batches, which several ranks may run: each batch's NLLs are
+    # checkpointed as they finish, and the conditions are saved as parts when all are in.
     rows = [(ci, sample) for ci in range(len(conditions)) for sample in range(len(evaluation_texts))]
-    if batched:
-        groups = [rows]
-    else:
-        groups = [[r for r in rows if r[0] == ci] for ci in range(len(conditions))]
-    results: dict[int, dict[int, float]] = {ci: {} for ci in range(len(conditions)) if not done[ci]}
-    work = []
+    groups = [rows] if batched else [[r for r in rows if r[0] == ci] for ci in range(len(conditions))]
+    planned = []
     for group in groups:
         for local, batch in batches_by_length([tokens[sample] for _, sample in group],
                                               balanced_batch_size(len(group), config.batch_size)):
-            batch_rows = [group[i] for i in local]
-            if not all(done[ci] for ci, _ in batch_rows):
-                work.append((batch_rows, batch))
+            planned.append(([group[i] for i in local], batch))
+    mode = "mixed" if batched else "alone"
+    keys = [f"{prefix}-{mode}-batch-{k}-of-{len(planned)}" for k in range(len(planned))]
+    plan = plan_sweep([[unit_of(ci) for ci, _ in batch_rows] for batch_rows, _ in planned], store,
+                      costs=[batch.numel() for _, batch in planned], checkpoints=keys, device=model.cfg.device)
+    done = [unit_of(ci) in plan.done for ci in range(len(conditions))]
+    nlls: dict[int, list[float]] = {}  # planned batch -> NLL per row
 
     def finish(pending) -> None:
-        batch_rows, nll = pending
-        for (ci, sample), value in zip(batch_rows, nll.host().tolist()):
-            if done[ci]:  # recomputed only because it shares a batch with an unfinished condition
-                continue
-            results[ci][sample] = value
-            if store is not None and len(results[ci]) == len(evaluation_texts):
-                store.save_part(unit_of(conditions[ci][0], conditions[ci][1]),
-                                _frame(model, conditions[ci], results[ci], evaluation_texts, tokens))
+        k, nll = pending
+        nlls[k] = nll.host().tolist()
+        if store is not None:
+            store.save_batch(keys[k], pd.DataFrame({"condition": [ci for ci, _ in planned[k][0]],
+                                                    "sample": [s for _, s in planned[k][0]], "nll": nlls[k]}))
 
     # Pipelined: a batch's NLLs are copied to the host while the next batch runs.
     pending = None
-    for batch_rows, batch in progress(work, len(work), f"disruption {model_variant(model)}", show_progress):
+    for k in progress(plan.mine, len(plan.mine), f"disruption {model_variant(model)}", show_progress):
+        batch_rows, batch = planned[k]
         hooks = _hooks_for_rows([device_masks[ci] for ci, _ in batch_rows], config.rotary)
         with torch.inference_mode():
             logits = model.run_with_hooks(batch.to(model.cfg.device), fwd_hooks=hooks)
-            current = (batch_rows, HostCopy(sequence_nll(logits, batch)))
+            current = (k, HostCopy(sequence_nll(logits, batch)))
             del logits
         if pending is not None:
             finish(pending)
         pending = current
     if pending is not None:
         finish(pending)
+    # Batches checkpointed by an earlier, interrupted run: every rank reads them, before the gather
+    # (rank 0 deletes them after it, once the conditions are saved).
+    saved = {k: _checkpointed(store, keys[k], planned[k][0]) for k in plan.saved}
+    nlls = gather(nlls) | saved  # every rank's batches (one rank: these)
+    results: dict[int, dict[int, float]] = {ci: {} for ci in range(len(conditions)) if not done[ci]}
+    for k in plan.needed:
+        for (ci, sample), value in zip(planned[k][0], nlls[k]):
+            if not done[ci]:  # a finished condition's rows recomputed only for their batch mates
+                results[ci][sample] = value
     frames = []
     for ci, condition in enumerate(conditions):
         if done[ci]:
-            frames.append(store.load_part(unit_of(condition[0], condition[1])))
+            frames.append(store.load_part(unit_of(ci)))
         else:
             frames.append(_frame(model, condition, results[ci], evaluation_texts, tokens))
+            if store is not None and is_main():
+                store.save_part(unit_of(ci), frames[-1])
+    if store is not None and is_main():
+        store.drop_batches(keys)  # every rank has read them: they were loaded before the gather
     return pd.concat(frames, ignore_index=True)
 
 
@@ -383,6 +416,8 @@ def run_cli(ctx) -> int:
                           batch_size=config.batch_size, bos=config.bos, store=store))
         identities.append(model_identity(model))
     ctx.finalize(store, frames, meta_for(config, ident, evaluation), identities)
+    if not is_main():  # under torchrun, rank 0 prints the summaries
+        return 0
     df = pd.concat(frames, ignore_index=True)
     table = summary(df)
     print_table("Perplexity over evaluation texts (mean over texts; random: mean +- std over seeds):", table)

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float
 
+from drope_lens.distributed import is_main
 from drope_lens.hooks import capture_dim_norms
 from drope_lens.results import RunStore
 from drope_lens.texts import Text, TextsLike, as_texts
@@ -35,6 +36,7 @@ from .common import (
     tokenize,
     unit_prefix,
 )
+from .engine import gather, plan_sweep
 
 EXPERIMENT = "massive_values"
 
@@ -107,7 +109,8 @@ class _BatchStatistics:
     def __init__(self, norms: dict, tensors: Sequence[str], n_layers: int, threshold: float):
         arrays: dict[str, dict[str, torch.Tensor]] = {}
         for tensor in tensors:
-            m = torch.stack([norms[(layer, tensor)] for layer in range(n_layers)])  # [layer, batch, head, d]
+            first = norms[(0, tensor)].device  # layers may sit on several GPUs (load_model(n_devices=...))
+            m = torch.stack([norms[(layer, tensor)].to(first) for layer in range(n_layers)])  # [layer, batch, head, d]
             mask = massive_mask(m, threshold)
             arrays[tensor] = {"count": mask.sum(dim=(-2, -1)), "mean": m.mean(dim=(-2, -1)),
                               "max": m.amax(dim=(-2, -1)), "mask": mask}
@@ -181,11 +184,24 @@ def run(
     massive entry sits), ``mean_m`` (the layer's mean M) and ``max_m``. With ``store``, each
     text's rows are saved as soon as they are measured and texts already saved are skipped.
     Batches are pipelined: a batch's rows are built while the next batch runs on the GPU.
+
+    Under ``torchrun`` each rank runs whole planned chunks of ``batch_size`` texts (see
+    :mod:`.engine`) and every rank returns the whole DataFrame, equal to a single-process run's.
     """
     config = MassiveValuesConfig(threshold, max_tokens, rotary, tuple(tensors), batch_size, bos)
     texts = as_texts(texts)
     unit = lambda i: f"{unit_prefix(model)}-sample-{i}"  # noqa: E731
-    done = {i for i in range(len(texts)) if store is not None and store.has(unit(i))}
+    # The batches are planned over all texts, finished or not, and a rerun runs every planned
+    # batch that holds a missing text: each text's numbers always come from the same batch, so
+    # a resumed sweep equals an uninterrupted one bit for bit, also on GPUs whose GEMMs round
+    # differently for different batch shapes. A planned chunk of ``batch_size`` texts (split into
+    # equal-length batches) is the unit of sharing under torchrun (see .engine), and is
+    # tokenised only when it runs, so that tokenising the next chunk and turning the previous
+    # batch into rows both overlap the running forward.
+    chunks = [list(range(i, min(i + config.batch_size, len(texts)))) for i in range(0, len(texts), config.batch_size)]
+    plan = plan_sweep([[unit(i) for i in chunk] for chunk in chunks], store,
+                      costs=[len(chunk) for chunk in chunks], device=model.cfg.device)
+    done = {i for i in range(len(texts)) if unit(i) in plan.done}
     frames: dict[int, pd.DataFrame] = {}
 
     def finish(pending) -> None:
@@ -198,21 +214,15 @@ def run(
             if store is not None:
                 store.save_part(unit(sample), frames[sample])
 
-    # The batches are planned over all texts, finished or not, and a rerun runs every planned
-    # batch that holds a missing text: each text's numbers always come from the same batch, so
-    # a resumed sweep equals an uninterrupted one bit for bit, also on GPUs whose GEMMs round
-    # differently for different batch shapes. Texts are tokenised one chunk of ``batch_size``
-    # at a time, so that tokenising the next chunk and turning the previous batch into rows
-    # both overlap the running forward.
-    chunks = [list(range(i, min(i + config.batch_size, len(texts)))) for i in range(0, len(texts), config.batch_size)]
-    chunks = [chunk for chunk in chunks if not done.issuperset(chunk)]
+    mine = [chunks[k] for k in plan.mine]
+    n_mine = sum(1 for chunk in mine for i in chunk if i not in done)
     pending = None
-    bar = progress(range(len(texts) - len(done)), len(texts) - len(done), f"massive values {model_variant(model)}", show_progress)
+    bar = progress(range(n_mine), n_mine, f"massive values {model_variant(model)}", show_progress)
 
     def advance(samples) -> None:
         bar.update(sum(1 for i in samples if i not in done))
 
-    for chunk in chunks:
+    for chunk in mine:
         tokens = tokenize(model, [texts[i] for i in chunk], config.max_tokens, bos=config.bos)
         for local, batch in batches_by_length(tokens, config.batch_size):
             samples = [chunk[i] for i in local]
@@ -228,6 +238,7 @@ def run(
         finish(pending)
         advance(pending[0])
     bar.close()
+    frames = gather(frames)  # every rank's texts (one rank: these)
     for i in range(len(texts)):
         if i not in frames:  # finished in an earlier run; parquet gives arrays back, keep lists
             frame = store.load_part(unit(i))
@@ -317,6 +328,8 @@ def run_cli(ctx) -> int:
         identities.append(model_identity(model))
         d_head = model.cfg.d_head
     ctx.finalize(store, frames, {"config": asdict(config), "seed": None, "texts": [t.name for t in chosen]}, identities)
+    if not is_main():  # under torchrun, rank 0 prints the summaries
+        return 0
     df = pd.concat(frames, ignore_index=True)
     print_table("Massive-value counts, total over layers (mean +- std over texts):", totals(df))
     if len(ctx.sources) == 2:
