@@ -229,6 +229,9 @@ def test_sliding_window_setting_per_layer(family_checkpoint, case, windows):
     for attention_type in (None, "nope"):
         model = dl.load_model(family_checkpoint(case, attention_type)[0])
         assert [block.attn.settings.sliding_window for block in model.blocks] == windows
+    converted = dl.to_drope(dl.load_model(family_checkpoint(case)[0]))  # to_drope keeps each layer's window
+    assert [block.attn.settings.sliding_window for block in converted.blocks] == windows
+    assert not converted.blocks[0].attn.settings.rotary
 
 
 @pytest.mark.parametrize("attention_type", [None, "nope"])
