@@ -43,6 +43,16 @@ MATRIX = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These models are tiny: one thread is as fast as two on an idle machine, and on a shared,
+    oversubscribed one a two-thread forward was measured 100x slower (0.5 s against 5 ms)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def family_checkpoint(tmp_path_factory):
     """factory(case, attention_type=None, softmax_scale=None) -> (directory, HF reference), cached."""
