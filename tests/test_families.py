@@ -43,6 +43,16 @@ MATRIX = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These models are tiny: one thread is as fast as two on an idle machine, and on a shared,
+    oversubscribed one a two-thread forward was measured 100x slower (0.5 s against 5 ms)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def family_checkpoint(tmp_path_factory):
     """factory(case, attention_type=None, softmax_scale=None) -> (directory, HF reference), cached."""
@@ -229,6 +239,9 @@ def test_sliding_window_setting_per_layer(family_checkpoint, case, windows):
     for attention_type in (None, "nope"):
         model = dl.load_model(family_checkpoint(case, attention_type)[0])
         assert [block.attn.settings.sliding_window for block in model.blocks] == windows
+    converted = dl.to_drope(dl.load_model(family_checkpoint(case)[0]))  # to_drope keeps each layer's window
+    assert [block.attn.settings.sliding_window for block in converted.blocks] == windows
+    assert not converted.blocks[0].attn.settings.rotary
 
 
 @pytest.mark.parametrize("attention_type", [None, "nope"])
