@@ -39,18 +39,57 @@ HookPair = tuple
 _ROWS: contextvars.ContextVar[Optional[torch.Tensor]] = contextvars.ContextVar("drope_lens_rows", default=None)
 
 
+@dataclass
+class GenerationState:
+    """Where the current forward sits in a generation: published on the model while
+    :func:`greedy_generate` / :func:`padded_forward` run.
+
+    ``positions`` ``[batch, total]``: absolute position of every slot (``-1`` on left padding);
+    ``prompt`` ``[batch, total]``: True on prompt tokens; the current forward holds slots
+    ``begin:end`` (its queries) and attends to slots ``0:end`` (its keys).
+    """
+
+    positions: torch.Tensor
+    prompt: torch.Tensor
+    begin: int
+    end: int
+
+    def _slice(self, table: torch.Tensor, n_pos: int, device) -> torch.Tensor:
+        if n_pos == self.end - self.begin:
+            out = table[:, self.begin : self.end]
+        elif n_pos == self.end:
+            out = table[:, : self.end]
+        else:
+            raise RuntimeError(f"a hooked tensor with {n_pos} positions in a forward over slots "
+                               f"{self.begin}:{self.end}; cannot place it.")
+        rows = _ROWS.get()
+        if rows is not None:
+            out = out[rows.to(out.device)]
+        return out if device is None else out.to(device)
+
+    def positions_for(self, n_pos: int, device=None) -> torch.Tensor:
+        return self._slice(self.positions, n_pos, device)
+
+    def prompt_slots(self, n_pos: int, device=None) -> torch.Tensor:
+        return self._slice(self.prompt, n_pos, device)
+
+
+def generation_state(model) -> Optional[GenerationState]:
+    """The :class:`GenerationState` of the forward now running, or None outside this module's loops."""
+    return getattr(model, "_lens_generation_state", None)
+
+
 def absolute_positions(model, n_pos: int, device=None) -> Int[torch.Tensor, "batch_or_1 pos"]:
     """Absolute token position of each entry of the current forward; ``-1`` marks left padding.
 
-    While :func:`greedy_generate` / :func:`padded_forward` run, these are the prompt-relative
-    positions of the batch's rows (restricted to the rows of the current condition group inside
-    :func:`rows_of_group`); otherwise ``model.position_offset + arange(n_pos)`` with batch 1.
+    While :func:`greedy_generate` / :func:`padded_forward` run, these are each row's own positions
+    (restricted to the rows of the current condition group inside :func:`rows_of_group`); a tensor
+    with as many positions as the forward's keys (``hook_rot_k`` under a cache) gets the keys'
+    positions. Otherwise ``model.position_offset + arange(n_pos)`` with batch 1.
     """
-    table = getattr(model, "_lens_positions", None)
-    if table is not None and table.shape[1] == n_pos:
-        rows = _ROWS.get()
-        out = table if rows is None else table[rows.to(table.device)]
-        return out if device is None else out.to(device)
+    state = generation_state(model)
+    if state is not None:
+        return state.positions_for(n_pos, device)
     offset = int(getattr(model, "position_offset", 0))
     return torch.arange(offset, offset + n_pos, device=device)[None]
 
@@ -66,13 +105,13 @@ def rows_of_group(rows: Sequence[int]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _positions(model, positions: Optional[torch.Tensor]) -> Iterator[None]:
-    previous = getattr(model, "_lens_positions", None)
-    model._lens_positions = positions
+def _publish(model, state: Optional[GenerationState]) -> Iterator[None]:
+    previous = generation_state(model)
+    model._lens_generation_state = state
     try:
         yield
     finally:
-        model._lens_positions = previous
+        model._lens_generation_state = previous
 
 
 # ------------------------------------------------------------------------------------------
@@ -210,7 +249,8 @@ def padded_forward(
     _check_model(model)
     tokens, mask = _left_pad(rows, _pad_id(model), model.cfg.device)
     padded = bool((mask == 0).any())
-    with _positions(model, _positions_from_mask(mask)), model.hooks(fwd_hooks=list(fwd_hooks)):
+    state = GenerationState(_positions_from_mask(mask), mask.bool(), 0, mask.shape[1])
+    with _publish(model, state), model.hooks(fwd_hooks=list(fwd_hooks)):
         model.position_offset = 0
         residual = _embed(model, tokens, checked=True)
         logits = model(residual, start_at_layer=0, attention_mask=mask if padded else None)
@@ -287,7 +327,9 @@ def _generate_batch(model, rows, max_new_tokens, hooks, stops, score_ids):
     total = length + max_new_tokens
     mask = torch.ones(batch, total, dtype=torch.long, device=device)
     mask[:, :length] = prompt_mask
-    positions = _positions_from_mask(mask)  # absolute positions of every slot, -1 on padding
+    prompt = torch.zeros(batch, total, dtype=torch.bool, device=device)
+    prompt[:, :length] = prompt_mask.bool()
+    state = GenerationState(_positions_from_mask(mask), prompt, 0, length)
     cache = _Cache(model, batch, total)
     out = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -297,7 +339,8 @@ def _generate_batch(model, rows, max_new_tokens, hooks, stops, score_ids):
         current, checked, end = tokens, True, length
         for step in range(max_new_tokens + (1 if score_ids is not None and max_new_tokens == 0 else 0)):
             begin = end - current.shape[1]
-            with _positions(model, positions[:, begin:end]):
+            state.begin, state.end = begin, end
+            with _publish(model, state):
                 residual = _embed(model, current, checked)
                 logits = model(residual, start_at_layer=0, past_kv_cache=cache,
                                attention_mask=mask[:, :end] if padded else None)
