@@ -95,9 +95,9 @@ def absolute_positions(model, n_pos: int, device=None) -> Int[torch.Tensor, "bat
 
 
 @contextlib.contextmanager
-def rows_of_group(rows: Sequence[int]) -> Iterator[None]:
+def rows_of_group(rows: Union[Sequence[int], torch.Tensor]) -> Iterator[None]:
     """Inside: :func:`absolute_positions` returns only batch rows ``rows`` (a condition's sub-batch)."""
-    token = _ROWS.set(torch.as_tensor(list(rows), dtype=torch.long))
+    token = _ROWS.set(rows if isinstance(rows, torch.Tensor) else torch.as_tensor(list(rows), dtype=torch.long))
     try:
         yield
     finally:

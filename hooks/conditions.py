@@ -31,7 +31,6 @@ import torch
 
 from drope_lens.generation import absolute_positions, generation_state, rows_of_group
 
-from .batched import by_row_groups
 from .interventions import zero_dims
 from .names import Rotary, qkv_hook
 
@@ -69,13 +68,13 @@ def check_conditions(names: Sequence[str]) -> tuple[str, ...]:
 # ------------------------------------------------------------------------------------------
 def zero_at_positions(model, names: Sequence[str], positions: Sequence[int] = (0,)) -> list[HookPair]:
     """Zero hooks ``names`` (``[batch, pos, ...]`` tensors) at absolute ``positions``."""
-    wanted = torch.tensor(sorted({int(p) for p in positions}), dtype=torch.long)
-    if (wanted < 0).any():
-        raise ValueError(f"positions {wanted.tolist()}: absolute positions must be >= 0.")
+    wanted = _Rows(sorted({int(p) for p in positions}))
+    if any(p < 0 for p in wanted.rows):
+        raise ValueError(f"positions {wanted.rows}: absolute positions must be >= 0.")
 
     def fn(x, hook):
         pos = absolute_positions(model, x.shape[1], x.device)  # [batch|1, pos]
-        hit = torch.isin(pos, wanted.to(x.device))
+        hit = torch.isin(pos, wanted.on(x.device))
         return x.masked_fill(hit.view(*hit.shape, *([1] * (x.ndim - 2))), 0.0)
 
     return [(name, fn) for name in names]
@@ -177,18 +176,45 @@ def build_condition(
 
 
 def batched_conditions(conditions: Sequence[Sequence[HookPair]], rows: Sequence[Sequence[int]]) -> list[HookPair]:
-    """:func:`~drope_lens.hooks.by_row_groups` for position-aware hooks: ``conditions[i]`` acts on
-    batch rows ``rows[i]`` and reads those rows' absolute positions."""
-    wrapped = []
+    """Like :func:`~drope_lens.hooks.by_row_groups`, for position-aware hooks: ``conditions[i]``
+    acts on batch rows ``rows[i]`` only (as if run alone on that sub-batch) and reads those rows'
+    absolute positions. Row indices are kept on the activations' device (no host-to-device copy,
+    hence no synchronisation, per hook call)."""
+    if len(conditions) != len(rows):
+        raise ValueError(f"{len(conditions)} conditions but {len(rows)} row groups.")
+    by_name: dict[str, list[tuple[_Rows, Callable]]] = {}
     for pairs, group in zip(conditions, rows):
-        wrapped.append([(name, _with_rows(fn, list(group))) for name, fn in pairs])
-    return by_row_groups(wrapped, rows)
+        index = _Rows(group)
+        for name, fn in pairs:
+            if not isinstance(name, str):
+                raise ValueError("batched_conditions needs hook names, not filters.")
+            by_name.setdefault(name, []).append((index, fn))
+
+    def make(entries):
+        def fn(x, hook):
+            out = x.clone()
+            for index, inner in entries:
+                idx = index.on(x.device)
+                with rows_of_group(idx):
+                    result = inner(x[idx], hook)
+                if result is not None:
+                    out[idx] = result
+            return out
+
+        return fn
+
+    return [(name, make(entries)) for name, entries in by_name.items()]
 
 
-def _with_rows(fn: Callable, group: list[int]) -> Callable:
-    def inner(x, hook):
-        with rows_of_group(group):
-            return fn(x, hook)
+class _Rows:
+    """A group's row indices, one tensor per device, made once."""
 
-    return inner
+    def __init__(self, rows: Sequence[int]):
+        self.rows = [int(r) for r in rows]
+        self._by_device: dict[str, torch.Tensor] = {}
 
+    def on(self, device) -> torch.Tensor:
+        key = str(device)
+        if key not in self._by_device:
+            self._by_device[key] = torch.tensor(self.rows, dtype=torch.long, device=device)
+        return self._by_device[key]
