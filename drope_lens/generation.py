@@ -285,6 +285,7 @@ def greedy_generate(
     bos: str = "checkpoint",
     score_ids: Optional[Sequence[int]] = None,
     batch_hooks=None,
+    progress: Optional[str] = None,
 ) -> Generation:
     """Greedy continuations of ``prompts`` (strings or token-id lists), ``max_new_tokens`` each.
 
@@ -293,7 +294,7 @@ def greedy_generate(
     after producing one of them (``None``: every row produces ``max_new_tokens``). ``score_ids``:
     also return the prefill logits of these token ids. ``batch_hooks(indices) -> hook pairs``, if
     given, supplies extra hooks per batch (``indices`` = the prompts in it, in row order), e.g.
-    one ablation condition per group of rows.
+    one ablation condition per group of rows. ``progress``: a tqdm bar over batches with this label.
     """
     _check_model(model)
     if max_new_tokens < 0:
@@ -305,7 +306,12 @@ def greedy_generate(
     new_tokens: list[list[int]] = [[] for _ in rows]
     score_out = torch.empty(len(rows), len(score_ids), dtype=torch.float32) if score_ids is not None else None
     stops = torch.tensor(sorted(set(int(t) for t in stop_token_ids)), device=model.cfg.device) if stop_token_ids else None
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    if progress is not None:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=progress, leave=False)
+    for start in starts:
         chunk = order[start : start + batch_size]
         extra = list(batch_hooks(chunk)) if batch_hooks is not None else []
         generated, scores = _generate_batch(model, [rows[i] for i in chunk], max_new_tokens,
