@@ -12,4 +12,7 @@ through a :class:`drope_lens.results.RunStore`) and summaries that take that Dat
 CLI_EXPERIMENTS: dict[str, tuple[str, str]] = {
     "massive-values": ("massive_values", "Exp 1: massive values in Q/K/V per layer"),
     "disruption": ("disruption", "Exp 2: zero massive Q/K dims, measure perplexity"),
+    "knowledge": ("knowledge", "Exp 3: task accuracy (parametric vs contextual) under top-1 Q/K dim disruption"),
+    "bos-ablation": ("bos_ablation", "Exp 4/5: BOS MLP / BOS V ablations, perplexity and task accuracy"),
+    "layer1-ablation": ("layer1_ablation", "Exp 6: layer-1 MLP/attention ablations, perplexity and task accuracy"),
 }

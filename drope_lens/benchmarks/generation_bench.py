@@ -1,0 +1,120 @@
+"""Greedy generation speed against Hugging Face ``generate`` on a Llama-2-7B-shaped random bf16 model.
+
+    python -m drope_lens.benchmarks.generation_bench --workdir /tmp/bench --out generation_bench.json
+
+Part ``generation``: 8 prompts x 256 tokens -> 32 new tokens, batched, no stop token.
+:func:`drope_lens.generation.greedy_generate` (no hooks, and under a BOS-only MLP ablation) vs
+``transformers`` ``generate(do_sample=False)`` on the same token rows, sdpa attention, in the
+same process. Medians of CUDA-event timings after a warm-up; the ratio ours / HF is printed
+(target: at most 1.1). The new tokens are compared too (bf16: the two implementations round
+differently, so a few late tokens may differ; the share of equal tokens is reported).
+
+Part ``sweep``: the Exp 3 sweep of :mod:`drope_lens.experiments.knowledge` (420 prompts x 3
+conditions: baseline, topk_mean_q_k, massive_zero; logit scoring plus 20 new tokens) against HF
+doing the same work with HF forward hooks (prefill scores via ``output_scores``), same prompts,
+same batch size. Target ratio: at most 1.2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from .random_checkpoint import LlamaShape, write_random_checkpoint, write_tokenizer
+
+N_PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 8, 256, 32
+
+
+def cuda_median(fn, repeat: int) -> tuple[float, object]:
+    """Median seconds of ``fn`` over ``repeat`` runs, timed with CUDA events, and its last result."""
+    times, result = [], None
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        result = fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times), result
+
+
+def checkpoint(workdir: Path) -> Path:
+    directory = workdir / "rope_7b"
+    if not (directory / "config.json").exists():
+        write_random_checkpoint(directory, LlamaShape(), massive_dims_per_head=2)
+    if not (directory / "tokenizer.json").exists():
+        from drope_lens.texts import builtin_texts
+
+        write_tokenizer(directory, [t.text for t in builtin_texts()])
+    return directory
+
+
+def generation_part(model, hf, repeat: int) -> dict:
+    from drope_lens.generation import greedy_generate
+    from drope_lens.hooks.conditions import build_condition
+
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randint(3, 7000, (N_PROMPTS, PROMPT_TOKENS), generator=gen)
+    rows[:, 0] = 1
+    prompts = rows.tolist()
+    cuda_rows = rows.cuda()
+    mask = torch.ones_like(cuda_rows)
+
+    def ours(hooks=()):
+        return greedy_generate(model, prompts, NEW_TOKENS, fwd_hooks=hooks, batch_size=N_PROMPTS)
+
+    def theirs():
+        with torch.inference_mode():
+            return hf.generate(cuda_rows, attention_mask=mask, max_new_tokens=NEW_TOKENS,
+                               do_sample=False, pad_token_id=0, eos_token_id=None)
+
+    ours(), theirs()  # warm-up
+    t_hf, out_hf = cuda_median(theirs, repeat)
+    t_ours, out = cuda_median(ours, repeat)
+    bos_hooks = build_condition(model, "l1_both_bos").hooks
+    ours(bos_hooks)
+    t_hooked, _ = cuda_median(lambda: ours(bos_hooks), repeat)
+    hf_tokens = out_hf[:, PROMPT_TOKENS:].cpu().tolist()
+    equal = sum(a == b for r, s in zip(out.tokens, hf_tokens) for a, b in zip(r, s))
+    result = {"hf_generate_s": t_hf, "ours_s": t_ours, "ratio": t_ours / t_hf,
+              "ours_l1_both_bos_s": t_hooked, "ratio_hooked": t_hooked / t_hf,
+              "equal_token_share": equal / (N_PROMPTS * NEW_TOKENS), "repeat": repeat}
+    print(f"generation 8x256->32: ours {t_ours * 1e3:.0f} ms, HF generate {t_hf * 1e3:.0f} ms, "
+          f"ratio {t_ours / t_hf:.2f}; under l1_both_bos {t_hooked * 1e3:.0f} ms (ratio {t_hooked / t_hf:.2f})",
+          flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/drope_lens_bench"))
+    parser.add_argument("--out", type=Path, default=Path("generation_bench.json"))
+    parser.add_argument("--part", choices=["generation", "sweep", "all"], default="all")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+
+    import drope_lens as dl
+    from transformers import LlamaForCausalLM
+
+    directory = checkpoint(args.workdir)
+    report: dict = {"device": torch.cuda.get_device_name()}
+    model = dl.load_model(directory, dtype="bf16", device="cuda")
+    hf = LlamaForCausalLM.from_pretrained(directory, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
+    if args.part in ("generation", "all"):
+        report["generation"] = generation_part(model, hf, args.repeat)
+        args.out.write_text(json.dumps(report, indent=2))
+    if args.part in ("sweep", "all"):
+        from .knowledge_bench import sweep_part
+
+        report["sweep"] = sweep_part(model, hf, args.repeat)
+        args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The Exp 3 sweep against Hugging Face doing the same work with HF forward hooks (see
+:mod:`.generation_bench`, part ``sweep``).
+
+420 prompts (cities 200, sports 100, sentiment 100, passkey 20) x 3 conditions (baseline,
+topk_mean_q_k pre-rotary, massive_zero), logit scoring at the last prompt position plus 20 greedy
+new tokens (stop at EOS). Ours: :func:`drope_lens.experiments.task_eval.task_rows` with the
+conditions mixed in batches. HF: per condition, ``generate`` over the same prompts in batches of
+the same size (left padding), the condition as forward hooks on ``q_proj``/``k_proj`` (the
+pre-rotary projections, what ``hook_q``/``hook_k`` see), prefill logits from ``output_scores``.
+Conditions are prepared once (not timed) and shared.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CONDITIONS = ("baseline", "topk_mean_q_k", "massive_zero")
+TASKS = ("cities", "sports", "sentiment", "passkey")
+BATCH = 16
+
+
+class _HFTopkMean:
+    """Forward hook on q_proj/k_proj: in the prefill, per row and head, the top-1 dim (norm over the
+    row's real tokens) replaced by its mean over them, at them; decode steps untouched."""
+
+    def __init__(self, d_head: int):
+        self.d_head = d_head
+        self.valid = None  # [batch, T] bool, set per batch
+
+    def __call__(self, module, inputs, output):
+        if output.shape[1] == 1:
+            return output
+        b, t, width = output.shape
+        x = output.view(b, t, width // self.d_head, self.d_head)
+        valid = self.valid[:, :, None, None].float()
+        count = valid.sum(1).clamp(min=1)
+        xf = x.float() * valid
+        norms = (xf.square().sum(1) / count).sqrt()
+        chosen = torch.zeros_like(norms, dtype=torch.bool).scatter_(-1, norms.argmax(-1, keepdim=True), True)[:, None]
+        mean = (xf.sum(1, keepdim=True) / count[:, None]).to(x.dtype)
+        return torch.where(chosen & (valid > 0), mean, x).view(b, t, width)
+
+
+class _HFZeroColumns:
+    def __init__(self, mask: torch.Tensor):
+        self.columns = mask.flatten().nonzero().flatten()
+
+    def __call__(self, module, inputs, output):
+        output = output.clone()
+        output[..., self.columns.to(output.device)] = 0.0
+        return output
+
+
+def _hf_run(hf, model, rows, condition, prepared, score_ids):
+    """HF generate over ``rows`` (token lists) under ``condition``; returns first-step scores."""
+    layers = hf.model.layers
+    handles, topk = [], None
+    if condition == "topk_mean_q_k":
+        topk = _HFTopkMean(model.cfg.d_head)
+        for layer in layers:
+            handles += [layer.self_attn.q_proj.register_forward_hook(topk),
+                        layer.self_attn.k_proj.register_forward_hook(topk)]
+    elif condition == "massive_zero":
+        for tensor, proj in (("q", "q_proj"), ("k", "k_proj")):
+            for index, mask in prepared.massive_masks[tensor].items():
+                if mask.any():
+                    handles.append(getattr(layers[index].self_attn, proj).register_forward_hook(_HFZeroColumns(mask)))
+    eos = model.tokenizer.eos_token_id
+    out = []
+    try:
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        for start in range(0, len(order), BATCH):
+            chunk = [rows[i] for i in order[start:start + BATCH]]
+            length = max(map(len, chunk))
+            tokens = torch.tensor([[eos] * (length - len(r)) + r for r in chunk], device=hf.device)
+            mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in chunk], device=hf.device)
+            if topk is not None:
+                topk.valid = mask.bool()
+            with torch.inference_mode():
+                result = hf.generate(tokens, attention_mask=mask, max_new_tokens=20, do_sample=False,
+                                     pad_token_id=eos, eos_token_id=eos, output_scores=True,
+                                     return_dict_in_generate=True)
+            out.append(result.scores[0][:, score_ids].float().cpu())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out
+
+
+def sweep_part(model, hf, repeat: int = 3) -> dict:
+    from drope_lens.experiments.ablation_setup import prepare_conditions
+    from drope_lens.experiments.task_eval import task_rows
+    from drope_lens.generation import prompt_ids
+    from drope_lens.scoring import answer_token_ids
+    from drope_lens.tasks import load_task
+    from drope_lens.texts import builtin_texts
+
+    from .generation_bench import cuda_median
+
+    items = [item for task in TASKS for item in load_task(task)]
+    prepared = prepare_conditions(model, CONDITIONS, builtin_texts()[:3], max_tokens=512)
+    choice_ids = sorted({i for c in {it.choices for it in items if it.choices} for i in answer_token_ids(model.tokenizer, c)})
+    rows = prompt_ids(model, [it.prompt for it in items])
+
+    def ours():
+        return task_rows(model, items, prepared.conditions, new_tokens=20, batch_size=BATCH, show_progress=False)
+
+    def theirs():
+        return [_hf_run(hf, model, rows, c, prepared, choice_ids) for c in CONDITIONS]
+
+    ours(), theirs()  # warm-up
+    t_hf, _ = cuda_median(theirs, repeat)
+    t_ours, df = cuda_median(ours, repeat)
+    accuracy = df.groupby(["task", "condition"])["correct"].mean().round(3).to_dict()
+    result = {"prompts": len(items), "conditions": list(CONDITIONS), "batch_size": BATCH, "hf_s": t_hf,
+              "ours_s": t_ours, "ratio": t_ours / t_hf, "repeat": repeat,
+              "ours_accuracy": {f"{k[0]}/{k[1]}": v for k, v in accuracy.items()}}
+    print(f"Exp 3 sweep {len(items)} prompts x {len(CONDITIONS)} conditions: ours {t_ours:.2f} s, "
+          f"HF {t_hf:.2f} s, ratio {t_ours / t_hf:.2f}", flush=True)
+    return result

@@ -1,0 +1,146 @@
+"""Ablation sweeps measured by perplexity and task accuracy: the shared body of Exp 4/5
+(:mod:`.bos_ablation`) and Exp 6 (:mod:`.layer1_ablation`).
+
+For each model: the conditions are prepared on reference texts (spike layer from the BOS-norm
+ratio, recorded), then (1) perplexity of every evaluation text under every condition and (2) the
+tasks under every condition (:func:`.task_eval.task_rows`). One DataFrame, ``measure`` =
+``"perplexity"`` rows (``text``, ``nll``, ``ppl``) or ``"task"`` rows (the task columns).
+Reference and evaluation texts must be disjoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional, Sequence
+
+import pandas as pd
+
+from drope_lens.hooks.conditions import check_conditions
+from drope_lens.results import RunStore
+from drope_lens.tasks import check_tasks, load_task
+from drope_lens.texts import TextsLike, as_texts
+
+from .ablation_setup import prepare_conditions
+from .common import BosPolicy, check_bos, tokenize, unit_prefix
+from .task_eval import accuracy_table, condition_meta, perplexity_rows, perplexity_table, task_rows
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    conditions: tuple[str, ...]
+    tasks: tuple[str, ...] = ("cities", "sports", "sentiment", "passkey")
+    n: Optional[int] = None
+    seed: int = 42
+    source: Literal["study", "toy"] = "study"
+    max_tokens: int = 512
+    new_tokens: int = 20
+    batch_size: int = 16
+    bos: BosPolicy = "checkpoint"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "conditions", check_conditions(tuple(self.conditions)))
+        object.__setattr__(self, "tasks", check_tasks(tuple(self.tasks)) if self.tasks else ())
+        check_bos(self.bos)
+        if self.source not in ("study", "toy"):
+            raise ValueError(f"source={self.source!r}: allowed values are 'study', 'toy'.")
+        if self.n is not None and self.n < 1:
+            raise ValueError(f"n={self.n}: need at least one prompt per task.")
+        if self.max_tokens < 2 or self.new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("max_tokens must be >= 2, new_tokens and batch_size >= 1.")
+
+
+def run_sweep(model, reference_texts: TextsLike, evaluation_texts: TextsLike, config: AblationConfig, *,
+              store: Optional[RunStore] = None, show_progress: bool = True) -> pd.DataFrame:
+    """Perplexity and task rows of ``model`` under ``config.conditions`` (see the module docstring)."""
+    reference = as_texts(reference_texts, name_prefix="reference")
+    evaluation = as_texts(evaluation_texts, name_prefix="evaluation")
+    seen = {t.text for t in reference}
+    overlap = [t.name for t in evaluation if t.text in seen]
+    if overlap:
+        raise ValueError(f"evaluation texts {overlap} are also reference texts; use disjoint sets.")
+    prepared = prepare_conditions(model, config.conditions, reference, max_tokens=config.max_tokens, bos=config.bos)
+    prefix = unit_prefix(model)
+    if store is not None:
+        store.save_extra(f"conditions-{prefix}", pd.DataFrame([condition_meta(prepared)]).astype(str))
+    frames = []
+    unit = f"{prefix}-perplexity"
+    if store is not None and store.has(unit):
+        frames.append(store.load_part(unit))
+    else:
+        tokens = tokenize(model, evaluation, config.max_tokens, bos=config.bos)
+        frame = perplexity_rows(model, tokens, [t.name for t in evaluation], prepared.conditions,
+                                batch_size=config.batch_size, show_progress=show_progress).assign(measure="perplexity")
+        if store is not None:
+            store.save_part(unit, frame)
+        frames.append(frame)
+    for task in config.tasks:
+        unit = f"{prefix}-task-{task}"
+        if store is not None and store.has(unit):
+            frames.append(store.load_part(unit))
+            continue
+        frame = task_rows(model, load_task(task, config.n, config.seed, config.source), prepared.conditions,
+                          new_tokens=config.new_tokens, batch_size=config.batch_size, bos=config.bos,
+                          show_progress=show_progress).assign(measure="task")
+        if store is not None:
+            store.save_part(unit, frame)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def perplexity_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean PPL per model and condition, ratio to baseline with bootstrap CI and Wilcoxon p."""
+    return perplexity_table(df[df.measure == "perplexity"])
+
+
+def task_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per model, task and condition."""
+    return accuracy_table(df[df.measure == "task"])
+
+
+def wide_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per model and condition: PPL, PPL ratio and each task's primary accuracy."""
+    ppl = perplexity_summary(df)[["variant", "condition", "layer", "ppl", "ppl_ratio"]]
+    tasks = task_summary(df)
+    if tasks.empty:
+        return ppl
+    acc = tasks.pivot_table(index=["variant", "condition"], columns="task", values="accuracy").reset_index()
+    return ppl.merge(acc, on=["variant", "condition"], how="left")
+
+
+def add_cli_arguments(parser, default_conditions: Sequence[str]) -> None:
+    parser.add_argument("--conditions", default=",".join(default_conditions), help="comma-separated condition names")
+    parser.add_argument("--tasks", default="cities,sports,sentiment,passkey", help="comma-separated tasks ('' for none)")
+    parser.add_argument("--n", type=int, default=None, help="prompts per task (default: the study's)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--source", choices=["study", "toy"], default=None,
+                        help="task data (default: toy for the toy pair, study otherwise)")
+    parser.add_argument("--n-reference", type=int, default=3, help="texts for the spike layer (disjoint from evaluation)")
+    parser.add_argument("--n-evaluation", type=int, default=9)
+    parser.add_argument("--batch-size", type=int, default=16)
+
+
+def run_cli(ctx, experiment: str, title: str) -> int:
+    from drope_lens.results import model_identity
+    from drope_lens.runner import print_table
+    from drope_lens.texts import split_texts
+
+    args = ctx.args
+    config = AblationConfig(tuple(s for s in args.conditions.split(",") if s),
+                            tuple(s for s in args.tasks.split(",") if s), args.n, args.seed,
+                            args.source or ("toy" if ctx.is_toy else "study"), args.max_tokens, 20, args.batch_size,
+                            args.bos)
+    reference, evaluation = split_texts(ctx.texts(), args.n_reference, args.n_evaluation, seed=0)
+    store = ctx.store(experiment, config, {"reference": [t.name for t in reference],
+                                           "evaluation": [t.name for t in evaluation]})
+    frames, identities = [], []
+    for model in ctx.models():
+        frames.append(run_sweep(model, reference, evaluation, config, store=store))
+        identities.append(model_identity(model))
+    ctx.finalize(store, frames, {"config": asdict(config), "seed": config.seed,
+                                 "reference_texts": [t.name for t in reference],
+                                 "evaluation_texts": [t.name for t in evaluation]}, identities)
+    df = pd.concat(frames, ignore_index=True)
+    print_table(f"{title}: perplexity over evaluation texts and task accuracy per condition:", wide_table(df))
+    print_table("Perplexity ratio to baseline, 95% bootstrap CI over texts, Wilcoxon p on per-text NLL:",
+                perplexity_summary(df))
+    return 0

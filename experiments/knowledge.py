@@ -1,0 +1,163 @@
+"""Experiment 3: parametric vs contextual knowledge under disruption of the top Q/K dims.
+
+Tasks (:mod:`drope_lens.tasks`): cities and sports (parametric: facts in the weights), sentiment
+or IMDB and passkey (contextual: read from the prompt). Conditions
+(:mod:`drope_lens.hooks.conditions`): by default ``baseline`` and ``topk_mean_q_k`` (per layer
+and head, the top-1 dim of Q and K replaced by its mean over the prompt, pre-rotary as in the
+study; ``rotary="post"`` for Jin et al.'s variant); any other condition name may be added.
+
+Scoring (:mod:`drope_lens.scoring`): logit comparison of the answers' first tokens (primary for
+two-choice tasks), greedy 20-token generation (primary for passkey; unparseable answers counted
+and kept in the denominator). Degradation = (baseline - disrupted) / baseline of the primary
+accuracy, with bootstrap CIs over prompts and an exact McNemar test per task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional, Sequence
+
+import pandas as pd
+
+from drope_lens.hooks.conditions import check_conditions
+from drope_lens.results import RunStore
+from drope_lens.tasks import check_tasks, load_task
+
+from .ablation_setup import prepare_conditions
+from .common import BosPolicy, check_bos, unit_prefix
+from .task_eval import accuracy_table, condition_meta, degradation, reference_texts_for, task_rows
+
+EXPERIMENT = "knowledge"
+DEFAULT_TASKS = ("cities", "sports", "sentiment", "passkey")
+DEFAULT_CONDITIONS = ("baseline", "topk_mean_q_k")
+
+
+@dataclass(frozen=True)
+class KnowledgeConfig:
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    conditions: tuple[str, ...] = DEFAULT_CONDITIONS
+    n: Optional[int] = None
+    seed: int = 42
+    source: Literal["study", "toy"] = "study"
+    rotary: Literal["pre", "post"] = "pre"
+    new_tokens: int = 20
+    batch_size: int = 16
+    max_tokens: int = 2048
+    bos: BosPolicy = "checkpoint"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", check_tasks(tuple(self.tasks)))
+        object.__setattr__(self, "conditions", check_conditions(tuple(self.conditions)))
+        check_bos(self.bos)
+        if self.source not in ("study", "toy"):
+            raise ValueError(f"source={self.source!r}: allowed values are 'study', 'toy'.")
+        if self.rotary not in ("pre", "post"):
+            raise ValueError(f"rotary={self.rotary!r}: allowed values are 'pre', 'post'.")
+        if self.n is not None and self.n < 1:
+            raise ValueError(f"n={self.n}: need at least one prompt per task.")
+        if self.new_tokens < 1 or self.batch_size < 1 or self.max_tokens < 2:
+            raise ValueError("new_tokens and batch_size must be >= 1, max_tokens >= 2.")
+
+
+def run(
+    model,
+    tasks: Sequence[str] = DEFAULT_TASKS,
+    conditions: Sequence[str] = DEFAULT_CONDITIONS,
+    n: Optional[int] = None,
+    seed: int = 42,
+    *,
+    source: Literal["study", "toy"] = "study",
+    rotary: Literal["pre", "post"] = "pre",
+    new_tokens: int = 20,
+    batch_size: int = 16,
+    max_tokens: int = 2048,
+    bos: BosPolicy = "checkpoint",
+    reference_texts=None,
+    store: Optional[RunStore] = None,
+    show_progress: bool = True,
+) -> pd.DataFrame:
+    """Every prompt of every task under every condition (columns: ``task_eval.TASK_COLUMNS``).
+
+    ``n``: prompts per task (default: the study's, see ``drope_lens.tasks.DEFAULT_N``).
+    ``reference_texts``: texts the spike layer / massive dims are computed on, when a condition
+    needs them (default: builtin texts; the toy corpus for the toy pair). Resumable per task.
+    """
+    config = KnowledgeConfig(tuple(tasks), tuple(conditions), n, seed, source, rotary, new_tokens, batch_size,
+                             max_tokens, bos)
+    prepared = prepare_conditions(model, config.conditions,
+                                  reference_texts if reference_texts is not None else reference_texts_for(model),
+                                  rotary=config.rotary, bos=config.bos)
+    if store is not None:
+        store.save_extra(f"conditions-{unit_prefix(model)}", pd.DataFrame([condition_meta(prepared)]).astype(str))
+    frames = []
+    for task in config.tasks:
+        unit = f"{unit_prefix(model)}-{task}"
+        if store is not None and store.has(unit):
+            frames.append(store.load_part(unit))
+            continue
+        items = load_task(task, config.n, config.seed, config.source)
+        frame = task_rows(model, items, prepared.conditions, new_tokens=config.new_tokens,
+                          batch_size=config.batch_size, bos=config.bos, max_tokens=config.max_tokens,
+                          show_progress=show_progress)
+        if store is not None:
+            store.save_part(unit, frame)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per model, task and condition (see ``task_eval.accuracy_table``)."""
+    return accuracy_table(df)
+
+
+def statistics(df: pd.DataFrame, n_bootstrap: int = 5000, seed: int = 0) -> pd.DataFrame:
+    """Degradation per model, task and condition with bootstrap CI and McNemar p (``task_eval.degradation``)."""
+    return degradation(df, n_bootstrap=n_bootstrap, seed=seed)
+
+
+# ------------------------------------------------------------------------------------------
+# Command line: ``drope-lens run knowledge``.
+# ------------------------------------------------------------------------------------------
+CLI_TAKES_TEXTS = False
+
+
+def add_cli_arguments(parser) -> None:
+    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated task names")
+    parser.add_argument("--conditions", default=",".join(DEFAULT_CONDITIONS), help="comma-separated condition names")
+    parser.add_argument("--n", type=int, default=None, help="prompts per task (default: the study's)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--source", choices=["study", "toy"], default=None,
+                        help="task data: the study's files, or the toy corpus's (default: toy for the toy pair)")
+    parser.add_argument("--rotary", choices=["pre", "post"], default="pre")
+    parser.add_argument("--new-tokens", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=2048)
+
+
+def config_from_args(ctx) -> KnowledgeConfig:
+    args = ctx.args
+    source = args.source or ("toy" if ctx.is_toy else "study")
+    return KnowledgeConfig(tuple(s for s in args.tasks.split(",") if s), tuple(s for s in args.conditions.split(",") if s),
+                           args.n, args.seed, source, args.rotary, args.new_tokens, args.batch_size, args.max_tokens,
+                           args.bos)
+
+
+def run_cli(ctx) -> int:
+    from drope_lens.results import model_identity
+    from drope_lens.runner import print_table
+
+    config = config_from_args(ctx)
+    store = ctx.store(EXPERIMENT, config, {})
+    frames, identities = [], []
+    for model in ctx.models():
+        frames.append(run(model, config.tasks, config.conditions, config.n, config.seed, source=config.source,
+                          rotary=config.rotary, new_tokens=config.new_tokens, batch_size=config.batch_size,
+                          max_tokens=config.max_tokens, bos=config.bos, store=store))
+        identities.append(model_identity(model))
+    ctx.finalize(store, frames, {"config": asdict(config), "seed": config.seed}, identities)
+    df = pd.concat(frames, ignore_index=True)
+    print_table("Accuracy (primary: logit comparison; passkey: key in the greedy continuation):", summary(df))
+    if len(config.conditions) > 1:
+        print_table("Degradation = (baseline - condition) / baseline, 95% bootstrap CI over prompts, McNemar p:",
+                    statistics(df))
+    return 0

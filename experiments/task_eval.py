@@ -1,0 +1,234 @@
+"""Tasks and perplexity under ablation conditions: the engine of Exp 3-6, plus their statistics.
+
+:func:`task_rows`: every (prompt, condition) pair scored by logits (one prefill) and by a greedy
+continuation (the same forwards continued with the KV cache), conditions mixed in batches
+(each row's condition acts on its rows only, see :func:`drope_lens.hooks.conditions.batched_conditions`).
+:func:`perplexity_rows`: per evaluation text and condition, mean next-token NLL.
+Statistics are over prompts / texts (bootstrap CIs, paired tests), never over repetitions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from drope_lens.generation import greedy_generate, prompt_ids
+from drope_lens.hooks.conditions import Condition, batched_conditions
+from drope_lens.scoring import answer_token_ids, generation_score, logit_score
+from drope_lens.tasks import TaskItem
+
+from .common import BosPolicy, HostCopy, batches_by_length, model_name, model_variant, progress, sequence_nll
+
+TASK_COLUMNS = ("model", "variant", "task", "kind", "condition", "condition_layer", "sample", "prompt", "label",
+                "n_tokens", "correct_logit", "correct_generation", "correct", "unparseable", "answer",
+                "answer_logit", "logit_margin", "generation")
+
+
+def _condition_layer(condition: Condition) -> int:
+    layer = condition.info.get("layer")
+    return int(layer) if layer is not None else -1
+
+
+def task_rows(
+    model,
+    items: Sequence[TaskItem],
+    conditions: Mapping[str, Condition],
+    *,
+    new_tokens: int = 20,
+    batch_size: int = 16,
+    bos: BosPolicy = "checkpoint",
+    max_tokens: int = 2048,
+    show_progress: bool = True,
+) -> pd.DataFrame:
+    """One row per (item, condition) with the columns :data:`TASK_COLUMNS`.
+
+    ``correct_logit``: the label's first answer token has the larger logit at the last prompt
+    position (NaN for passkey); ``correct_generation``: the parsed greedy continuation of
+    ``new_tokens`` tokens is right (unparseable answers count as wrong); ``correct``: the primary
+    score (logit for two-choice tasks, generation for passkey); ``logit_margin``:
+    logit(label) - logit(other answer).
+    """
+    if not items:
+        raise ValueError("no task items.")
+    names = list(conditions)
+    ids = prompt_ids(model, [it.prompt for it in items], bos=bos)
+    for item, row in zip(items, ids):
+        if len(row) > max_tokens:
+            raise ValueError(f"prompt {item.task}[{item.sample}] has {len(row)} tokens, more than max_tokens={max_tokens}.")
+    choice_sets = sorted({it.choices for it in items if it.choices is not None})
+    choice_ids = {c: answer_token_ids(model.tokenizer, c) for c in choice_sets}
+    score_ids = sorted({i for c in choice_ids.values() for i in c})
+    column = {token: j for j, token in enumerate(score_ids)}
+    rows = [(i, c) for i in range(len(items)) for c in range(len(names))]  # item-major: a prompt's conditions share a batch
+    prompts = [ids[i] for i, _ in rows]
+
+    def hooks_for(indices):
+        groups = [[k for k, r in enumerate(indices) if rows[r][1] == c] for c in range(len(names))]
+        used = [(conditions[names[c]].hooks, g) for c, g in enumerate(groups) if g and conditions[names[c]].hooks]
+        return batched_conditions([h for h, _ in used], [g for _, g in used]) if used else []
+
+    eos = getattr(model.tokenizer, "eos_token_id", None)
+    out = greedy_generate(model, prompts, new_tokens, batch_size=batch_size, batch_hooks=hooks_for,
+                          stop_token_ids=[eos] if eos is not None else None,
+                          score_ids=score_ids or None,
+                          progress=f"tasks {model_variant(model)}" if show_progress else None)
+    records = []
+    for r, (i, c) in enumerate(rows):
+        item, condition = items[i], conditions[names[c]]
+        text = out.texts[r]
+        gen = generation_score(text, item.label, item.choices)
+        if item.choices is not None:
+            logits = out.logits[r, [column[t] for t in choice_ids[item.choices]]]
+            lg = logit_score(logits, item.choices, item.label)
+            correct_logit, margin, answer_logit = float(lg.correct), lg.margin, lg.answer
+        else:
+            correct_logit, margin, answer_logit = math.nan, math.nan, ""
+        records.append({
+            "model": model_name(model), "variant": model_variant(model), "task": item.task, "kind": item.kind,
+            "condition": names[c], "condition_layer": _condition_layer(condition), "sample": item.sample,
+            "prompt": item.prompt, "label": item.label, "n_tokens": len(ids[i]), "correct_logit": correct_logit,
+            "correct_generation": float(gen.correct),
+            "correct": correct_logit if item.choices is not None else float(gen.correct),
+            "unparseable": bool(gen.unparseable), "answer": gen.answer, "answer_logit": answer_logit,
+            "logit_margin": margin, "generation": text,
+        })
+    return pd.DataFrame.from_records(records, columns=list(TASK_COLUMNS))
+
+
+@torch.inference_mode()
+def perplexity_rows(
+    model,
+    tokens: Sequence[torch.Tensor],
+    text_names: Sequence[str],
+    conditions: Mapping[str, Condition],
+    *,
+    batch_size: int = 8,
+    show_progress: bool = True,
+) -> pd.DataFrame:
+    """One row per (text, condition): ``nll`` (mean next-token NLL, nats/token, first token not
+    predicted), ``ppl`` = exp(nll), ``n_tokens``; conditions mixed in batches of equal length."""
+    names = list(conditions)
+    rows = [(s, c) for s in range(len(tokens)) for c in range(len(names))]
+    batches = list(batches_by_length([tokens[s] for s, _ in rows], batch_size))
+    results: dict[int, float] = {}
+    pending = None
+    for local, batch in progress(batches, len(batches), f"perplexity {model_variant(model)}", show_progress):
+        members = [rows[k] for k in local]
+        used = []
+        for c, name in enumerate(names):
+            group = [j for j, (_, cc) in enumerate(members) if cc == c]
+            if group and conditions[name].hooks:
+                used.append((conditions[name].hooks, group))
+        hooks = batched_conditions([h for h, _ in used], [g for _, g in used]) if used else []
+        model.position_offset = 0
+        logits = model.run_with_hooks(batch.to(model.cfg.device), fwd_hooks=hooks)
+        current = (local, HostCopy(sequence_nll(logits, batch)))
+        del logits
+        if pending is not None:
+            results.update(zip(pending[0], pending[1].host().tolist()))
+        pending = current
+    if pending is not None:
+        results.update(zip(pending[0], pending[1].host().tolist()))
+    records = []
+    for k, (s, c) in enumerate(rows):
+        records.append({"model": model_name(model), "variant": model_variant(model), "condition": names[c],
+                        "condition_layer": _condition_layer(conditions[names[c]]), "sample": s,
+                        "text": text_names[s], "n_tokens": int(len(tokens[s])), "nll": results[k],
+                        "ppl": float(np.exp(results[k]))})
+    return pd.DataFrame(records)
+
+
+# ------------------------------------------------------------------------------------------
+# Statistics
+# ------------------------------------------------------------------------------------------
+def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model, task and condition: n, accuracy (primary), logit and generation accuracy,
+    unparseable count (all over every prompt: unparseable answers are in the denominator)."""
+    grouped = df.groupby(["variant", "task", "condition"], sort=False)
+    out = grouped.agg(n=("sample", "size"), accuracy=("correct", "mean"), logit_accuracy=("correct_logit", "mean"),
+                      generation_accuracy=("correct_generation", "mean"), unparseable=("unparseable", "sum"))
+    return out.reset_index()
+
+
+def _mcnemar_p(base: np.ndarray, other: np.ndarray) -> float:
+    """Exact two-sided McNemar test on paired 0/1 outcomes (binomial test on the discordant pairs)."""
+    b = int(((base == 1) & (other == 0)).sum())
+    c = int(((base == 0) & (other == 1)).sum())
+    if b + c == 0:
+        return 1.0
+    return float(stats.binomtest(b, b + c, 0.5).pvalue)
+
+
+def degradation(df: pd.DataFrame, baseline: str = "baseline", n_bootstrap: int = 5000, seed: int = 0) -> pd.DataFrame:
+    """Per model, task and non-baseline condition: degradation = (baseline - condition) / baseline
+    of the primary accuracy (a fraction; NaN when the baseline accuracy is 0), with a 95%
+    percentile-bootstrap CI over prompts (resampled jointly, paired) and an exact McNemar p-value."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (variant, task), group in df.groupby(["variant", "task"], sort=False):
+        base = group[group.condition == baseline].sort_values("sample")
+        if base.empty:
+            continue
+        b = base["correct"].to_numpy(dtype=float)
+        for condition in [c for c in group.condition.unique() if c != baseline]:
+            other = group[group.condition == condition].sort_values("sample")
+            o = other["correct"].to_numpy(dtype=float)
+            if len(o) != len(b) or not np.array_equal(other["sample"].to_numpy(), base["sample"].to_numpy()):
+                raise ValueError(f"{variant}/{task}/{condition}: prompts differ from the baseline's; cannot pair them.")
+            n = len(b)
+            idx = rng.integers(0, n, size=(n_bootstrap, n))
+            bb, oo = b[idx].mean(axis=1), o[idx].mean(axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                boot = np.where(bb > 0, (bb - oo) / bb, np.nan)
+            boot = boot[~np.isnan(boot)]
+            point = (b.mean() - o.mean()) / b.mean() if b.mean() > 0 else math.nan
+            low, high = (np.percentile(boot, [2.5, 97.5]).tolist() if boot.size else (math.nan, math.nan))
+            rows.append({"variant": variant, "task": task, "kind": group["kind"].iloc[0], "condition": condition,
+                         "n": n, "baseline_accuracy": b.mean(), "condition_accuracy": o.mean(),
+                         "degradation": point, "ci_low": low, "ci_high": high, "mcnemar_p": _mcnemar_p(b, o)})
+    return pd.DataFrame(rows)
+
+
+def perplexity_table(df: pd.DataFrame, baseline: str = "baseline", n_bootstrap: int = 5000, seed: int = 0) -> pd.DataFrame:
+    """Per model and condition: mean PPL over texts, ratio to the baseline's mean PPL with a 95%
+    bootstrap CI over texts, and a paired Wilcoxon test on per-text NLL vs the baseline."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for variant, group in df.groupby("variant", sort=False):
+        base = group[group.condition == baseline].sort_values("sample")
+        for condition in group.condition.unique():
+            cur = group[group.condition == condition].sort_values("sample")
+            row = {"variant": variant, "condition": condition, "layer": int(cur["condition_layer"].iloc[0]),
+                   "n_texts": len(cur), "ppl": cur["ppl"].mean()}
+            if not base.empty and condition != baseline:
+                b, c = base["ppl"].to_numpy(), cur["ppl"].to_numpy()
+                idx = rng.integers(0, len(b), size=(n_bootstrap, len(b)))
+                row["ppl_ratio"] = c.mean() / b.mean()
+                row["ci_low"], row["ci_high"] = np.percentile(c[idx].mean(1) / b[idx].mean(1), [2.5, 97.5]).tolist()
+                diff = cur["nll"].to_numpy() - base["nll"].to_numpy()
+                row["wilcoxon_p"] = float(stats.wilcoxon(diff).pvalue) if len(b) > 1 and np.any(diff != 0) else math.nan
+            elif condition == baseline:
+                row["ppl_ratio"] = 1.0
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def reference_texts_for(model):
+    """Texts the conditions are prepared on (spike layer, massive dims): the toy corpus's held-out
+    texts for the bundled toy pair, the builtin texts otherwise."""
+    from drope_lens.texts import builtin_texts, toy_texts
+
+    return toy_texts() if model_name(model).startswith("bundled:toy/") else builtin_texts()
+
+
+def condition_meta(prepared) -> dict:
+    """What meta.json records about a model's conditions (layers used, the spike rule, ratios)."""
+    return {"spike_layer": prepared.spike_layer, "spike_rule": prepared.spike_rule,
+            "bos_norm_ratios": prepared.bos_ratios,
+            "conditions": {name: c.info for name, c in prepared.conditions.items()}}
+

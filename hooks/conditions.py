@@ -1,0 +1,220 @@
+"""The ablation conditions of Exp 3-6 as hook sets, by name.
+
+Each condition is a list of ``(hook_name, fn)`` pairs (:class:`Condition` ``.hooks``), usable with
+``run_with_hooks``, ``model.hooks`` and :func:`drope_lens.generation.greedy_generate`, and
+combinable per group of batch rows with :func:`batched_conditions`.
+
+Names (:data:`CONDITIONS`):
+
+- ``baseline``: no hooks.
+- ``topk_mean_q_k``: per layer and head, the top-1 dim of Q and of K (largest sequence-axis norm
+  over the prompt) replaced by its mean over the prompt positions, on prompt positions only;
+  ``rotary="pre"`` (``hook_q``/``hook_k``, the study) or ``"post"`` (``hook_rot_q``/``hook_rot_k``).
+- ``massive_zero``: Exp 2's massive Q/K entries zeroed at every position (masks passed in).
+- ``bos_mlp``: ``hook_mlp_out`` zeroed at absolute position 0 in the spike layer (passed in;
+  computed by :func:`drope_lens.experiments.ablation_setup.spike_layer` from the model's BOS-norm
+  ratio).
+- ``bos_v_spike`` / ``bos_v_all``: ``hook_v`` zeroed at position 0 in the spike layer / in all layers.
+- ``l1_mlp`` / ``l1_attn`` / ``l1_both``: ``blocks.1.hook_mlp_out`` / ``hook_attn_out`` / both
+  zeroed at every position (generated tokens included); ``l1_both_bos``: both at position 0 only.
+
+Positions are absolute (:func:`drope_lens.generation.absolute_positions`): "position 0" is each
+prompt's first token, also under left padding and during KV-cache generation, never a new token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Sequence
+
+import torch
+
+from drope_lens.generation import absolute_positions, generation_state, rows_of_group
+
+from .interventions import zero_dims
+from .names import Rotary, qkv_hook
+
+HookPair = tuple[str, Callable]
+CONDITIONS: tuple[str, ...] = ("baseline", "topk_mean_q_k", "massive_zero", "bos_mlp", "bos_v_spike", "bos_v_all",
+                               "l1_mlp", "l1_attn", "l1_both", "l1_both_bos")
+#: Conditions that need the spike layer / the massive masks.
+NEEDS_SPIKE = ("bos_mlp", "bos_v_spike")
+NEEDS_MASSIVE = ("massive_zero",)
+
+
+@dataclass
+class Condition:
+    """A named hook set and what it was built from (``info``: layer used, rotary, counts...)."""
+
+    name: str
+    hooks: list[HookPair]
+    info: dict = field(default_factory=dict)
+
+
+def check_conditions(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` validated against :data:`CONDITIONS` (an error names the bad one)."""
+    if isinstance(names, str):
+        names = (names,)
+    for name in names:
+        if name not in CONDITIONS:
+            raise ValueError(f"condition {name!r} is unknown; allowed values are {list(CONDITIONS)}.")
+    if not names:
+        raise ValueError(f"no conditions given; allowed values are {list(CONDITIONS)}.")
+    return tuple(names)
+
+
+# ------------------------------------------------------------------------------------------
+# Hook factories
+# ------------------------------------------------------------------------------------------
+def zero_at_positions(model, names: Sequence[str], positions: Sequence[int] = (0,)) -> list[HookPair]:
+    """Zero hooks ``names`` (``[batch, pos, ...]`` tensors) at absolute ``positions``."""
+    wanted = _Rows(sorted({int(p) for p in positions}))
+    if any(p < 0 for p in wanted.rows):
+        raise ValueError(f"positions {wanted.rows}: absolute positions must be >= 0.")
+
+    def fn(x, hook):
+        pos = absolute_positions(model, x.shape[1], x.device)  # [batch|1, pos]
+        hit = torch.isin(pos, wanted.on(x.device))
+        return x.masked_fill(hit.view(*hit.shape, *([1] * (x.ndim - 2))), 0.0)
+
+    return [(name, fn) for name in names]
+
+
+def zero_everywhere(names: Sequence[str]) -> list[HookPair]:
+    """Zero hooks ``names`` at every position."""
+    return [(name, lambda x, hook: torch.zeros_like(x)) for name in names]
+
+
+def topk_mean_on_prompt(model, n_layers: int, k: int = 1, rotary: Rotary = "pre",
+                        tensors: Sequence[str] = ("q", "k")) -> list[HookPair]:
+    """Per layer, head and batch row: the top-``k`` dims of q/k by sequence-axis norm over the
+    row's prompt positions (padding excluded) replaced by their mean over those positions, at
+    those positions only.
+
+    Pre-rotary hooks see the prompt only in the prefill forward (later forwards hold new tokens,
+    left alone; the modified keys are already cached). ``hook_rot_k`` sees every cached key in
+    each forward, so under :func:`~drope_lens.generation.greedy_generate` the same replacement is
+    recomputed on the prompt's keys at every step (same values, same result).
+    """
+    if k < 1:
+        raise ValueError(f"k={k}: must be at least 1.")
+
+    def fn(x, hook):
+        prompt = _prompt_slots(model, x.shape[1], hook.name, x.device)  # [batch|1, pos] bool
+        if prompt is None:
+            return x
+        valid = prompt.to(torch.float32)[:, :, None, None]
+        count = valid.sum(dim=1).clamp(min=1.0)  # [batch|1, 1, 1]
+        xf = x.float() * valid
+        norms = (xf.square().sum(dim=1) / count).sqrt()  # [batch, head, d_head]
+        top = norms.topk(min(k, x.shape[-1]), dim=-1).indices
+        chosen = torch.zeros_like(norms, dtype=torch.bool).scatter_(-1, top, True)[:, None]
+        mean = (xf.sum(dim=1, keepdim=True) / count[:, None]).to(x.dtype)
+        return torch.where(chosen & prompt[:, :, None, None], mean, x)
+
+    return [(qkv_hook(layer, tensor, rotary), fn) for tensor in tensors for layer in range(n_layers)]
+
+
+def _prompt_slots(model, n_pos: int, name: str, device) -> Optional[torch.Tensor]:
+    """Which entries of a forward's ``n_pos`` positions are prompt tokens (None: none are)."""
+    state = generation_state(model)
+    if state is not None:
+        return state.prompt_slots(n_pos, device)
+    if getattr(model, "position_offset", 0) == 0:
+        return torch.ones(1, n_pos, dtype=torch.bool, device=device)  # a plain forward: all prompt
+    if name.endswith("hook_rot_k"):
+        raise RuntimeError(f"{name}: post-rotary prompt conditions under a KV cache need drope_lens.generation."
+                           "greedy_generate (it records which cached keys are prompt tokens).")
+    return None  # a decode forward of a cache: new tokens only
+
+
+# ------------------------------------------------------------------------------------------
+# Conditions by name
+# ------------------------------------------------------------------------------------------
+def build_condition(
+    model,
+    name: str,
+    *,
+    rotary: Rotary = "pre",
+    spike_layer: Optional[int] = None,
+    massive_masks: Optional[Mapping[str, Mapping[int, torch.Tensor]]] = None,
+) -> Condition:
+    """The hook set called ``name`` (see the module docstring) for ``model``."""
+    check_conditions([name])
+    n_layers = model.cfg.n_layers
+    if name in NEEDS_SPIKE and spike_layer is None:
+        raise ValueError(f"condition {name!r} needs spike_layer (see experiments.ablation_setup.spike_layer).")
+    if name in NEEDS_SPIKE and not 0 <= spike_layer < n_layers:
+        raise ValueError(f"spike_layer={spike_layer}: the model has layers 0..{n_layers - 1}.")
+    if name.startswith("l1_") and n_layers < 2:
+        raise ValueError(f"condition {name!r} needs at least 2 layers; the model has {n_layers}.")
+    if name == "baseline":
+        return Condition(name, [])
+    if name == "topk_mean_q_k":
+        return Condition(name, topk_mean_on_prompt(model, n_layers, 1, rotary), {"rotary": rotary, "k": 1})
+    if name == "massive_zero":
+        if massive_masks is None:
+            raise ValueError("condition 'massive_zero' needs massive_masks (see experiments.disruption.identify_massive).")
+        device = model.cfg.device
+        pairs: list[HookPair] = []
+        for tensor in ("q", "k"):
+            pairs += zero_dims({layer: m.to(device) for layer, m in massive_masks[tensor].items()}, tensor, rotary)
+        counts = {f"n_zeroed_{t}": int(sum(int(m.sum()) for m in massive_masks[t].values())) for t in ("q", "k")}
+        return Condition(name, pairs, {"rotary": rotary, **counts})
+    if name == "bos_mlp":
+        return Condition(name, zero_at_positions(model, [f"blocks.{spike_layer}.hook_mlp_out"]), {"layer": spike_layer})
+    if name == "bos_v_spike":
+        return Condition(name, zero_at_positions(model, [f"blocks.{spike_layer}.attn.hook_v"]), {"layer": spike_layer})
+    if name == "bos_v_all":
+        return Condition(name, zero_at_positions(model, [f"blocks.{i}.attn.hook_v" for i in range(n_layers)]))
+    targets = {"l1_mlp": ["blocks.1.hook_mlp_out"], "l1_attn": ["blocks.1.hook_attn_out"],
+               "l1_both": ["blocks.1.hook_mlp_out", "blocks.1.hook_attn_out"],
+               "l1_both_bos": ["blocks.1.hook_mlp_out", "blocks.1.hook_attn_out"]}[name]
+    if name == "l1_both_bos":
+        return Condition(name, zero_at_positions(model, targets), {"layer": 1})
+    return Condition(name, zero_everywhere(targets), {"layer": 1})
+
+
+def batched_conditions(conditions: Sequence[Sequence[HookPair]], rows: Sequence[Sequence[int]]) -> list[HookPair]:
+    """Like :func:`~drope_lens.hooks.by_row_groups`, for position-aware hooks: ``conditions[i]``
+    acts on batch rows ``rows[i]`` only (as if run alone on that sub-batch) and reads those rows'
+    absolute positions. Row indices are kept on the activations' device (no host-to-device copy,
+    hence no synchronisation, per hook call)."""
+    if len(conditions) != len(rows):
+        raise ValueError(f"{len(conditions)} conditions but {len(rows)} row groups.")
+    by_name: dict[str, list[tuple[_Rows, Callable]]] = {}
+    for pairs, group in zip(conditions, rows):
+        index = _Rows(group)
+        for name, fn in pairs:
+            if not isinstance(name, str):
+                raise ValueError("batched_conditions needs hook names, not filters.")
+            by_name.setdefault(name, []).append((index, fn))
+
+    def make(entries):
+        def fn(x, hook):
+            out = x.clone()
+            for index, inner in entries:
+                idx = index.on(x.device)
+                with rows_of_group(idx):
+                    result = inner(x[idx], hook)
+                if result is not None:
+                    out[idx] = result
+            return out
+
+        return fn
+
+    return [(name, make(entries)) for name, entries in by_name.items()]
+
+
+class _Rows:
+    """A group's row indices, one tensor per device, made once."""
+
+    def __init__(self, rows: Sequence[int]):
+        self.rows = [int(r) for r in rows]
+        self._by_device: dict[str, torch.Tensor] = {}
+
+    def on(self, device) -> torch.Tensor:
+        key = str(device)
+        if key not in self._by_device:
+            self._by_device[key] = torch.tensor(self.rows, dtype=torch.long, device=device)
+        return self._by_device[key]
