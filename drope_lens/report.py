@@ -30,6 +30,8 @@ from . import reproduction as R
 from .figures import ResultsError, SchemaError, read_run
 
 Meta = dict[str, Any]
+#: Bootstrap resamples for Exp 2's confidence intervals (as ``drope-lens run disruption`` prints them).
+BOOTSTRAP = 10_000
 FigureFn = Callable[[pd.DataFrame, Meta], go.Figure]
 TablesFn = Callable[[pd.DataFrame, Meta], list[tuple[str, pd.DataFrame]]]
 
@@ -107,7 +109,8 @@ def _disruption_tables(df: pd.DataFrame, meta: Meta) -> list[tuple[str, pd.DataF
     from drope_lens.experiments.disruption import statistics, summary
 
     return [("Perplexity over evaluation texts (random: mean ± std over seeds)", summary(df)),
-            ("Paired tests and bootstrap 95% CIs over evaluation texts", statistics(df).set_index("variant").T
+            ("Paired tests and bootstrap 95% CIs over evaluation texts",
+             statistics(df, n_bootstrap=BOOTSTRAP).set_index("variant").T
              .reset_index().rename(columns={"index": "statistic"}))]
 
 
@@ -160,7 +163,7 @@ register(Section("massive_values", "Exp 1 — Massive values in Q, K, V", "massi
                   lambda df, m: F.massive_dims(df, **{k: v for k, v in model_shape(m).items() if v})),
                  _massive_tables, R.headline_massive_values, F.MASSIVE_COLUMNS))
 register(Section("disruption", "Exp 2 — Disrupting massive Q/K dims (perplexity)", "disruption",
-                 (lambda df, m: F.disruption(df),), _disruption_tables, R.headline_disruption, F.DISRUPTION_COLUMNS))
+                 (lambda df, m: F.disruption(df, n_bootstrap=BOOTSTRAP),), _disruption_tables, R.headline_disruption, F.DISRUPTION_COLUMNS))
 register(Section("knowledge", "Exp 3 — Parametric vs contextual knowledge under disruption", "knowledge",
                  (lambda df, m: F.knowledge(df),), _knowledge_tables, R.headline_knowledge, F.KNOWLEDGE_COLUMNS))
 register(Section("sinks", "Exp 4 — Attention sinks, BOS norm, representation entropy", "sinks",
