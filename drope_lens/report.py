@@ -259,18 +259,21 @@ def scan(root: Union[str, Path]) -> Inventory:
 # HTML
 # ------------------------------------------------------------------------------------------
 CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1250px;margin:24px auto;padding:0 16px;color:#222}
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1400px;margin:24px auto;padding:0 16px;color:#222}
 h1{margin-bottom:4px} h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:40px}
 table.dl{border-collapse:collapse;font-size:13px;margin:8px 0 18px} table.dl td,table.dl th{border:1px solid #ddd;padding:3px 7px;text-align:right}
 table.dl th{background:#f3f3f3} table.dl td:first-child,table.dl th:first-child{text-align:left}
 .note{color:#555;font-size:13px} .missing{color:#a33} .rope{color:#0072B2;font-weight:600} .drope{color:#D55E00;font-weight:600}
-details{margin:6px 0 14px} pre{background:#f7f7f7;padding:8px;font-size:12px;overflow-x:auto}
+details{margin:6px 0 14px} table.dl td{vertical-align:top}
+.tablewrap{overflow-x:auto}
+table.repro td:nth-child(2){min-width:200px;text-align:left} table.repro td:nth-child(9),table.repro td:nth-child(10){min-width:220px;font-size:11px;text-align:left}
+table.repro-absent td:nth-child(2){min-width:200px;text-align:left} table.repro-absent td:nth-child(6),table.repro-absent td:nth-child(7){min-width:220px;font-size:11px;text-align:left} pre{background:#f7f7f7;padding:8px;font-size:12px;overflow-x:auto}
 """
 
 
 def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, classes="dl", border=0, na_rep="—", float_format=lambda x: f"{x:.4g}",
-                         escape=True)
+    return ("<div class='tablewrap'>" + frame.to_html(index=False, classes="dl", border=0, na_rep="—",
+                                                       float_format=lambda x: f"{x:.6g}", escape=True) + "</div>")
 
 
 def _figure_html(fig: go.Figure, div_id: str) -> str:
@@ -313,12 +316,20 @@ def _reproduction_html(table: pd.DataFrame, inventory: Inventory) -> str:
     ours_models = sorted({m.get("source", "?") for runs in inventory.runs.values() for m in runs[0].meta.get("models", [])})
     shown = table.drop(columns=["key"])
     shown["ratio"] = shown["ratio"].map(lambda x: f"{x:.3g}" if x == x else "—")
-    return ("<h2 id='reproduction'>Reproduction table</h2>"
-            "<p class='note'>The study's headline numbers (Llama-2-7B RoPE vs DroPE; sources in "
-            "<code>drope_lens/data/study_numbers.json</code>) next to ours, from the runs of this folder, on "
-            f"<b>{html.escape(', '.join(ours_models))}</b>. Ratio = ours / study; it compares like with like only "
-            "when these runs used the study's models. <i>flaw</i>: where METHODS.md says the original "
-            "measurement was flawed, so a difference is expected.</p>" + _table(shown))
+    run = shown[shown.status != "not run"]
+    absent = shown[shown.status == "not run"].drop(columns=["ours", "ratio", "status"])
+    out = ("<h2 id='reproduction'>Reproduction table</h2>"
+           "<p class='note'>The study's headline numbers (Llama-2-7B RoPE vs DroPE; sources in "
+           "<code>drope_lens/data/study_numbers.json</code>) next to ours, from the runs of this folder, on "
+           f"<b>{html.escape(', '.join(ours_models))}</b>. Ratio = ours / study; it compares like with like only "
+           "when these runs used the study's models. <i>flaw</i>: where METHODS.md says the original "
+           "measurement was flawed, so a difference is expected.</p>")
+    out += _table(run).replace('class="dataframe dl"', 'class="dataframe dl repro"', 1) if len(run) else ""
+    if len(absent):
+        out += (f"<details><summary>The study's {len(absent)} numbers for experiments not in this folder "
+                f"({html.escape(', '.join(dict.fromkeys(absent.experiment)))})</summary>"
+                + _table(absent).replace('class="dataframe dl"', 'class="dataframe dl repro-absent"', 1) + "</details>")
+    return out
 
 
 def build_report(results_dir: Union[str, Path], out: Union[str, Path], title: str = "drope_lens report") -> Path:
