@@ -1,4 +1,4 @@
-"""``drope-lens`` command line: ``drope-lens info SOURCE``."""
+"""``drope-lens`` command line: ``drope-lens info SOURCE``, ``run``, ``report``, ``study``."""
 
 from __future__ import annotations
 
@@ -139,6 +139,43 @@ def _train_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    out = build_report(args.results_dir, args.out)
+    print(f"report: {out}")
+    return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    """Every experiment of CLI_EXPERIMENTS on one pair, then the report of the results folder."""
+    from drope_lens.experiments import CLI_EXPERIMENTS
+
+    from .report import build_report
+
+    common = ["--out", args.out, "--dtype", args.dtype, "--device", args.device, "--bos", args.bos]
+    if args.rope or args.drope:
+        common += [arg for flag, value in (("--rope", args.rope), ("--drope", args.drope)) if value for arg in (flag, value)]
+    else:
+        common += ["--pair", args.pair]
+    failed = []
+    for command in CLI_EXPERIMENTS:
+        if command in args.skip:
+            continue
+        print(f"== drope-lens run {command} {' '.join(common)}", flush=True)
+        run_args = build_parser().parse_args(["run", command, *common])
+        try:
+            code = run_args.func(run_args)
+        except Exception as exc:  # one failing experiment does not lose the others' report
+            print(f"drope-lens study: {command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            code = 1
+        if code:
+            failed.append(command)
+    out = build_report(args.out, args.report)
+    print(f"report: {out}" + (f"\nfailed experiments: {failed}" if failed else ""))
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drope-lens", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +226,23 @@ def build_parser() -> argparse.ArgumentParser:
         add_common_arguments(sub_parser, texts=getattr(module, "CLI_TAKES_TEXTS", True))
         module.add_cli_arguments(sub_parser)
         sub_parser.set_defaults(func=_run_experiment)
+
+    report = sub.add_parser("report", help="one offline HTML report of a results folder")
+    report.add_argument("results_dir", nargs="?", default="results", help="results root (default: results/)")
+    report.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
+    report.set_defaults(func=_report)
+
+    study = sub.add_parser("study", help="run every experiment on a pair (default: the toy pair), then the report")
+    study.add_argument("--pair", default="toy", help="registry name of a RoPE/DroPE pair (default: toy)")
+    study.add_argument("--rope", default=None, help="RoPE checkpoint (with --drope, instead of --pair)")
+    study.add_argument("--drope", default=None, help="DroPE checkpoint (with --rope, instead of --pair)")
+    study.add_argument("--dtype", default="float32")
+    study.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    study.add_argument("--bos", choices=["checkpoint", "always"], default="checkpoint")
+    study.add_argument("--out", default="results", help="results root (default: results/)")
+    study.add_argument("--report", default="report.html", help="HTML file to write (default: report.html)")
+    study.add_argument("--skip", nargs="*", default=[], help="experiment commands not to run")
+    study.set_defaults(func=_study)
     return parser
 
 

@@ -1,0 +1,199 @@
+"""The reproduction table: each headline number of the study next to ours.
+
+The study's numbers live in ``drope_lens/data/study_numbers.json`` (one entry per experiment,
+key and variant, with its source: a METHODS.md section or a file of the study's results, and a
+note where METHODS.md says the original was flawed). Nothing here types a number in: ours come
+from a result DataFrame through the experiment's ``headline`` function below, which returns
+rows ``(key, variant, value)`` in the same units as the study's entry.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+import pandas as pd
+
+from .figures import SINK_TAU, LOCAL_TAU
+
+STUDY_NUMBERS = "study_numbers.json"
+SCHEMA = 1
+
+
+def study_numbers(path: Optional[Union[str, Path]] = None) -> pd.DataFrame:
+    """The study's headline numbers as a DataFrame (experiment, key, variant, value, unit, source, flaw)."""
+    if path is None:
+        text = resources.files("drope_lens").joinpath("data", STUDY_NUMBERS).read_text(encoding="utf-8")
+        where = f"drope_lens/data/{STUDY_NUMBERS}"
+    else:
+        text, where = Path(path).read_text(encoding="utf-8"), str(path)
+    doc = json.loads(text)
+    if doc.get("schema") != SCHEMA:
+        raise ValueError(f"{where}: schema {doc.get('schema')!r}, this drope_lens reads schema {SCHEMA}.")
+    frame = pd.DataFrame(doc["numbers"])
+    for column in ("spread", "flaw"):
+        if column not in frame.columns:
+            frame[column] = None
+    frame["source_text"] = [source_text(s) for s in frame["source"]]
+    return frame
+
+
+def source_text(source: dict) -> str:
+    if "file" in source:
+        scale = f" x {source['scale']}" if "scale" in source else ""
+        return f"{source['file']} : {'/'.join(map(str, source['path']))}{scale}"
+    return f"{source['document']}, {source['section']}"
+
+
+# ------------------------------------------------------------------------------------------
+# Our headline numbers, per experiment: DataFrame in, rows (key, variant, value) out
+# ------------------------------------------------------------------------------------------
+def _rows(values: dict[tuple[str, str], float]) -> pd.DataFrame:
+    return pd.DataFrame([{"key": k, "variant": v, "value": float(x)} for (k, v), x in values.items()],
+                        columns=["key", "variant", "value"])
+
+
+def headline_massive_values(df: pd.DataFrame) -> pd.DataFrame:
+    from drope_lens.experiments.massive_values import per_layer, totals
+
+    out = {}
+    for row in totals(df).itertuples():
+        out[(f"total_{row.tensor}", row.variant)] = row.mean
+    for row in per_layer(df).itertuples():
+        if row.layer == 1 and row.tensor == "q":
+            out[("layer1_q", row.variant)] = row.mean
+    return _rows(out)
+
+
+def headline_disruption(df: pd.DataFrame) -> pd.DataFrame:
+    from drope_lens.experiments.disruption import reliance_ratio, summary
+
+    table = summary(df)
+    out = {}
+    for row in table.itertuples():
+        for key in ("baseline_ppl", "massive_ppl", "random_ppl", "massive_pct"):
+            out[(key, row.variant)] = getattr(row, key)
+    if {"rope", "drope"} <= set(table.variant):
+        out[("reliance_ratio", "pair")] = reliance_ratio(table)
+    return _rows(out)
+
+
+def headline_knowledge(df: pd.DataFrame) -> pd.DataFrame:
+    """Generation-scored accuracy (%) per task and condition (the study's scoring)."""
+    g = df.groupby(["variant", "task", "condition"])["correct_generation"].mean() * 100
+    return _rows({(f"{task}_{condition}", variant): v for (variant, task, condition), v in g.items()})
+
+
+def headline_ablation(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean perplexity per condition (``ppl_<condition>``) and its ratio to baseline (``<condition>_ppl_ratio``)."""
+    df = df[df["ppl"].notna()]
+    means = df.groupby(["variant", "condition"])["ppl"].mean()
+    out = {}
+    for (variant, condition), v in means.items():
+        out[(f"ppl_{condition}", variant)] = v
+        base = means.get((variant, "baseline"))
+        if base is not None and condition != "baseline":
+            out[(f"{condition}_ppl_ratio", variant)] = v / base
+    return _rows(out)
+
+
+def headline_sinks(df: pd.DataFrame, tau: float = SINK_TAU) -> pd.DataFrame:
+    out = {}
+    if {"head", "sink_score"} <= set(df.columns):
+        heads = df[df["sink_score"].notna()]
+        for variant, part in heads.groupby("variant"):
+            out[("sink_rate", variant)] = 100 * (part["sink_score"] >= tau).mean()
+            for layer in (0, 1):
+                rows = part[part.layer == layer]
+                if len(rows):
+                    out[(f"sink_rate_L{layer}", variant)] = 100 * (rows["sink_score"] >= tau).mean()
+    layers = df[df["bos_norm"].notna()].groupby(["variant", "layer"])[["bos_norm", "bos_ratio", "repr_entropy"]].mean()
+    for variant, part in layers.groupby(level="variant"):
+        part = part.droplevel("variant")
+        above = part.index[part["bos_ratio"] > 2]
+        out[("spike_layer", variant)] = above.min() if len(above) else np.nan
+        out[("peak_bos_norm", variant)] = part["bos_norm"].max()
+        out[("min_entropy", variant)] = part["repr_entropy"].min()
+    return _rows(out)
+
+
+def headline_bos_write(df: pd.DataFrame) -> pd.DataFrame:
+    """Means over layers and heads of the columns the study reported, where the results hold them."""
+    out = {}
+    for variant, part in df.groupby("variant"):
+        for key, column, scale in (("v_norm", "v_norm", 1), ("bos_mass", "bos_mass", 100), ("write", "write", 1)):
+            if column in part.columns:
+                out[(key, variant)] = scale * part[column].mean()
+        if "write" in part.columns:
+            out[("max_write_layer", variant)] = part.groupby("layer")["write"].mean().idxmax()
+    return _rows(out)
+
+
+def headline_attention_structure(df: pd.DataFrame) -> pd.DataFrame:
+    out = {}
+    for variant, part in df.groupby("variant"):
+        sink = part["sink_score"] >= SINK_TAU
+        out[("sink_heads", variant)] = 100 * sink.mean()
+        out[("local_heads", variant)] = 100 * ((~sink) & (part["local_mass"] >= LOCAL_TAU)).mean()
+        if (part.layer == 1).any():
+            out[("layer1_bos_attention", variant)] = 100 * part[part.layer == 1]["sink_score"].mean()
+    return _rows(out)
+
+
+def headline_layer_balance(df: pd.DataFrame) -> pd.DataFrame:
+    out = {}
+    means = df.groupby(["variant", "layer"])[["attn_fraction", "q_norm", "k_norm"]].mean()
+    for (variant, layer), row in means.iterrows():
+        if layer in (0, 1):
+            out[(f"attn_fraction_L{layer}", variant)] = 100 * row["attn_fraction"]
+        if layer == 1:
+            out[("q_norm_L1", variant)] = row["q_norm"]
+            out[("k_norm_L1", variant)] = row["k_norm"]
+    return _rows(out)
+
+
+def headline_context_length(df: pd.DataFrame) -> pd.DataFrame:
+    """Passkey accuracy (%) per length over all formats and depths (``accuracy_<length>``)."""
+    g = df.groupby(["variant", "length"])["correct"].mean() * 100
+    return _rows({(f"accuracy_{int(length)}", variant): v for (variant, length), v in g.items()})
+
+
+HEADLINES: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
+    "massive_values": headline_massive_values,
+    "disruption": headline_disruption,
+    "knowledge": headline_knowledge,
+    "bos_ablation": headline_ablation,
+    "layer1_ablation": headline_ablation,
+    "sinks": headline_sinks,
+    "bos_write": headline_bos_write,
+    "attention_structure": headline_attention_structure,
+    "layer_balance": headline_layer_balance,
+    "context_length": headline_context_length,
+}
+
+
+def reproduction_table(ours: dict[str, pd.DataFrame], study: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    """Every study number with ours (NaN where not measured), the ratio ours/study, source and flaw note.
+
+    ``ours``: experiment name -> that experiment's headline rows (key, variant, value).
+    """
+    study = study_numbers() if study is None else study
+    rows = []
+    for entry in study.itertuples():
+        mine = ours.get(entry.experiment)
+        value = np.nan
+        if mine is not None and len(mine):
+            hit = mine[(mine.key == entry.key) & (mine.variant == entry.variant)]
+            if len(hit):
+                value = float(hit["value"].iloc[0])
+        status = ("measured" if value == value else
+                  "not run" if mine is None else "not in these results")
+        ratio = value / entry.value if value == value and entry.value else np.nan
+        rows.append({"experiment": entry.experiment, "quantity": entry.description, "key": entry.key,
+                     "variant": entry.variant, "unit": entry.unit, "study": entry.value, "ours": value,
+                     "ratio": ratio, "status": status, "source": entry.source_text,
+                     "flaw": entry.flaw if isinstance(entry.flaw, str) else ""})
+    return pd.DataFrame(rows)
