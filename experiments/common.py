@@ -159,10 +159,13 @@ class HostCopy:
 
     def __init__(self, tree):
         self.tree = self._copy(tree)
-        self.event = None
-        if torch.cuda.is_available() and self._any_cuda(tree):
-            self.event = torch.cuda.Event()
-            self.event.record()
+        # one event per device the copies run on (the tensors' devices: a model split over GPUs,
+        # or on a GPU other than the current one), recorded on that device's current stream
+        self.events = []
+        for device in sorted(self._cuda_devices(tree), key=str):
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+            self.events.append(event)
 
     @classmethod
     def _copy(cls, tree):
@@ -175,14 +178,14 @@ class HostCopy:
         return out
 
     @classmethod
-    def _any_cuda(cls, tree) -> bool:
+    def _cuda_devices(cls, tree) -> set:
         if isinstance(tree, dict):
-            return any(cls._any_cuda(v) for v in tree.values())
-        return tree.is_cuda
+            return set().union(*(cls._cuda_devices(v) for v in tree.values()))
+        return {tree.device} if tree.is_cuda else set()
 
     def host(self):
-        if self.event is not None:
-            self.event.synchronize()
+        for event in self.events:
+            event.synchronize()
         return self.tree
 
 
