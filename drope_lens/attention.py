@@ -122,13 +122,16 @@ class RotaryTable:
         table = cls._tables.get(key)
         if table is None or table[0].shape[0] < length:
             size = max(length, 2 * (table[0].shape[0] if table is not None else 1024))
-            inv_freq = rope_inv_freq(d_head, theta, scaling)
-            pos = torch.arange(size, dtype=torch.float32, device=device)
-            freqs = pos[:, None] * inv_freq.to(device)[None, :]
-            emb = torch.cat((freqs, freqs), dim=-1)
-            sin = emb.sin()
-            sin[:, : d_head // 2] *= -1
-            table = (emb.cos(), sin)
+            # Cached across calls: built as ordinary tensors even when the first call comes from
+            # inside torch.inference_mode(), so that a later training forward can use them.
+            with torch.inference_mode(False), torch.no_grad():
+                inv_freq = rope_inv_freq(d_head, theta, scaling)
+                pos = torch.arange(size, dtype=torch.float32, device=device)
+                freqs = pos[:, None] * inv_freq.to(device)[None, :]
+                emb = torch.cat((freqs, freqs), dim=-1)
+                sin = emb.sin()
+                sin[:, : d_head // 2] *= -1
+                table = (emb.cos(), sin)
             cls._tables[key] = table
         return table
 

@@ -110,3 +110,16 @@ def test_rotary_inference_and_training_paths_round_identically():
         fast = apply_rotary(x, 5, 10_000.0)
     slow = apply_rotary(x.clone().requires_grad_(True), 5, 10_000.0)
     assert torch.equal(fast, slow.detach())
+
+
+def test_rotary_table_built_under_inference_mode_serves_training():
+    """The shared rotary table is cached; one first built inside torch.inference_mode() must
+    still work in a later autograd forward (toy training after an analysis run)."""
+    from drope_lens.attention import RotaryTable, apply_rotary
+
+    RotaryTable._tables.clear()
+    with torch.inference_mode():
+        apply_rotary(torch.randn(1, 4, 2, 8), 0, 10000.0, fused_kernel=False)
+    x = torch.randn(1, 4, 2, 8, requires_grad=True)
+    apply_rotary(x, 0, 10000.0, fused_kernel=False).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
 
 import pandas as pd
@@ -132,8 +130,25 @@ def test_texts_too_short_are_refused_by_name(models):
         tokenize(with_bos, [Text("tiny", "r", "paris")], 16, min_tokens=3)
 
 
+class _Result:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "drope_lens.cli", *args], capture_output=True, text=True)
+    """``drope-lens ARGS`` in this process (as the console script calls it): exit code and output."""
+    import contextlib
+    import io
+
+    from drope_lens.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse errors
+            code = exc.code
+    return _Result(code, out.getvalue(), err.getvalue())
 
 
 def test_cli_bad_text_input_writes_nothing(checkpoint_factory, tmp_path):
