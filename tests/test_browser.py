@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from toy_results import toy_results  # noqa: F401  (session fixture)
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 ERROR_PROBE = """<script>

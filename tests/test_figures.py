@@ -18,7 +18,6 @@ import synthetic_results as S
 from drope_lens import figures as F
 from drope_lens.experiments.disruption import summary
 from drope_lens.experiments.massive_values import per_layer
-from toy_results import toy_results  # noqa: F401  (session fixture)
 
 
 def _traces(fig: go.Figure, name: str) -> list:
