@@ -447,9 +447,9 @@ def sinks(data: ResultsLike, tau: float = SINK_TAU) -> go.Figure:
     panels += [("bos_norm", "BOS residual norm ‖resid_post[0]‖", "L2 norm", True),
                ("bos_ratio", "BOS norm / mean norm of other positions", "ratio", True),
                ("repr_entropy", "representation entropy", "nats", False)]
-    # per-layer quantities repeat on per-head rows: take one value per (sample, layer)
-    per_layer = df.drop_duplicates(["variant", "sample", "layer"]) if "head" in df.columns else df
-    return per_layer_panels(per_layer, panels, "Exp 4: attention sinks and the BOS token per layer")
+    # per-layer quantities may sit on their own rows (NaN on per-head rows) or repeat on every
+    # per-head row: _per_sample_layer averages the non-missing values of each (sample, layer)
+    return per_layer_panels(df, panels, "Exp 4: attention sinks and the BOS token per layer")
 
 
 ATTENTION_COLUMNS = ("model", "variant", "sample", "layer", "head", "sink_score", "entropy", "local_mass")
@@ -505,15 +505,16 @@ def layer_balance(data: ResultsLike) -> go.Figure:
     return per_layer_panels(df, panels, "Exp 8-9: what attention and MLP write, per layer")
 
 
-BOS_WRITE_ID_COLUMNS = {"model", "variant", "sample", "layer", "head", "seed", "text", "n_tokens", "condition"}
+BOS_WRITE_ID_COLUMNS = {"model", "variant", "sample", "layer", "head", "seed", "text", "n_tokens", "condition",
+                        "ppl", "nll"}
 
 
 def bos_write(data: ResultsLike) -> go.Figure:
     """Exp 5: every numeric per-layer (or per-head) quantity of the run, mean over heads, +- std over texts."""
     df = require(as_frame(data), ("model", "variant", "sample", "layer"), "bos_write")
-    if "condition" in df.columns:  # ablation rows (perplexities) are drawn by :func:`ablation`
-        df = df[df["condition"].isna()] if df["condition"].isna().any() else df.iloc[0:0]
-    numeric = [c for c in df.columns if c not in BOS_WRITE_ID_COLUMNS and pd.api.types.is_numeric_dtype(df[c])]
+    df = df[df["layer"].notna()]  # rows without a layer (e.g. ablation perplexities) are not per-layer
+    numeric = [c for c in df.columns if c not in BOS_WRITE_ID_COLUMNS and pd.api.types.is_numeric_dtype(df[c])
+               and df[c].notna().any()]
     if df.empty or not numeric:
         raise SchemaError(f"bos_write results have no per-layer numeric columns besides {sorted(BOS_WRITE_ID_COLUMNS)}.")
     panels = [(c, c.replace("_", " "), "value", False) for c in numeric]

@@ -63,3 +63,7 @@ def checkpoint_factory(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+# Session fixture shared by the figure, report and browser tests (a small real toy-pair results folder).
+from toy_results import toy_results  # noqa: E402,F401

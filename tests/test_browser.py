@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from toy_results import toy_results  # noqa: F401  (session fixture)
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 ERROR_PROBE = """<script>
@@ -102,3 +101,15 @@ def test_the_error_probe_sees_script_errors(tmp_path):
     dom = render(page, tmp_path)
     errors = re.search(r'<pre id="js-errors">(.*?)</pre>', dom, re.S).group(1)
     assert "console.error: bad thing" in errors and "undefinedFunction" in errors
+
+
+def test_png_export_with_kaleido(tmp_path):
+    """``figures.save`` also writes a PNG when the optional kaleido (``pip install -e .[png]``) is installed."""
+    pytest.importorskip("kaleido", reason="kaleido (the optional png extra) is not installed: PNG export not tested")
+    browser()  # kaleido >= 1 draws with a local Chrome/Chromium
+    import synthetic_results as S
+    from drope_lens import figures
+
+    written = figures.save(figures.layer_balance(S.layer_balance()), tmp_path / "balance", png=True)
+    assert [p.name for p in written] == ["balance.html", "balance.png"]
+    assert written[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and written[1].stat().st_size > 20_000

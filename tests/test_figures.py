@@ -18,7 +18,6 @@ import synthetic_results as S
 from drope_lens import figures as F
 from drope_lens.experiments.disruption import summary
 from drope_lens.experiments.massive_values import per_layer
-from toy_results import toy_results  # noqa: F401  (session fixture)
 
 
 def _traces(fig: go.Figure, name: str) -> list:
@@ -253,3 +252,15 @@ def test_attention_view_policy_and_offline_html(tmp_path):
     assert props["attentionHeadNames"] == ["L1H0", "L1H3"] and props["tokens"] == view.tokens
     np.testing.assert_allclose(props["attention"], np.round(view.patterns["rope"][[0, 3]], 5), atol=1e-6)
     assert Path(tmp_path / "attn.html").stat().st_size < 3_000_000
+
+
+def test_sinks_read_per_layer_values_in_either_layout():
+    """Per-layer values on their own rows (NaN on per-head rows) or repeated on every head row: same figure."""
+    separate = S.sinks()
+    per_layer = separate[separate["head"].isna()].drop(columns=["head", "sink_score"])
+    heads = separate[separate["head"].notna()][["model", "variant", "sample", "layer", "head", "sink_score"]]
+    repeated = heads.merge(per_layer, on=["model", "variant", "sample", "layer"])
+    a, b = F.sinks(separate), F.sinks(repeated)
+    assert len(a.data) == len(b.data) == 8
+    for x, y in zip(a.data, b.data):
+        np.testing.assert_allclose(x.y, y.y)

@@ -16,7 +16,6 @@ from drope_lens import report as R
 from drope_lens import reproduction
 from drope_lens.cli import main
 from drope_lens.figures import SchemaError
-from toy_results import toy_results  # noqa: F401  (session fixture)
 
 SHARED = Path("/work/shared")
 PLOTLY_MARKER = "plotly.js v"  # the banner at the top of the inlined plotly.js bundle

@@ -1,6 +1,6 @@
 """A session fixture: small real runs of Exp 1 and Exp 2 on the bundled toy pair, saved as RunStore writes them.
 
-Import the fixture into a test module (``from toy_results import toy_results``) to use it.
+conftest.py imports the fixture, so every test module shares one instance.
 """
 
 from __future__ import annotations
