@@ -140,8 +140,8 @@ def attention_stats(
         used = (rows[None, :] >= start[:, None] + 1) & (rows[None, :] < end[:, None])  # [batch, rows]: t >= 1
         scores = scores.masked_fill(~vis[:, None], float("-inf"))
         lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-        lse = torch.where(used[:, None, :, None], lse, torch.zeros_like(lse))  # no NaN from empty rows
-        p = torch.exp(scores - lse)  # 0 on masked keys
+        # rows not measured (position 0, padding) are zeroed: exp of their scores may overflow
+        p = torch.where(used[:, None, :, None], torch.exp(scores - lse), torch.zeros((), device=device))
         weight = used[:, None, :].float()  # [batch, 1, rows]
         plogp = torch.where(p > 0, p * (scores - lse), torch.zeros_like(p))
         entropy += (-plogp.sum(dim=-1) * weight).sum(dim=-1)

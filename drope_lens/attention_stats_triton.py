@@ -224,7 +224,8 @@ def _band_statistics(q, k, scale, lse, start, end, window, max_distance, sliding
         ok = (back[None] >= start[:, None, None]) & (back[None] >= 0)  # [batch, rows, g]
         if sliding_window is not None:
             ok = ok & (back_d[None, None] < sliding_window)
-        p = torch.exp(s - row_lse[..., None]) * (ok[:, :, None, None] & used[:, :, None, None, None])
+        keep = ok[:, :, None, None] & used[:, :, None, None, None]
+        p = torch.where(keep, torch.exp(s - row_lse[..., None]), torch.zeros((), device=device))
         p = p.reshape(batch, q1 - q0, n_heads, g)  # heads in kv-major order = model's head order
         distance += p[..., :max_distance].sum(dim=1)
         local += p[..., :window].sum(dim=(1, 3))
@@ -232,7 +233,8 @@ def _band_statistics(q, k, scale, lse, start, end, window, max_distance, sliding
         local_no_bos += (p[..., :window] * ~bos_in[:, :, None]).sum(dim=(1, 3))
         s_bos = torch.einsum("btkrd,bkd->btkr", qf, k_bos) * scale
         bos_seen = used if sliding_window is None else used & (rows[None] - start[:, None] < sliding_window)
-        p_bos = torch.exp(s_bos - row_lse).reshape(batch, q1 - q0, n_heads) * bos_seen[..., None]
+        p_bos = torch.where(bos_seen[..., None, None], torch.exp(s_bos - row_lse), torch.zeros((), device=device))
+        p_bos = p_bos.reshape(batch, q1 - q0, n_heads)
         sink += p_bos.sum(dim=1)
         n_rows += used.sum(dim=1)
     return sink, local, local_no_bos, distance, n_rows
