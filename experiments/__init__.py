@@ -12,4 +12,8 @@ through a :class:`drope_lens.results.RunStore`) and summaries that take that Dat
 CLI_EXPERIMENTS: dict[str, tuple[str, str]] = {
     "massive-values": ("massive_values", "Exp 1: massive values in Q/K/V per layer"),
     "disruption": ("disruption", "Exp 2: zero massive Q/K dims, measure perplexity"),
+    "sinks": ("sinks", "Exp 4 (statistics): sink rates, BOS norm and ratio, spike layer, representation entropy"),
+    "bos-write": ("bos_write", "Exp 5 (statistics): V norm at BOS, BOS attention mass, effective write"),
+    "attention-structure": ("attention_structure", "Exp 7: per-head entropy, BOS/local attention, distance, classes"),
+    "layer-balance": ("layer_balance", "Exp 8-9: attention vs MLP output norms per layer, Q/K norms"),
 }
