@@ -82,15 +82,21 @@ class RotaryTable:
         key = (d_head, float(theta), str(device))
         table = cls._tables.get(key)
         if table is None or table[0].shape[0] < length:
-            size = max(length, 2 * (table[0].shape[0] if table is not None else 1024))
-            inv_freq = 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.int64).float() / d_head))
-            pos = torch.arange(size, dtype=torch.float32, device=device)
-            freqs = pos[:, None] * inv_freq.to(device)[None, :]
-            emb = torch.cat((freqs, freqs), dim=-1)
-            sin = emb.sin()
-            sin[:, : d_head // 2] *= -1
-            table = (emb.cos(), sin)
-            cls._tables[key] = table
+            with torch.inference_mode(False):  # a table first built under inference_mode must still serve training
+                return cls._build(key, d_head, theta, length, device, table)
+        return table
+
+    @classmethod
+    def _build(cls, key, d_head: int, theta: float, length: int, device: torch.device, table):
+        size = max(length, 2 * (table[0].shape[0] if table is not None else 1024))
+        inv_freq = 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.int64).float() / d_head))
+        pos = torch.arange(size, dtype=torch.float32, device=device)
+        freqs = pos[:, None] * inv_freq.to(device)[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        sin = emb.sin()
+        sin[:, : d_head // 2] *= -1
+        table = (emb.cos(), sin)
+        cls._tables[key] = table
         return table
 
 

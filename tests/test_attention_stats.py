@@ -130,7 +130,8 @@ STREAMING_CASES = [
 
 def _streaming_vs_pattern(checkpoint_factory, attention_type, softmax_scale, n_kv, dtype, padding, backend):
     path, _ = checkpoint_factory(attention_type=attention_type, softmax_scale=softmax_scale, n_kv_heads=n_kv)
-    model = dl.load_model(path, dtype=dtype)
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+    model = dl.load_model(path, dtype=dtype, device=device)
     pad = model.tokenizer.pad_token_id
     if padding == "left":
         tokens, mask = _left_padded(pad)
@@ -146,6 +147,7 @@ def _streaming_vs_pattern(checkpoint_factory, attention_type, softmax_scale, n_k
     streamed: dict = {}
     hooks += capture_attention_stats(streamed, model, window=WINDOW, max_distance=MAX_DISTANCE, received=True,
                                      attention_mask=mask, backend=backend)
+    tokens, mask = tokens.to(device), (mask.to(device) if mask is not None else None)
     with torch.inference_mode():
         model.run_with_hooks(tokens, attention_mask=mask, return_type=None, fwd_hooks=hooks)
     for layer in range(model.cfg.n_layers):
