@@ -4,7 +4,10 @@ Each module has a config dataclass, ``run(model, ...) -> pandas.DataFrame`` (tid
 through a :class:`drope_lens.results.RunStore`) and summaries that take that DataFrame:
 
 - :mod:`.massive_values` — Exp 1, massive values in Q/K/V per layer;
-- :mod:`.disruption` — Exp 2, zeroing massive Q/K dims vs random dims, perplexity.
+- :mod:`.disruption` — Exp 2, zeroing massive Q/K dims vs random dims, perplexity;
+- :mod:`.sinks` — Exp 4 (statistics), :mod:`.bos_write` — Exp 5 (statistics),
+  :mod:`.attention_structure` — Exp 7, :mod:`.layer_balance` — Exp 8-9, all on :mod:`.engine`
+  (one forward per batch shared by any of them, streamed attention statistics).
 """
 
 #: ``drope-lens run <command>`` -> (module of this package, one-line help). Each module defines

@@ -168,8 +168,14 @@ def overall(df: pd.DataFrame, spike_ratio: float = 2.0) -> pd.DataFrame:
 
 
 def compare(df: pd.DataFrame, spike_ratio: float = 2.0) -> pd.DataFrame:
-    """RoPE vs DroPE: the :func:`overall` quantities side by side with CIs."""
-    return compare_variants(overall(df, spike_ratio))
+    """RoPE vs DroPE: the :func:`overall` quantities side by side with CIs; for the spike and
+    argmax layers also the most common layer over texts (``mode_rope``, ``mode_drope``)."""
+    summary = overall(df, spike_ratio)
+    table = compare_variants(summary)
+    for variant in ("rope", "drope"):
+        modes = summary[summary["variant"] == variant].set_index("quantity")["mode"]
+        table[f"mode_{variant}"] = [modes.get(q, np.nan) for q in table["quantity"]]
+    return table
 
 
 # ------------------------------------------------------------------------------------------
