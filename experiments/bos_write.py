@@ -23,7 +23,16 @@ from drope_lens.results import RunStore
 from drope_lens.texts import TextsLike
 
 from .common import BosPolicy, check_bos
-from .engine import Batch, Measurement, add_text_arguments, compare_variants, measure, per_head_frame, summarize
+from .engine import (
+    ANY_WINDOW,
+    Batch,
+    Measurement,
+    add_text_arguments,
+    compare_variants,
+    measure,
+    per_head_frame,
+    summarize,
+)
 
 EXPERIMENT = "bos_write"
 
@@ -56,7 +65,7 @@ def measurement(config: BosWriteConfig) -> Measurement:
         mass = torch.stack([batch.attention[layer].sink_score for layer in range(n_layers)])
         return per_head_frame(batch.samples, {"v_norm_bos": v, "bos_mass": mass, "write": mass * v})
 
-    return Measurement(EXPERIMENT, _v_hooks, rows, attention=(1, 1))
+    return Measurement(EXPERIMENT, _v_hooks, rows, attention=ANY_WINDOW)
 
 
 def run(

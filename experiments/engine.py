@@ -27,6 +27,9 @@ from drope_lens.texts import Text, TextsLike, as_texts
 from .common import BosPolicy, batches_by_length, model_name, model_variant, progress, tokenize, unit_prefix
 
 HookPair = tuple[str, Callable]
+#: ``Measurement.attention`` for measurements that read only statistics independent of the window
+#: and the distance range (sink score, entropy): they share whatever request another makes.
+ANY_WINDOW = "any"
 
 
 @dataclass
@@ -47,13 +50,14 @@ class Measurement:
     ``hooks(model, captured)`` returns hook pairs that fill ``captured``; ``rows(model, batch)``
     returns the batch's rows with a ``sample`` column (index into the texts). ``attention`` =
     ``(window, max_distance)`` asks for :class:`~drope_lens.attention_stats.AttentionStats` of
-    every layer in ``batch.attention``.
+    every layer in ``batch.attention``; :data:`ANY_WINDOW` for any window (sink score and entropy
+    only), so that one streamed computation per layer serves several measurements.
     """
 
     name: str
     hooks: Callable[[object, dict], list[HookPair]]
     rows: Callable[[object, Batch], pd.DataFrame]
-    attention: Optional[tuple[int, int]] = None
+    attention: Optional[object] = None  # (window, max_distance), ANY_WINDOW or None
     options: dict = field(default_factory=dict)
 
 
@@ -115,10 +119,15 @@ def _forward(model, texts, samples, tokens, measurements) -> dict[str, pd.DataFr
     hooks: list[HookPair] = []
     for m in measurements:
         hooks += m.hooks(model, captured[m.name])
-    attention: dict[tuple[int, int], dict] = {}
-    for request in sorted({m.attention for m in measurements if m.attention is not None}):
+    attention: dict = {}
+    requests = sorted({m.attention for m in measurements if m.attention not in (None, ANY_WINDOW)})
+    if not requests and any(m.attention == ANY_WINDOW for m in measurements):
+        requests = [(1, 1)]
+    for request in requests:
         attention[request] = {}
         hooks += capture_attention_stats(attention[request], model, window=request[0], max_distance=request[1])
+    if requests:
+        attention[ANY_WINDOW] = attention[requests[0]]
     with torch.inference_mode():
         model.run_with_hooks(tokens.to(model.cfg.device), return_type=None, fwd_hooks=hooks)
         out = {}

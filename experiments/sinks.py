@@ -33,7 +33,16 @@ from drope_lens.results import RunStore
 from drope_lens.texts import TextsLike
 
 from .common import BosPolicy, check_bos
-from .engine import Batch, Measurement, add_text_arguments, compare_variants, measure, per_head_frame, summarize
+from .engine import (
+    ANY_WINDOW,
+    Batch,
+    Measurement,
+    add_text_arguments,
+    compare_variants,
+    measure,
+    per_head_frame,
+    summarize,
+)
 
 EXPERIMENT = "sinks"
 
@@ -94,7 +103,7 @@ def measurement(config: SinksConfig) -> Measurement:
         frame.insert(4, "is_sink", frame["sink_score"] >= config.tau)
         return frame
 
-    return Measurement(EXPERIMENT, _resid_hooks, rows, attention=(1, 1))
+    return Measurement(EXPERIMENT, _resid_hooks, rows, attention=ANY_WINDOW)
 
 
 def run(

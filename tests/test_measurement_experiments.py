@@ -157,7 +157,15 @@ def test_one_forward_serves_every_measurement_and_runs_resume(pair, tmp_path, mo
     parts = [sinks.measurement(sinks.SinksConfig()), bos_write.measurement(bos_write.BosWriteConfig()),
              attention_structure.measurement(attention_structure.AttentionStructureConfig()),
              layer_balance.measurement(layer_balance.LayerBalanceConfig())]
+    from drope_lens.hooks import attention_stats as stats_hooks
+
+    calls = []
+    original_compute = stats_hooks.compute_stats
+    monkeypatch.setattr(stats_hooks, "compute_stats", lambda *a, **k: calls.append(k) or original_compute(*a, **k))
     together = measure(model, texts, parts, max_tokens=MAX_TOKENS, batch_size=5, show_progress=False)
+    # one forward, one streamed attention computation per layer shared by Exp 4, 5 and 7
+    assert len(calls) == model.cfg.n_layers and {(k["window"], k["max_distance"]) for k in calls} == {(5, 50)}
+    monkeypatch.setattr(stats_hooks, "compute_stats", original_compute)
     alone = layer_balance.run(model, texts, max_tokens=MAX_TOKENS, batch_size=5, show_progress=False)
     assert together["layer_balance"].equals(alone)
     structure = attention_structure.run(model, texts, max_tokens=MAX_TOKENS, batch_size=5, show_progress=False)
