@@ -4,7 +4,10 @@ Each module has a config dataclass, ``run(model, ...) -> pandas.DataFrame`` (tid
 through a :class:`drope_lens.results.RunStore`) and summaries that take that DataFrame:
 
 - :mod:`.massive_values` — Exp 1, massive values in Q/K/V per layer;
-- :mod:`.disruption` — Exp 2, zeroing massive Q/K dims vs random dims, perplexity.
+- :mod:`.disruption` — Exp 2, zeroing massive Q/K dims vs random dims, perplexity;
+- :mod:`.sinks` — Exp 4 (statistics), :mod:`.bos_write` — Exp 5 (statistics),
+  :mod:`.attention_structure` — Exp 7, :mod:`.layer_balance` — Exp 8-9, all on :mod:`.engine`
+  (one forward per batch shared by any of them, streamed attention statistics).
 """
 
 #: ``drope-lens run <command>`` -> (module of this package, one-line help). Each module defines
@@ -15,4 +18,8 @@ CLI_EXPERIMENTS: dict[str, tuple[str, str]] = {
     "knowledge": ("knowledge", "Exp 3: task accuracy (parametric vs contextual) under top-1 Q/K dim disruption"),
     "bos-ablation": ("bos_ablation", "Exp 4/5: BOS MLP / BOS V ablations, perplexity and task accuracy"),
     "layer1-ablation": ("layer1_ablation", "Exp 6: layer-1 MLP/attention ablations, perplexity and task accuracy"),
+    "sinks": ("sinks", "Exp 4 (statistics): sink rates, BOS norm and ratio, spike layer, representation entropy"),
+    "bos-write": ("bos_write", "Exp 5 (statistics): V norm at BOS, BOS attention mass, effective write"),
+    "attention-structure": ("attention_structure", "Exp 7: per-head entropy, BOS/local attention, distance, classes"),
+    "layer-balance": ("layer_balance", "Exp 8-9: attention vs MLP output norms per layer, Q/K norms"),
 }

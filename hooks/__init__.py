@@ -8,6 +8,7 @@ from .batched import batched_zero_dims, by_row_groups
 from .capture import capture_dim_norms, capture_positions, capture_token_mean_norm, sequence_axis_norm
 from .interventions import ablate_positions, replace_topk_with_mean, zero_dims
 from .names import TENSORS, parse_layer, qkv_hook
+from .attention_stats import capture_attention_stats
 
 __all__ = [
     "TENSORS",
@@ -22,4 +23,5 @@ __all__ = [
     "replace_topk_with_mean",
     "sequence_axis_norm",
     "zero_dims",
+    "capture_attention_stats",
 ]

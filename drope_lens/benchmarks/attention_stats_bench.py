@@ -1,0 +1,198 @@
+"""GPU evidence for streaming attention statistics on a Llama-2-7B-shaped random bf16 DroPE model.
+
+    python -m drope_lens.benchmarks.attention_stats_bench --workdir /tmp/bench --out attn_stats.json
+
+1. Long context: one sequence of 4k, 8k, 16k and 32k tokens. The bare forward
+   (``model(tokens, return_type=None)``) against the same forward with all five statistics of every
+   layer and head (:func:`drope_lens.hooks.capture_attention_stats` with ``received=True``: sink
+   score, entropy, local masses, distance profile, attention received): CUDA-event medians and peak
+   GPU memory, the ratios printed. At 4k the Triton path is also compared with the chunked PyTorch
+   path (max |difference| per statistic, all layers) and with statistics from ``hook_pattern``.
+2. Study size: Exp 4 + 5 + 7 + 8-9 together (one :func:`drope_lens.experiments.measurement.measure`
+   call, 10 texts x 512 tokens, one batch) against bare forwards over the same token rows.
+
+Random weights: speed and memory do not depend on the values (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from .random_checkpoint import write_random_checkpoint, write_tokenizer
+
+FIELDS = ("sink_score", "entropy", "local_mass", "local_mass_no_bos", "distance", "received")
+
+
+def cuda_time(fn, repeat: int = 3) -> tuple[float, float, object]:
+    """Median seconds over ``repeat`` runs (CUDA events, after one warm-up) and peak GiB allocated
+    during them; also the last result. (Without CUDA, for a smoke run: wall time, no memory.)"""
+    result = fn()
+    if not torch.cuda.is_available():
+        import time
+
+        times = []
+        for _ in range(repeat):
+            begin = time.perf_counter()
+            result = fn()
+            times.append(time.perf_counter() - begin)
+        return statistics.median(times), 0.0, result
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        result = fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**30, result
+
+
+def long_context(model, lengths, repeat: int) -> list[dict]:
+    from drope_lens.hooks import capture_attention_stats
+
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    for length in lengths:
+        tokens = torch.randint(3, model.cfg.d_vocab, (1, length), generator=generator)
+        tokens[0, 0] = 1
+        tokens = tokens.to(model.cfg.device)
+
+        def bare():
+            with torch.inference_mode():
+                return model(tokens, return_type=None)
+
+        def with_stats():
+            store: dict = {}
+            with torch.inference_mode():
+                model.run_with_hooks(tokens, return_type=None,
+                                     fwd_hooks=capture_attention_stats(store, model, received=True))
+            return store
+
+        _empty_cache()
+        bare_s, bare_gib, _ = cuda_time(bare, repeat)
+        _empty_cache()
+        stats_s, stats_gib, store = cuda_time(with_stats, repeat)
+        assert len(store) == model.cfg.n_layers and all(torch.isfinite(s.entropy).all() for s in store.values())
+        row = {"tokens": length, "bare_s": bare_s, "stats_s": stats_s, "time_ratio": stats_s / bare_s,
+               "bare_peak_gib": bare_gib, "stats_peak_gib": stats_gib, "extra_gib": stats_gib - bare_gib}
+        print(f"{length:6d} tokens: bare {bare_s:.3f} s / {bare_gib:.2f} GiB; all statistics {stats_s:.3f} s / "
+              f"{stats_gib:.2f} GiB -> {row['time_ratio']:.2f}x time, +{row['extra_gib']:.2f} GiB", flush=True)
+        rows.append(row)
+    return rows
+
+
+def agreement(model, length: int) -> dict:
+    """Max |Triton - chunked PyTorch| and max |Triton - hook_pattern| per statistic over all layers."""
+    from drope_lens.attention_stats import stats_from_pattern
+    from drope_lens.hooks import capture_attention_stats
+
+    tokens = torch.randint(3, model.cfg.d_vocab, (1, length), generator=torch.Generator().manual_seed(1))
+    tokens[0, 0] = 1
+    tokens = tokens.to(model.cfg.device)
+    stores = {"triton": {}, "torch": {}}
+    patterns: dict = {}
+    keep = [(f"blocks.{layer}.attn.hook_pattern", lambda x, hook: patterns.__setitem__(
+        hook.layer(), stats_from_pattern(x, received=True))) for layer in range(model.cfg.n_layers)]
+    with torch.inference_mode():
+        for backend, store in stores.items():
+            model.run_with_hooks(tokens, return_type=None,
+                                 fwd_hooks=capture_attention_stats(store, model, received=True, backend=backend))
+        model.run_with_hooks(tokens, return_type=None, fwd_hooks=keep)
+    out = {}
+    for name in FIELDS:
+        out[f"{name}_vs_torch"] = max(float((getattr(stores["triton"][l], name) - getattr(stores["torch"][l], name))
+                                            .abs().max()) for l in stores["triton"])
+        out[f"{name}_vs_pattern"] = max(float((getattr(stores["triton"][l], name) - getattr(patterns[l], name))
+                                              .abs().max()) for l in patterns)
+    print(f"agreement at {length} tokens (max |difference| over all layers and heads): "
+          + ", ".join(f"{k} {v:.2e}" for k, v in out.items()), flush=True)
+    return out
+
+
+def study_size(model, texts, repeat: int) -> dict:
+    from drope_lens.experiments import attention_structure, bos_write, layer_balance, sinks
+    from drope_lens.experiments.common import tokenize
+    from drope_lens.experiments.measurement import measure
+
+    parts = [sinks.measurement(sinks.SinksConfig()), bos_write.measurement(bos_write.BosWriteConfig()),
+             attention_structure.measurement(attention_structure.AttentionStructureConfig()),
+             layer_balance.measurement(layer_balance.LayerBalanceConfig())]
+    batch = torch.stack(tokenize(model, texts, 512)).to(model.cfg.device)
+
+    def bare():
+        with torch.inference_mode():
+            return model(batch, return_type=None)
+
+    def everything():
+        return measure(model, texts, parts, max_tokens=512, batch_size=10, show_progress=False)
+
+    bare_s, bare_gib, _ = cuda_time(bare, repeat)
+    all_s, all_gib, frames = cuda_time(everything, repeat)
+    row = {"texts": len(texts), "tokens_per_text": int(batch.shape[1]), "bare_s": bare_s, "all_s": all_s,
+           "time_ratio": all_s / bare_s, "bare_peak_gib": bare_gib, "all_peak_gib": all_gib,
+           "rows": {name: len(frame) for name, frame in frames.items()}}
+    print(f"Exp 4+5+7+8-9 at {len(texts)} x {batch.shape[1]}: bare forward {bare_s:.3f} s, all statistics "
+          f"{all_s:.3f} s (tokenising and DataFrames included) -> {row['time_ratio']:.2f}x", flush=True)
+    return row
+
+
+def _empty_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/attention_stats_bench"))
+    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--agreement-tokens", type=int, default=4096)
+    parser.add_argument("--shape", choices=["llama2-7b", "tiny"], default="llama2-7b",
+                        help="tiny: a CPU smoke run of this script")
+    args = parser.parse_args()
+    from .random_checkpoint import SHAPES
+
+    import drope_lens as dl
+    from drope_lens.texts import builtin_texts
+
+    texts = builtin_texts()[:10]
+    shape = SHAPES[args.shape]
+    directory = args.workdir / f"rope-{args.shape}"
+    if not (directory / "config.json").exists():
+        write_random_checkpoint(directory, shape)
+    if not (directory / "tokenizer.json").exists():
+        write_tokenizer(directory, [t.text for t in builtin_texts()], vocab_size=min(8000, shape.vocab))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = dl.load_model(directory, dtype="bf16", device=device, variant="drope",
+                          n_ctx=max(args.lengths + [shape.max_position_embeddings]))
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    result = {"device": name, "torch": torch.__version__, "shape": f"{args.shape} (random bf16)",
+              "variant": "drope", "repeat": args.repeat}
+
+    def save() -> None:  # after every part, so a run cut short keeps what it measured
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2))
+
+    result["study_size"] = study_size(model, texts, args.repeat)
+    save()
+    result["agreement"] = agreement(model, args.agreement_tokens) if args.agreement_tokens else None
+    save()
+    result["long_context"] = []
+    for length in args.lengths:
+        result["long_context"] += long_context(model, [length], args.repeat)
+        save()
+    if args.out:
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Experiment 7: attention pattern structure per head, and head classes.
+
+Per text, layer and head, from the model's real attention (streamed, see
+:mod:`drope_lens.attention_stats`), averaged over query positions t >= 1:
+
+* ``sink_score``: attention on position 0 (BOS);
+* ``entropy``: row entropy in nats;
+* ``local_mass``: attention on the ``window`` (5) most recent keys, the query's own key included
+  (distances 0..window-1), BOS counted when it is among them; ``local_mass_no_bos``: BOS not counted;
+* ``distance``: list of ``max_distance`` (50) numbers, the attention at distance d = 0..D-1 (0 where
+  t - d < 0);
+* ``head_class``: the rule in :data:`CLASS_RULE` (sink, else local, else distributed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from drope_lens.results import RunStore
+from drope_lens.texts import TextsLike
+
+from .common import BosPolicy, check_bos
+from .measurement import Batch, Measurement, add_text_arguments, compare_variants, measure, per_head_frame, summarize
+
+EXPERIMENT = "attention_structure"
+CLASSES = ("sink", "local", "distributed")
+
+
+@dataclass(frozen=True)
+class AttentionStructureConfig:
+    window: int = 5
+    max_distance: int = 50
+    sink_tau: float = 0.3
+    local_tau: float = 0.3
+    local_counts_bos: bool = False
+    max_tokens: int = 512
+    batch_size: int = 10
+    bos: BosPolicy = "checkpoint"
+
+    def __post_init__(self) -> None:
+        check_bos(self.bos)
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
+            raise ValueError(f"window={self.window!r}: the local window must be an integer >= 1.")
+        if isinstance(self.max_distance, bool) or not isinstance(self.max_distance, int) or self.max_distance < 1:
+            raise ValueError(f"max_distance={self.max_distance!r}: must be an integer >= 1.")
+        for name in ("sink_tau", "local_tau"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be in (0, 1].")
+        if self.max_tokens < 2 or self.batch_size < 1:
+            raise ValueError(f"max_tokens={self.max_tokens}, batch_size={self.batch_size}: need >= 2 and >= 1.")
+
+    @property
+    def rule(self) -> str:
+        local = "local_mass" if self.local_counts_bos else "local_mass_no_bos"
+        return (f"sink if sink_score >= {self.sink_tau}; else local if {local} >= {self.local_tau} (the "
+                f"{self.window} most recent keys, own key included, BOS {'counted' if self.local_counts_bos else 'not counted'}); "
+                "else distributed")
+
+
+def classify(frame: pd.DataFrame, config: AttentionStructureConfig) -> np.ndarray:
+    local = frame["local_mass" if config.local_counts_bos else "local_mass_no_bos"].to_numpy()
+    return np.where(frame["sink_score"].to_numpy() >= config.sink_tau, "sink",
+                    np.where(local >= config.local_tau, "local", "distributed"))
+
+
+def measurement(config: AttentionStructureConfig) -> Measurement:
+    def rows(model, batch: Batch) -> pd.DataFrame:
+        stats = [batch.attention[layer] for layer in range(model.cfg.n_layers)]
+        columns = {name: torch.stack([getattr(s, name) for s in stats])
+                   for name in ("sink_score", "entropy", "local_mass", "local_mass_no_bos", "distance")}
+        frame = per_head_frame(batch.samples, columns)
+        frame["head_class"] = classify(frame, config)
+        frame["distance"] = [list(map(float, d)) for d in frame["distance"]]
+        return frame[["sample", "layer", "head", "sink_score", "entropy", "local_mass", "local_mass_no_bos",
+                      "head_class", "distance"]]
+
+    return Measurement(EXPERIMENT, lambda model, captured: [], rows, attention=(config.window, config.max_distance))
+
+
+def run(
+    model,
+    texts: TextsLike,
+    *,
+    max_tokens: int = 512,
+    window: int = 5,
+    max_distance: int = 50,
+    sink_tau: float = 0.3,
+    local_tau: float = 0.3,
+    local_counts_bos: bool = False,
+    batch_size: int = 10,
+    bos: BosPolicy = "checkpoint",
+    store: Optional[RunStore] = None,
+    show_progress: bool = True,
+) -> pd.DataFrame:
+    """Columns: ``model``, ``variant``, ``sample``, ``text``, ``register``, ``n_tokens``, ``layer``,
+    ``head``, ``sink_score``, ``entropy``, ``local_mass``, ``local_mass_no_bos``, ``head_class``,
+    ``distance`` (list)."""
+    config = AttentionStructureConfig(window, max_distance, sink_tau, local_tau, local_counts_bos, max_tokens,
+                                      batch_size, bos)
+    return measure(model, texts, [measurement(config)], max_tokens=max_tokens, bos=bos, batch_size=batch_size,
+                   store=store, show_progress=show_progress)[EXPERIMENT]
+
+
+def class_shares(df: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Share of heads in each class (per text, then mean / CI over texts), overall or per ``by``."""
+    frame = df.copy()
+    for name in CLASSES:
+        frame[f"{name}_share"] = (frame["head_class"] == name).astype(float)
+    return summarize(frame, [f"{name}_share" for name in CLASSES], by=list(by))
+
+
+def per_layer(df: pd.DataFrame) -> pd.DataFrame:
+    """Per layer: head means of sink score, entropy and local masses over texts."""
+    return summarize(df, ["sink_score", "entropy", "local_mass", "local_mass_no_bos"], by=["layer"])
+
+
+def distance_profile(df: pd.DataFrame) -> pd.DataFrame:
+    """Long table: per model, layer and distance d, the head- and text-mean attention at d."""
+    rows = []
+    for (model, variant, layer), frame in df.groupby(["model", "variant", "layer"]):
+        profile = np.mean(np.stack([np.asarray(d, dtype=float) for d in frame["distance"]]), axis=0)
+        rows += [{"model": model, "variant": variant, "layer": layer, "distance": d, "attention": float(v)}
+                 for d, v in enumerate(profile)]
+    return pd.DataFrame(rows)
+
+
+def compare(df: pd.DataFrame) -> pd.DataFrame:
+    return compare_variants(class_shares(df))
+
+
+def add_cli_arguments(parser) -> None:
+    parser.add_argument("--window", type=int, default=5, help="local window in keys (default 5)")
+    parser.add_argument("--max-distance", type=int, default=50, help="distances 0..D-1 profiled (default 50)")
+    parser.add_argument("--sink-tau", type=float, default=0.3)
+    parser.add_argument("--local-tau", type=float, default=0.3)
+    parser.add_argument("--local-counts-bos", action="store_true", help="count BOS in the local window")
+    add_text_arguments(parser)
+
+
+def run_cli(ctx) -> int:
+    from drope_lens.runner import print_table
+
+    from .measurement import run_cli_measurement
+
+    a = ctx.args
+    config = AttentionStructureConfig(a.window, a.max_distance, a.sink_tau, a.local_tau, a.local_counts_bos,
+                                      a.max_tokens, a.batch_size, a.bos)
+    df = run_cli_measurement(ctx, EXPERIMENT, config, lambda model, texts, store: run(
+        model, texts, max_tokens=config.max_tokens, window=config.window, max_distance=config.max_distance,
+        sink_tau=config.sink_tau, local_tau=config.local_tau, local_counts_bos=config.local_counts_bos,
+        batch_size=config.batch_size, bos=config.bos, store=store))
+    print(f"Head classes: {config.rule}\n")
+    print_table("Share of heads per class (mean, 95% CI over texts):", compare(df))
+    print_table("Per layer (head means):", compare_variants(per_layer(df), by=["layer"]))
+    return 0

@@ -1,0 +1,133 @@
+"""Experiment 5 (statistics part): what each head writes from the BOS token.
+
+Per text, layer and head:
+
+* ``v_norm_bos`` = ||hook_v[0, kv(h)]||_2, the value vector at position 0 of the key/value head
+  that query head h reads (h itself without grouped-query attention), float32;
+* ``bos_mass`` = mean over query positions t >= 1 of the attention on position 0 (the model's real
+  attention, streamed; the same number as Exp 4's sink score);
+* ``write`` = ``bos_mass * v_norm_bos``: the mean norm of what the head adds from BOS before W_O.
+
+Max-write layer of a text: the layer with the largest head-mean ``write``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pandas as pd
+import torch
+
+from drope_lens.results import RunStore
+from drope_lens.texts import TextsLike
+
+from .common import BosPolicy, check_bos
+from .measurement import (
+    ANY_WINDOW,
+    Batch,
+    Measurement,
+    add_text_arguments,
+    compare_variants,
+    measure,
+    per_head_frame,
+    summarize,
+)
+
+EXPERIMENT = "bos_write"
+
+
+@dataclass(frozen=True)
+class BosWriteConfig:
+    max_tokens: int = 512
+    batch_size: int = 10
+    bos: BosPolicy = "checkpoint"
+
+    def __post_init__(self) -> None:
+        check_bos(self.bos)
+        if self.max_tokens < 2 or self.batch_size < 1:
+            raise ValueError(f"max_tokens={self.max_tokens}, batch_size={self.batch_size}: need >= 2 and >= 1.")
+
+
+def _v_hooks(model, captured: dict):
+    def fn(v, hook):
+        captured[hook.layer()] = v[:, 0].float().norm(dim=-1)  # [batch, kv_head]
+        return None
+
+    return [(f"blocks.{layer}.attn.hook_v", fn) for layer in range(model.cfg.n_layers)]
+
+
+def measurement(config: BosWriteConfig) -> Measurement:
+    def rows(model, batch: Batch) -> pd.DataFrame:
+        n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+        v = torch.stack([batch.captured[layer] for layer in range(n_layers)])  # [layer, batch, kv]
+        v = v.repeat_interleave(n_heads // v.shape[-1], dim=-1)  # query head h reads kv head h // rep
+        mass = torch.stack([batch.attention[layer].sink_score for layer in range(n_layers)])
+        return per_head_frame(batch.samples, {"v_norm_bos": v, "bos_mass": mass, "write": mass * v})
+
+    return Measurement(EXPERIMENT, _v_hooks, rows, attention=ANY_WINDOW)
+
+
+def run(
+    model,
+    texts: TextsLike,
+    *,
+    max_tokens: int = 512,
+    batch_size: int = 10,
+    bos: BosPolicy = "checkpoint",
+    store: Optional[RunStore] = None,
+    show_progress: bool = True,
+) -> pd.DataFrame:
+    """Columns: ``model``, ``variant``, ``sample``, ``text``, ``register``, ``n_tokens``, ``layer``,
+    ``head``, ``v_norm_bos``, ``bos_mass``, ``write`` (see module doc)."""
+    config = BosWriteConfig(max_tokens, batch_size, bos)
+    return measure(model, texts, [measurement(config)], max_tokens=max_tokens, bos=bos, batch_size=batch_size,
+                   store=store, show_progress=show_progress)[EXPERIMENT]
+
+
+def per_layer(df: pd.DataFrame) -> pd.DataFrame:
+    """Per layer: head-mean V norm at BOS, BOS mass and write, over texts (mean, std, 95% CI)."""
+    return summarize(df, ["v_norm_bos", "bos_mass", "write"], by=["layer"])
+
+
+def max_write_layers(df: pd.DataFrame) -> pd.DataFrame:
+    """Per text: the layer whose head-mean write is largest, and that write."""
+    layer_means = df.groupby(["model", "variant", "sample", "layer"])["write"].mean().reset_index()
+    best = layer_means.loc[layer_means.groupby(["model", "variant", "sample"])["write"].idxmax()]
+    return best.rename(columns={"layer": "max_write_layer", "write": "max_write"}).reset_index(drop=True)
+
+
+def overall(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model: mean over layers and heads of V norm, mass and write, and the max-write layer."""
+    per_text = df.groupby(["model", "variant", "sample"])[["v_norm_bos", "bos_mass", "write"]].mean().reset_index()
+    table = per_text.merge(max_write_layers(df), on=["model", "variant", "sample"])
+    summary = summarize(table, ["v_norm_bos", "bos_mass", "write", "max_write_layer", "max_write"])
+    modes = table.groupby("variant")["max_write_layer"].agg(lambda s: int(s.mode().iloc[0]))
+    summary["mode"] = [modes[v] if q == "max_write_layer" else float("nan")
+                       for v, q in zip(summary["variant"], summary["quantity"])]
+    return summary
+
+
+def compare(df: pd.DataFrame) -> pd.DataFrame:
+    return compare_variants(overall(df))
+
+
+def add_cli_arguments(parser) -> None:
+    add_text_arguments(parser)
+
+
+def run_cli(ctx) -> int:
+    from drope_lens.runner import print_table
+
+    from .measurement import run_cli_measurement
+
+    args = ctx.args
+    config = BosWriteConfig(args.max_tokens, args.batch_size, args.bos)
+    df = run_cli_measurement(ctx, EXPERIMENT, config, lambda model, texts, store: run(
+        model, texts, max_tokens=config.max_tokens, batch_size=config.batch_size, bos=config.bos, store=store))
+    layers = per_layer(df)
+    print_table("Effective BOS write per layer (head mean of bos_mass x ||v[0]||; mean, 95% CI over texts):",
+                compare_variants(layers[layers["quantity"] == "write"], by=["layer"]))
+    print_table("Overall (means over layers and heads; max_write_layer: layer of the largest head-mean write):",
+                compare(df))
+    return 0

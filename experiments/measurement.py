@@ -1,0 +1,247 @@
+"""Measurement forwards shared by Exp 4, 5, 7 and 8-9: texts in, one tidy frame per measurement out.
+
+A :class:`Measurement` names the hooks it needs (capture hooks writing into a per-batch dict), the
+attention statistics it needs (window, distances), and how to turn one batch's captures into rows.
+:func:`measure` tokenises the texts, runs one forward per batch of equal-length texts with the
+union of every measurement's hooks (attention statistics are computed once per distinct request,
+by :func:`drope_lens.hooks.capture_attention_stats`), saves each text's rows as a RunStore unit,
+and skips texts already saved. Several measurements therefore share one forward.
+
+Summaries: :func:`summarize` (mean, std and a bootstrap 95% CI over texts) and
+:func:`compare_variants` (RoPE vs DroPE side by side).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from drope_lens.hooks import capture_attention_stats
+from drope_lens.results import RunStore
+from drope_lens.texts import Text, TextsLike, as_texts
+
+from .common import BosPolicy, batches_by_length, model_name, model_variant, progress, tokenize, unit_prefix
+
+HookPair = tuple[str, Callable]
+#: ``Measurement.attention`` for measurements that read only statistics independent of the window
+#: and the distance range (sink score, entropy): they share whatever request another makes.
+ANY_WINDOW = "any"
+
+
+@dataclass
+class Batch:
+    """What a measurement's ``rows`` sees: the batch's texts, tokens and captures (on the device)."""
+
+    samples: list[int]
+    texts: list[Text]
+    tokens: torch.Tensor  # [batch, pos]
+    captured: dict  # what the measurement's hooks stored
+    attention: Optional[dict] = None  # layer -> AttentionStats, when requested
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One experiment's share of a forward.
+
+    ``hooks(model, captured)`` returns hook pairs that fill ``captured``; ``rows(model, batch)``
+    returns the batch's rows with a ``sample`` column (index into the texts). ``attention`` =
+    ``(window, max_distance)`` asks for :class:`~drope_lens.attention_stats.AttentionStats` of
+    every layer in ``batch.attention``; :data:`ANY_WINDOW` for any window (sink score and entropy
+    only), so that one streamed computation per layer serves several measurements.
+    """
+
+    name: str
+    hooks: Callable[[object, dict], list[HookPair]]
+    rows: Callable[[object, Batch], pd.DataFrame]
+    attention: Optional[object] = None  # (window, max_distance), ANY_WINDOW or None
+    options: dict = field(default_factory=dict)
+
+
+def measure(
+    model,
+    texts: TextsLike,
+    measurements: Sequence[Measurement],
+    *,
+    max_tokens: int = 512,
+    bos: BosPolicy = "checkpoint",
+    batch_size: int = 10,
+    store: Optional[RunStore] = None,
+    show_progress: bool = True,
+) -> dict[str, pd.DataFrame]:
+    """Run every measurement over ``texts`` (see module docstring); ``{name: DataFrame}``.
+
+    Frames start with ``model``, ``variant``, ``sample``, ``text``, ``register``, ``n_tokens``.
+    Batches are planned over all texts, so a resumed run puts each text in the batch it had.
+    """
+    texts = as_texts(texts)
+    names = [m.name for m in measurements]
+    if len(set(names)) != len(names):
+        raise ValueError(f"measurement names {names} must be distinct.")
+    unit = lambda name, i: f"{unit_prefix(model)}-{name}-sample-{i}"  # noqa: E731
+    saved = lambda i: store is not None and all(store.has(unit(n, i)) for n in names)  # noqa: E731
+    done = {i for i in range(len(texts)) if saved(i)}
+    frames: dict[str, dict[int, pd.DataFrame]] = {name: {} for name in names}
+    chunks = [list(range(i, min(i + batch_size, len(texts)))) for i in range(0, len(texts), batch_size)]
+    bar = progress(range(len(texts) - len(done)), len(texts) - len(done), f"{'+'.join(names)} {model_variant(model)}",
+                   show_progress)
+    for chunk in chunks:
+        if done.issuperset(chunk):
+            continue
+        tokens = tokenize(model, [texts[i] for i in chunk], max_tokens, bos=bos)
+        for local, batch_tokens in batches_by_length(tokens, batch_size):
+            samples = [chunk[i] for i in local]
+            if done.issuperset(samples):
+                continue
+            for name, frame in _forward(model, texts, samples, batch_tokens, measurements).items():
+                for sample, rows in frame.groupby("sample", sort=False):
+                    if sample in done:
+                        continue
+                    frames[name][sample] = rows.reset_index(drop=True)
+                    if store is not None:
+                        store.save_part(unit(name, sample), frames[name][sample])
+            bar.update(sum(1 for i in samples if i not in done))
+    bar.close()
+    out = {}
+    for name in names:
+        for i in range(len(texts)):
+            if i not in frames[name]:
+                frames[name][i] = store.load_part(unit(name, i))
+        out[name] = pd.concat([frames[name][i] for i in range(len(texts))], ignore_index=True)
+    return out
+
+
+def _forward(model, texts, samples, tokens, measurements) -> dict[str, pd.DataFrame]:
+    captured = {m.name: {} for m in measurements}
+    hooks: list[HookPair] = []
+    for m in measurements:
+        hooks += m.hooks(model, captured[m.name])
+    attention: dict = {}
+    requests = sorted({m.attention for m in measurements if m.attention not in (None, ANY_WINDOW)})
+    if not requests and any(m.attention == ANY_WINDOW for m in measurements):
+        requests = [(1, 1)]
+    for request in requests:
+        attention[request] = {}
+        hooks += capture_attention_stats(attention[request], model, window=request[0], max_distance=request[1])
+    if requests:
+        attention[ANY_WINDOW] = attention[requests[0]]
+    with torch.inference_mode():
+        model.run_with_hooks(tokens.to(model.cfg.device), return_type=None, fwd_hooks=hooks)
+        out = {}
+        for m in measurements:
+            batch = Batch(samples, [texts[i] for i in samples], tokens, captured[m.name],
+                          attention.get(m.attention) if m.attention is not None else None)
+            rows = m.rows(model, batch)
+            head = pd.DataFrame({
+                "model": model_name(model), "variant": model_variant(model), "sample": rows["sample"].to_numpy(),
+                "text": [texts[s].name for s in rows["sample"]], "register": [texts[s].register for s in rows["sample"]],
+                "n_tokens": int(tokens.shape[1]),
+            })
+            out[m.name] = pd.concat([head, rows.drop(columns="sample").reset_index(drop=True)], axis=1)
+    return out
+
+
+def per_head_frame(samples: Sequence[int], columns: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """Rows (sample, layer, head) from ``[layer, batch, head]`` tensors (or ``[layer, batch, head, k]``,
+    stored as lists)."""
+    first = next(iter(columns.values()))
+    n_layers, n_rows, n_heads = first.shape[:3]
+    frame = {"sample": np.repeat(np.asarray(samples), n_layers * n_heads),
+             "layer": np.tile(np.repeat(np.arange(n_layers), n_heads), n_rows),
+             "head": np.tile(np.arange(n_heads), n_rows * n_layers)}
+    for name, value in columns.items():
+        array = value.detach().float().cpu().transpose(0, 1).numpy()  # [batch, layer, head, ...]
+        frame[name] = list(array.reshape(-1, *array.shape[3:])) if array.ndim > 3 else array.reshape(-1).astype(np.float64)
+    return pd.DataFrame(frame)
+
+
+def per_layer_frame(samples: Sequence[int], columns: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """Rows (sample, layer) from ``[layer, batch]`` tensors."""
+    first = next(iter(columns.values()))
+    n_layers, n_rows = first.shape[:2]
+    frame = {"sample": np.repeat(np.asarray(samples), n_layers), "layer": np.tile(np.arange(n_layers), n_rows)}
+    for name, value in columns.items():
+        frame[name] = value.detach().double().cpu().T.reshape(-1).numpy()
+    return pd.DataFrame(frame)
+
+
+# ------------------------------------------------------------------------------------------
+# Summaries over texts
+# ------------------------------------------------------------------------------------------
+def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``values`` (resampling texts); NaN for < 2 values."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(n_boot, values.size))].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def summarize(df: pd.DataFrame, values: Sequence[str], by: Sequence[str] = ()) -> pd.DataFrame:
+    """Per ``model, variant`` (+ ``by``) and value: mean, std, 95% bootstrap CI and n over texts.
+
+    Rows of one text within a group (e.g. the heads of a layer) are averaged first, so every text
+    counts once.
+    """
+    keys = ["model", "variant", *by]
+    per_text = df.groupby([*keys, "sample"])[list(values)].mean().reset_index()
+    rows = []
+    for group, frame in per_text.groupby(keys, sort=True):
+        group = group if isinstance(group, tuple) else (group,)
+        for value in values:
+            column = frame[value].to_numpy(dtype=np.float64)
+            low, high = bootstrap_ci(column)
+            rows.append({**dict(zip(keys, group)), "quantity": value, "mean": float(np.nanmean(column)),
+                         "std": float(np.nanstd(column, ddof=1)) if column.size > 1 else float("nan"),
+                         "ci_low": low, "ci_high": high, "n_texts": int(np.isfinite(column).sum())})
+    return pd.DataFrame(rows)
+
+
+def compare_variants(summary: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
+    """A :func:`summarize` table with RoPE and DroPE side by side: ``rope``/``drope`` as
+    ``mean [ci_low, ci_high]`` strings plus ``mean_rope``, ``mean_drope`` and ``drope_minus_rope``."""
+    keys = ["quantity", *by]
+    frame = summary.copy()
+    frame["cell"] = [f"{m:.4g} [{lo:.4g}, {hi:.4g}]" for m, lo, hi in zip(frame["mean"], frame["ci_low"], frame["ci_high"])]
+    wide = frame.pivot_table(index=keys, columns="variant", values=["mean", "cell"], aggfunc="first")
+    wide.columns = [f"{stat}_{variant}" for stat, variant in wide.columns]
+    wide = wide.reset_index()
+    out = wide[keys].copy()
+    for variant in ("rope", "drope"):
+        if f"cell_{variant}" in wide:
+            out[variant] = wide[f"cell_{variant}"]
+            out[f"mean_{variant}"] = wide[f"mean_{variant}"].astype(float)
+    if {"mean_rope", "mean_drope"} <= set(out.columns):
+        out["drope_minus_rope"] = out["mean_drope"] - out["mean_rope"]
+    return out
+
+
+def run_cli_measurement(ctx, experiment: str, config, run_one: Callable) -> pd.DataFrame:
+    """The shared body of a measurement experiment's ``run_cli``: texts, store, models, meta.json.
+
+    ``run_one(model, texts, store)`` returns the model's frame; the concatenated frame is returned.
+    """
+    from dataclasses import asdict
+
+    from drope_lens.results import model_identity
+
+    chosen = ctx.texts()[: ctx.args.n_texts]
+    names = [t.name for t in chosen]
+    store = ctx.store(experiment, config, {"texts": names})
+    frames, identities = [], []
+    for model in ctx.models():
+        frames.append(run_one(model, chosen, store))
+        identities.append(model_identity(model))
+    ctx.finalize(store, frames, {"config": asdict(config), "seed": 0, "texts": names}, identities)
+    return pd.concat(frames, ignore_index=True)
+
+
+def add_text_arguments(parser) -> None:
+    parser.add_argument("--n-texts", type=int, default=10, help="texts to measure (default 10, the study's)")
+    parser.add_argument("--batch-size", type=int, default=10, help="texts per forward (default 10)")

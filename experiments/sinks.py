@@ -1,0 +1,219 @@
+"""Experiment 4 (statistics part): attention sinks, BOS norm, spike layer, representation entropy.
+
+Per text, layer and head (attention from :func:`drope_lens.hooks.capture_attention_stats`, i.e. the
+model's real attention, streamed):
+
+* ``sink_score`` = mean over query positions t >= 1 of the attention on position 0 (BOS);
+  ``is_sink`` = ``sink_score >= tau`` (tau = 0.3). Sink rate = share of sink heads.
+
+Per text and layer (``hook_resid_post``, float32):
+
+* ``bos_norm`` = ||resid_post[0]||_2; ``bos_ratio`` = bos_norm / mean over t >= 1 of ||resid_post[t]||.
+  Spike layer of a text: the first layer with ``bos_ratio > spike_ratio`` (2), and separately the
+  argmax layer of ``bos_ratio`` (both reported).
+* Representation entropy of the ``[T, d_model]`` matrix with singular values s (Queipo-de-Llano et
+  al. 2025), two normalisations, each labelled: ``repr_entropy`` with p = s^2 / sum s^2,
+  H = -sum p ln p (nats; the default); ``repr_entropy_norm`` with p = s / sum s, H / ln(rank)
+  (in [0, 1]; rank = number of s above ``max(s) * max(T, d) * eps_float32``).
+
+``run`` returns one row per (text, layer, head) with the layer's values repeated on its heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+
+from drope_lens.results import RunStore
+from drope_lens.texts import TextsLike
+
+from .common import BosPolicy, check_bos
+from .measurement import (
+    ANY_WINDOW,
+    Batch,
+    Measurement,
+    add_text_arguments,
+    compare_variants,
+    measure,
+    per_head_frame,
+    summarize,
+)
+
+EXPERIMENT = "sinks"
+
+
+@dataclass(frozen=True)
+class SinksConfig:
+    tau: float = 0.3
+    spike_ratio: float = 2.0
+    max_tokens: int = 512
+    batch_size: int = 10
+    bos: BosPolicy = "checkpoint"
+
+    def __post_init__(self) -> None:
+        check_bos(self.bos)
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"tau={self.tau}: the sink threshold must be in (0, 1].")
+        if not self.spike_ratio > 0:
+            raise ValueError(f"spike_ratio={self.spike_ratio}: must be positive.")
+        if self.max_tokens < 2 or self.batch_size < 1:
+            raise ValueError(f"max_tokens={self.max_tokens}, batch_size={self.batch_size}: need >= 2 and >= 1.")
+
+
+def representation_entropy(
+    x: Float[torch.Tensor, "batch pos d_model"],
+) -> tuple[Float[torch.Tensor, "batch"], Float[torch.Tensor, "batch"]]:
+    """``(H with p = s^2/sum s^2 in nats, H with p = s/sum s divided by ln(rank))`` per row (float32)."""
+    s = torch.linalg.svdvals(x.float())  # [batch, min(T, d)]
+    energy = s.square() / s.square().sum(dim=-1, keepdim=True)
+    h_energy = -torch.where(energy > 0, energy * energy.log(), torch.zeros_like(energy)).sum(dim=-1)
+    share = s / s.sum(dim=-1, keepdim=True)
+    h_share = -torch.where(share > 0, share * share.log(), torch.zeros_like(share)).sum(dim=-1)
+    tolerance = s.amax(dim=-1, keepdim=True) * max(x.shape[-2:]) * torch.finfo(torch.float32).eps
+    rank = (s > tolerance).sum(dim=-1).float()
+    normalized = torch.where(rank > 1, h_share / rank.clamp(min=2).log(), torch.zeros_like(h_share))
+    return h_energy, normalized
+
+
+def _resid_hooks(model, captured: dict):
+    def fn(x, hook):
+        norms = x.float().norm(dim=-1)  # [batch, pos]
+        h_energy, h_norm = representation_entropy(x)
+        captured[hook.layer()] = {"bos_norm": norms[:, 0], "bos_ratio": norms[:, 0] / norms[:, 1:].mean(dim=1),
+                                  "repr_entropy": h_energy, "repr_entropy_norm": h_norm}
+        return None
+
+    return [(f"blocks.{layer}.hook_resid_post", fn) for layer in range(model.cfg.n_layers)]
+
+
+def measurement(config: SinksConfig) -> Measurement:
+    def rows(model, batch: Batch) -> pd.DataFrame:
+        n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+        sink = torch.stack([batch.attention[layer].sink_score for layer in range(n_layers)])  # [layer, batch, head]
+        columns = {"sink_score": sink}
+        for name in ("bos_norm", "bos_ratio", "repr_entropy", "repr_entropy_norm"):
+            per_layer = torch.stack([batch.captured[layer][name] for layer in range(n_layers)])  # [layer, batch]
+            columns[name] = per_layer[..., None].expand(-1, -1, n_heads)
+        frame = per_head_frame(batch.samples, columns)
+        frame.insert(4, "is_sink", frame["sink_score"] >= config.tau)
+        return frame
+
+    return Measurement(EXPERIMENT, _resid_hooks, rows, attention=ANY_WINDOW)
+
+
+def run(
+    model,
+    texts: TextsLike,
+    *,
+    tau: float = 0.3,
+    spike_ratio: float = 2.0,
+    max_tokens: int = 512,
+    batch_size: int = 10,
+    bos: BosPolicy = "checkpoint",
+    store: Optional[RunStore] = None,
+    show_progress: bool = True,
+) -> pd.DataFrame:
+    """Sink scores per head and BOS norm / ratio / representation entropy per layer (module doc).
+
+    Columns: ``model``, ``variant``, ``sample``, ``text``, ``register``, ``n_tokens``, ``layer``,
+    ``head``, ``sink_score``, ``is_sink``, ``bos_norm``, ``bos_ratio``, ``repr_entropy``,
+    ``repr_entropy_norm``. Texts are anything :func:`~drope_lens.texts.as_texts` accepts.
+    """
+    config = SinksConfig(tau, spike_ratio, max_tokens, batch_size, bos)
+    return measure(model, texts, [measurement(config)], max_tokens=max_tokens, bos=bos, batch_size=batch_size,
+                   store=store, show_progress=show_progress)[EXPERIMENT]
+
+
+# ------------------------------------------------------------------------------------------
+# Summaries: DataFrame in, DataFrame out.
+# ------------------------------------------------------------------------------------------
+def layer_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, text, layer) with the sink rate of that layer."""
+    keys = ["model", "variant", "sample", "layer"]
+    out = df.groupby(keys).agg(sink_rate=("is_sink", "mean"), bos_norm=("bos_norm", "first"),
+                               bos_ratio=("bos_ratio", "first"), repr_entropy=("repr_entropy", "first"),
+                               repr_entropy_norm=("repr_entropy_norm", "first"))
+    return out.reset_index()
+
+
+def per_layer(df: pd.DataFrame) -> pd.DataFrame:
+    """Per layer: sink rate, BOS norm, BOS ratio and both representation entropies over texts."""
+    return summarize(layer_rows(df), ["sink_rate", "bos_norm", "bos_ratio", "repr_entropy", "repr_entropy_norm"],
+                     by=["layer"])
+
+
+def spike_layers(df: pd.DataFrame, spike_ratio: float = 2.0) -> pd.DataFrame:
+    """Per text: ``spike_layer`` (first layer with bos_ratio > spike_ratio; -1 if none), ``argmax_layer``
+    of bos_ratio, the peak BOS norm and its layer, and the layer of minimum repr_entropy."""
+    rows = []
+    for (model, variant, sample), frame in layer_rows(df).groupby(["model", "variant", "sample"]):
+        frame = frame.sort_values("layer")
+        above = frame.loc[frame["bos_ratio"] > spike_ratio, "layer"]
+        rows.append({"model": model, "variant": variant, "sample": sample,
+                     "spike_layer": int(above.iloc[0]) if len(above) else -1,
+                     "argmax_layer": int(frame.loc[frame["bos_ratio"].idxmax(), "layer"]),
+                     "peak_bos_norm": float(frame["bos_norm"].max()),
+                     "peak_bos_norm_layer": int(frame.loc[frame["bos_norm"].idxmax(), "layer"]),
+                     "min_repr_entropy": float(frame["repr_entropy"].min()),
+                     "min_repr_entropy_layer": int(frame.loc[frame["repr_entropy"].idxmin(), "layer"])})
+    return pd.DataFrame(rows)
+
+
+def overall(df: pd.DataFrame, spike_ratio: float = 2.0) -> pd.DataFrame:
+    """Per model: overall sink rate, spike / argmax layer, peak BOS norm, min entropy (over texts)."""
+    per_text = layer_rows(df).groupby(["model", "variant", "sample"])["sink_rate"].mean().rename("sink_rate_overall")
+    table = spike_layers(df, spike_ratio).merge(per_text.reset_index(), on=["model", "variant", "sample"])
+    summary = summarize(table, ["sink_rate_overall", "spike_layer", "argmax_layer", "peak_bos_norm",
+                                "peak_bos_norm_layer", "min_repr_entropy", "min_repr_entropy_layer"])
+    modes = table.groupby("variant")[["spike_layer", "argmax_layer"]].agg(lambda s: int(s.mode().iloc[0]))
+    summary["mode"] = [modes.loc[v, q] if q in modes.columns else np.nan
+                       for v, q in zip(summary["variant"], summary["quantity"])]
+    return summary
+
+
+def compare(df: pd.DataFrame, spike_ratio: float = 2.0) -> pd.DataFrame:
+    """RoPE vs DroPE: the :func:`overall` quantities side by side with CIs; for the spike and
+    argmax layers also the most common layer over texts (``mode_rope``, ``mode_drope``)."""
+    summary = overall(df, spike_ratio)
+    table = compare_variants(summary)
+    for variant in ("rope", "drope"):
+        modes = summary[summary["variant"] == variant].set_index("quantity")["mode"]
+        table[f"mode_{variant}"] = [modes.get(q, np.nan) for q in table["quantity"]]
+    return table
+
+
+# ------------------------------------------------------------------------------------------
+# Command line: ``drope-lens run sinks``.
+# ------------------------------------------------------------------------------------------
+def add_cli_arguments(parser) -> None:
+    parser.add_argument("--tau", type=float, default=0.3, help="sink threshold on the sink score (default 0.3)")
+    parser.add_argument("--spike-ratio", type=float, default=2.0, help="BOS ratio that marks the spike (default 2)")
+    add_text_arguments(parser)
+
+
+def run_cli(ctx) -> int:
+    from drope_lens.runner import print_table
+
+    from .measurement import run_cli_measurement
+
+    args = ctx.args
+    config = SinksConfig(args.tau, args.spike_ratio, args.max_tokens, args.batch_size, args.bos)
+    df = run_cli_measurement(ctx, EXPERIMENT, config, lambda model, texts, store: run(
+        model, texts, tau=config.tau, spike_ratio=config.spike_ratio, max_tokens=config.max_tokens,
+        batch_size=config.batch_size, bos=config.bos, store=store))
+    layers = per_layer(df)
+    print_table(f"Sink rate per layer (share of heads with sink score >= {config.tau}; mean, 95% CI over texts):",
+                compare_variants(layers[layers["quantity"] == "sink_rate"], by=["layer"]))
+    print_table("BOS ratio per layer (||resid_post[0]|| / mean ||resid_post[t>=1]||):",
+                compare_variants(layers[layers["quantity"] == "bos_ratio"], by=["layer"]))
+    print_table("Representation entropy per layer (repr_entropy: p = s^2/sum s^2, nats; repr_entropy_norm: "
+                "p = s/sum s over ln(rank)):",
+                compare_variants(layers[layers["quantity"].str.startswith("repr_entropy")], by=["layer"]))
+    print_table(f"Overall (spike layer = first layer with BOS ratio > {config.spike_ratio}, -1 if none; "
+                "argmax_layer = layer of the largest ratio):", compare(df, config.spike_ratio))
+    return 0

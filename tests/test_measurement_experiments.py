@@ -1,0 +1,227 @@
+"""Exp 4, 5, 7, 8-9 against values computed here: HF eager attention weights, run_with_cache
+activations and numpy SVDs; resume, CLI and named errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import drope_lens as dl
+from builders import plant_massive_qk, reference_model, save_checkpoint, tiny_config
+from drope_lens.experiments import attention_structure, bos_write, layer_balance, sinks
+from drope_lens.experiments.common import tokenize
+from drope_lens.experiments.measurement import bootstrap_ci, measure
+from drope_lens.results import RunStore
+from drope_lens.texts import Text, TextInputError
+
+VOCAB = "the city of paris is in france rome italy secret passkey remember this number grass green sky blue".split()
+MAX_TOKENS = 24
+
+
+def _texts(n: int = 4, words: int = 30) -> list[Text]:
+    g = torch.Generator().manual_seed(11)
+    return [Text(f"t{i}", "synthetic", " ".join(VOCAB[j] for j in torch.randint(0, len(VOCAB), (words,), generator=g)))
+            for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """RoPE and DroPE (grouped-query) checkpoints whose layer 1 makes BOS a sink (the planted sink
+    does not survive DroPE's q/k norm, so the q/k-norm variant has none)."""
+    out = {}
+    for attention_type in (None, "nope", "qk_norm_nope"):
+        config = tiny_config(num_key_value_heads=2)
+        ref = reference_model(config, attention_type=attention_type, init_std=0.1, seed=2)
+        plant_massive_qk(ref, layer=1, strength=5.0)
+        path = save_checkpoint(ref, tmp_path_factory.mktemp("sinkpair"), attention_type=attention_type)
+        out[attention_type or "rope"] = (path, ref, dl.load_model(path))
+    return out
+
+
+def _hf_attentions(ref, tokens: torch.Tensor) -> tuple:
+    with torch.no_grad():
+        return ref(tokens, output_attentions=True).attentions  # per layer [batch, head, T, T]
+
+
+def _tokens(model):
+    return torch.stack(tokenize(model, _texts(), MAX_TOKENS))
+
+
+@pytest.mark.parametrize("variant", ["rope", "nope", "qk_norm_nope"])
+def test_sinks_match_cache_svd_and_hf_attention(pair, variant):
+    path, ref, model = pair[variant]
+    df = sinks.run(model, _texts(), max_tokens=MAX_TOKENS, show_progress=False)
+    assert {"sample", "layer", "head", "sink_score", "is_sink", "bos_norm", "bos_ratio", "repr_entropy",
+            "repr_entropy_norm"} <= set(df.columns)
+    tokens = _tokens(model)
+    attentions = _hf_attentions(ref, tokens)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_resid_post"))
+    for (sample, layer), frame in df.groupby(["sample", "layer"]):
+        want_sink = attentions[layer][sample, :, 1:, 0].mean(-1).numpy()
+        np.testing.assert_allclose(frame.sort_values("head")["sink_score"], want_sink, atol=1e-5)
+        resid = cache[f"blocks.{layer}.hook_resid_post"][sample].double().numpy()
+        norms = np.linalg.norm(resid, axis=-1)
+        s = np.linalg.svd(resid, compute_uv=False)
+        p = s**2 / (s**2).sum()
+        share = s / s.sum()
+        rank = np.linalg.matrix_rank(resid)
+        row = frame.iloc[0]
+        np.testing.assert_allclose(row["bos_norm"], norms[0], rtol=1e-5)
+        np.testing.assert_allclose(row["bos_ratio"], norms[0] / norms[1:].mean(), rtol=1e-5)
+        np.testing.assert_allclose(row["repr_entropy"], -(p * np.log(p)).sum(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(row["repr_entropy_norm"], -(share * np.log(share)).sum() / np.log(rank), rtol=1e-4)
+    assert (df["is_sink"] == (df["sink_score"] >= 0.3)).all()
+    if variant != "qk_norm_nope":
+        assert df.loc[df["layer"] == 1, "is_sink"].all()  # the planted sink layer
+        rates = sinks.layer_rows(df)
+        assert rates.loc[rates["layer"] == 1, "sink_rate"].eq(1.0).all()
+    spikes = sinks.spike_layers(df)
+    ratios = sinks.layer_rows(df).pivot_table(index="sample", columns="layer", values="bos_ratio")
+    for _, row in spikes.iterrows():
+        above = [layer for layer in ratios.columns if ratios.loc[row["sample"], layer] > 2.0]
+        assert row["spike_layer"] == (above[0] if above else -1)
+        assert row["argmax_layer"] == ratios.loc[row["sample"]].idxmax()
+
+
+def test_bos_write_matches_cache(pair):
+    path, ref, model = pair["nope"]
+    df = bos_write.run(model, _texts(), max_tokens=MAX_TOKENS, show_progress=False)
+    tokens = _tokens(model)
+    attentions = _hf_attentions(ref, tokens)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_v"))
+    for (sample, layer), frame in df.groupby(["sample", "layer"]):
+        frame = frame.sort_values("head")
+        v = cache[f"blocks.{layer}.attn.hook_v"][sample, 0].norm(dim=-1).numpy()  # [kv_head]
+        np.testing.assert_allclose(frame["v_norm_bos"], np.repeat(v, 2), rtol=1e-5)  # 4 heads read 2 kv heads
+        mass = attentions[layer][sample, :, 1:, 0].mean(-1).numpy()
+        np.testing.assert_allclose(frame["bos_mass"], mass, atol=1e-5)
+        np.testing.assert_allclose(frame["write"], mass * np.repeat(v, 2), rtol=1e-4, atol=1e-6)
+    best = bos_write.max_write_layers(df)
+    layer_means = df.groupby(["sample", "layer"])["write"].mean().unstack()
+    assert (best.set_index("sample")["max_write_layer"] == layer_means.idxmax(axis=1)).all()
+
+
+def test_attention_structure_columns_classes_and_values(pair):
+    path, ref, model = pair["rope"]
+    df = attention_structure.run(model, _texts(), max_tokens=MAX_TOKENS, window=3, max_distance=6,
+                                 show_progress=False)
+    assert {"sample", "layer", "head", "sink_score", "entropy", "local_mass", "head_class"} <= set(df.columns)
+    tokens = _tokens(model)
+    attentions = _hf_attentions(ref, tokens)
+    for (sample, layer, head), row in df.set_index(["sample", "layer", "head"]).iterrows():
+        p = attentions[layer][sample, head].double()
+        rows = p[1:]
+        entropy = -(torch.where(rows > 0, rows * rows.log(), torch.zeros_like(rows))).sum(-1).mean()
+        np.testing.assert_allclose(row["entropy"], float(entropy), atol=1e-5)
+        t = torch.arange(1, p.shape[0])
+        local = sum(p[t[t - d >= 0], t[t - d >= 0] - d].sum() for d in range(3)) / len(t)
+        np.testing.assert_allclose(row["local_mass"], float(local), atol=1e-5)
+        np.testing.assert_allclose(row["distance"][2], float(p[t[t >= 2], t[t >= 2] - 2].sum() / len(t)), atol=1e-5)
+        expected = ("sink" if row["sink_score"] >= 0.3 else
+                    "local" if row["local_mass_no_bos"] >= 0.3 else "distributed")
+        assert row["head_class"] == expected
+    assert (df.loc[df["layer"] == 1, "head_class"] == "sink").all()
+    shares = attention_structure.class_shares(df)
+    assert shares.groupby("variant")["mean"].sum().round(6).eq(1.0).all()
+
+
+@pytest.mark.parametrize("variant", ["rope", "qk_norm_nope"])
+def test_layer_balance_matches_cache(pair, variant):
+    path, ref, model = pair[variant]
+    df = layer_balance.run(model, _texts(), max_tokens=MAX_TOKENS, show_progress=False)
+    assert {"sample", "layer", "attn_norm", "mlp_norm", "attn_fraction", "q_norm", "k_norm"} <= set(df.columns)
+    tokens = _tokens(model)
+    _, cache = model.run_with_cache(tokens)
+    for _, row in df.iterrows():
+        s, layer = int(row["sample"]), int(row["layer"])
+        mean_norm = lambda name: float(cache[name][s].flatten(1).norm(dim=-1).mean())  # noqa: E731
+        attn, mlp = mean_norm(f"blocks.{layer}.hook_attn_out"), mean_norm(f"blocks.{layer}.hook_mlp_out")
+        np.testing.assert_allclose([row["attn_norm"], row["mlp_norm"], row["attn_fraction"]],
+                                   [attn, mlp, attn / (attn + mlp)], rtol=1e-5)
+        np.testing.assert_allclose([row["q_norm"], row["k_norm"], row["q_norm_normed"], row["k_norm_normed"]],
+                                   [mean_norm(f"blocks.{layer}.attn.hook_q"), mean_norm(f"blocks.{layer}.attn.hook_k"),
+                                    mean_norm(f"blocks.{layer}.attn.hook_q_normed"),
+                                    mean_norm(f"blocks.{layer}.attn.hook_k_normed")], rtol=1e-5)
+    if variant == "qk_norm_nope":  # the norm changes the size of q and k
+        assert not np.allclose(df["q_norm"], df["q_norm_normed"])
+
+
+def test_one_forward_serves_every_measurement_and_runs_resume(pair, tmp_path, monkeypatch):
+    from drope_lens.experiments import measurement as engine
+
+    path, ref, model = pair["qk_norm_nope"]
+    texts = _texts(5)
+    parts = [sinks.measurement(sinks.SinksConfig()), bos_write.measurement(bos_write.BosWriteConfig()),
+             attention_structure.measurement(attention_structure.AttentionStructureConfig()),
+             layer_balance.measurement(layer_balance.LayerBalanceConfig())]
+    from drope_lens.hooks import attention_stats as stats_hooks
+
+    calls = []
+    original_compute = stats_hooks.compute_stats
+    monkeypatch.setattr(stats_hooks, "compute_stats", lambda *a, **k: calls.append(k) or original_compute(*a, **k))
+    together = measure(model, texts, parts, max_tokens=MAX_TOKENS, batch_size=5, show_progress=False)
+    # one forward, one streamed attention computation per layer shared by Exp 4, 5 and 7
+    assert len(calls) == model.cfg.n_layers and {(k["window"], k["max_distance"]) for k in calls} == {(5, 50)}
+    monkeypatch.setattr(stats_hooks, "compute_stats", original_compute)
+    alone = layer_balance.run(model, texts, max_tokens=MAX_TOKENS, batch_size=5, show_progress=False)
+    assert together["layer_balance"].equals(alone)
+    structure = attention_structure.run(model, texts, max_tokens=MAX_TOKENS, batch_size=5, show_progress=False)
+    np.testing.assert_allclose(together["attention_structure"]["sink_score"], structure["sink_score"], atol=1e-6)
+    np.testing.assert_allclose(together["sinks"]["sink_score"], structure["sink_score"], atol=1e-6)
+
+    store = RunStore(tmp_path, "sinks", "run")
+    first = sinks.run(model, texts[:3], max_tokens=MAX_TOKENS, batch_size=2, store=store, show_progress=False)
+    forwards = []
+    original = engine._forward
+    monkeypatch.setattr(engine, "_forward", lambda *a: forwards.append(a[2]) or original(*a))
+    second = sinks.run(model, texts, max_tokens=MAX_TOKENS, batch_size=2, store=store, show_progress=False)
+    assert forwards == [[2, 3], [4]]  # text 2 shares its planned batch with 3; 0 and 1 were saved
+    assert second[second["sample"] < 3].reset_index(drop=True).equals(first)
+
+
+def test_bootstrap_ci_covers_the_mean_and_needs_two_values():
+    values = np.array([1.0, 2.0, 3.0, 4.0, 10.0])
+    low, high = bootstrap_ci(values)
+    assert low < values.mean() < high and low >= values.min() and high <= values.max()
+    assert all(np.isnan(bootstrap_ci([1.0])))
+
+
+def test_bad_inputs_are_named(checkpoint_factory):
+    with pytest.raises(ValueError, match="tau=0"):
+        sinks.SinksConfig(tau=0)
+    with pytest.raises(ValueError, match="tau=1.5"):
+        sinks.run(None, ["x"], tau=1.5)
+    with pytest.raises(ValueError, match="window=0"):
+        attention_structure.AttentionStructureConfig(window=0)
+    with pytest.raises(ValueError, match="sink_tau=-0.1"):
+        attention_structure.AttentionStructureConfig(sink_tau=-0.1)
+    path, _ = checkpoint_factory(prepend_bos=False)
+    model = dl.load_model(path)
+    for run in (sinks.run, bos_write.run, attention_structure.run, layer_balance.run):
+        with pytest.raises(TextInputError, match="'short'.*1 token"):
+            run(model, [Text("fine", "x", "the city of paris"), Text("short", "x", "paris")], show_progress=False)
+
+
+def test_cli_commands_write_results(pair, tmp_path, capsys):
+    from drope_lens.cli import main
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for text in _texts(3):
+        (folder / f"{text.name}.txt").write_text(text.text)
+    common = ["--rope", str(pair["rope"][0]), "--drope", str(pair["nope"][0]), "--texts", str(folder),
+              "--max-tokens", str(MAX_TOKENS), "--out", str(tmp_path / "results"), "--device", "cpu"]
+    expected = {"sinks": "Sink rate per layer", "bos-write": "max_write_layer",
+                "attention-structure": "Head classes: sink if", "layer-balance": "Attention fraction per layer"}
+    for command, marker in expected.items():
+        assert main(["run", command, *common]) == 0
+        out = capsys.readouterr().out
+        assert marker in out and "drope_minus_rope" in out, out
+    for experiment in ("sinks", "bos_write", "attention_structure", "layer_balance"):
+        (run_dir,) = (tmp_path / "results" / experiment).iterdir()
+        meta = json.loads((run_dir / "meta.json").read_text())
+        assert [m["variant"] for m in meta["models"]] == ["rope", "drope"] and len(meta["texts"]) == 3
+        assert (run_dir / "data.parquet").is_file()
