@@ -177,7 +177,7 @@ def massive_counts(data: ResultsLike) -> go.Figure:
     from drope_lens.experiments.massive_values import per_layer
 
     df = require(as_frame(data), MASSIVE_COLUMNS, "massive_values")
-    stats = per_layer(df).rename(columns={"std": "std"})
+    stats = per_layer(df)
     stats["std"] = stats["std"].fillna(0.0)
     stats["count"] = df.groupby(["model", "variant", "tensor", "layer"])["sample"].nunique().to_numpy()
     tensors = [t for t in ("q", "k", "v") if t in set(stats.tensor)]
