@@ -150,7 +150,8 @@ def wilson(k: np.ndarray, n: np.ndarray, z: float = 1.959964) -> tuple[np.ndarra
 def _accuracy_bars(fig: go.Figure, df: pd.DataFrame, variant: str, *, x: str, correct: str, row: int = 1,
                    col: int = 1, name: Optional[str] = None, pattern: str = "") -> None:
     """Bars of % correct per ``x`` with Wilson 95% intervals; hover gives k/n exactly."""
-    g = df[df.variant == variant].groupby(x, sort=False)[correct].agg(["sum", "count"]).reset_index()
+    rows = df[(df.variant == variant) & df[correct].notna()]  # e.g. no logit scoring for passkey prompts
+    g = rows.assign(**{correct: rows[correct].astype(float)}).groupby(x, sort=False)[correct].agg(["sum", "count"]).reset_index()
     k, n = g["sum"].to_numpy(float), g["count"].to_numpy(float)
     low, high = wilson(k, n)
     acc = 100 * k / n
@@ -177,7 +178,7 @@ def massive_counts(data: ResultsLike) -> go.Figure:
     from drope_lens.experiments.massive_values import per_layer
 
     df = require(as_frame(data), MASSIVE_COLUMNS, "massive_values")
-    stats = per_layer(df).rename(columns={"std": "std"})
+    stats = per_layer(df)
     stats["std"] = stats["std"].fillna(0.0)
     stats["count"] = df.groupby(["model", "variant", "tensor", "layer"])["sample"].nunique().to_numpy()
     tensors = [t for t in ("q", "k", "v") if t in set(stats.tensor)]
@@ -372,8 +373,7 @@ def ablation(data: ResultsLike, title: str = "Ablation", experiment: str = "abla
     ablations, layer-1 ablation). The hover gives the ratio to the model's baseline.
     """
     df = require(as_frame(data), ABLATION_COLUMNS, experiment)
-    if "task" in df.columns:  # accuracy rows of the same run carry no perplexity
-        df = df[df["ppl"].notna()]
+    df = df[df["ppl"].notna()]  # task-accuracy rows of the same run carry no perplexity
     conditions = list(dict.fromkeys(df["condition"]))
     fig = go.Figure()
     for v in variants(df):

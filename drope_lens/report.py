@@ -115,6 +115,8 @@ def _disruption_tables(df: pd.DataFrame, meta: Meta) -> list[tuple[str, pd.DataF
 
 
 def _knowledge_tables(df: pd.DataFrame, meta: Meta) -> list[tuple[str, pd.DataFrame]]:
+    df = df.assign(correct_logit=df["correct_logit"].astype(float),
+                   correct_generation=df["correct_generation"].astype(float))  # NaN: not scored that way
     g = df.groupby(["variant", "task", "condition"])
     table = pd.DataFrame({"n": g.size(), "logit_accuracy_pct": 100 * g["correct_logit"].mean(),
                           "generation_accuracy_pct": 100 * g["correct_generation"].mean(),

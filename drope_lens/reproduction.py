@@ -81,10 +81,17 @@ def headline_disruption(df: pd.DataFrame) -> pd.DataFrame:
     return _rows(out)
 
 
+#: Our Exp 3 condition names -> the study's: its disruption replaced each head's top-1 Q and K dim
+#: by its mean over positions (drope_lens.hooks.conditions calls that ``topk_mean_q_k``).
+STUDY_CONDITIONS = {"topk_mean_q_k": "disrupted"}
+
+
 def headline_knowledge(df: pd.DataFrame) -> pd.DataFrame:
     """Generation-scored accuracy (%) per task and condition (the study's scoring)."""
-    g = df.groupby(["variant", "task", "condition"])["correct_generation"].mean() * 100
-    return _rows({(f"{task}_{condition}", variant): v for (variant, task, condition), v in g.items()})
+    scored = df[df["correct_generation"].notna()].assign(correct_generation=lambda d: d["correct_generation"].astype(float))
+    g = scored.groupby(["variant", "task", "condition"])["correct_generation"].mean() * 100
+    return _rows({(f"{task}_{STUDY_CONDITIONS.get(condition, condition)}", variant): v
+                  for (variant, task, condition), v in g.items()})
 
 
 def headline_ablation(df: pd.DataFrame) -> pd.DataFrame:
@@ -124,7 +131,7 @@ def headline_bos_write(df: pd.DataFrame) -> pd.DataFrame:
     """Means over layers and heads of the columns the study reported, where the results hold them."""
     out = {}
     for variant, part in df.groupby("variant"):
-        for key, column, scale in (("v_norm", "v_norm", 1), ("bos_mass", "bos_mass", 100), ("write", "write", 1)):
+        for key, column, scale in (("v_norm_bos", "v_norm_bos", 1), ("bos_mass", "bos_mass", 100), ("write", "write", 1)):
             if column in part.columns:
                 out[(key, variant)] = scale * part[column].mean()
         if "write" in part.columns:

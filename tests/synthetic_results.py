@@ -26,18 +26,19 @@ def knowledge(seed: int = 0, n: int = 10) -> pd.DataFrame:
     rows = []
     for variant in ("rope", "drope"):
         for task in ("cities", "sports", "passkey"):
-            for condition in ("baseline", "disrupted"):
+            for condition in ("baseline", "topk_mean_q_k"):
                 for sample in range(n):
                     correct = bool(rng.random() < (0.9 if condition == "baseline" else 0.5))
                     rows.append({**_ids(variant), "task": task, "condition": condition, "sample": sample,
-                                 "prompt": f"prompt {sample}", "label": "Yes", "correct_logit": correct,
+                                 "prompt": f"prompt {sample}", "label": "Yes",
+                                 "correct_logit": np.nan if task == "passkey" else correct,  # no logit scoring
                                  "correct_generation": correct and bool(rng.random() < 0.9),
                                  "unparseable": bool(rng.random() < 0.1), "answer": "Yes",
                                  "logit_margin": float(rng.normal())})
     return pd.DataFrame(rows)
 
 
-def ablation(seed: int = 0, conditions=("baseline", "mlp", "attn", "both", "both_pos0"), n: int = 6) -> pd.DataFrame:
+def ablation(seed: int = 0, conditions=("baseline", "l1_mlp", "l1_attn", "l1_both", "l1_both_bos"), n: int = 6) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []
     for variant in ("rope", "drope"):
@@ -95,7 +96,7 @@ def bos_write(seed: int = 0, n_layers: int = 4, n_heads: int = 4, n: int = 3) ->
             for layer in range(n_layers):
                 for h in range(n_heads):
                     norm, mass = float(rng.uniform(0, 1)), float(rng.uniform(0, 1))
-                    rows.append({**_ids(v), "sample": s, "layer": layer, "head": h, "v_norm": norm,
+                    rows.append({**_ids(v), "sample": s, "layer": layer, "head": h, "v_norm_bos": norm,
                                  "bos_mass": mass, "write": norm * mass})
     return pd.DataFrame(rows)
 
