@@ -83,13 +83,16 @@ class RotaryTable:
         table = cls._tables.get(key)
         if table is None or table[0].shape[0] < length:
             size = max(length, 2 * (table[0].shape[0] if table is not None else 1024))
-            inv_freq = 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.int64).float() / d_head))
-            pos = torch.arange(size, dtype=torch.float32, device=device)
-            freqs = pos[:, None] * inv_freq.to(device)[None, :]
-            emb = torch.cat((freqs, freqs), dim=-1)
-            sin = emb.sin()
-            sin[:, : d_head // 2] *= -1
-            table = (emb.cos(), sin)
+            # Never an inference tensor: a table first built under torch.inference_mode (e.g. by
+            # greedy generation) is shared with later forwards that autograd records (training).
+            with torch.inference_mode(False), torch.no_grad():
+                inv_freq = 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.int64).float() / d_head))
+                pos = torch.arange(size, dtype=torch.float32, device=device)
+                freqs = pos[:, None] * inv_freq.to(device)[None, :]
+                emb = torch.cat((freqs, freqs), dim=-1)
+                sin = emb.sin()
+                sin[:, : d_head // 2] *= -1
+                table = (emb.cos(), sin)
             cls._tables[key] = table
         return table
 
