@@ -143,3 +143,18 @@ def test_strings_and_bad_arguments(checkpoint_factory):
         greedy_generate(model, ["yes"], 2, batch_size=0)
     with pytest.raises(ValueError, match="bos='sometimes'"):
         greedy_generate(model, ["yes"], 2, bos="sometimes")
+
+
+def test_generation_first_then_autograd(checkpoint_factory):
+    """Rotary tables first built inside greedy_generate (inference mode) serve a later forward that
+    autograd records (regression: they were inference tensors, and training then failed)."""
+    from drope_lens.attention import RotaryTable
+
+    path, _ = checkpoint_factory()
+    model = dl.load_model(path)
+    RotaryTable._tables.clear()
+    greedy_generate(model, ROWS[:1], 2)
+    for param in model.parameters():
+        param.requires_grad_(True)
+    model(torch.tensor(ROWS[:1])).sum().backward()
+    assert model.blocks[0].attn.W_Q.grad is not None
