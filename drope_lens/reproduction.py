@@ -84,13 +84,15 @@ def headline_disruption(df: pd.DataFrame) -> pd.DataFrame:
 #: Our Exp 3 condition names -> the study's: its disruption replaced each head's top-1 Q and K dim
 #: by its mean over positions (drope_lens.hooks.conditions calls that ``topk_mean_q_k``).
 STUDY_CONDITIONS = {"topk_mean_q_k": "disrupted"}
+#: Our Exp 3 task names -> the study's (its sentiment task was IMDB reviews).
+STUDY_TASKS = {"sentiment": "imdb"}
 
 
 def headline_knowledge(df: pd.DataFrame) -> pd.DataFrame:
     """Generation-scored accuracy (%) per task and condition (the study's scoring)."""
     scored = df[df["correct_generation"].notna()].assign(correct_generation=lambda d: d["correct_generation"].astype(float))
     g = scored.groupby(["variant", "task", "condition"])["correct_generation"].mean() * 100
-    return _rows({(f"{task}_{STUDY_CONDITIONS.get(condition, condition)}", variant): v
+    return _rows({(f"{STUDY_TASKS.get(task, task)}_{STUDY_CONDITIONS.get(condition, condition)}", variant): v
                   for (variant, task, condition), v in g.items()})
 
 

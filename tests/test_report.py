@@ -80,6 +80,7 @@ def test_report_with_every_experiment(toy_results, tmp_path):
     assert row.ours == pytest.approx(expected) and row.study == pytest.approx(79.0)
     disrupted = table[(table.key == "passkey_disrupted") & (table.variant == "rope")].iloc[0]  # topk_mean_q_k
     assert disrupted.status == "measured" and disrupted.study == pytest.approx(0.0)
+    assert table[(table.key == "imdb_baseline") & (table.variant == "rope")].iloc[0].status == "measured"  # sentiment
     layer1 = table[(table.experiment == "layer1_ablation") & (table.key == "ppl_l1_mlp")]
     assert set(layer1.status) == {"measured"}
 
