@@ -12,4 +12,5 @@ through a :class:`drope_lens.results.RunStore`) and summaries that take that Dat
 CLI_EXPERIMENTS: dict[str, tuple[str, str]] = {
     "massive-values": ("massive_values", "Exp 1: massive values in Q/K/V per layer"),
     "disruption": ("disruption", "Exp 2: zero massive Q/K dims, measure perplexity"),
+    "context-length": ("context_length", "Exp 10: passkey/RULER retrieval vs context length, errors, verification"),
 }
