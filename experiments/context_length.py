@@ -9,7 +9,7 @@ prompts of ``length`` tokens (+-1%, the model's own tokens), the needle at ``dep
 - Verification (``verify=True``): ``Remember the magic number ... Is {X} the magic number from the
   text? Answer Yes or No:`` around the same needle and depth, for X = the key and 3 near-misses
   (one digit changed); P(Yes) = softmax over the logits of the first tokens of " Yes" and " No" at
-  the last prompt position. ``rank_correct``: the key has the highest P(Yes) (a tie is wrong).
+  the last prompt position (of "Yes"/"No" if the space is a token of its own: :func:`yes_no_tokens`). ``rank_correct``: the key has the highest P(Yes) (a tie is wrong).
 
 ``run`` returns one row per trial. Long prompts go through :func:`drope_lens.generation.greedy_generate`
 (KV cache, SDPA attention: no ``[T, T]`` tensor unless a pattern hook asks for one); a RoPE model past
@@ -77,13 +77,23 @@ class ContextLengthConfig:
             raise ValueError(f"key_divisor={self.key_divisor}: must be a positive integer or None.")
 
 
-def answer_token(tokenizer, word: str, prompt: str = "Answer Yes or No:") -> int:
-    """First token of `` word`` as it follows ``prompt`` (what the model would emit next)."""
+def answer_token(tokenizer, word: str, prompt: str = "Answer Yes or No:", space: bool = True) -> int:
+    """First token of `` word`` (``space=False``: of ``word``) as it follows ``prompt``."""
     head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    full = tokenizer(prompt + " " + word, add_special_tokens=False)["input_ids"]
+    text = (" " if space else "") + word
+    full = tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
     if full[: len(head)] == head and len(full) > len(head):
         return int(full[len(head)])
-    return int(tokenizer(" " + word, add_special_tokens=False)["input_ids"][0])
+    return int(tokenizer(text, add_special_tokens=False)["input_ids"][0])
+
+
+def yes_no_tokens(tokenizer) -> tuple[int, int]:
+    """The first tokens of " Yes" and " No"; of "Yes" and "No" when a tokenizer makes the space a
+    token of its own (both answers would then start with it)."""
+    pair = answer_token(tokenizer, "Yes"), answer_token(tokenizer, "No")
+    if pair[0] == pair[1]:
+        pair = answer_token(tokenizer, "Yes", space=False), answer_token(tokenizer, "No", space=False)
+    return pair
 
 
 def scaling_hooks(model, length: int, beta: float, layers: Optional[Sequence[int]]) -> list:
@@ -179,7 +189,7 @@ def run(
                                  verify, key_divisor, batch_tokens, float(scaling),
                                  None if scaling_layers is None else tuple(scaling_layers), bos)
     count = _counter(model, bos)
-    yes_no = (answer_token(model.tokenizer, "Yes"), answer_token(model.tokenizer, "No"))
+    yes_no = yes_no_tokens(model.tokenizer)
     if verify and yes_no[0] == yes_no[1]:
         raise ValueError(f"' Yes' and ' No' begin with the same token ({yes_no[0]}) for {model_name(model)}; "
                          "verification cannot tell them apart (pass verify=False).")
