@@ -82,16 +82,22 @@ class RotaryTable:
         key = (d_head, float(theta), str(device))
         table = cls._tables.get(key)
         if table is None or table[0].shape[0] < length:
-            size = max(length, 2 * (table[0].shape[0] if table is not None else 1024))
-            inv_freq = 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.int64).float() / d_head))
-            pos = torch.arange(size, dtype=torch.float32, device=device)
-            freqs = pos[:, None] * inv_freq.to(device)[None, :]
-            emb = torch.cat((freqs, freqs), dim=-1)
-            sin = emb.sin()
-            sin[:, : d_head // 2] *= -1
-            table = (emb.cos(), sin)
+            with torch.inference_mode(False):  # a table built under inference_mode must serve training too
+                table = cls._build(d_head, theta, length, device, table)
             cls._tables[key] = table
         return table
+
+    @staticmethod
+    def _build(d_head: int, theta: float, length: int, device: torch.device, table) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float32 cos/signed sin for at least ``length`` positions (doubling ``table``'s size)."""
+        size = max(length, 2 * (table[0].shape[0] if table is not None else 1024))
+        inv_freq = 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.int64).float() / d_head))
+        pos = torch.arange(size, dtype=torch.float32, device=device)
+        freqs = pos[:, None] * inv_freq.to(device)[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        sin = emb.sin()
+        sin[:, : d_head // 2] *= -1
+        return emb.cos(), sin
 
 
 def apply_rotary(
