@@ -22,4 +22,5 @@ CLI_EXPERIMENTS: dict[str, tuple[str, str]] = {
     "bos-write": ("bos_write", "Exp 5 (statistics): V norm at BOS, BOS attention mass, effective write"),
     "attention-structure": ("attention_structure", "Exp 7: per-head entropy, BOS/local attention, distance, classes"),
     "layer-balance": ("layer_balance", "Exp 8-9: attention vs MLP output norms per layer, Q/K norms"),
+    "context-length": ("context_length", "Exp 10: passkey/RULER retrieval vs context length, errors, verification"),
 }

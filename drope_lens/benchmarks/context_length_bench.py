@@ -1,0 +1,129 @@
+"""GPU evidence for Experiment 10 on a Llama-2-7B-shaped random bf16 pair.
+
+    python -m drope_lens.benchmarks.context_length_bench --workdir /tmp/bench --out ctx_bench.json
+
+1. Prefill throughput (tokens/s, median of ``--repeat`` runs, CUDA synchronised) of one Exp 10
+   prompt (simple format, batch 1) at each length, drope_lens RoPE forward vs Hugging Face
+   ``LlamaForCausalLM`` (``attn_implementation="sdpa"``, bf16) on the same token row, both
+   returning logits for every position; the ratio is drope_lens / HF (target >= 0.9), with the
+   peak GPU memory of each forward.
+2. The whole grid: ``context_length.run`` on both models (``--n`` trials x lengths x 2 formats,
+   verification as ``--verify`` says), wall seconds per model and per cell, peak memory.
+
+Weights are random (timing does not depend on values), so accuracies are meaningless here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .random_checkpoint import LlamaShape, write_drope_twin, write_random_checkpoint, write_tokenizer
+
+LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
+
+
+def timed(fn, repeat: int) -> tuple[float, float]:
+    """Median wall seconds of ``fn`` over ``repeat`` runs after one warm-up, and peak GiB allocated."""
+    fn()
+    times = []
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2], torch.cuda.max_memory_allocated() / 2**30
+
+
+def checkpoints(workdir: Path) -> tuple[Path, Path]:
+    from drope_lens import passkey
+    from drope_lens.texts import builtin_texts
+
+    rope_dir, drope_dir = workdir / "rope_7b", workdir / "drope_7b"
+    if not (rope_dir / "config.json").exists():
+        write_random_checkpoint(rope_dir, LlamaShape())
+        texts = [t.text for t in builtin_texts()] + [passkey.SIMPLE_FILLER * 20, passkey.RULER_FILLER * 20,
+                                                    passkey.RULER_TEMPLATE, passkey.VERIFY_TEMPLATE]
+        write_tokenizer(rope_dir, texts)
+    if not (drope_dir / "config.json").exists():
+        write_drope_twin(rope_dir, drope_dir)
+    return rope_dir, drope_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/drope_lens_bench"))
+    parser.add_argument("--out", type=Path, default=Path("ctx_bench.json"))
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
+    parser.add_argument("--n", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--verify", action="store_true", help="include verification/ranking in the grid")
+    parser.add_argument("--skip-grid", action="store_true")
+    args = parser.parse_args()
+
+    import drope_lens as dl
+    from drope_lens import passkey
+    from drope_lens.experiments import context_length as cl
+    from transformers import LlamaForCausalLM
+
+    rope_dir, drope_dir = checkpoints(args.workdir)
+    report: dict = {"device": torch.cuda.get_device_name(), "lengths": args.lengths, "prefill": []}
+
+    def save() -> None:
+        args.out.write_text(json.dumps(report, indent=2))
+
+    ours = dl.load_model(rope_dir, dtype=torch.bfloat16, device="cuda")
+    hf = LlamaForCausalLM.from_pretrained(rope_dir, torch_dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
+    count = lambda text: len(ours.tokenizer(text)["input_ids"])  # noqa: E731
+    for length in args.lengths:
+        trial = passkey.make_trial("simple", length, None, 0, 0, count)
+        tokens = torch.tensor([ours.tokenizer(trial.prompt)["input_ids"]], device="cuda")
+        with torch.inference_mode():
+            ours_s, ours_gib = timed(lambda: ours(tokens), args.repeat)
+            hf_s, hf_gib = timed(lambda: hf(tokens).logits, args.repeat)
+        row = {"length": length, "tokens": int(tokens.shape[1]), "drope_lens_s": ours_s, "hf_sdpa_s": hf_s,
+               "drope_lens_tok_per_s": tokens.shape[1] / ours_s, "hf_tok_per_s": tokens.shape[1] / hf_s,
+               "throughput_ratio": hf_s / ours_s, "drope_lens_peak_gib": ours_gib, "hf_peak_gib": hf_gib}
+        report["prefill"].append(row)
+        print(f"prefill {length:>6}: drope_lens {row['drope_lens_tok_per_s']:>9.0f} tok/s ({ours_gib:.1f} GiB), "
+              f"HF sdpa {row['hf_tok_per_s']:>9.0f} tok/s ({hf_gib:.1f} GiB), ratio {row['throughput_ratio']:.3f}",
+              flush=True)
+        save()
+    del hf
+    gc.collect()
+    torch.cuda.empty_cache()
+    if not args.skip_grid:
+        report["grid"] = {}
+        for name, directory in (("rope", rope_dir), ("drope", drope_dir)):
+            model = ours if name == "rope" else dl.load_model(directory, dtype=torch.bfloat16, device="cuda")
+            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            df = cl.run(model, args.lengths, n=args.n, verify=args.verify, show_progress=False)
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            report["grid"][name] = {"seconds": seconds, "cells": int(df.groupby(["length", "format"]).ngroups),
+                                    "rows": len(df), "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+            print(f"grid {name}: {seconds:.1f} s for {len(df)} trials, peak {report['grid'][name]['peak_gib']:.1f} GiB",
+                  flush=True)
+            del model
+            ours = None
+            gc.collect()
+            torch.cuda.empty_cache()
+            save()
+        total = sum(v["seconds"] for v in report["grid"].values())
+        report["grid_total_seconds"] = total
+        print(f"whole grid, both models: {total:.1f} s (target < 300 s)")
+    save()
+
+
+if __name__ == "__main__":
+    main()
