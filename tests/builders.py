@@ -75,6 +75,30 @@ class _ApplyNorm:
         return getattr(self.attention, self.norm_name)(output)
 
 
+def upstream_drope(model, config, attention_type: str, softmax_scale: Optional[float]):
+    """Upstream DroPE's construction of an HF model, in place: rotary off (cos = 1, sin = 0), the
+    full-width q/k RMSNorms of the ``*_norm_nope`` types, and ``softmax_scale`` as the q.k multiplier."""
+    model.model.rotary_emb.inv_freq.zero_()
+    model.model.rotary_emb.original_inv_freq.zero_()
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        n_q = config.num_attention_heads * attn.head_dim
+        n_k = config.num_key_value_heads * attn.head_dim
+        if attention_type != "nope":
+            attn.q_norm = nn.RMSNorm(n_q, eps=config.rms_norm_eps)
+            attn.k_norm = nn.RMSNorm(n_k, eps=config.rms_norm_eps)
+            with torch.no_grad():
+                attn.q_norm.weight.copy_(1.0 + 0.2 * torch.randn(n_q))
+                attn.k_norm.weight.copy_(1.0 + 0.2 * torch.randn(n_k))
+            if attention_type in ("qk_norm_nope", "q_norm_nope"):
+                attn.q_proj.register_forward_hook(_ApplyNorm(attn, "q_norm"))
+            if attention_type in ("qk_norm_nope", "k_norm_nope"):
+                attn.k_proj.register_forward_hook(_ApplyNorm(attn, "k_norm"))
+        if softmax_scale is not None:
+            attn.scaling = softmax_scale
+    return model
+
+
 def reference_model(
     config: LlamaConfig,
     *,
@@ -96,25 +120,7 @@ def reference_model(
                 param.normal_(0.0, init_std)
     if attention_type is None:
         return model
-    model.model.rotary_emb.inv_freq.zero_()
-    model.model.rotary_emb.original_inv_freq.zero_()
-    for layer in model.model.layers:
-        attn = layer.self_attn
-        n_q = config.num_attention_heads * attn.head_dim
-        n_k = config.num_key_value_heads * attn.head_dim
-        if attention_type != "nope":
-            attn.q_norm = nn.RMSNorm(n_q, eps=config.rms_norm_eps)
-            attn.k_norm = nn.RMSNorm(n_k, eps=config.rms_norm_eps)
-            with torch.no_grad():
-                attn.q_norm.weight.copy_(1.0 + 0.2 * torch.randn(n_q))
-                attn.k_norm.weight.copy_(1.0 + 0.2 * torch.randn(n_k))
-            if attention_type in ("qk_norm_nope", "q_norm_nope"):
-                attn.q_proj.register_forward_hook(_ApplyNorm(attn, "q_norm"))
-            if attention_type in ("qk_norm_nope", "k_norm_nope"):
-                attn.k_proj.register_forward_hook(_ApplyNorm(attn, "k_norm"))
-        if softmax_scale is not None:
-            attn.scaling = softmax_scale
-    return model
+    return upstream_drope(model, config, attention_type, softmax_scale)
 
 
 def save_checkpoint(
