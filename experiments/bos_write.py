@@ -22,7 +22,7 @@ import torch
 from drope_lens.results import RunStore
 from drope_lens.texts import TextsLike
 
-from .common import BosPolicy, check_bos
+from .common import BosPolicy
 from .measurement import (
     ANY_WINDOW,
     Batch,
@@ -32,21 +32,15 @@ from .measurement import (
     measure,
     per_head_frame,
     summarize,
+    TextMeasurementConfig,
 )
 
 EXPERIMENT = "bos_write"
 
 
 @dataclass(frozen=True)
-class BosWriteConfig:
-    max_tokens: int = 512
-    batch_size: int = 10
-    bos: BosPolicy = "checkpoint"
-
-    def __post_init__(self) -> None:
-        check_bos(self.bos)
-        if self.max_tokens < 2 or self.batch_size < 1:
-            raise ValueError(f"max_tokens={self.max_tokens}, batch_size={self.batch_size}: need >= 2 and >= 1.")
+class BosWriteConfig(TextMeasurementConfig):
+    """Tokens per text, texts per forward, position-0 policy (see :class:`TextMeasurementConfig`)."""
 
 
 def _v_hooks(model, captured: dict):

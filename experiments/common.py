@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
-from drope_lens.texts import Text, TextInputError, TextsLike, as_texts
+from drope_lens.texts import TextInputError, TextsLike, as_texts
 
 #: Where position 0 comes from. ``"checkpoint"``: the checkpoint's tokenizer decides, as in
 #: Hugging Face (Llama-2 prepends ``<s>``; SmolLM2 and Qwen prepend nothing, so position 0 is the

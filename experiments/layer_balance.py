@@ -22,8 +22,17 @@ from drope_lens.hooks import capture_token_mean_norm
 from drope_lens.results import RunStore
 from drope_lens.texts import TextsLike
 
-from .common import BosPolicy, check_bos
-from .measurement import Batch, Measurement, add_text_arguments, compare_variants, measure, per_layer_frame, summarize
+from .common import BosPolicy
+from .measurement import (
+    Batch,
+    Measurement,
+    TextMeasurementConfig,
+    add_text_arguments,
+    compare_variants,
+    measure,
+    per_layer_frame,
+    summarize,
+)
 
 EXPERIMENT = "layer_balance"
 #: column -> hook name pattern
@@ -34,15 +43,8 @@ VALUES = ("attn_norm", "mlp_norm", "attn_fraction", "q_norm", "k_norm", "q_norm_
 
 
 @dataclass(frozen=True)
-class LayerBalanceConfig:
-    max_tokens: int = 512
-    batch_size: int = 10
-    bos: BosPolicy = "checkpoint"
-
-    def __post_init__(self) -> None:
-        check_bos(self.bos)
-        if self.max_tokens < 2 or self.batch_size < 1:
-            raise ValueError(f"max_tokens={self.max_tokens}, batch_size={self.batch_size}: need >= 2 and >= 1.")
+class LayerBalanceConfig(TextMeasurementConfig):
+    """Tokens per text, texts per forward, position-0 policy (see :class:`TextMeasurementConfig`)."""
 
 
 def _hooks(model, captured: dict):

@@ -24,12 +24,27 @@ from drope_lens.hooks import capture_attention_stats
 from drope_lens.results import RunStore
 from drope_lens.texts import Text, TextsLike, as_texts
 
-from .common import BosPolicy, batches_by_length, model_name, model_variant, progress, tokenize, unit_prefix
+from .common import BosPolicy, batches_by_length, check_bos, model_name, model_variant, progress, tokenize, unit_prefix
 
 HookPair = tuple[str, Callable]
 #: ``Measurement.attention`` for measurements that read only statistics independent of the window
 #: and the distance range (sink score, entropy): they share whatever request another makes.
 ANY_WINDOW = "any"
+
+
+@dataclass(frozen=True)
+class TextMeasurementConfig:
+    """Configuration of a measurement with no settings beyond the texts: tokens per text, texts
+    per forward and the position-0 policy (Exp 5 and Exp 8-9 use it as it is)."""
+
+    max_tokens: int = 512
+    batch_size: int = 10
+    bos: BosPolicy = "checkpoint"
+
+    def __post_init__(self) -> None:
+        check_bos(self.bos)
+        if self.max_tokens < 2 or self.batch_size < 1:
+            raise ValueError(f"max_tokens={self.max_tokens}, batch_size={self.batch_size}: need >= 2 and >= 1.")
 
 
 @dataclass
