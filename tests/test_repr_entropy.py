@@ -1,0 +1,51 @@
+"""Representation entropy (Exp 4) from the Gram matrix's eigenvalues against a float64 SVD."""
+
+import torch
+
+from drope_lens.experiments.sinks import representation_entropy
+
+
+def _reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both entropies from ``torch.linalg.svdvals`` in float64, written out independently."""
+    h_energy, h_norm = [], []
+    for matrix in x.double():
+        s = torch.linalg.svdvals(matrix)
+        p = s**2 / (s**2).sum()
+        p = p[p > 0]
+        h_energy.append(-(p * p.log()).sum())
+        rank = int((s > s.max() * max(matrix.shape) * torch.finfo(torch.float32).eps).sum())
+        q = s / s.sum()
+        q = q[q > 0]
+        h_norm.append(-(q * q.log()).sum() / torch.log(torch.tensor(float(rank), dtype=torch.float64)))
+    return torch.stack(h_energy), torch.stack(h_norm)
+
+
+def _spiky(batch: int, pos: int, width: int, seed: int) -> torch.Tensor:
+    """Hidden-state-like rows: a few huge directions (a BOS-like spike), a decaying spectrum, noise."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.linalg.qr(torch.randn(batch, pos, pos, generator=g, dtype=torch.float64))[0][..., : min(pos, width)]
+    v = torch.linalg.qr(torch.randn(batch, width, width, generator=g, dtype=torch.float64))[0][..., : min(pos, width)]
+    spectrum = torch.logspace(3, -4, min(pos, width), dtype=torch.float64)
+    x = (u * spectrum) @ v.mT
+    x[:, 0] *= 50.0  # a massive position-0 row
+    return x.float()
+
+
+def test_gram_eigenvalues_match_float64_svd():
+    for pos, width in ((48, 64), (64, 24)):  # Gram X X^T and X^T X
+        x = _spiky(3, pos, width, seed=pos)
+        got_energy, got_norm = representation_entropy(x)
+        want_energy, want_norm = _reference(x)
+        assert got_energy.shape == got_norm.shape == (3,)
+        torch.testing.assert_close(got_energy.double(), want_energy, atol=1e-6, rtol=0)
+        torch.testing.assert_close(got_norm.double(), want_norm, atol=1e-6, rtol=0)
+
+
+def test_rank_deficient_and_random_rows():
+    g = torch.Generator().manual_seed(0)
+    low = torch.randn(2, 40, 5, generator=g) @ torch.randn(2, 5, 32, generator=g)  # rank 5
+    for x in (low, torch.randn(4, 33, 16, generator=g) * 3.0):
+        got_energy, got_norm = representation_entropy(x)
+        want_energy, want_norm = _reference(x)
+        torch.testing.assert_close(got_energy.double(), want_energy, atol=1e-6, rtol=0)
+        torch.testing.assert_close(got_norm.double(), want_norm, atol=1e-6, rtol=0)
