@@ -257,6 +257,118 @@ def padded_forward(
     return logits, mask
 
 
+def _hooked(module) -> bool:
+    """True when any hook point inside ``module`` has a hook attached."""
+    from transformer_lens.hook_points import HookPoint
+
+    from .hooks_state import is_hooked
+
+    return any(isinstance(m, HookPoint) and is_hooked(m) for m in module.modules())
+
+
+def _last_logits(model, residual, cache, attention_mask) -> torch.Tensor:
+    """Logits ``[batch, vocab]`` at the last position of a cached forward.
+
+    Only the last position is normalised and unembedded (the others' logits are never read: in a
+    prefill of T tokens this skips T - 1 rows of the ``[d_model, vocab]`` product), unless a hook
+    on ``ln_final`` wants to see every position; then the whole forward runs as usual.
+    """
+    if _hooked(model.ln_final):
+        return model(residual, start_at_layer=0, past_kv_cache=cache, attention_mask=attention_mask)[:, -1]
+    resid = model(residual, start_at_layer=0, stop_at_layer=model.cfg.n_layers, past_kv_cache=cache,
+                  attention_mask=attention_mask)
+    return model.unembed(model.ln_final(resid[:, -1:]))[:, 0]
+
+
+def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by all ``rows``, leaving each row >= 1 token after it."""
+    limit = min(len(r) for r in rows) - 1
+    n = 0
+    while n < limit and all(r[n] == rows[0][n] for r in rows[1:]):
+        n += 1
+    return n
+
+
+@torch.inference_mode()
+def score_shared_prefix(
+    model,
+    groups: Sequence[Sequence[Prompt]],
+    score_ids: Sequence[int],
+    *,
+    fwd_hooks: Sequence[HookPair] = (),
+    batch_size: int = 16,
+    bos: str = "checkpoint",
+) -> Float[torch.Tensor, "group member score"]:
+    """Logits of ``score_ids`` at the last position of every prompt, for groups of prompts that
+    begin alike (e.g. one long context followed by different questions).
+
+    Each group's longest common token prefix runs once; its keys and values are then shared by
+    the group's members, which run only their own remaining tokens (right-padded, so causal
+    attention never lets a real token see padding). The result is the same as scoring every
+    prompt whole (``greedy_generate(..., 0, score_ids=...)``; tested to 1e-5 in float32) for
+    ``len(group)`` times less prefix work. ``fwd_hooks`` are active in both forwards; position-aware
+    hooks see absolute positions (:func:`absolute_positions`). The prefix forward stops after the
+    last block (its logits are never read). ``batch_size``: prompts per forward (groups of equal
+    prefix length are batched together). Returns float32 ``[n_groups, group_size, len(score_ids)]``
+    on the CPU; all groups must have the same size.
+    """
+    _check_model(model)
+    if not groups:
+        raise ValueError("groups is empty: nothing to score.")
+    sizes = {len(g) for g in groups}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(f"group sizes {sorted(sizes)}: every group needs the same number (>= 1) of prompts.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be at least 1.")
+    members = sizes.pop()
+    rows = [prompt_ids(model, list(g), bos=bos) for g in groups]
+    prefix = [_common_prefix(r) for r in rows]
+    out = torch.empty(len(groups), members, len(score_ids), dtype=torch.float32)
+    by_length: dict[int, list[int]] = {}
+    for index, length in enumerate(prefix):
+        by_length.setdefault(length, []).append(index)
+    per_batch = max(1, batch_size // members)
+    device = model.cfg.device
+    pad = _pad_id(model)
+    with model.hooks(fwd_hooks=list(fwd_hooks)):
+        for length, indices in sorted(by_length.items(), reverse=True):
+            for start in range(0, len(indices), per_batch):
+                chunk = indices[start : start + per_batch]
+                suffixes = [r[length:] for i in chunk for r in rows[i]]
+                longest = max(len(x) for x in suffixes)
+                total = length + longest
+                n_rows = len(suffixes)
+                cache = _Cache(model, n_rows, total)
+                if length:
+                    head = torch.tensor([rows[i][0][:length] for i in chunk], dtype=torch.long, device=device)
+                    state = GenerationState(torch.arange(length, device=device).expand(len(chunk), -1),
+                                            torch.ones(len(chunk), length, dtype=torch.bool, device=device), 0, length)
+                    shared = _Cache(model, len(chunk), length)
+                    with _publish(model, state):
+                        model(_embed(model, head, True), start_at_layer=0, stop_at_layer=model.cfg.n_layers,
+                              past_kv_cache=shared)
+                    for entry, source in zip(cache.entries, shared.entries):
+                        entry.keys[:, :length] = source.keys.repeat_interleave(members, dim=0)
+                        entry.values[:, :length] = source.values.repeat_interleave(members, dim=0)
+                        entry.length = length
+                    del shared
+                tail = torch.full((n_rows, longest), pad, dtype=torch.long)
+                real = torch.zeros(n_rows, total, dtype=torch.bool)
+                real[:, :length] = True
+                for j, x in enumerate(suffixes):
+                    tail[j, : len(x)] = torch.tensor(x, dtype=torch.long)
+                    real[j, length : length + len(x)] = True
+                positions = torch.where(real, torch.arange(total).expand(n_rows, -1), torch.full((n_rows, total), -1))
+                state = GenerationState(positions.to(device), real.to(device), length, total)
+                with _publish(model, state):
+                    logits = model(_embed(model, tail.to(device), True), start_at_layer=0, past_kv_cache=cache)
+                last = torch.tensor([len(x) - 1 for x in suffixes], device=device)
+                picked = logits[torch.arange(n_rows, device=device), last][:, list(score_ids)].float().cpu()
+                out[chunk] = picked.view(len(chunk), members, -1)
+    model.position_offset = 0
+    return out
+
+
 @dataclass
 class Generation:
     """What :func:`greedy_generate` returns, one entry per prompt in the order given.
@@ -348,9 +460,7 @@ def _generate_batch(model, rows, max_new_tokens, hooks, stops, score_ids):
             state.begin, state.end = begin, end
             with _publish(model, state):
                 residual = _embed(model, current, checked)
-                logits = model(residual, start_at_layer=0, past_kv_cache=cache,
-                               attention_mask=mask[:, :end] if padded else None)
-            last = logits[:, -1]
+                last = _last_logits(model, residual, cache, mask[:, :end] if padded else None)
             if step == 0 and score_ids is not None:
                 scores = last[:, list(score_ids)].float().cpu()
             if step >= max_new_tokens:

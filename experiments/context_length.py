@@ -12,7 +12,8 @@ prompts of ``length`` tokens (+-1%, the model's own tokens), the needle at ``dep
   the last prompt position (of "Yes"/"No" if the space is a token of its own: :func:`yes_no_tokens`). ``rank_correct``: the key has the highest P(Yes) (a tie is wrong).
 
 ``run`` returns one row per trial. Long prompts go through :func:`drope_lens.generation.greedy_generate`
-(KV cache, SDPA attention: no ``[T, T]`` tensor unless a pattern hook asks for one); a RoPE model past
+(KV cache, SDPA attention: no ``[T, T]`` tensor unless a pattern hook asks for one); the 4 verification
+prompts of a trial share their context, which runs once (:func:`drope_lens.generation.score_shared_prefix`); a RoPE model past
 its trained context warns once and runs. Optional ``scaling``: the attention logits of ``scaling_layers``
 multiplied by ``1 + scaling * ln(max(1, L / trained_context))`` for a prompt of L tokens (log-length
 softmax scaling at inference; identity within the trained context).
@@ -28,7 +29,7 @@ from typing import Optional, Sequence
 import pandas as pd
 import torch
 
-from drope_lens.generation import greedy_generate
+from drope_lens.generation import greedy_generate, prompt_ids, score_shared_prefix
 from drope_lens.passkey import (CATEGORIES, FORMATS, PromptError, Trial, categorize, check_format, extract_answer,
                                 make_trial, mean_interval, wilson_interval)
 from drope_lens.results import RunStore
@@ -142,11 +143,11 @@ def _cell_rows(model, trials: list[Trial], config: ContextLengthConfig, yes_no: 
     })
     frame["correct"] = frame["category"] == "exact"
     if config.verify:
-        prompts = [p for t in trials for p in t.verification_prompts()]
-        scored = greedy_generate(model, prompts, 0, fwd_hooks=hooks, batch_size=rows, bos=config.bos,
-                                 score_ids=list(yes_no))
-        p_yes = torch.softmax(scored.logits, dim=-1)[:, 0].reshape(len(trials), -1)
-        frame["verify_tokens"] = [max(scored.prompt_lengths[4 * i: 4 * i + 4]) for i in range(len(trials))]
+        # the candidates' prompts share everything up to the question: that prefix runs once per trial
+        groups = [t.verification_prompts() for t in trials]
+        scores = score_shared_prefix(model, groups, list(yes_no), fwd_hooks=hooks, batch_size=rows, bos=config.bos)
+        p_yes = torch.softmax(scores, dim=-1)[..., 0]  # [trial, candidate]
+        frame["verify_tokens"] = [max(len(ids) for ids in prompt_ids(model, g, bos=config.bos)) for g in groups]
         frame["p_yes_key"] = p_yes[:, 0].tolist()
         frame["p_yes_near"] = p_yes[:, 1:].mean(dim=1).tolist()
         frame["p_yes_candidates"] = p_yes.tolist()

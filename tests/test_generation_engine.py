@@ -128,7 +128,7 @@ def test_stop_tokens_and_score_ids(checkpoint_factory):
     for after, hf in zip(ours.tokens, theirs):
         assert after == [t for t in hf][: len(after)]
     logits, mask = padded_forward(model, ROWS)
-    torch.testing.assert_close(ours.logits, logits[:, -1, [5, 9]].float(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours.logits, logits[:, -1, [5, 9]].float().cpu(), rtol=0, atol=1e-5)  # scores come back on the CPU
     assert ours.texts[0] == model.tokenizer.decode(ours.tokens[0], skip_special_tokens=True)
 
 
@@ -158,3 +158,26 @@ def test_generation_first_then_autograd(checkpoint_factory):
         param.requires_grad_(True)
     model(torch.tensor(ROWS[:1])).sum().backward()
     assert model.blocks[0].attn.W_Q.grad is not None
+
+
+@pytest.mark.parametrize("attention_type", VARIANTS)
+def test_shared_prefix_scores_equal_whole_prompts(checkpoint_factory, attention_type):
+    """score_shared_prefix (prefix once, members' own tokens on shared keys/values) gives the logits
+    of scoring each prompt whole, also under a position-0 ablation and a scaling hook."""
+    from drope_lens.generation import score_shared_prefix
+
+    path, _ = checkpoint_factory(attention_type=attention_type)
+    model = dl.load_model(path)
+    groups = [[[1, 5, 9, 17, 33, 40, 61, 70, 12, 8], [1, 5, 9, 17, 33, 40, 61, 70, 13], [1, 5, 9, 17, 33, 40, 61, 22, 23, 24]],
+              [[1, 44, 45, 46, 47, 3], [1, 44, 45, 46, 47, 4, 5], [1, 44, 45, 46, 47, 6]],
+              [[1, 7, 8, 20, 21, 22, 23, 9], [1, 7, 8, 20, 21, 22, 23, 10], [1, 7, 8, 20, 21, 22, 23, 11]],
+              [[1, 30], [1, 31], [1, 30, 31]]]
+    score_ids = [5, 9, 30]
+    hooks = _bos_mlp_zero(model, 1) + [("blocks.0.attn.hook_rot_q", lambda q, hook: q * 1.5)]
+    for fwd_hooks in ([], hooks):
+        got = score_shared_prefix(model, groups, score_ids, fwd_hooks=fwd_hooks, batch_size=6)
+        flat = [p for g in groups for p in g]
+        whole = greedy_generate(model, flat, 0, fwd_hooks=fwd_hooks, score_ids=score_ids, batch_size=1).logits
+        torch.testing.assert_close(got.reshape(-1, len(score_ids)), whole, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="group sizes"):
+        score_shared_prefix(model, [[[1, 2]], [[1, 2], [1, 3]]], score_ids)
