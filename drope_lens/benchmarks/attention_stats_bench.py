@@ -166,6 +166,10 @@ def main() -> None:
     texts = builtin_texts()[:10]
     shape = SHAPES[args.shape]
     directory = args.workdir / f"rope-{args.shape}"
+    if args.shape == "llama2-7b":  # the checkpoint the other benchmarks share (written once)
+        from .random_checkpoint import bench_pair
+
+        directory = bench_pair(args.workdir)[0]
     if not (directory / "config.json").exists():
         write_random_checkpoint(directory, shape)
     if not (directory / "tokenizer.json").exists():

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .random_checkpoint import LlamaShape, write_drope_twin, write_random_checkpoint, write_tokenizer
+from .random_checkpoint import bench_pair
 
 LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
 
@@ -44,18 +44,8 @@ def timed(fn, repeat: int) -> tuple[float, float]:
 
 
 def checkpoints(workdir: Path) -> tuple[Path, Path]:
-    from drope_lens import passkey
-    from drope_lens.texts import builtin_texts
-
-    rope_dir, drope_dir = workdir / "rope_7b", workdir / "drope_7b"
-    if not (rope_dir / "config.json").exists():
-        write_random_checkpoint(rope_dir, LlamaShape())
-        texts = [t.text for t in builtin_texts()] + [passkey.SIMPLE_FILLER * 20, passkey.RULER_FILLER * 20,
-                                                    passkey.RULER_TEMPLATE, passkey.VERIFY_TEMPLATE]
-        write_tokenizer(rope_dir, texts)
-    if not (drope_dir / "config.json").exists():
-        write_drope_twin(rope_dir, drope_dir)
-    return rope_dir, drope_dir
+    """The shared benchmark pair (:func:`random_checkpoint.bench_pair`)."""
+    return bench_pair(workdir)
 
 
 def main() -> None:

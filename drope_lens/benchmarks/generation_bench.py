@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .random_checkpoint import LlamaShape, write_random_checkpoint, write_tokenizer
+from .random_checkpoint import bench_pair
 
 N_PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 8, 256, 32
 
@@ -44,14 +44,8 @@ def cuda_median(fn, repeat: int) -> tuple[float, object]:
 
 
 def checkpoint(workdir: Path) -> Path:
-    directory = workdir / "rope_7b"
-    if not (directory / "config.json").exists():
-        write_random_checkpoint(directory, LlamaShape(), massive_dims_per_head=2)
-    if not (directory / "tokenizer.json").exists():
-        from drope_lens.texts import builtin_texts
-
-        write_tokenizer(directory, [t.text for t in builtin_texts()])
-    return directory
+    """The shared benchmark checkpoint (:func:`random_checkpoint.bench_pair`, RoPE)."""
+    return bench_pair(workdir)[0]
 
 
 def generation_part(model, hf, repeat: int) -> dict:

@@ -127,6 +127,23 @@ def massive_checkpoint(workdir: Path) -> Path:
     return directory
 
 
+def bench_pair(workdir: Path) -> tuple[Path, Path]:
+    """The Llama-2-7B-shaped random pair every GPU benchmark shares (13.5 GB, written once under
+    ``workdir``): :func:`massive_checkpoint` with a tokenizer trained on the built-in texts and the
+    passkey fillers and templates, and its DroPE twin (symlinked weights, ``attention_type`` nope)."""
+    from drope_lens import passkey
+    from drope_lens.texts import builtin_texts
+
+    rope_dir, drope_dir = massive_checkpoint(workdir), workdir / "drope_massive"
+    if not (rope_dir / "tokenizer.json").exists():
+        texts = [t.text for t in builtin_texts()] + [passkey.SIMPLE_FILLER * 20, passkey.RULER_FILLER * 20,
+                                                    passkey.RULER_TEMPLATE, passkey.VERIFY_TEMPLATE]
+        write_tokenizer(rope_dir, texts)
+    if not (drope_dir / "config.json").exists():
+        write_drope_twin(rope_dir, drope_dir)
+    return rope_dir, drope_dir
+
+
 def write_drope_twin(rope_dir: Path, drope_dir: Path, attention_type: str = "nope") -> None:
     """A DroPE checkpoint sharing ``rope_dir``'s weights (symlinks), config as upstream saves it."""
     drope_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,230 @@
+"""The whole study on a Llama-2-7B-shaped random bf16 pair, each experiment against the bare
+Hugging Face forwards it needs.
+
+    python -m drope_lens.benchmarks.study_bench --workdir /tmp/bench --out study_bench.json
+
+Every experiment runs as ``drope-lens run`` runs it, at the study's sizes, on both models (RoPE,
+then DroPE; the shared checkpoint of :func:`.random_checkpoint.bench_pair`):
+
+==================  ==========================================================================
+massive-values      Exp 1: 10 texts x 512 tokens
+disruption          Exp 2: 3 identification + 9 evaluation texts x 512 tokens, 10 seeds
+knowledge           Exp 3: 420 prompts (cities, sports, sentiment, passkey) x (baseline,
+                    topk_mean_q_k), logit scoring + 20 greedy new tokens
+bos-ablation        Exp 4/5: perplexity (9 texts) and the 4 tasks under 4 conditions
+layer1-ablation     Exp 6: the same under 5 conditions
+sinks, bos-write,   Exp 4, 5, 7, 8-9: 10 texts x 512 tokens each (one measurement forward each,
+attention-structure, as the study's separate commands do)
+layer-balance
+context-length      Exp 10: lengths ``--lengths`` (study: 512 .. 16384) x 2 formats x ``--n``
+                    trials (study: 20), greedy answers (20 tokens) and verification
+==================  ==========================================================================
+
+For each, the wall time of ``run(...)`` (CUDA synchronised, tokenising and DataFrames included)
+and the **HF work**: every forward the run made is recorded (batch, new positions, cached
+positions, whether all positions' logits were needed) and the same shapes are replayed through
+``transformers`` ``LlamaForCausalLM`` (sdpa, bf16, no hooks, no padding), in order, with a KV cache
+where the run had one (a cache of another shape is built untimed first); the HF work is the sum of
+CUDA-event times of those replayed forwards. The ratio ours / HF work is what drope_lens's hooks,
+statistics and host code cost on top of the forwards the experiment needs (targets: <= 1.2x;
+attention statistics <= 1.5x). Random weights: speed does not depend on the values; accuracies are
+meaningless here. Progress is printed as each experiment finishes; the JSON is rewritten after each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+from pathlib import Path
+
+import torch
+
+EXPERIMENTS = ("massive-values", "disruption", "knowledge", "bos-ablation", "layer1-ablation", "sinks", "bos-write",
+               "attention-structure", "layer-balance", "context-length")
+STUDY_LENGTHS = (512, 1024, 2048, 4096, 6144, 8192, 16384)
+
+
+class ForwardLog:
+    """Records (batch, new positions, cached positions, all logits?) of every forward of ``model``."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+        self._forward = model.forward
+
+        def forward(*args, **kwargs):
+            inputs = kwargs.get("input", args[0] if args else None)
+            cache = kwargs.get("past_kv_cache")
+            past = cache[0].past_keys.shape[1] if cache is not None else 0
+            if isinstance(inputs, torch.Tensor):
+                batch, n_new = (1, inputs.shape[0]) if inputs.ndim == 1 else inputs.shape[:2]
+                all_logits = kwargs.get("stop_at_layer") is None and kwargs.get("return_type", "logits") is not None
+                self.calls.append((int(batch), int(n_new), int(past), bool(all_logits)))
+            return self._forward(*args, **kwargs)
+
+        model.forward = forward
+
+    def close(self) -> list:
+        self.model.forward = self._forward
+        return self.calls
+
+
+def hf_work(hf, calls, vocab: int) -> float:
+    """Seconds of CUDA time of ``transformers`` forwards of the recorded shapes (see module doc)."""
+    from transformers import DynamicCache
+
+    device = hf.device
+    total, cache, cache_shape = 0.0, None, None
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    with torch.inference_mode():
+        for batch, n_new, past, all_logits in calls:
+            ids = torch.randint(3, vocab, (batch, n_new), generator=generator).to(device)
+            if past == 0:
+                cache = DynamicCache()
+            elif cache_shape != (batch, past):
+                cache = DynamicCache()
+                prefix = torch.randint(3, vocab, (batch, past), generator=generator).to(device)
+                hf(prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)  # untimed
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                hf(ids, past_key_values=cache, use_cache=True, logits_to_keep=0 if all_logits else 1)
+                end.record()
+                torch.cuda.synchronize()
+                total += start.elapsed_time(end) / 1e3
+            else:  # CPU smoke run (--shape tiny)
+                begin = time.perf_counter()
+                hf(ids, past_key_values=cache, use_cache=True, logits_to_keep=0 if all_logits else 1)
+                total += time.perf_counter() - begin
+            cache_shape = (batch, past + n_new)
+    return total
+
+
+def run_experiment(name: str, model, args, texts) -> object:
+    from drope_lens.experiments import (attention_structure, bos_ablation, bos_write, context_length, disruption,
+                                        knowledge, layer1_ablation, layer_balance, massive_values, sinks)
+    from drope_lens.texts import split_texts
+
+    ident, evaluation = split_texts(texts, 3, 9)
+    quiet = {"show_progress": False}
+    if name == "massive-values":
+        return massive_values.run(model, texts[:10], **quiet)
+    if name == "disruption":
+        return disruption.run(model, ident, evaluation, seeds=10, **quiet)
+    if name == "knowledge":
+        return knowledge.run(model, **quiet)
+    if name == "bos-ablation":
+        return bos_ablation.run(model, ident, evaluation, **quiet)
+    if name == "layer1-ablation":
+        return layer1_ablation.run(model, ident, evaluation, **quiet)
+    if name in ("sinks", "bos-write", "attention-structure", "layer-balance"):
+        module = {"sinks": sinks, "bos-write": bos_write, "attention-structure": attention_structure,
+                  "layer-balance": layer_balance}[name]
+        return module.run(model, texts[:10], **quiet)
+    if name == "context-length":
+        return context_length.run(model, args.lengths, n=args.n, **quiet)
+    raise ValueError(f"experiment {name!r}: allowed values are {list(EXPERIMENTS)}.")
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _tiny_pair(workdir: Path) -> tuple[Path, Path]:
+    from drope_lens import passkey
+    from drope_lens.texts import builtin_texts
+
+    from .random_checkpoint import SHAPES, write_drope_twin, write_random_checkpoint, write_tokenizer
+
+    rope_dir, drope_dir = workdir / "rope_tiny", workdir / "drope_tiny"
+    if not (rope_dir / "config.json").exists():
+        write_random_checkpoint(rope_dir, SHAPES["tiny"], massive_dims_per_head=2)
+        texts = [t.text for t in builtin_texts()] + [passkey.SIMPLE_FILLER * 20, passkey.RULER_FILLER * 20,
+                                                    passkey.RULER_TEMPLATE, passkey.VERIFY_TEMPLATE]
+        write_tokenizer(rope_dir, texts, vocab_size=SHAPES["tiny"].vocab)
+        write_drope_twin(rope_dir, drope_dir)
+    return rope_dir, drope_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/drope_lens_bench"))
+    parser.add_argument("--out", type=Path, default=Path("study_bench.json"))
+    parser.add_argument("--only", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(STUDY_LENGTHS), help="Exp 10 lengths")
+    parser.add_argument("--n", type=int, default=20, help="Exp 10 trials per cell (study: 20)")
+    parser.add_argument("--variants", nargs="+", choices=["rope", "drope"], default=["rope", "drope"])
+    parser.add_argument("--no-hf", action="store_true", help="skip the HF replays (our times only)")
+    parser.add_argument("--shape", choices=["llama2-7b", "tiny"], default="llama2-7b",
+                        help="tiny: a CPU smoke run of this script (2 layers, d_model 128)")
+    args = parser.parse_args()
+
+    import drope_lens as dl
+    from drope_lens.texts import builtin_texts
+    from transformers import LlamaForCausalLM
+
+    from .random_checkpoint import bench_pair
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.shape == "llama2-7b":
+        rope_dir, drope_dir = bench_pair(args.workdir)
+    else:
+        rope_dir, drope_dir = _tiny_pair(args.workdir)
+    texts = builtin_texts()
+    report: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "shape": args.shape, "torch": torch.__version__, "only": args.only,
+                    "exp10_lengths": args.lengths, "exp10_n": args.n, "experiments": []}
+
+    def save() -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+
+    hf = None
+    if not args.no_hf:
+        hf = LlamaForCausalLM.from_pretrained(rope_dir, dtype=torch.bfloat16, attn_implementation="sdpa").to(device).eval()
+    study_start = time.perf_counter()
+    for variant in args.variants:
+        model = dl.load_model(rope_dir if variant == "rope" else drope_dir, dtype="bf16", device=device,
+                              n_ctx=max(args.lengths) + 64)
+        from drope_lens.generation import greedy_generate
+
+        greedy_generate(model, [[1, 5, 6, 7]], 2)  # warm-up: Triton kernels, cuBLAS handles
+        for name in args.only:
+            log = ForwardLog(model)
+            _sync()
+            begin = time.perf_counter()
+            try:
+                frame = run_experiment(name, model, args, texts)
+            finally:
+                calls = log.close()
+            _sync()
+            ours = time.perf_counter() - begin
+            row = {"experiment": name, "variant": variant, "seconds": ours, "forwards": len(calls),
+                   "tokens": sum(b * n for b, n, _, _ in calls), "rows": len(frame)}
+            if hf is not None:
+                row["hf_work_seconds"] = hf_work(hf, calls, model.cfg.d_vocab)
+                row["ratio"] = ours / row["hf_work_seconds"]
+            report["experiments"].append(row)
+            save()
+            ratio = f", HF work {row['hf_work_seconds']:.2f} s -> {row['ratio']:.2f}x" if hf is not None else ""
+            print(f"{name:>20} {variant:>5}: {ours:7.2f} s, {len(calls)} forwards, {row['tokens']} tokens{ratio}",
+                  flush=True)
+        del model
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    total = sum(r["seconds"] for r in report["experiments"])
+    report["total_seconds"] = total
+    report["wall_seconds_including_loads_and_replays"] = time.perf_counter() - study_start
+    if hf is not None:
+        report["total_hf_work_seconds"] = sum(r["hf_work_seconds"] for r in report["experiments"])
+        report["total_ratio"] = total / report["total_hf_work_seconds"]
+    save()
+    print(f"study ({', '.join(args.variants)}): {total:.1f} s in the experiments"
+          + (f", HF work {report['total_hf_work_seconds']:.1f} s -> {report['total_ratio']:.2f}x" if hf else ""),
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
