@@ -16,8 +16,9 @@ program per block of ``BLOCK_M`` query rows and (batch, head):
 3. it writes per-program partial sums over its rows t >= 1, summed afterwards in PyTorch
    (deterministic, no atomics).
 
-``received_kernel`` (only when asked) is a second pass adding each row's probabilities into
-per-key sums (atomic adds). Scores are ``tl.dot`` of the inputs in their own dtype with float32
+``received_kernel`` (only when asked) is a second pass, one program per block of keys, summing the
+probabilities (from the rows' ``lse``) that every query tile gives its keys: each program owns its
+keys' sums, so there are no atomic adds and the result is deterministic. Scores are ``tl.dot`` of the inputs in their own dtype with float32
 accumulation (products of bf16/fp16 numbers are exact in float32; float32 inputs use IEEE float32
 products, not TF32). :func:`usable` says when this path applies (CUDA tensors and Triton, or
 ``TRITON_INTERPRET=1``).
@@ -151,28 +152,32 @@ def _kernels() -> Optional[SimpleNamespace]:
                         sqb, sqt, sqh, sqd, skb, skt, skh, skd,
                         n_q, n_k, offset, n_heads, rep, d_head, scale, sliding,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_HEAD: tl.constexpr, IEEE: tl.constexpr):
-        pid_m = tl.program_id(0)
+        # One program per block of BLOCK_N keys and (batch, head): it loops over the query tiles
+        # that can see its keys and owns their sums (a plain store: no atomics, deterministic).
+        pid_n = tl.program_id(0)
         pid_bh = tl.program_id(1).to(tl.int64)
         b = pid_bh // n_heads
         h = pid_bh % n_heads
         start = tl.load(start_ptr + b)
         end = tl.load(end_ptr + b)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rows = offset + offs_m
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, D_HEAD)
-        q = tl.load(q_ptr + b * sqb + offs_m[:, None] * sqt + h * sqh + offs_d[None, :] * sqd,
-                    mask=(offs_m < n_q)[:, None] & (offs_d < d_head)[None, :], other=0.0)
-        used = (offs_m < n_q) & (rows >= start + 1) & (rows < end)
-        lse = tl.load(lse_ptr + pid_bh * n_q + offs_m, mask=offs_m < n_q, other=0.0)
         k_base = b * skb + (h // rep) * skh
-        first_row = offset + pid_m * BLOCK_M
-        last_row = tl.minimum(first_row + BLOCK_M, offset + n_q) - 1
-        lo = tl.maximum(tl.maximum(start, first_row - sliding + 1), 0)
-        hi = tl.minimum(end, last_row + 1)
-        for n0 in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            k = tl.load(k_ptr + k_base + offs_n[:, None] * skt + offs_d[None, :] * skd,
-                        mask=(offs_n < n_k)[:, None] & (offs_d < d_head)[None, :], other=0.0)
+        k = tl.load(k_ptr + k_base + offs_n[:, None] * skt + offs_d[None, :] * skd,
+                    mask=(offs_n < n_k)[:, None] & (offs_d < d_head)[None, :], other=0.0)
+        first_key = pid_n * BLOCK_N
+        last_key = tl.minimum(first_key + BLOCK_N, n_k) - 1
+        # rows that may see these keys: first_key <= row < last_key + sliding, start < row < end
+        lo = tl.maximum(tl.maximum(first_key, start + 1) - offset, 0)
+        hi = tl.minimum(tl.minimum(end, offset + n_q), last_key + sliding) - offset
+        acc = tl.zeros([BLOCK_N], tl.float32)
+        for m0 in range((lo // BLOCK_M) * BLOCK_M, hi, BLOCK_M):
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            rows = offset + offs_m
+            q = tl.load(q_ptr + b * sqb + offs_m[:, None] * sqt + h * sqh + offs_d[None, :] * sqd,
+                        mask=(offs_m < n_q)[:, None] & (offs_d < d_head)[None, :], other=0.0)
+            lse = tl.load(lse_ptr + pid_bh * n_q + offs_m, mask=offs_m < n_q, other=0.0)
+            used = (offs_m < n_q) & (rows >= start + 1) & (rows < end)
             if IEEE:  # float32 inputs: IEEE products, not TF32
                 s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
             else:  # bf16/fp16 products are exact in the float32 accumulator
@@ -180,7 +185,8 @@ def _kernels() -> Optional[SimpleNamespace]:
             vis = (offs_n[None, :] <= rows[:, None]) & (offs_n[None, :] >= start) & (offs_n[None, :] < end)
             vis = vis & (rows[:, None] - offs_n[None, :] < sliding) & used[:, None]
             p = tl.where(vis, tl.exp(s - lse[:, None]), 0.0)
-            tl.atomic_add(recv_ptr + pid_bh * n_k + offs_n, tl.sum(p, 0), mask=offs_n < n_k)
+            acc += tl.sum(p, 0)
+        tl.store(recv_ptr + pid_bh * n_k + offs_n, acc, mask=offs_n < n_k)
 
     return SimpleNamespace(triton=triton, rows=row_kernel, received=received_kernel)
 
@@ -240,8 +246,9 @@ def attention_stats(
         got = None
         if received:
             got = torch.zeros(batch, n_heads, n_k, dtype=torch.float32, device=q.device)
-            kernels.received[grid](q, k, start, end, lse, got, *q.stride(), *k.stride(), n_q, n_k, offset, n_heads,
-                                   n_heads // n_kv, d_head, float(scale), sliding, **common)
+            key_grid = (kernels.triton.cdiv(n_k, BLOCK_N), batch * n_heads)
+            kernels.received[key_grid](q, k, start, end, lse, got, *q.stride(), *k.stride(), n_q, n_k, offset,
+                                       n_heads, n_heads // n_kv, d_head, float(scale), sliding, **common)
     sums = partial.sum(dim=2)  # [batch, head, 4 + G_PAD]
     rows = torch.arange(offset, n_k, device=q.device)
     n_rows = ((rows[None] >= start[:, None] + 1) & (rows[None] < end[:, None])).sum(dim=1)
