@@ -127,6 +127,17 @@ def run_experiment(name: str, model, args, texts) -> object:
     raise ValueError(f"experiment {name!r}: allowed values are {list(EXPERIMENTS)}.")
 
 
+def _warm_up(model, texts) -> None:
+    """Compile what the first use would: Triton kernels (each statistics request), cuSOLVER and
+    cuBLAS handles, the decode path; 2 texts x 64 tokens, not timed."""
+    from drope_lens.experiments import attention_structure, massive_values, sinks
+    from drope_lens.generation import greedy_generate
+
+    for module in (massive_values, sinks, attention_structure):
+        module.run(model, texts[:2], max_tokens=64, show_progress=False)
+    greedy_generate(model, [[1, 5, 6, 7]], 2)
+
+
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -187,9 +198,7 @@ def main() -> None:
     for variant in args.variants:
         model = dl.load_model(rope_dir if variant == "rope" else drope_dir, dtype="bf16", device=device,
                               n_ctx=max(args.lengths) + 64)
-        from drope_lens.generation import greedy_generate
-
-        greedy_generate(model, [[1, 5, 6, 7]], 2)  # warm-up: Triton kernels, cuBLAS handles
+        _warm_up(model, texts)
         for name in args.only:
             log = ForwardLog(model)
             _sync()
