@@ -84,16 +84,26 @@ def headline_disruption(df: pd.DataFrame) -> pd.DataFrame:
 #: Our Exp 3 condition names -> the study's: its disruption replaced each head's top-1 Q and K dim
 #: by its mean over positions (drope_lens.hooks.conditions calls that ``topk_mean_q_k``).
 STUDY_CONDITIONS = {"topk_mean_q_k": "disrupted"}
-#: Our Exp 3 task names -> the study's (its sentiment task was IMDB reviews).
-STUDY_TASKS = {"sentiment": "imdb"}
+#: Task names are the study's as they are: its IMDB row is filled only by task ``imdb`` (real IMDB);
+#: the package's own written ``reviews`` (not IMDB) keep their name, so the IMDB row reads
+#: "not measured" unless IMDB was run.
 
 
 def headline_knowledge(df: pd.DataFrame) -> pd.DataFrame:
-    """Generation-scored accuracy (%) per task and condition (the study's scoring)."""
+    """Generation-scored accuracy (%) per task and condition (the study's scoring), keyed
+    ``<task>_<condition>`` (the study's name for the disruption); two (task, condition) pairs
+    never share a key."""
     scored = df[df["correct_generation"].notna()].assign(correct_generation=lambda d: d["correct_generation"].astype(float))
     g = scored.groupby(["variant", "task", "condition"])["correct_generation"].mean() * 100
-    return _rows({(f"{STUDY_TASKS.get(task, task)}_{STUDY_CONDITIONS.get(condition, condition)}", variant): v
-                  for (variant, task, condition), v in g.items()})
+    out: dict[tuple[str, str], float] = {}
+    source: dict[tuple[str, str], tuple[str, str]] = {}
+    for (variant, task, condition), v in g.items():
+        key = (f"{task}_{STUDY_CONDITIONS.get(condition, condition)}", variant)
+        if key in out:
+            raise ValueError(f"knowledge headline key {key[0]!r} ({variant}) comes from both task/condition "
+                             f"{source[key]} and {(task, condition)}; each must have its own key.")
+        out[key], source[key] = v, (task, condition)
+    return _rows(out)
 
 
 def headline_ablation(df: pd.DataFrame) -> pd.DataFrame:
@@ -199,7 +209,7 @@ def reproduction_table(ours: dict[str, pd.DataFrame], study: Optional[pd.DataFra
             if len(hit):
                 value = float(hit["value"].iloc[0])
         status = ("measured" if value == value else
-                  "not run" if mine is None else "not in these results")
+                  "not run" if mine is None else "not measured")
         ratio = value / entry.value if value == value and entry.value else np.nan
         rows.append({"experiment": entry.experiment, "quantity": entry.description, "key": entry.key,
                      "variant": entry.variant, "unit": entry.unit, "study": entry.value, "ours": value,

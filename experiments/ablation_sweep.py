@@ -15,6 +15,7 @@ from typing import Literal, Optional, Sequence
 
 import pandas as pd
 
+from drope_lens import analysis
 from drope_lens.hooks.conditions import check_conditions
 from drope_lens.results import RunStore
 from drope_lens.tasks import check_tasks, load_task
@@ -22,13 +23,13 @@ from drope_lens.texts import TextsLike, as_texts
 
 from .ablation_setup import prepare_conditions
 from .common import BosPolicy, check_bos, tokenize, unit_prefix
-from .task_eval import accuracy_table, condition_meta, perplexity_rows, perplexity_table, task_rows
+from .task_eval import accuracy_table, condition_layers, condition_meta, perplexity_rows, perplexity_table, task_rows
 
 
 @dataclass(frozen=True)
 class AblationConfig:
     conditions: tuple[str, ...]
-    tasks: tuple[str, ...] = ("cities", "sports", "sentiment", "passkey")
+    tasks: tuple[str, ...] = ("cities", "sports", "reviews", "passkey")
     n: Optional[int] = None
     seed: int = 42
     source: Literal["study", "toy"] = "study"
@@ -36,9 +37,11 @@ class AblationConfig:
     new_tokens: int = 20
     batch_size: int = 16
     bos: BosPolicy = "checkpoint"
+    spike_rule: str = analysis.DEFAULT_SPIKE_RULE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "conditions", check_conditions(tuple(self.conditions)))
+        analysis.check_spike_rule(self.spike_rule)
         object.__setattr__(self, "tasks", check_tasks(tuple(self.tasks)) if self.tasks else ())
         check_bos(self.bos)
         if self.source not in ("study", "toy"):
@@ -58,7 +61,8 @@ def run_sweep(model, reference_texts: TextsLike, evaluation_texts: TextsLike, co
     overlap = [t.name for t in evaluation if t.text in seen]
     if overlap:
         raise ValueError(f"evaluation texts {overlap} are also reference texts; use disjoint sets.")
-    prepared = prepare_conditions(model, config.conditions, reference, max_tokens=config.max_tokens, bos=config.bos)
+    prepared = prepare_conditions(model, config.conditions, reference, max_tokens=config.max_tokens, bos=config.bos,
+                                  spike_rule=config.spike_rule)
     prefix = unit_prefix(model)
     if store is not None:
         store.save_extra(f"conditions-{prefix}", pd.DataFrame([condition_meta(prepared)]).astype(str))
@@ -109,7 +113,7 @@ def wide_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def add_cli_arguments(parser, default_conditions: Sequence[str]) -> None:
     parser.add_argument("--conditions", default=",".join(default_conditions), help="comma-separated condition names")
-    parser.add_argument("--tasks", default="cities,sports,sentiment,passkey", help="comma-separated tasks ('' for none)")
+    parser.add_argument("--tasks", default="cities,sports,reviews,passkey", help="comma-separated tasks ('' for none)")
     parser.add_argument("--n", type=int, default=None, help="prompts per task (default: the study's)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--source", choices=["study", "toy"], default=None,
@@ -117,6 +121,9 @@ def add_cli_arguments(parser, default_conditions: Sequence[str]) -> None:
     parser.add_argument("--n-reference", type=int, default=3, help="texts for the spike layer (disjoint from evaluation)")
     parser.add_argument("--n-evaluation", type=int, default=9)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--spike-rule", choices=list(analysis.SPIKE_RULES), default=analysis.DEFAULT_SPIKE_RULE,
+                        help="how bos_mlp / bos_v_spike choose the spike layer: argmax of the BOS ratio (default, the "
+                             "study's), first_above 2, or jump (the block that raises ||resid[0]|| most)")
 
 
 def run_cli(ctx, experiment: str, title: str) -> int:
@@ -128,7 +135,7 @@ def run_cli(ctx, experiment: str, title: str) -> int:
     config = AblationConfig(tuple(s for s in args.conditions.split(",") if s),
                             tuple(s for s in args.tasks.split(",") if s), args.n, args.seed,
                             args.source or ("toy" if ctx.is_toy else "study"), args.max_tokens, 20, args.batch_size,
-                            args.bos)
+                            args.bos, args.spike_rule)
     reference, evaluation = split_texts(ctx.texts(), args.n_reference, args.n_evaluation, seed=0)
     store = ctx.store(experiment, config, {"reference": [t.name for t in reference],
                                            "evaluation": [t.name for t in evaluation]})
@@ -136,10 +143,11 @@ def run_cli(ctx, experiment: str, title: str) -> int:
     for model in ctx.models():
         frames.append(run_sweep(model, reference, evaluation, config, store=store))
         identities.append(model_identity(model))
+    df = pd.concat(frames, ignore_index=True)
     ctx.finalize(store, frames, {"config": asdict(config), "seed": config.seed,
                                  "reference_texts": [t.name for t in reference],
-                                 "evaluation_texts": [t.name for t in evaluation]}, identities)
-    df = pd.concat(frames, ignore_index=True)
+                                 "evaluation_texts": [t.name for t in evaluation],
+                                 "condition_layers": condition_layers(df)}, identities)
     print_table(f"{title}: perplexity over evaluation texts and task accuracy per condition:", wide_table(df))
     print_table("Perplexity ratio to baseline, 95% bootstrap CI over texts, Wilcoxon p on per-text NLL:",
                 perplexity_summary(df))

@@ -91,3 +91,29 @@ def capture_positions(store: dict, names: Sequence[str], positions: Sequence[int
         return None
 
     return [(name, fn) for name in names]
+
+
+def capture_bos_norms(store: dict, n_layers: int) -> list[HookPair]:
+    """BOS residual norms of every layer, for the spike-layer rules of :mod:`drope_lens.analysis`.
+
+    ``store[layer]`` = dict of ``[batch]`` float32 tensors: ``bos_norm`` = ||resid_post[0]||_2,
+    ``bos_norm_pre`` = ||resid_pre[0]||_2 (what enters the block), ``bos_ratio`` = bos_norm /
+    mean over t >= 1 of ||resid_post[t]|| (dimensionless). Position 0 is each row's first token:
+    use unpadded (equal-length) batches, as the measurement experiments do.
+    """
+
+    def post(x, hook):
+        norms = x.float().norm(dim=-1)  # [batch, pos]
+        entry = store.setdefault(hook.layer(), {})
+        entry["bos_norm"] = norms[:, 0]
+        entry["bos_ratio"] = norms[:, 0] / norms[:, 1:].mean(dim=1)
+        return None
+
+    def pre(x, hook):
+        store.setdefault(hook.layer(), {})["bos_norm_pre"] = x[:, 0].float().norm(dim=-1)
+        return None
+
+    pairs: list[HookPair] = []
+    for layer in range(n_layers):
+        pairs += [(f"blocks.{layer}.hook_resid_pre", pre), (f"blocks.{layer}.hook_resid_post", post)]
+    return pairs

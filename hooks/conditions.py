@@ -12,8 +12,8 @@ Names (:data:`CONDITIONS`):
   ``rotary="pre"`` (``hook_q``/``hook_k``, the study) or ``"post"`` (``hook_rot_q``/``hook_rot_k``).
 - ``massive_zero``: Exp 2's massive Q/K entries zeroed at every position (masks passed in).
 - ``bos_mlp``: ``hook_mlp_out`` zeroed at absolute position 0 in the spike layer (passed in;
-  computed by :func:`drope_lens.experiments.ablation_setup.spike_layer` from the model's BOS-norm
-  ratio).
+  chosen by :func:`drope_lens.analysis.spike_layer` under a named rule, by
+  :func:`drope_lens.experiments.ablation_setup.prepare_conditions`).
 - ``bos_v_spike`` / ``bos_v_all``: ``hook_v`` zeroed at position 0 in the spike layer / in all layers.
 - ``l1_mlp`` / ``l1_attn`` / ``l1_both``: ``blocks.1.hook_mlp_out`` / ``hook_attn_out`` / both
   zeroed at every position (generated tokens included); ``l1_both_bos``: both at position 0 only.

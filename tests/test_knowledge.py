@@ -12,7 +12,7 @@ import torch
 
 import drope_lens as dl
 from drope_lens.experiments import bos_ablation, knowledge, layer1_ablation
-from drope_lens.experiments.ablation_setup import bos_norm_ratios, prepare_conditions, spike_layer
+from drope_lens.experiments.ablation_setup import prepare_conditions
 from drope_lens.experiments.task_eval import TASK_COLUMNS, degradation, task_rows
 from drope_lens.results import RunStore
 from drope_lens.scoring import answer_token_ids
@@ -61,7 +61,7 @@ def test_logit_scoring_matches_hugging_face(checkpoint_factory):
 def test_knowledge_run_columns_and_resume(checkpoint_factory, tmp_path, monkeypatch):
     model = dl.load_model("bundled:toy/drope")  # its tokenizer has " Yes"/" Positive" (the tiny one has not)
     store = RunStore(tmp_path, "knowledge", "test")
-    kwargs = dict(tasks=("cities", "sentiment"), conditions=("baseline", "topk_mean_q_k"), n=4, new_tokens=4,
+    kwargs = dict(tasks=("cities", "reviews"), conditions=("baseline", "topk_mean_q_k"), n=4, new_tokens=4,
                   source="toy", show_progress=False)
     df = knowledge.run(model, store=store, **kwargs)
     for column in ("task", "condition", "sample", "prompt", "label", "correct_logit", "correct_generation",
@@ -98,19 +98,79 @@ def test_degradation_statistics():
     assert out.mcnemar_p == pytest.approx(0.125)  # 4 discordant pairs, all one way: 2 * 0.5**4
 
 
+def _hf_bos_profile(ref, ids):
+    """float64 BOS ratio per layer and BOS norms (embedding, then each layer's output) from HF."""
+    post = []
+    handles = [layer.register_forward_hook(lambda m, i, o: post.append(o[0] if isinstance(o, tuple) else o))
+               for layer in ref.model.layers]
+    with torch.no_grad():
+        embed = ref.model.embed_tokens(torch.tensor([ids]))[0, 0].double().norm()
+        ref(torch.tensor([ids]))
+    for h in handles:
+        h.remove()
+    post = [p[0].double() for p in post]
+    ratios = np.array([float(p[0].norm() / p[1:].norm(dim=-1).mean()) for p in post])
+    return ratios, np.array([float(embed)] + [float(p[0].norm()) for p in post])
+
+
+def _hf_ppl(ref, ids, modules=()):
+    """Perplexity (exp of the mean next-token NLL, nats) of one text in HF, with the outputs of
+    ``modules`` zeroed at position 0."""
+    def zero_first(module, inputs, output):
+        out = output.clone()
+        out[:, 0] = 0
+        return out
+
+    handles = [m.register_forward_hook(zero_first) for m in modules]
+    try:
+        with torch.no_grad():
+            logits = ref(torch.tensor([ids])).logits[0].double()
+    finally:
+        for h in handles:
+            h.remove()
+    nll = torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:]))
+    return float(torch.exp(nll))
+
+
 def test_bos_ablation_uses_and_records_the_spike_layer(checkpoint_factory):
-    path, _ = checkpoint_factory(num_hidden_layers=3)
+    """The spike layer (argmax of the BOS ratio, by hand from HF hidden states, float64) is the one
+    ablated and recorded (rows: condition_layer, spike_rule); the perplexity ratios of bos_mlp and
+    bos_v_all equal HF forwards with layers[L].mlp / every v_proj zeroed at position 0.
+    Planted bugs this catches: the layer chosen by 'first ratio > 2' instead of the argmax; the
+    MLP of layer L + 1 ablated; position 1 zeroed instead of the BOS token; a baseline ratio that
+    is not measured."""
+    path, ref = checkpoint_factory(num_hidden_layers=3)
     model = dl.load_model(path)
-    df = bos_ablation.run(model, TEXTS[:2], TEXTS[2:], tasks=("passkey",), n=2, max_tokens=64, show_progress=False)
-    expected, _ = spike_layer(bos_norm_ratios(model, TEXTS[:2], max_tokens=64))
+    reference, evaluation = TEXTS[:2], TEXTS[2:]
+    df = bos_ablation.run(model, reference, evaluation, tasks=("passkey",), n=2, max_tokens=64, show_progress=False)
+    profiles = [_hf_bos_profile(ref, model.tokenizer(t)["input_ids"][:64]) for t in reference]
+    ratios = np.mean([p[0] for p in profiles], axis=0)
+    norms = np.mean([p[1] for p in profiles], axis=0)
+    expected = int(np.argmax(ratios))
     ppl = df[df.measure == "perplexity"]
     assert set(ppl.condition) == set(bos_ablation.DEFAULT_CONDITIONS)
-    assert set(ppl[ppl.condition.isin(["bos_mlp", "bos_v_spike"])].condition_layer) == {expected}
-    table = bos_ablation.perplexity_summary(df)
-    assert table.set_index("condition").loc["baseline", "ppl_ratio"] == 1.0
+    spiked = df[df.condition.isin(["bos_mlp", "bos_v_spike"])]
+    assert set(spiked.condition_layer) == {expected} and set(spiked.spike_rule) == {"argmax"}
+    assert set(df[df.condition == "bos_v_all"].spike_rule) == {""}
+    ids = [model.tokenizer(t)["input_ids"][:64] for t in evaluation]
+    base = np.mean([_hf_ppl(ref, i) for i in ids])
+    mlp = np.mean([_hf_ppl(ref, i, [ref.model.layers[expected].mlp]) for i in ids])
+    v_all = np.mean([_hf_ppl(ref, i, [layer.self_attn.v_proj for layer in ref.model.layers]) for i in ids])
+    table = bos_ablation.perplexity_summary(df).set_index("condition")
+    assert table.loc["baseline", "ppl"] == pytest.approx(base, rel=1e-4)
+    assert table.loc["bos_mlp", "ppl_ratio"] == pytest.approx(mlp / base, rel=1e-4)
+    assert table.loc["bos_v_all", "ppl_ratio"] == pytest.approx(v_all / base, rel=1e-4)
+    assert abs(mlp / base - 1) > 1e-3  # the ablation does change the perplexity
     assert (df[df.measure == "task"].groupby("condition").size() == 2).all()
+    # the jump rule: the block that raises ||resid[0]|| most, by hand
+    jump = bos_ablation.run(model, reference, evaluation, conditions=("baseline", "bos_mlp"), tasks=(),
+                            max_tokens=64, spike_rule="jump", show_progress=False)
+    row = jump[jump.condition == "bos_mlp"].iloc[0]
+    assert row.condition_layer == int(np.argmax(np.diff(norms))) and row.spike_rule == "jump"
     with pytest.raises(ValueError, match="also reference texts"):
         bos_ablation.run(model, TEXTS[:2], TEXTS[1:], tasks=(), show_progress=False)
+    with pytest.raises(ValueError, match=r"spike rule 'first' is unknown"):
+        bos_ablation.run(model, reference, evaluation, tasks=(), spike_rule="first", show_progress=False)
 
 
 def test_layer1_ablation_cli(checkpoint_factory, tmp_path, capsys):

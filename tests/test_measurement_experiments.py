@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -82,8 +83,9 @@ def test_sinks_match_cache_svd_and_hf_attention(pair, variant):
     ratios = sinks.layer_rows(df).pivot_table(index="sample", columns="layer", values="bos_ratio")
     for _, row in spikes.iterrows():
         above = [layer for layer in ratios.columns if ratios.loc[row["sample"], layer] > 2.0]
-        assert row["spike_layer"] == (above[0] if above else -1)
-        assert row["argmax_layer"] == ratios.loc[row["sample"]].idxmax()
+        got = row["spike_layer_first_above"]
+        assert (pd.isna(got) and not above) or got == above[0]  # no spike: <NA>, never -1
+        assert row["spike_layer_argmax"] == ratios.loc[row["sample"]].idxmax()
 
 
 def test_bos_write_matches_cache(pair):

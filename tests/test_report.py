@@ -80,7 +80,18 @@ def test_report_with_every_experiment(toy_results, tmp_path):
     assert row.ours == pytest.approx(expected) and row.study == pytest.approx(79.0)
     disrupted = table[(table.key == "passkey_disrupted") & (table.variant == "rope")].iloc[0]  # topk_mean_q_k
     assert disrupted.status == "measured" and disrupted.study == pytest.approx(0.0)
-    assert table[(table.key == "imdb_baseline") & (table.variant == "rope")].iloc[0].status == "measured"  # sentiment
+    # the package's written reviews are not IMDB: the study's IMDB row stays unmeasured (a planted
+    # mapping reviews -> imdb would fill it), and the reviews never take another task's key
+    imdb = table[table.key.str.startswith("imdb_")]
+    assert len(imdb) == 4 and set(imdb.status) == {"not measured"} and imdb.ours.isna().all()
+    ours = reproduction.headline_knowledge(knowledge)
+    assert {"reviews_baseline", "reviews_disrupted"} <= set(ours.key) and not ours.key.str.startswith("imdb").any()
+    assert not ours.duplicated(["key", "variant"]).any()
+    imdb_run = knowledge[knowledge.task == "reviews"].assign(task="imdb")  # a real IMDB run
+    with_imdb = reproduction.headline_knowledge(pd.concat([knowledge, imdb_run]))
+    want = 100 * imdb_run[(imdb_run.variant == "rope") & (imdb_run.condition == "baseline")]["correct_generation"].mean()
+    got = with_imdb[(with_imdb.key == "imdb_baseline") & (with_imdb.variant == "rope")]["value"]
+    assert got.tolist() == [pytest.approx(want)]
     layer1 = table[(table.experiment == "layer1_ablation") & (table.key == "ppl_l1_mlp")]
     assert set(layer1.status) == {"measured"}
 
