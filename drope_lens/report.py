@@ -121,7 +121,15 @@ def _knowledge_tables(df: pd.DataFrame, meta: Meta) -> list[tuple[str, pd.DataFr
     table = pd.DataFrame({"n": g.size(), "logit_accuracy_pct": 100 * g["correct_logit"].mean(),
                           "generation_accuracy_pct": 100 * g["correct_generation"].mean(),
                           "unparseable": g["unparseable"].sum()}).reset_index()
-    return [("Accuracy per task and condition (unparseable generations count as wrong)", table)]
+    out = [("Accuracy per task and condition (unparseable generations count as wrong)", table)]
+    if (df["condition"] == "baseline").any() and (df["condition"] != "baseline").any():
+        from drope_lens.experiments.knowledge import category_table
+
+        out.append(("The study's headline per category: degradation (%) = mean over the category's tasks of "
+                    "(baseline - condition) / baseline, 95% bootstrap CI over items; ratio = contextual / "
+                    "parametric. The package's written reviews are not IMDB: they count as a contextual task "
+                    "of their own name", category_table(df, n_bootstrap=BOOTSTRAP)))
+    return out
 
 
 def _ablation_tables(df: pd.DataFrame, meta: Meta) -> list[tuple[str, pd.DataFrame]]:

@@ -152,6 +152,51 @@ def categories(df: pd.DataFrame, column: str = "correct", n_bootstrap: int = 500
     return category_degradation(df, column=column, n_bootstrap=n_bootstrap, seed=seed)
 
 
+STUDY_KINDS = {"cities": "parametric", "sports": "parametric", "imdb": "contextual", "passkey": "contextual"}
+
+
+def study_categories() -> pd.DataFrame:
+    """The study's category headline recomputed from its per-task accuracies
+    (``drope_lens/data/study_numbers.json``, Exp 3 rows): per model, ``parametric`` and
+    ``contextual`` = mean over the category's tasks of (baseline - disrupted) / baseline
+    (fractions), ``ratio`` = contextual / parametric (RoPE: 0.943, 0.245, 3.8x)."""
+    from drope_lens.reproduction import study_numbers
+
+    numbers = study_numbers()
+    numbers = numbers[numbers.experiment == EXPERIMENT].set_index(["key", "variant"])["value"]
+    rows = []
+    for variant in ("rope", "drope"):
+        row = {"variant": variant}
+        for kind in ("parametric", "contextual"):
+            values = [(numbers[(f"{t}_baseline", variant)] - numbers[(f"{t}_disrupted", variant)])
+                      / numbers[(f"{t}_baseline", variant)] for t, k in STUDY_KINDS.items() if k == kind]
+            row[kind] = float(sum(values) / len(values))
+        row["ratio"] = row["contextual"] / row["parametric"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def category_table(df: pd.DataFrame, n_bootstrap: int = 2000) -> pd.DataFrame:
+    """:func:`categories` for display (percent, ``value [low, high]``) next to the study's
+    numbers for the disruption (``topk_mean_q_k``), both scorings."""
+    study = study_categories().set_index("variant")
+    rows = []
+    for column in [c for c in ("correct", "correct_generation") if c in df.columns]:
+        for r in categories(df, column=column, n_bootstrap=n_bootstrap).itertuples():
+            cell = lambda v, lo, hi, scale=100: f"{scale * v:.3g} [{scale * lo:.3g}, {scale * hi:.3g}]"  # noqa: E731
+            row = {"variant": r.variant, "condition": r.condition,
+                   "scoring": "primary" if column == "correct" else "generation",
+                   "parametric_pct": cell(r.parametric, r.parametric_low, r.parametric_high),
+                   "contextual_pct": cell(r.contextual, r.contextual_low, r.contextual_high),
+                   "ratio": cell(r.ratio, r.ratio_low, r.ratio_high, 1),
+                   "tasks": f"parametric: {r.parametric_tasks or '-'}; contextual: {r.contextual_tasks or '-'}"}
+            if r.condition == "topk_mean_q_k" and r.variant in study.index:
+                s = study.loc[r.variant]
+                row["study"] = f"{100 * s.parametric:.3g}% vs {100 * s.contextual:.3g}%, {s.ratio:.2g}x (cities, sports vs imdb, passkey)"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 # ------------------------------------------------------------------------------------------
 # Command line: ``drope-lens run knowledge``.
 # ------------------------------------------------------------------------------------------

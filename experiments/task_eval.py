@@ -218,6 +218,11 @@ def category_degradation(df: pd.DataFrame, baseline: str = "baseline", column: s
     tasks with a zero baseline accuracy are left out (their degradation is undefined) and named in
     ``excluded``.
     """
+    if "kind" not in df.columns:  # results written before the column existed
+        from drope_lens.tasks import KIND
+
+        df = df.assign(kind=df["task"].map(lambda t: KIND.get(t, "unknown")))
+    df = df.assign(**{column: df[column].astype(float)})
     rng = np.random.default_rng(seed)
     rows = []
     for (variant, condition), _ in df[df.condition != baseline].groupby(["variant", "condition"], sort=False):

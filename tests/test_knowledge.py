@@ -194,3 +194,90 @@ def test_layer1_ablation_cli(checkpoint_factory, tmp_path, capsys):
     assert main(args + ["--conditions", "baseline,l9_mlp"]) == 2
     assert "condition 'l9_mlp' is unknown" in capsys.readouterr().err
     assert math.isfinite(data[data.measure == "perplexity"].ppl.max())
+
+
+# The study's Exp 3 accuracies (../shared/reference/seed-study/jin_tests_final_20260119_172709.json,
+# <model>.<kind>.<task>.{baseline,disrupted}) and prompt counts (METHODS.md, Exp 3).
+STUDY_EXP3 = {"rope": {"cities": (0.895, 0.575), "sports": (0.60, 0.52), "imdb": (0.44, 0.05), "passkey": (1.0, 0.0)},
+              "drope": {"cities": (0.79, 0.885), "sports": (0.73, 0.67), "imdb": (0.30, 0.15), "passkey": (0.6, 0.6)}}
+STUDY_N = {"cities": 200, "sports": 100, "imdb": 100, "passkey": 20}
+STUDY_KIND = {"cities": "parametric", "sports": "parametric", "imdb": "contextual", "passkey": "contextual"}
+
+
+def _items_with_accuracies() -> pd.DataFrame:
+    """Per-item 0/1 rows with exactly the study's accuracies."""
+    rows = []
+    for variant, tasks in STUDY_EXP3.items():
+        for task, accuracies in tasks.items():
+            n = STUDY_N[task]
+            for condition, accuracy in zip(("baseline", "topk_mean_q_k"), accuracies):
+                hits = round(accuracy * n)
+                for sample in range(n):
+                    correct = float(sample < hits)
+                    rows.append({"variant": variant, "task": task, "kind": STUDY_KIND[task], "condition": condition,
+                                 "sample": sample, "correct": correct, "correct_generation": correct})
+    return pd.DataFrame(rows)
+
+
+def test_category_headline_reproduces_the_studys_numbers():
+    """From per-item outcomes with the study's accuracies, the category headline is the study's
+    published RoPE 94.3% contextual vs 24.5% parametric, 3.8x (METHODS.md / README), and the same
+    numbers come from the package's copy of the study's per-task accuracies. Planted bugs this
+    catches: pooling items across a category's tasks (cities' 200 items would outweigh sports'
+    100: RoPE parametric 30.1%, not 24.5%); degradation computed as baseline - condition
+    (percentage points) instead of relative to the baseline."""
+    table = knowledge.categories(_items_with_accuracies(), n_bootstrap=400).set_index("variant")
+    rope = table.loc["rope"]
+    assert round(100 * rope.contextual, 1) == 94.3 and round(100 * rope.parametric, 1) == 24.5
+    assert round(rope.ratio, 1) == 3.8
+    assert rope.parametric_tasks == "cities,sports" and rope.contextual_tasks == "imdb,passkey"
+    for name in ("parametric", "contextual", "ratio"):
+        assert rope[f"{name}_low"] < rope[name] < rope[f"{name}_high"], name  # CIs over items, not degenerate
+    drope = table.loc["drope"]
+    assert drope.contextual == pytest.approx((0.5 + 0.0) / 2)
+    assert drope.parametric == pytest.approx(((0.79 - 0.885) / 0.79 + (0.73 - 0.67) / 0.73) / 2)
+    study = knowledge.study_categories().set_index("variant")
+    for variant in ("rope", "drope"):
+        for name in ("parametric", "contextual", "ratio"):
+            assert study.loc[variant, name] == pytest.approx(table.loc[variant, name], rel=1e-9), (variant, name)
+    shown = knowledge.category_table(_items_with_accuracies(), n_bootstrap=200)
+    assert shown.iloc[0]["study"].startswith("24.5% vs 94.3%, 3.8x")
+
+
+def test_category_ci_is_a_bootstrap_over_items():
+    """The CI of a one-task category equals a float64 percentile bootstrap by hand (same draws):
+    planted bug: resampling tasks instead of items, or one resample shared by baseline and
+    condition rows of different prompts."""
+    rng = np.random.default_rng(3)
+    base = (rng.random(40) < 0.8).astype(float)
+    other = np.where(rng.random(40) < 0.5, base, 0.0)
+    rows = [{"variant": "rope", "task": "passkey", "kind": "contextual", "condition": c, "sample": i, "correct": v}
+            for c, values in (("baseline", base), ("topk_mean_q_k", other)) for i, v in enumerate(values)]
+    row = knowledge.categories(pd.DataFrame(rows), n_bootstrap=1000, seed=5).iloc[0]
+    draws = np.random.default_rng(5).integers(0, 40, size=(1000, 40))
+    b, o = base[draws].mean(1), other[draws].mean(1)
+    boot = (b - o) / b
+    assert row.contextual == pytest.approx((base.mean() - other.mean()) / base.mean())
+    assert [row.contextual_low, row.contextual_high] == pytest.approx(np.percentile(boot, [2.5, 97.5]).tolist())
+    assert np.isnan(row.parametric) and row.parametric_tasks == ""
+
+
+def test_conditions_are_prepared_on_512_tokens_like_exp_4_to_6(checkpoint_factory, monkeypatch):
+    """Exp 3 prepares the spike layer / massive dims on the same first 512 tokens as Exp 4-6
+    (capped at the model's n_ctx). Planted bug: the old default of 256 tokens."""
+    from drope_lens.experiments import ablation_setup
+
+    seen = {}
+    original = ablation_setup.bos_norm_profile
+
+    def spy(model, texts, **kwargs):
+        seen["max_tokens"] = kwargs["max_tokens"]
+        return original(model, texts, **kwargs)
+
+    monkeypatch.setattr(ablation_setup, "bos_norm_profile", spy)
+    path, _ = checkpoint_factory(num_hidden_layers=3, max_position_embeddings=1024)
+    model = dl.load_model(path)
+    assert model.cfg.n_ctx >= 512
+    knowledge.run(model, tasks=("passkey",), conditions=("baseline", "bos_mlp"), n=1, new_tokens=2,
+                  reference_texts=TEXTS, show_progress=False)
+    assert seen["max_tokens"] == min(512, model.cfg.n_ctx) and knowledge.REFERENCE_TOKENS == 512

@@ -72,6 +72,8 @@ def test_report_with_every_experiment(toy_results, tmp_path):
     assert _sections(page) == list(R.SECTIONS) + ["reproduction"]
     assert "10 of 10 experiments present, 0 missing." in page
     assert "not shown (no report section for it)" in page and "not_an_experiment" in page
+    assert "The study&#x27;s headline per category" in page or "The study's headline per category" in page
+    assert "24.5% vs 94.3%, 3.8x" in page  # the study's category numbers next to ours
     table = _reproduction(root)
     knowledge = S.BUILDERS["knowledge"]()
     expected = 100 * knowledge[(knowledge.variant == "drope") & (knowledge.task == "cities")
