@@ -24,6 +24,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .analysis import SPIKE_RULES, layer_label, spike_table
+
 COLORS = {"rope": "#0072B2", "drope": "#D55E00"}
 LABELS = {"rope": "RoPE", "drope": "DroPE"}
 OTHER_COLOR = "#777777"
@@ -449,7 +451,54 @@ def sinks(data: ResultsLike, tau: float = SINK_TAU) -> go.Figure:
                ("repr_entropy", "representation entropy", "nats", False)]
     # per-layer quantities may sit on their own rows (NaN on per-head rows) or repeat on every
     # per-head row: _per_sample_layer averages the non-missing values of each (sample, layer)
-    return per_layer_panels(df, panels, "Exp 4: attention sinks and the BOS token per layer")
+    spikes = _spike_table(df)
+    titles = ["spike layer over texts, per rule (a category: share of texts; none = no spike)"] if len(spikes) else []
+    fig = per_layer_panels(df, panels, "Exp 4: attention sinks and the BOS token per layer", extra_titles=titles)
+    if titles:
+        cell = len(panels)
+        _layer_categories(fig, spikes, {f"spike_layer_{r}": r for r in SPIKE_RULES}, row=cell // 2 + 1,
+                          col=cell % 2 + 1)
+    return fig
+
+
+def _spike_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per text: the spike layer under each rule (:func:`drope_lens.analysis.spike_table`) from the
+    per-layer BOS values the results hold (empty without ``bos_ratio``)."""
+    if "bos_ratio" not in df.columns:
+        return pd.DataFrame()
+    columns = [c for c in ("bos_ratio", "bos_norm", "bos_norm_pre") if c in df.columns]
+    layers = (df[df["bos_ratio"].notna()].groupby(["model", "variant", "sample", "layer"])[columns].first()
+              .reset_index())
+    return spike_table(layers)
+
+
+def _layer_categories(fig: go.Figure, table: pd.DataFrame, columns: dict[str, str], *, row: int, col: int) -> None:
+    """Bars of the share of texts (%) in each layer category ("L<i>" or "none") of each per-text
+    layer column (a layer is a category: never averaged); one bar group per variant."""
+    order: list[str] = []
+    bars = {}
+    for v in variants(table):
+        part = table[table.variant == v]
+        xs, ys, counts = [], [], []
+        for column, name in columns.items():
+            labels = [layer_label(x) for x in part[column]]
+            for cat in sorted(set(labels), key=lambda k: (k == "none", int(k) if k != "none" else 0)):
+                x = f"{name}: {'L' + cat if cat != 'none' else 'none'}"
+                xs.append(x)
+                ys.append(100 * labels.count(cat) / len(labels))
+                counts.append([labels.count(cat), len(labels)])
+                order.append(x)
+        bars[v] = (xs, ys, counts)
+    for v, (xs, ys, counts) in bars.items():
+        fig.add_trace(go.Bar(
+            x=xs, y=ys, name=label(v), legendgroup=v, showlegend=False, marker_color=color(v), customdata=counts,
+            hovertemplate=(f"<b>{label(v)}</b><br>%{{x}}: %{{y:.1f}}% of texts "
+                           "(%{customdata[0]} of %{customdata[1]})<extra></extra>"),
+        ), row=row, col=col)
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=list(dict.fromkeys(order)),
+                     title_text="quantity: layer (category)", row=row, col=col)
+    fig.update_yaxes(title_text="% of texts", row=row, col=col)
+    fig.update_layout(barmode="group")
 
 
 ATTENTION_COLUMNS = ("model", "variant", "sample", "layer", "head", "sink_score", "entropy", "local_mass")
@@ -518,7 +567,20 @@ def bos_write(data: ResultsLike) -> go.Figure:
     if df.empty or not numeric:
         raise SchemaError(f"bos_write results have no per-layer numeric columns besides {sorted(BOS_WRITE_ID_COLUMNS)}.")
     panels = [(c, c.replace("_", " "), "value", False) for c in numeric]
-    return per_layer_panels(df, panels, "Exp 5: BOS value write per layer")
+    if "write" not in df.columns:
+        return per_layer_panels(df, panels, "Exp 5: BOS value write per layer")
+    layer_means = df.groupby(["model", "variant", "sample", "layer"])["write"].mean().reset_index()
+    table = (layer_means.loc[layer_means.groupby(["model", "variant", "sample"])["write"].idxmax()]
+             .rename(columns={"layer": "max_write_layer"})[["model", "variant", "sample", "max_write_layer"]])
+    spikes = _spike_table(df)
+    if len(spikes):
+        table = table.merge(spikes, on=["model", "variant", "sample"])
+    columns = {"max_write_layer": "max write", **{f"spike_layer_{r}": f"spike {r}" for r in SPIKE_RULES
+                                                  if f"spike_layer_{r}" in table.columns}}
+    fig = per_layer_panels(df, panels, "Exp 5: BOS value write per layer",
+                           extra_titles=["max-write layer (and spike layer) over texts: a category, share of texts"])
+    _layer_categories(fig, table, columns, row=len(panels) // 2 + 1, col=len(panels) % 2 + 1)
+    return fig
 
 
 # ------------------------------------------------------------------------------------------

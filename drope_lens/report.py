@@ -159,6 +159,44 @@ def _per_layer_table(columns: tuple[str, ...]) -> TablesFn:
     return tables
 
 
+def _layer_category_tables(df: pd.DataFrame, meta: Meta) -> list[tuple[str, pd.DataFrame]]:
+    """Sinks / BOS write: spike layer under each rule (and the max-write layer) as categories:
+    mode and distribution over texts, never a mean; plus each rule on the model's mean profile."""
+    from .analysis import SPIKE_RULES, compare_layers, layer_label, layer_summary, spike_table
+
+    table = F._spike_table(df)
+    columns = [f"spike_layer_{r}" for r in SPIKE_RULES] if len(table) else []
+    if "write" in df.columns:
+        means = df.groupby(["model", "variant", "sample", "layer"])["write"].mean().reset_index()
+        best = (means.loc[means.groupby(["model", "variant", "sample"])["write"].idxmax()]
+                .rename(columns={"layer": "max_write_layer"})[["model", "variant", "sample", "max_write_layer"]])
+        table = best.merge(table, on=["model", "variant", "sample"]) if len(table) else best
+        columns = ["max_write_layer", *columns]
+    if not columns:
+        return []
+    out = [("Layers are categories: mode (distribution over texts; none = no spike). Spike rules: argmax of the "
+            "BOS ratio (the study's), first_above 2, jump (the block that raises ||resid[0]|| most)",
+            compare_layers(layer_summary(table, columns)))]
+    if "bos_ratio" in df.columns:
+        values = [c for c in ("bos_ratio", "bos_norm", "bos_norm_pre") if c in df.columns]
+        profile = (df[df["bos_ratio"].notna()].groupby(["model", "variant", "sample", "layer"])[values].first()
+                   .groupby(["model", "variant", "layer"]).mean().reset_index())
+        layers = spike_table(profile, keys=("model", "variant"))
+        for rule in SPIKE_RULES:
+            layers[f"spike_layer_{rule}"] = [layer_label(v) for v in layers[f"spike_layer_{rule}"]]
+        out.append(("Spike layer of each model's mean profile over texts (what the ablations use)",
+                    layers.drop(columns="model")))
+    return out
+
+
+def _with_layer_categories(tables: Optional[TablesFn], headline: Optional[Callable] = None) -> TablesFn:
+    """``tables`` (default: the headline numbers from ``headline``) followed by the layer categories."""
+    def combined(df: pd.DataFrame, meta: Meta) -> list[tuple[str, pd.DataFrame]]:
+        base = tables or _headline_table(Section("", "", "", (), headline=headline))
+        return base(df, meta) + _layer_category_tables(df, meta)
+    return combined
+
+
 SECTIONS: dict[str, Section] = {}
 
 
@@ -177,13 +215,15 @@ register(Section("disruption", "Exp 2 — Disrupting massive Q/K dims (perplexit
 register(Section("knowledge", "Exp 3 — Parametric vs contextual knowledge under disruption", "knowledge",
                  (lambda df, m: F.knowledge(df),), _knowledge_tables, R.headline_knowledge, F.KNOWLEDGE_COLUMNS))
 register(Section("sinks", "Exp 4 — Attention sinks, BOS norm, representation entropy", "sinks",
-                 (lambda df, m: F.sinks(df),), _per_layer_table(("sink_score", "bos_norm", "bos_ratio", "repr_entropy")),
+                 (lambda df, m: F.sinks(df),),
+                 _with_layer_categories(_per_layer_table(("sink_score", "bos_norm", "bos_ratio", "repr_entropy"))),
                  R.headline_sinks, F.SINKS_COLUMNS))
 register(Section("bos_ablation", "Exp 4-5 — BOS-MLP and BOS-V ablations", "bos-ablation",
                  (lambda df, m: F.ablation(df, "Exp 4-5 BOS ablations", "bos_ablation"),), _ablation_tables,
                  R.headline_ablation, F.ABLATION_COLUMNS))
 register(Section("bos_write", "Exp 5 — BOS value write", "bos-write", (lambda df, m: F.bos_write(df),),
-                 None, R.headline_bos_write, ("model", "variant", "sample", "layer")))
+                 _with_layer_categories(None, R.headline_bos_write), R.headline_bos_write,
+                 ("model", "variant", "sample", "layer")))
 register(Section("layer1_ablation", "Exp 6 — Layer-1 ablation", "layer1-ablation",
                  (lambda df, m: F.ablation(df, "Exp 6 layer-1 ablation", "layer1_ablation"),), _ablation_tables,
                  R.headline_ablation, F.ABLATION_COLUMNS))

@@ -17,6 +17,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import pandas as pd
 
+from .analysis import DEFAULT_SPIKE_RULE, spike_layer
 from .figures import SINK_TAU, LOCAL_TAU
 
 STUDY_NUMBERS = "study_numbers.json"
@@ -132,8 +133,10 @@ def headline_sinks(df: pd.DataFrame, tau: float = SINK_TAU) -> pd.DataFrame:
     layers = df[df["bos_norm"].notna()].groupby(["variant", "layer"])[["bos_norm", "bos_ratio", "repr_entropy"]].mean()
     for variant, part in layers.groupby(level="variant"):
         part = part.droplevel("variant")
-        above = part.index[part["bos_ratio"] > 2]
-        out[("spike_layer", variant)] = above.min() if len(above) else np.nan
+        # the study's rule (argmax of the BOS ratio) on the mean profile over texts: a layer of the
+        # profile, never a mean of per-text layers; no spike -> NaN ("not measured")
+        spike = spike_layer(part.sort_index()["bos_ratio"].to_numpy(), DEFAULT_SPIKE_RULE)
+        out[("spike_layer", variant)] = spike if spike is not None else np.nan
         out[("peak_bos_norm", variant)] = part["bos_norm"].max()
         out[("min_entropy", variant)] = part["repr_entropy"].min()
     return _rows(out)

@@ -259,6 +259,37 @@ def test_sinks_read_per_layer_values_in_either_layout():
     heads = separate[separate["head"].notna()][["model", "variant", "sample", "layer", "head", "sink_score"]]
     repeated = heads.merge(per_layer, on=["model", "variant", "sample", "layer"])
     a, b = F.sinks(separate), F.sinks(repeated)
-    assert len(a.data) == len(b.data) == 8
+    assert len(a.data) == len(b.data) == 10  # 4 per-layer panels + the spike-layer categories, 2 variants
     for x, y in zip(a.data, b.data):
         np.testing.assert_allclose(x.y, y.y)
+
+
+def test_layers_are_shown_as_categories_never_averaged():
+    """Issue 18.3: the spike layer and the max-write layer are categories. The figures show the share
+    of texts per layer (and "none" = no spike), counted here by hand; no trace holds a mean of layer
+    indices. Planted bugs this catches: a mean layer (e.g. 1.33) or "none" plotted as -1."""
+    df = S.sinks()
+    ratios = df[df["bos_ratio"].notna()].copy()
+    low = (ratios.variant == "drope") & (ratios["sample"] == 0)
+    df.loc[ratios.index[low], "bos_ratio"] = 1.5  # DroPE text 0: no layer above 2 -> no spike
+    fig = F.sinks(df)
+    bars = {t.name: t for t in fig.data if t.type == "bar"}
+    assert set(bars) == {"RoPE", "DroPE"}
+    per_text = df[df["bos_ratio"].notna()].pivot_table(index=["variant", "sample"], columns="layer", values="bos_ratio")
+    for variant, name in (("rope", "RoPE"), ("drope", "DroPE")):
+        texts = per_text.loc[variant]
+        want = {}
+        for _, row in texts.iterrows():
+            above = [layer for layer, r in row.items() if r > 2]
+            for key in (f"argmax: L{int(row.idxmax())}", f"first_above: L{above[0]}" if above else "first_above: none"):
+                want[key] = want.get(key, 0) + 100 / len(texts)
+        got = dict(zip(bars[name].x, bars[name].y))
+        assert {k: v for k, v in got.items() if not k.startswith("jump")} == pytest.approx(want), name
+        assert all(isinstance(x, str) for x in bars[name].x) and not any("-1" in x for x in bars[name].x)
+    assert "first_above: none" in bars["DroPE"].x
+    frame = S.bos_write()
+    fig = F.bos_write(frame)
+    (bar,) = [t for t in fig.data if t.type == "bar" and t.name == "RoPE"]
+    best = frame[frame.variant == "rope"].groupby(["sample", "layer"])["write"].mean().unstack().idxmax(axis=1)
+    want = {f"max write: L{layer}": 100 * count / len(best) for layer, count in best.value_counts().items()}
+    assert dict(zip(bar.x, bar.y)) == pytest.approx(want)

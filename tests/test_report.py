@@ -74,6 +74,7 @@ def test_report_with_every_experiment(toy_results, tmp_path):
     assert "not shown (no report section for it)" in page and "not_an_experiment" in page
     assert "The study&#x27;s headline per category" in page or "The study's headline per category" in page
     assert "24.5% vs 94.3%, 3.8x" in page  # the study's category numbers next to ours
+    assert page.count("Layers are categories: mode (distribution over texts") == 2  # sinks and bos_write
     table = _reproduction(root)
     knowledge = S.BUILDERS["knowledge"]()
     expected = 100 * knowledge[(knowledge.variant == "drope") & (knowledge.task == "cities")
@@ -96,6 +97,10 @@ def test_report_with_every_experiment(toy_results, tmp_path):
     assert got.tolist() == [pytest.approx(want)]
     layer1 = table[(table.experiment == "layer1_ablation") & (table.key == "ppl_l1_mlp")]
     assert set(layer1.status) == {"measured"}
+    sink_rows = S.BUILDERS["sinks"]()
+    profile = sink_rows[sink_rows["bos_ratio"].notna() & (sink_rows.variant == "rope")].groupby("layer")["bos_ratio"].mean()
+    spike = table[(table.key == "spike_layer") & (table.variant == "rope")].iloc[0]
+    assert spike.ours == profile.idxmax() and spike.study == 1  # the study's rule (argmax), not a mean layer
 
 
 def test_study_numbers_come_from_their_sources():
