@@ -10,6 +10,7 @@ Statistics are over prompts / texts (bootstrap CIs, paired tests), never over re
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -65,6 +66,7 @@ def task_rows(
         raise ValueError("no task items.")
     names = list(conditions)
     ids = prompt_ids(model, [it.prompt for it in items], bos=bos)
+    warn_without_bos(model, [f"{it.task}[{it.sample}]" for it in items], ids)
     for item, row in zip(items, ids):
         if len(row) > max_tokens:
             raise ValueError(f"prompt {item.task}[{item.sample}] has {len(row)} tokens, more than max_tokens={max_tokens}.")
@@ -107,6 +109,21 @@ def task_rows(
             "logit_margin": margin, "generation": text,
         })
     return pd.DataFrame.from_records(records, columns=list(TASK_COLUMNS))
+
+
+def warn_without_bos(model, names: Sequence[str], ids: Sequence[Sequence[int]]) -> None:
+    """Warn (once per call) when position 0 of task prompts is not a special token: the tokenizer
+    adds no BOS, so position-0 conditions (``bos_mlp``, ``bos_v_*``, ``l1_both_bos``) act on the
+    first prompt token instead of a BOS."""
+    tokenizer = getattr(model, "tokenizer", None)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    missing = [name for name, row in zip(names, ids) if row and row[0] not in special]
+    if missing:
+        warnings.warn(
+            f"position 0 is not a special token for {len(missing)} task prompt(s) ({missing[0]!r}, ...): the "
+            f"tokenizer of {model_name(model)} adds no BOS, so position-0 conditions (bos_mlp, bos_v_spike, "
+            "bos_v_all, l1_both_bos) act on the first prompt token. Pass bos='always' (--bos always) to put "
+            "the BOS token there.", UserWarning, stacklevel=3)
 
 
 @torch.inference_mode()

@@ -191,6 +191,8 @@ def test_layer1_ablation_cli(checkpoint_factory, tmp_path, capsys):
     assert set(data.condition) == set(layer1_ablation.DEFAULT_CONDITIONS) and set(data.variant) == {"rope", "drope"}
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["config"]["conditions"] == list(layer1_ablation.DEFAULT_CONDITIONS)
+    assert meta["config"]["spike_rule"] == "argmax"  # recorded even where no condition needs it
+    assert meta["condition_layers"]["drope"]["l1_mlp"] == {"layer": 1, "spike_rule": ""}
     assert main(args + ["--conditions", "baseline,l9_mlp"]) == 2
     assert "condition 'l9_mlp' is unknown" in capsys.readouterr().err
     assert math.isfinite(data[data.measure == "perplexity"].ppl.max())
@@ -281,3 +283,22 @@ def test_conditions_are_prepared_on_512_tokens_like_exp_4_to_6(checkpoint_factor
     knowledge.run(model, tasks=("passkey",), conditions=("baseline", "bos_mlp"), n=1, new_tokens=2,
                   reference_texts=TEXTS, show_progress=False)
     assert seen["max_tokens"] == min(512, model.cfg.n_ctx) and knowledge.REFERENCE_TOKENS == 512
+
+
+def test_prompts_without_bos_are_warned_about(checkpoint_factory):
+    """A tokenizer that adds no BOS: task prompts start with a text token, and position-0
+    conditions would ablate it; the run says so (and bos='always' puts the BOS back). Planted bug:
+    the warning tested on the tokenizer's BOS id only (this tokenizer has one, it just adds none)."""
+    path, _ = checkpoint_factory(prepend_bos=False)
+    model = dl.load_model(path)
+    assert model.tokenizer.bos_token_id is not None
+    assert model.tokenizer(PROMPTS[0])["input_ids"][0] != model.tokenizer.bos_token_id
+    prepared = prepare_conditions(model, ["baseline"], TEXTS)
+    with pytest.warns(UserWarning, match=r"not a special token for 4 task prompt\(s\) \('cities\[0\]'.*adds no BOS"):
+        task_rows(model, _items(), prepared.conditions, new_tokens=1, show_progress=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        df = task_rows(model, _items(), prepared.conditions, new_tokens=1, bos="always", show_progress=False)
+    assert (df["n_tokens"] == [len(model.tokenizer(p)["input_ids"]) + 1 for p in PROMPTS]).all()
