@@ -97,13 +97,14 @@ def perplexity_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def task_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy per model, task and condition."""
-    return accuracy_table(df[df.measure == "task"])
+    """Accuracy per model, task and condition (empty when no task ran)."""
+    tasks = df[df.measure == "task"]
+    return accuracy_table(tasks) if len(tasks) and "task" in tasks.columns else pd.DataFrame()
 
 
 def wide_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per model and condition: PPL, PPL ratio and each task's primary accuracy."""
-    ppl = perplexity_summary(df)[["variant", "condition", "layer", "ppl", "ppl_ratio"]]
+    ppl = perplexity_summary(df)[["variant", "condition", "layer", "spike_rule", "ppl", "ppl_ratio"]]
     tasks = task_summary(df)
     if tasks.empty:
         return ppl

@@ -227,7 +227,7 @@ def category_degradation(df: pd.DataFrame, baseline: str = "baseline", column: s
     category (``parametric``, ``contextual``) = the mean over the category's tasks of
     (baseline - condition) / baseline accuracy (fractions; the study's definition: its RoPE
     contextual 94.3% = mean of IMDB 88.6% and passkey 100%), and ``ratio`` = contextual /
-    parametric (the study's 3.8x).
+    parametric (the study's 3.8x; NaN when the parametric degradation is 0).
 
     95% percentile-bootstrap CIs over items: each replicate resamples every task's prompts (paired
     across conditions) independently. ``column``: ``correct`` (primary scoring) or
@@ -300,6 +300,7 @@ def perplexity_table(df: pd.DataFrame, baseline: str = "baseline", n_bootstrap: 
         for condition in group.condition.unique():
             cur = group[group.condition == condition].sort_values("sample")
             row = {"variant": variant, "condition": condition, "layer": int(cur["condition_layer"].iloc[0]),
+                   "spike_rule": str(cur["spike_rule"].iloc[0]) if "spike_rule" in cur.columns else "",
                    "n_texts": len(cur), "ppl": cur["ppl"].mean()}
             if not base.empty and condition != baseline:
                 b, c = base["ppl"].to_numpy(), cur["ppl"].to_numpy()
