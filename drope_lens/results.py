@@ -177,11 +177,13 @@ def fingerprint_hash(fields: Any) -> str:
 
 
 def texts_fingerprint(texts: Iterable[Any]) -> dict[str, Any]:
-    """A list of :class:`~drope_lens.texts.Text` by content: count, names and the sha256 of every
-    text's name, register and text (an edited text with an unchanged name changes the hash)."""
+    """A list of :class:`~drope_lens.texts.Text` by content: count, names, the sha256 of every text's
+    name, register and text together (an edited text with an unchanged name changes it) and, per
+    name, a short hash of that text (so that a refusal names the edited text)."""
     texts = list(texts)
     rows = [[t.name, t.register, t.text] for t in texts]
-    return {"count": len(texts), "names": [t.name for t in texts], "sha256": fingerprint_hash(rows)}
+    return {"count": len(texts), "names": [t.name for t in texts], "sha256": fingerprint_hash(rows),
+            "by_name": {t.name: fingerprint_hash([t.register, t.text])[:16] for t in texts}}
 
 
 def items_fingerprint(items: Iterable[Any]) -> dict[str, Any]:

@@ -100,8 +100,7 @@ def measure(
     if len(set(names)) != len(names):
         raise ValueError(f"measurement names {names} must be distinct.")
     store = bind_store(store, model, "+".join(names),
-                       [{"name": m.name, "config": m.config, "attention": m.attention, "options": m.options}
-                        for m in measurements],
+                       {m.name: {"config": m.config, "attention": m.attention, "options": m.options} for m in measurements},
                        max_tokens=max_tokens, bos=bos, batch_size=batch_size, texts=texts_fingerprint(texts))
     unit = lambda name, i: f"{unit_prefix(model)}-{name}-sample-{i}"  # noqa: E731
     saved = lambda i: store is not None and all(store.has(unit(n, i)) for n in names)  # noqa: E731
