@@ -71,7 +71,7 @@ def measurement(config: BosWriteConfig) -> Measurement:
             columns[name] = per_layer[..., None].expand(-1, -1, n_heads)
         return per_head_frame(batch.samples, columns)
 
-    return Measurement(EXPERIMENT, _v_hooks, rows, attention=ANY_WINDOW)
+    return Measurement(EXPERIMENT, _v_hooks, rows, attention=ANY_WINDOW, config=config)
 
 
 def run(
