@@ -388,14 +388,7 @@ def meta_for(config: DisruptionConfig, identification: Sequence[Text], evaluatio
 # ------------------------------------------------------------------------------------------
 # Command line: ``drope-lens run disruption`` (see drope_lens.runner).
 # ------------------------------------------------------------------------------------------
-def add_cli_arguments(parser) -> None:
-    parser.add_argument("--threshold", type=float, default=5.0)
-    parser.add_argument("--rotary", choices=["pre", "post"], default="pre")
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-identification", type=int, default=3)
-    parser.add_argument("--n-evaluation", type=int, default=9)
-    parser.add_argument("--batch-size", type=int, default=16)
+from .options import disruption as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:

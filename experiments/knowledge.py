@@ -25,11 +25,12 @@ from drope_lens.tasks import check_tasks, load_task
 
 from .ablation_setup import prepare_conditions
 from .common import BosPolicy, check_bos, unit_prefix
+from .options import KNOWLEDGE_CONDITIONS, KNOWLEDGE_TASKS
 from .task_eval import accuracy_table, condition_meta, degradation, reference_texts_for, task_rows
 
 EXPERIMENT = "knowledge"
-DEFAULT_TASKS = ("cities", "sports", "sentiment", "passkey")
-DEFAULT_CONDITIONS = ("baseline", "topk_mean_q_k")
+DEFAULT_TASKS = KNOWLEDGE_TASKS
+DEFAULT_CONDITIONS = KNOWLEDGE_CONDITIONS
 
 
 @dataclass(frozen=True)
@@ -121,17 +122,7 @@ def statistics(df: pd.DataFrame, n_bootstrap: int = 5000, seed: int = 0) -> pd.D
 CLI_TAKES_TEXTS = False
 
 
-def add_cli_arguments(parser) -> None:
-    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated task names")
-    parser.add_argument("--conditions", default=",".join(DEFAULT_CONDITIONS), help="comma-separated condition names")
-    parser.add_argument("--n", type=int, default=None, help="prompts per task (default: the study's)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--source", choices=["study", "toy"], default=None,
-                        help="task data: the study's files, or the toy corpus's (default: toy for the toy pair)")
-    parser.add_argument("--rotary", choices=["pre", "post"], default="pre")
-    parser.add_argument("--new-tokens", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-tokens", type=int, default=2048)
+from .options import knowledge as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def config_from_args(ctx) -> KnowledgeConfig:

@@ -303,12 +303,7 @@ def dim_locations(df: pd.DataFrame, d_head: int) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------
 # Command line: ``drope-lens run massive-values`` (see drope_lens.runner).
 # ------------------------------------------------------------------------------------------
-def add_cli_arguments(parser) -> None:
-    parser.add_argument("--threshold", type=float, default=5.0)
-    parser.add_argument("--rotary", choices=["pre", "post"], default="pre")
-    parser.add_argument("--n-texts", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=10,
-                        help="texts per forward (default 10: the study's 10 texts at once)")
+from .options import massive_values as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:
