@@ -24,10 +24,17 @@ def test_the_cli_parser_and_the_package_import_nothing_heavy():
     """`import drope_lens` and building every command's parser (what --help and argument errors
     do) load none of torch, transformers, TransformerLens or pandas; `dl.load_model` still works."""
     code = ("import sys, drope_lens as dl; from drope_lens.cli import build_parser; build_parser(); "
-            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules)); "
-            "print(dl.load_model.__module__, sorted(m for m in ('torch', 'transformer_lens') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.splitlines()
-    assert out == ["[]", "drope_lens.loading ['torch', 'transformer_lens']"]
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
+    import drope_lens as dl
+    import drope_lens.loading
+    import drope_lens.registry
+
+    assert dl.load_model is drope_lens.loading.load_model and dl.load_pair is drope_lens.registry.load_pair
+    assert "load_model" in dir(dl) and dl.figures.__name__ == "drope_lens.figures"
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        dl.nothing_here
 
 
 def test_help_and_argument_errors_under_a_second_and_import_no_slower_than_transformer_lens():
@@ -73,3 +80,74 @@ def test_a_texts_file_that_is_not_utf8_is_named(capsys, tmp_path):
     line = _one_line_error(capsys, ["run", "massive-values", "--texts", str(bad), "--out", str(tmp_path / "r"),
                                     "--device", "cpu"])
     assert str(bad) in line and "not UTF-8" in line and "0xdf" in line
+
+
+# ------------------------------------------------------------------------------------------
+# Point 1: the Python API picks what suits the model, and says when the texts do not.
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def toy_pair():
+    import drope_lens as dl
+
+    return dl.load_pair("toy")
+
+
+def test_massive_values_defaults_suit_the_toy_pair(toy_pair):
+    import warnings
+
+    from drope_lens.experiments import massive_values
+    from drope_lens.experiments.common import OutOfDistributionWarning
+
+    rope, _ = toy_pair
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfDistributionWarning)
+        df = massive_values.run(rope, show_progress=False)
+    assert df["text"].str.startswith("toy-heldout-").all() and df["sample"].nunique() == 10
+    assert df["n_tokens"].max() == rope.lens.max_position_embeddings == 256  # capped at the trained context
+    with pytest.warns(OutOfDistributionWarning, match=r"max_tokens=300 is past .*trained context of 256"):
+        massive_values.run(rope, max_tokens=300, show_progress=False)
+
+
+def test_dim_locations_takes_d_head_from_the_results(toy_pair):
+    """low_freq_share by hand (f = dim mod d/2 >= d/4 with the model's own d) against the summary;
+    a caller's wrong d_head is refused instead of silently moving every dim."""
+    import numpy as np
+
+    from drope_lens.experiments import massive_values
+
+    rope, _ = toy_pair
+    df = massive_values.run(rope, max_tokens=64, show_progress=False)
+    where = massive_values.dim_locations(df).set_index("tensor")
+    d = rope.cfg.d_head
+    for tensor, group in df.groupby("tensor"):
+        dims = np.array([x for ds in group["dims"] for x in ds])
+        if dims.size:
+            assert where.loc[tensor, "low_freq_share"] == pytest.approx(((dims % (d // 2)) >= d // 4).mean())
+    with pytest.raises(ValueError, match=rf"d_head=128 given, but .* has d_head={d}"):
+        massive_values.dim_locations(df, d_head=128)
+    old = df.drop(columns="d_head")  # results written before the column existed
+    with pytest.raises(ValueError, match="no d_head column"):
+        massive_values.dim_locations(old)
+    assert massive_values.dim_locations(old, d_head=d).equals(massive_values.dim_locations(df))
+
+
+def test_disruption_defaults_and_the_out_of_distribution_warning(toy_pair):
+    import warnings
+
+    from drope_lens.experiments import disruption
+    from drope_lens.experiments.common import OutOfDistributionWarning
+    from drope_lens.texts import builtin_texts
+
+    rope, _ = toy_pair
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfDistributionWarning)
+        df = disruption.run(rope, seeds=1, max_tokens=64, show_progress=False)  # the toy's own text
+    base = df[df.condition == "baseline"]
+    assert len(base) == 9 and base["text"].str.startswith("toy-heldout-").all()
+    assert base["ppl"].median() < 20  # its own kind of text: a few nats at most
+    english = builtin_texts()
+    with pytest.warns(OutOfDistributionWarning, match=r"median perplexity [\d,]+ over 2 texts is above its "
+                                                      r"vocabulary size 3,935"):
+        disruption.run(rope, english[:1], english[1:3], seeds=1, max_tokens=64, show_progress=False)
+    with pytest.raises(ValueError, match="give both identification_texts and evaluation_texts"):
+        disruption.run(rope, english[:1], seeds=1)
