@@ -143,6 +143,23 @@ def _headline_table(section: "Section") -> TablesFn:
     return tables
 
 
+def _context_tables(df: pd.DataFrame, meta: Meta) -> list[tuple[str, pd.DataFrame]]:
+    """One accuracy table per prompt format (formats are never averaged together)."""
+    from drope_lens.experiments.context_length import compare
+
+    lengths = sorted(int(x) for x in df["length"].unique())
+    out = []
+    for fmt in dict.fromkeys(df["format"]):
+        table = compare(df[df.format == fmt]).drop(columns="format")
+        skipped = [x for x in lengths if x not in set(table["length"])]
+        if skipped:  # e.g. RULER below its template's length: say so instead of leaving a gap
+            filler = {c: "not run (prompt template longer than the length)" for c in table.columns if c != "length"}
+            table = pd.concat([table, pd.DataFrame([{"length": x, **filler} for x in skipped])])
+            table = table.sort_values("length").reset_index(drop=True)
+        out.append((f"Passkey accuracy, {fmt} format (exact match over trials, Wilson 95% interval)", table))
+    return out
+
+
 def _per_layer_table(columns: tuple[str, ...]) -> TablesFn:
     def tables(df: pd.DataFrame, meta: Meta) -> list[tuple[str, pd.DataFrame]]:
         present = [c for c in columns if c in df.columns]
@@ -187,7 +204,7 @@ register(Section("layer_balance", "Exp 8-9 — Layer-1 content and cross-layer b
                  _per_layer_table(("attn_norm", "mlp_norm", "attn_fraction", "q_norm", "k_norm")),
                  R.headline_layer_balance, F.BALANCE_COLUMNS))
 register(Section("context_length", "Exp 10 — Context length: passkey accuracy and error types", "context-length",
-                 (lambda df, m: F.context_length(df), lambda df, m: F.context_errors(df)), None,
+                 (lambda df, m: F.context_length(df), lambda df, m: F.context_errors(df)), _context_tables,
                  R.headline_context_length, F.CONTEXT_COLUMNS))
 
 

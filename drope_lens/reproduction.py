@@ -165,9 +165,13 @@ def headline_layer_balance(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def headline_context_length(df: pd.DataFrame) -> pd.DataFrame:
-    """Passkey accuracy (%) per length over all formats and depths (``accuracy_<length>``)."""
-    g = df.groupby(["variant", "length"])["correct"].mean() * 100
-    return _rows({(f"accuracy_{int(length)}", variant): v for (variant, length), v in g.items()})
+    """Passkey accuracy (%) per length, over depths, one format at a time: ``accuracy_<length>``
+    is the simple passkey format (the study's passkey prompt, as in Exp 3), ``<format>_accuracy_<length>``
+    any other (e.g. ``ruler_accuracy_512``). Formats are never averaged together: a format skipped at
+    some length (RULER's template is longer than 128 tokens) would make the mean jump there."""
+    g = df.groupby(["variant", "format", "length"])["correct"].mean() * 100
+    return _rows({(f"accuracy_{int(length)}" if fmt == "simple" else f"{fmt}_accuracy_{int(length)}", variant): v
+                  for (variant, fmt, length), v in g.items()})
 
 
 HEADLINES: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {

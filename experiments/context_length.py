@@ -296,7 +296,10 @@ def run_cli(ctx) -> int:
         identities.append(model_identity(model))
     ctx.finalize(store, frames, {"config": asdict(config), "seed": config.seed}, identities)
     df = pd.concat(frames, ignore_index=True)
-    print_table("Passkey accuracy by length x format (exact match, Wilson 95% interval):", compare(df))
+    for fmt in config.formats:  # one table per format: formats are never averaged together
+        if (df.format == fmt).any():
+            print_table(f"Passkey accuracy, {fmt} format, by length (exact match, Wilson 95% interval):",
+                        compare(df[df.format == fmt]).drop(columns="format"))
     shares = error_shares(df)
     print_table("Answer categories (share of trials):", shares.round(3))
     if config.verify:

@@ -151,3 +151,57 @@ def test_disruption_defaults_and_the_out_of_distribution_warning(toy_pair):
         disruption.run(rope, english[:1], english[1:3], seeds=1, max_tokens=64, show_progress=False)
     with pytest.raises(ValueError, match="give both identification_texts and evaluation_texts"):
         disruption.run(rope, english[:1], seeds=1)
+
+
+# ------------------------------------------------------------------------------------------
+# Point 2: the Exp 10 figure and tables.
+# ------------------------------------------------------------------------------------------
+def _passkey_results():
+    """RoPE always exact; DroPE's answers spread over near_miss and wrong_digits at 512; RULER
+    not run at 128 (its template is longer), as on the toy pair."""
+    import pandas as pd
+
+    rows = []
+    for variant in ("rope", "drope"):
+        for fmt in ("simple", "ruler"):
+            for length in (128, 256, 512):
+                if fmt == "ruler" and length == 128:
+                    continue
+                for trial in range(4):
+                    category = "exact"
+                    if variant == "drope" and length == 512:
+                        category = ("near_miss", "wrong_digits", "exact", "near_miss")[trial]
+                    rows.append({"model": f"m-{variant}", "variant": variant, "length": length, "format": fmt,
+                                 "trial": trial, "category": category, "correct": category == "exact"})
+    return pd.DataFrame(rows)
+
+
+def test_exp10_legend_has_every_category_that_appears_and_ticks_at_the_lengths():
+    from drope_lens import figures as F
+
+    df = _passkey_results()
+    errors = F.context_errors(df)
+    shown = [t.name for t in errors.data if t.showlegend is not False]
+    assert sorted(shown) == sorted(set(df["category"])) == ["exact", "near_miss", "wrong_digits"]
+    for trace in errors.data:
+        assert len(trace.x) > 0  # no empty trace holds a legend entry
+    drope = {t.name: dict(zip(t.x, t.y)) for t in errors.data if t.xaxis == "x2"}
+    assert drope["near_miss"]["512"] == 50.0 and drope["wrong_digits"]["512"] == 25.0
+    assert list(errors.layout.xaxis.categoryarray) == ["128", "256", "512"]
+    accuracy = F.context_length(df)
+    assert list(accuracy.layout.xaxis.tickvals) == [128, 256, 512]
+    assert list(accuracy.layout.xaxis.ticktext) == ["128", "256", "512"]
+
+
+def test_exp10_tables_one_per_format_never_averaged():
+    from drope_lens import report
+    from drope_lens.reproduction import headline_context_length
+
+    df = _passkey_results()
+    tables = report._context_tables(df, {})
+    assert [title.split(", ")[1].split(" (")[0] for title, _ in tables] == ["simple format", "ruler format"]
+    ruler = tables[1][1].set_index("length")
+    assert ruler.loc[128, "rope"].startswith("not run") and ruler.loc[256, "rope"].startswith("100%")
+    rows = headline_context_length(df).set_index(["key", "variant"])["value"]
+    assert rows[("accuracy_128", "rope")] == 100.0 and rows[("ruler_accuracy_512", "drope")] == 25.0
+    assert ("ruler_accuracy_128", "rope") not in rows.index
