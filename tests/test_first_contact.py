@@ -205,3 +205,78 @@ def test_exp10_tables_one_per_format_never_averaged():
     rows = headline_context_length(df).set_index(["key", "variant"])["value"]
     assert rows[("accuracy_128", "rope")] == 100.0 and rows[("ruler_accuracy_512", "drope")] == 25.0
     assert ("ruler_accuracy_128", "rope") not in rows.index
+
+
+# ------------------------------------------------------------------------------------------
+# Point 7: figures that cannot be misread.
+# ------------------------------------------------------------------------------------------
+def test_exp1_error_bars_are_a_ci_over_texts_never_below_zero():
+    """Counts 0, 0, 0, 9 over four texts: mean 2.25, std 4.5 (mean - std = -2.25). The percentile
+    bootstrap of the mean over texts, worked out by hand: P(all four draws 0) = (3/4)^4 = 0.32 >
+    2.5%, so the low end is 0; P(>= 3 nines) = 0.051 > 2.5% > P(4 nines) = 0.004, so the high end
+    is 27/4 = 6.75."""
+    import pandas as pd
+
+    from drope_lens import figures as F
+
+    rows = [{"model": f"m-{v}", "variant": v, "sample": s, "layer": 0, "tensor": "q", "count": c,
+             "heads": [], "dims": []} for v in ("rope", "drope") for s, c in enumerate((0, 0, 0, 9))]
+    fig = F.massive_counts(pd.DataFrame(rows))
+    for trace in fig.data:
+        assert trace.y[0] == 2.25
+        assert trace.y[0] - trace.error_y.arrayminus[0] == 0.0
+        assert trace.y[0] + trace.error_y.array[0] == pytest.approx(6.75)
+        assert "bootstrap 95% CI over texts" in trace.hovertemplate
+    assert "bootstrap 95% CI over texts" in fig.layout.title.text and "std" not in fig.layout.title.text
+
+
+def test_exp2_figure_says_which_interval_is_which():
+    import numpy as np
+    import pandas as pd
+
+    from drope_lens import figures as F
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for v in ("rope", "drope"):
+        for condition, seeds in (("baseline", [-1]), ("massive", [-1]), ("random", [0, 1, 2])):
+            for seed in seeds:
+                for sample in range(5):
+                    nll = float(rng.uniform(1, 3))
+                    rows.append({"model": f"m-{v}", "variant": v, "condition": condition, "seed": seed,
+                                 "sample": sample, "nll": nll, "ppl": float(np.exp(nll)),
+                                 "n_zeroed_q": 3, "n_zeroed_k": 3})
+    fig = F.disruption(pd.DataFrame(rows), n_bootstrap=200)
+    notes = " ".join(a.text for a in fig.layout.annotations)
+    assert "baseline and massive zeroed: bootstrap 95% CI of the mean over 5 evaluation texts" in notes
+    assert "random zeroed: ± std over 3 seeds" in notes and "Right: bootstrap 95% CI over texts" in notes
+
+
+def test_wilson_bounds_are_exactly_0_and_1_at_the_ends():
+    import numpy as np
+    from scipy.stats import binomtest
+
+    from drope_lens import figures as F
+    from drope_lens.passkey import wilson_interval
+
+    for n in (1, 5, 20, 37):
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
+        low, high = F.wilson(np.array([0, n]), np.array([n, n]))
+        assert low[0] == 0.0 and high[1] == 1.0
+        for k in (0, n // 2, n):  # elsewhere: scipy's Wilson interval
+            ref = binomtest(k, n).proportion_ci(method="wilson")
+            assert wilson_interval(k, n) == pytest.approx((ref.low, ref.high), abs=1e-12)
+    assert repr(wilson_interval(0, 20)[0]) == "0.0"
+
+
+def test_run_metadata_records_the_softmax_scale_the_model_uses(toy_pair):
+    import math
+
+    from drope_lens.results import model_identity
+
+    for model in toy_pair:
+        identity = model_identity(model)
+        assert model.lens.softmax_scale is None  # the toy checkpoints set none: 1/sqrt(d_head) applies
+        assert identity["softmax_scale"] == pytest.approx(1 / math.sqrt(model.cfg.d_head)) == 1 / math.sqrt(32)
+        assert identity["softmax_scale"] == pytest.approx(1 / model.cfg.attn_scale)  # what TransformerLens divides by
+        assert identity["softmax_scale_from"] == "1/sqrt(d_head=32)"
