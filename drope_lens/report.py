@@ -331,17 +331,31 @@ def _section_html(section: Section, runs: list[Run], index: int) -> tuple[str, p
     return "\n".join(parts), headline
 
 
+def _run_models(inventory: Inventory) -> dict[str, list[str]]:
+    """Experiment -> the model sources of its (newest) run, from meta.json."""
+    return {name: [m.get("source", "?") for m in runs[0].meta.get("models", [])]
+            for name, runs in inventory.runs.items()}
+
+
 def _reproduction_html(table: pd.DataFrame, inventory: Inventory) -> str:
-    ours_models = sorted({m.get("source", "?") for runs in inventory.runs.values() for m in runs[0].meta.get("models", [])})
+    ours_models = sorted({s for sources in _run_models(inventory).values() for s in sources})
     shown = table.drop(columns=["key"])
-    shown["ratio"] = shown["ratio"].map(lambda x: f"{x:.3g}" if x == x else "—")
+    shown["ratio"] = [f"{x:.3g}" if x == x else (R.DIFFERENT_MODEL if m == R.DIFFERENT_MODEL else "—")
+                      for x, m in zip(shown["ratio"], shown["models"])]
     run = shown[shown.status != "not run"]
-    absent = shown[shown.status == "not run"].drop(columns=["ours", "ratio", "status"])
+    absent = shown[shown.status == "not run"].drop(columns=["ours", "ratio", "models", "status"])
+    different = (run["models"] == R.DIFFERENT_MODEL).any()
+    study = R.study_models()
     out = ("<h2 id='reproduction'>Reproduction table</h2>"
-           "<p class='note'>The study's headline numbers (Llama-2-7B RoPE vs DroPE; sources in "
-           "<code>drope_lens/data/study_numbers.json</code>) next to ours, from the runs of this folder, on "
-           f"<b>{html.escape(', '.join(ours_models))}</b>. Ratio = ours / study; it compares like with like only "
-           "when these runs used the study's models. <i>flaw</i>: where METHODS.md says the original "
+           f"<p class='note'>The study's headline numbers ({html.escape(study['rope'])} vs "
+           f"{html.escape(study['drope'])}) next to ours, from the runs of this folder, on "
+           f"<b>{html.escape(', '.join(ours_models))}</b>. "
+           + ("<b>These are not the study's models: the columns are shown side by side and no ratio is "
+              "given (\"different model\").</b> " if different else "Ratio = ours / study. ")
+           + "Every source cited ships with drope_lens: <code>drope_lens/data/study/</code> holds METHODS.md "
+           "(the write-up of the study) and the study's result files, with their original names, sizes and "
+           "SHA-256 in <code>PROVENANCE.json</code>; the numbers themselves are in "
+           "<code>drope_lens/data/study_numbers.json</code>. <i>flaw</i>: where METHODS.md says the original "
            "measurement was flawed, so a difference is expected.</p>")
     out += _table(run).replace('class="dataframe dl"', 'class="dataframe dl repro"', 1) if len(run) else ""
     if len(absent):
@@ -362,7 +376,7 @@ def build_report(results_dir: Union[str, Path], out: Union[str, Path], title: st
             text, headline = _section_html(section, inventory.runs[name], index)
             body.append(text)
             headlines[name] = headline
-    table = R.reproduction_table(headlines)
+    table = R.reproduction_table(headlines, models=_run_models(inventory))
     contents = []
     for name, section in SECTIONS.items():
         if name in inventory.runs:

@@ -280,3 +280,68 @@ def test_run_metadata_records_the_softmax_scale_the_model_uses(toy_pair):
         assert identity["softmax_scale"] == pytest.approx(1 / math.sqrt(model.cfg.d_head)) == 1 / math.sqrt(32)
         assert identity["softmax_scale"] == pytest.approx(1 / model.cfg.attn_scale)  # what TransformerLens divides by
         assert identity["softmax_scale_from"] == "1/sqrt(d_head=32)"
+
+
+# ------------------------------------------------------------------------------------------
+# Point 6: the reproduction table cites what a reader can open; other models get no ratio.
+# ------------------------------------------------------------------------------------------
+SHARED = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def test_shipped_study_sources_match_their_provenance():
+    import hashlib
+    import json
+
+    from drope_lens import reproduction
+
+    files = reproduction.provenance()
+    cited = {s["file"] for s in reproduction.study_numbers()["source"] if "file" in s} | {"METHODS.md"}
+    assert cited <= set(files)
+    for name, entry in files.items():
+        shipped = reproduction.shipped_source(name).read_bytes()
+        if entry["kind"] == "copy":
+            assert hashlib.sha256(shipped).hexdigest() == entry["sha256"] and len(shipped) == entry["bytes"]
+        original = SHARED / entry["original"]
+        if not original.is_file():
+            continue  # the study's folder is not beside this checkout: the copies are checked by hash above
+        raw = original.read_bytes()
+        assert hashlib.sha256(raw).hexdigest() == entry["sha256"], name
+        if entry["kind"] == "extract":  # every value of the extract is the original's, at the same path
+            full, part = json.loads(raw), json.loads(shipped)
+
+            def check(sub, ref):
+                for key, value in sub.items():
+                    if isinstance(value, dict):
+                        check(value, ref[key])
+                    else:
+                        assert ref[key] == value
+
+            check(part, full)
+
+
+def test_a_toy_pair_run_is_shown_as_a_different_model_without_ratios():
+    import pandas as pd
+
+    from drope_lens import reproduction
+
+    ours = {"massive_values": pd.DataFrame([{"key": "total_q", "variant": "rope", "value": 0.23}])}
+    toy = reproduction.reproduction_table(ours, models={"massive_values": ["bundled:toy/rope", "bundled:toy/drope"]})
+    row = toy[(toy.key == "total_q") & (toy.variant == "rope")].iloc[0]
+    assert row.ours == 0.23 and row.study == 1475.5 and row.ratio != row.ratio and row.models == "different model"
+    study = reproduction.study_models()
+    same = reproduction.reproduction_table(ours, models={"massive_values": [study["rope"], study["drope"]]})
+    row = same[(same.key == "total_q") & (same.variant == "rope")].iloc[0]
+    assert row.ratio == pytest.approx(0.23 / 1475.5) and row.models == "the study's"
+
+
+def test_report_of_other_models_says_different_model(tmp_path):
+    import synthetic_results as S
+
+    from drope_lens import report
+
+    S.write_run(tmp_path, "layer_balance", S.layer_balance())
+    page = report.build_report(tmp_path, tmp_path / "r.html").read_text()
+    table = page.split("id='reproduction'", 1)[1]
+    assert "These are not the study&#x27;s models" in table or "These are not the study's models" in table
+    assert ">different model<" in table and "drope_lens/data/study/METHODS.md" in table
+    assert "reference/seed-study" not in table  # a folder the reader does not have
