@@ -239,7 +239,7 @@ def test_attention_view_policy_and_offline_html(tmp_path):
         attention_heads(rope, drope, text, layer=1)
     short = " ".join(text.split()[:40])
     view = attention_heads(rope, drope, short, layer=1, max_tokens=20)
-    assert view.window == (0, 20) and len(view.tokens) == 20 and "first 20" in view.note
+    assert view.window == (0, 20) and len(view.tokens) == 20 and "tokens 0..19 of" in view.note
     view = attention_heads(rope, drope, short, layer=1, window=(5, 25), heads=[0, 3])
     assert set(view.patterns) == {"rope", "drope"}
     assert view.patterns["rope"].shape[1:] == (20, 20)

@@ -345,3 +345,22 @@ def test_report_of_other_models_says_different_model(tmp_path):
     assert "These are not the study&#x27;s models" in table or "These are not the study's models" in table
     assert ">different model<" in table and "drope_lens/data/study/METHODS.md" in table
     assert "reference/seed-study" not in table  # a folder the reader does not have
+
+
+# ------------------------------------------------------------------------------------------
+# Point 8: the attention view's note says one true thing.
+# ------------------------------------------------------------------------------------------
+def test_truncated_attention_view_says_what_the_models_ran_on(toy_pair):
+    from drope_lens.texts import toy_texts
+    from drope_lens.views import attention_heads
+
+    rope, drope = toy_pair
+    text = " ".join(t.text for t in toy_texts(2))
+    n = int(rope.to_tokens(text, truncate=False).shape[1])
+    assert n > rope.cfg.n_ctx == 256
+    for window in (None, (10, 50)):
+        note = attention_heads(rope, drope, text, 1, truncate=True, window=window).note
+        assert f"The text has {n} tokens, more than n_ctx=256: the models ran on its first 256 only" in note
+        assert "whole text" not in note and "the models ran on those 256 tokens" in note
+    short = attention_heads(rope, drope, text[:200], 1).note
+    assert "cut" not in short and "more than n_ctx" not in short
