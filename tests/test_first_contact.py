@@ -364,3 +364,30 @@ def test_truncated_attention_view_says_what_the_models_ran_on(toy_pair):
         assert "whole text" not in note and "the models ran on those 256 tokens" in note
     short = attention_heads(rope, drope, text[:200], 1).note
     assert "cut" not in short and "more than n_ctx" not in short
+
+
+def test_static_svg_draws_the_figure_data():
+    """drope_lens.static.to_svg (what the notebook's HTML export shows): tick labels at the lengths
+    run, every legend name, one cell per heatmap value coloured by plotly's own colour scale."""
+    import re
+
+    import plotly.colors as pc
+    import plotly.graph_objects as go
+
+    from drope_lens import figures as F
+    from drope_lens.static import to_svg
+
+    df = _passkey_results()
+    svg = to_svg(F.context_length(df))
+    assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
+    for tick in ("128", "256", "512"):
+        assert f">{tick}</text>" in svg
+    assert "RoPE (simple)" in svg and "DroPE (ruler)" in svg
+    errors = to_svg(F.context_errors(df))
+    assert all(f">{name}</text>" in errors for name in ("exact", "near_miss", "wrong_digits"))
+    heat = go.Figure(go.Heatmap(z=[[-1.0, 0.0, 1.0], [0.5, -0.5, 1.0]], colorscale="RdBu", zmid=0))
+    svg = to_svg(heat)
+    cells = re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="[\d.]+" height="[\d.]+" fill="(rgb\([^)]*\))"/>', svg)
+    scale = pc.get_colorscale("RdBu")
+    assert cells[0] == scale[0][1].replace(" ", "") and cells[2] == scale[-1][1].replace(" ", "")
+    assert len(cells) == 6 + 40  # the six cells, then the colour bar's 40 steps
