@@ -331,12 +331,12 @@ def disruption(data: ResultsLike, n_bootstrap: int = 2000) -> go.Figure:
     fig.update_xaxes(title_text="quantity", row=1, col=2)
     n_texts, n_seeds = int(table["n_texts"].max()), int(table["n_seeds"].max())
     fig.add_annotation(text=(f"Error bars. Left: baseline and massive zeroed: bootstrap 95% CI of the mean over {n_texts} "
-                             f"evaluation texts; random zeroed: ± std over {n_seeds} seeds (circles: each seed's mean). "
+                             f"evaluation texts;<br>random zeroed: ± std over {n_seeds} seeds (circles: each seed's mean). "
                              "Right: bootstrap 95% CI over texts."),
-                       showarrow=False, xref="paper", yref="paper", x=0, y=-0.2, xanchor="left", yanchor="top",
-                       font=dict(size=11))
-    fig = _layout(fig, "Exp 2: zeroing massive Q/K dims vs as many random dims")
-    fig.update_layout(margin=dict(b=110))
+                       showarrow=False, xref="paper", yref="paper", x=0, y=-0.3, xanchor="left", yanchor="top",
+                       align="left", font=dict(size=11))
+    fig = _layout(fig, "Exp 2: zeroing massive Q/K dims vs as many random dims", height=480)
+    fig.update_layout(margin=dict(b=150))
     return fig
 
 
