@@ -342,9 +342,9 @@ def _reproduction_html(table: pd.DataFrame, inventory: Inventory) -> str:
     shown = table.drop(columns=["key"])
     shown["ratio"] = [f"{x:.3g}" if x == x else (R.DIFFERENT_MODEL if m == R.DIFFERENT_MODEL else "—")
                       for x, m in zip(shown["ratio"], shown["models"])]
-    run = shown[shown.status != "not run"]
+    run = shown[shown.status != "not run"].drop(columns=["models"])  # the ratio cell says "different model"
     absent = shown[shown.status == "not run"].drop(columns=["ours", "ratio", "models", "status"])
-    different = (run["models"] == R.DIFFERENT_MODEL).any()
+    different = (shown.loc[shown.status != "not run", "models"] == R.DIFFERENT_MODEL).any()
     study = R.study_models()
     out = ("<h2 id='reproduction'>Reproduction table</h2>"
            f"<p class='note'>The study's headline numbers ({html.escape(study['rope'])} vs "
