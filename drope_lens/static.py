@@ -218,6 +218,13 @@ def to_svg(fig: Any, width: Optional[int] = None, height: Optional[int] = None) 
                     ys += [a - b for a, b in zip(ty, minus) if a is not None and b is not None]
                 if t.get("type") == "bar":
                     ys.append(0.0)
+        if layout.get("barmode") == "stack":  # the stacks' tops
+            tops: dict = {}
+            for t in traces:
+                if t.get("type") == "bar":
+                    for x, y in zip(t.get("x") or [], t.get("y") or []):
+                        tops[str(x)] = tops.get(str(x), 0.0) + (y or 0.0)
+            ys += list(tops.values())
         xaxis = _Axis(xspec, x0, x1, xs)
         yaxis = _Axis(yspec, y1, y0, ys, reverse=False)
         out.append(f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{x1 - x0:.1f}" height="{y1 - y0:.1f}" '
@@ -270,6 +277,8 @@ def _trace_colour(trace: dict, index: int) -> str:
 def _draw_traces(traces, xaxis: _Axis, yaxis: _Axis, layout: dict, coloraxes: dict, box) -> list[str]:
     out = []
     bars = [t for t in traces if t.get("type") == "bar"]
+    stacked = layout.get("barmode") == "stack"
+    bases: dict = {}  # x -> height stacked so far
     for index, t in enumerate(traces):
         kind = t.get("type", "scatter")
         colour = _trace_colour(t, index)
@@ -281,15 +290,18 @@ def _draw_traces(traces, xaxis: _Axis, yaxis: _Axis, layout: dict, coloraxes: di
         plus = err.get("array") if err.get("visible", True) is not False else None
         minus = (err.get("arrayminus") if err.get("symmetric") is False else plus) if plus is not None else None
         if kind == "bar":
-            slot = bars.index(t)
-            width = 0.8 / max(len(bars), 1)
+            slot = 0 if stacked else bars.index(t)
+            width = 0.8 if stacked else 0.8 / max(len(bars), 1)
             for i, (x, y) in enumerate(zip(xs, ys)):
                 if y is None:
                     continue
                 centre = xaxis(x)
                 unit = abs(xaxis.stop - xaxis.start) / max(len(getattr(xaxis, "categories", [])) or 10, 1)
                 left = centre + (-0.4 + slot * width) * unit
-                top, base = yaxis(y), yaxis(0.0)
+                below = bases.get(str(x), 0.0) if stacked else 0.0
+                top, base = yaxis(below + y), yaxis(below)
+                if stacked:
+                    bases[str(x)] = below + y
                 out.append(f'<rect x="{left:.1f}" y="{min(top, base):.1f}" width="{width * unit:.1f}" '
                            f'height="{abs(base - top):.1f}" fill="{colour}"/>')
                 if plus is not None:
