@@ -190,7 +190,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="drope-lens", description=__doc__)
+    parser = _Parser(prog="drope-lens", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="load a checkpoint and describe it")
     info.add_argument("source", nargs="?", default="toy",
