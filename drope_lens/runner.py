@@ -49,7 +49,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, texts: bool = True)
                         help="GPUs per model: split its layers over this many GPUs (default 1); under torchrun "
                              "each rank uses GPUs LOCAL_RANK*N .. LOCAL_RANK*N+N-1")
     parser.add_argument("--out", default="results", help="results root (default: results/)")
-    parser.add_argument("--run-id", default=None, help="default: derived from the configuration, so reruns resume")
+    parser.add_argument("--run-id", default=None,
+                        help="default: derived from the configuration, the texts' content and the models, so reruns "
+                             "resume")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the run directory first and start afresh (without it, a directory that holds "
+                             "results of another configuration is refused)")
     parser.add_argument("--bos", choices=["checkpoint", "always"], default="checkpoint",
                         help="position 0: as the checkpoint's tokenizer does (default) or always the BOS token")
     if texts:
@@ -173,11 +178,35 @@ class RunContext:
         return {"sources": self.sources, "dtype": self.args.dtype, "quantization": self.args.quantization,
                 "bos": self.args.bos}
 
-    def store(self, experiment: str, config: Any, key: dict[str, Any]) -> "RunStore":
-        from .results import RunStore, run_id_for
+    def checkpoint_fingerprints(self) -> list[Optional[str]]:
+        """:func:`~drope_lens.results.checkpoint_fingerprint` of each source that is on this machine
+        (a directory or a bundled checkpoint; None for a hub id not resolved yet: each model's own
+        fingerprint is then checked when it is loaded)."""
+        from .loading import resolve_source
+        from .results import checkpoint_fingerprint
 
-        run_id = self.args.run_id or run_id_for(experiment, config, self.load_key | key)
-        return RunStore(self.args.out, experiment, run_id)
+        out = []
+        for source in self.sources:
+            local = source.startswith("bundled:") or Path(source).expanduser().is_dir()
+            out.append(checkpoint_fingerprint(str(resolve_source(source))) if local else None)
+        return out
+
+    def store(self, experiment: str, config: Any, key: dict[str, Any]) -> "RunStore":
+        """The run's store, bound (scope ``"run"``) to everything that determines its results: the
+        experiment's ``config``, ``key`` (lists of :class:`~drope_lens.texts.Text` are taken by
+        content), the sources, dtype, quantisation, BOS policy and the checkpoints' fingerprints.
+        The default run id hashes the same fields. A directory that holds another configuration
+        is refused here, before any model is loaded (``--overwrite`` starts it afresh)."""
+        from .results import RunStore, run_id_for, texts_fingerprint
+        from .texts import Text
+
+        content = {k: texts_fingerprint(v) if isinstance(v, (list, tuple)) and v and all(isinstance(t, Text) for t in v)
+                   else v for k, v in key.items()}
+        fields = {"experiment": experiment, "config": config, **content, "load": self.load_key,
+                  "checkpoints": self.checkpoint_fingerprints()}
+        run_id = self.args.run_id or run_id_for(experiment, fields)
+        store = RunStore(self.args.out, experiment, run_id, overwrite=bool(getattr(self.args, "overwrite", False)))
+        return store.bind("run", fields, device=self.args.device)
 
     def models(self) -> Iterator[Any]:
         """Load the models one at a time (only one is in memory), yielding each."""

@@ -16,12 +16,12 @@ from typing import Literal, Optional, Sequence
 import pandas as pd
 
 from drope_lens.hooks.conditions import check_conditions
-from drope_lens.results import RunStore
+from drope_lens.results import RunStore, items_fingerprint, texts_fingerprint
 from drope_lens.tasks import check_tasks, load_task
 from drope_lens.texts import TextsLike, as_texts
 
 from .ablation_setup import prepare_conditions
-from .common import BosPolicy, check_bos, tokenize, unit_prefix
+from .common import BosPolicy, bind_store, check_bos, tokenize, unit_prefix
 from .task_eval import accuracy_table, condition_meta, perplexity_rows, perplexity_table, task_rows
 
 
@@ -58,6 +58,10 @@ def run_sweep(model, reference_texts: TextsLike, evaluation_texts: TextsLike, co
     overlap = [t.name for t in evaluation if t.text in seen]
     if overlap:
         raise ValueError(f"evaluation texts {overlap} are also reference texts; use disjoint sets.")
+    items = {task: load_task(task, config.n, config.seed, config.source) for task in config.tasks}
+    store = bind_store(store, model, "ablation_sweep", config, reference_texts=texts_fingerprint(reference),
+                       evaluation_texts=texts_fingerprint(evaluation),
+                       task_items={task: items_fingerprint(v) for task, v in items.items()})
     prepared = prepare_conditions(model, config.conditions, reference, max_tokens=config.max_tokens, bos=config.bos)
     prefix = unit_prefix(model)
     if store is not None:
@@ -78,7 +82,7 @@ def run_sweep(model, reference_texts: TextsLike, evaluation_texts: TextsLike, co
         if store is not None and store.has(unit):
             frames.append(store.load_part(unit))
             continue
-        frame = task_rows(model, load_task(task, config.n, config.seed, config.source), prepared.conditions,
+        frame = task_rows(model, items[task], prepared.conditions,
                           new_tokens=config.new_tokens, batch_size=config.batch_size, bos=config.bos,
                           show_progress=show_progress).assign(measure="task")
         if store is not None:
@@ -121,8 +125,10 @@ def run_cli(ctx, experiment: str, title: str) -> int:
                             args.source or ("toy" if ctx.is_toy else "study"), args.max_tokens, 20, args.batch_size,
                             args.bos)
     reference, evaluation = split_texts(ctx.texts(), args.n_reference, args.n_evaluation, seed=0)
-    store = ctx.store(experiment, config, {"reference": [t.name for t in reference],
-                                           "evaluation": [t.name for t in evaluation]})
+    store = ctx.store(experiment, config, {"reference": reference, "evaluation": evaluation,
+                                           "task_items": {task: items_fingerprint(load_task(task, config.n, config.seed,
+                                                                                            config.source))
+                                                          for task in config.tasks}})
     frames, identities = [], []
     for model in ctx.models():
         frames.append(run_sweep(model, reference, evaluation, config, store=store))

@@ -79,7 +79,8 @@ def measurement(config: AttentionStructureConfig) -> Measurement:
         return frame[["sample", "layer", "head", "sink_score", "entropy", "local_mass", "local_mass_no_bos",
                       "head_class", "distance"]]
 
-    return Measurement(EXPERIMENT, lambda model, captured: [], rows, attention=(config.window, config.max_distance))
+    return Measurement(EXPERIMENT, lambda model, captured: [], rows, attention=(config.window, config.max_distance),
+                       config=config)
 
 
 def run(

@@ -59,7 +59,7 @@ def measurement(config: BosWriteConfig) -> Measurement:
         mass = torch.stack([batch.attention[layer].sink_score for layer in range(n_layers)])
         return per_head_frame(batch.samples, {"v_norm_bos": v, "bos_mass": mass, "write": mass * v})
 
-    return Measurement(EXPERIMENT, _v_hooks, rows, attention=ANY_WINDOW)
+    return Measurement(EXPERIMENT, _v_hooks, rows, attention=ANY_WINDOW, config=config)
 
 
 def run(

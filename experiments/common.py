@@ -42,6 +42,22 @@ def model_variant(model) -> str:
     return spec.variant if spec is not None else "unknown"
 
 
+def bind_store(store, model, experiment: str, config, **content):
+    """``store`` bound to this model's fingerprint (None stays None): ``experiment`` (a label),
+    ``config`` (the experiment's config dataclass, every field), ``content`` (what the rows are
+    computed from, by content: :func:`~drope_lens.results.texts_fingerprint`,
+    :func:`~drope_lens.results.items_fingerprint`, other settings) and the model's
+    :func:`~drope_lens.results.model_fingerprint`. The scope is :func:`unit_prefix`; see
+    :meth:`drope_lens.results.RunStore.bind` (raises before any work when the directory holds
+    another configuration)."""
+    if store is None:
+        return None
+    from drope_lens.results import model_fingerprint
+
+    fields = {"experiment": experiment, "config": config, **content, "model": model_fingerprint(model)}
+    return store.bind(unit_prefix(model), fields, device=model.cfg.device)
+
+
 def unit_prefix(model) -> str:
     """Names a model's units in a run store: variant plus a short hash of its source."""
     import hashlib

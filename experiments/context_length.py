@@ -33,7 +33,7 @@ from drope_lens.passkey import (CATEGORIES, FORMATS, PromptError, Trial, categor
                                 make_trial, mean_interval, wilson_interval)
 from drope_lens.results import RunStore
 
-from .common import BosPolicy, check_bos, model_name, model_variant, progress, unit_prefix
+from .common import BosPolicy, bind_store, check_bos, model_name, model_variant, progress, unit_prefix
 from .options import DEPTH_GRID, REAL_MODEL_LENGTHS  # noqa: F401  (the defaults of the CLI options)
 
 EXPERIMENT = "context_length"
@@ -187,6 +187,7 @@ def run(
                                  None if depths is None else tuple(float(d) for d in depths), seed, max_new_tokens,
                                  verify, key_divisor, batch_tokens, float(scaling),
                                  None if scaling_layers is None else tuple(scaling_layers), bos)
+    store = bind_store(store, model, EXPERIMENT, config, skip_too_short=bool(skip_too_short))
     count = _counter(model, bos)
     yes_no = yes_no_tokens(model.tokenizer)
     if verify and yes_no[0] == yes_no[1]:
@@ -286,10 +287,10 @@ def run_cli(ctx) -> int:
                                  None if args.depths is None else tuple(args.depths), args.seed, args.max_new_tokens,
                                  not args.no_verify, divisor, args.batch_tokens, args.scaling,
                                  None if args.scaling_layers is None else tuple(args.scaling_layers), args.bos)
-    store = ctx.store(EXPERIMENT, config, {})
-    frames, identities = [], []
     kwargs = {k: v for k, v in asdict(config).items() if k not in ("lengths", "formats", "n", "depths", "seed")}
     kwargs["skip_too_short"] = args.lengths is None  # the default toy grid starts below RULER's template
+    store = ctx.store(EXPERIMENT, config, {"skip_too_short": kwargs["skip_too_short"]})
+    frames, identities = [], []
     for model in ctx.models():
         frames.append(run(model, config.lengths, config.formats, config.n, config.depths, config.seed,
                           store=store, **kwargs))

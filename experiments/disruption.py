@@ -27,13 +27,14 @@ from scipy import stats
 from drope_lens.distributed import is_main
 from drope_lens.hooks import batched_zero_dims
 from drope_lens.placement import layer_device
-from drope_lens.results import RunStore
+from drope_lens.results import RunStore, texts_fingerprint
 from drope_lens.texts import Text, TextsLike, as_texts
 
 from .common import (
     BosPolicy,
     HostCopy,
     batches_by_length,
+    bind_store,
     check_bos,
     default_texts,
     model_name,
@@ -215,6 +216,8 @@ def run(
     overlap = [t.name for t in evaluation_texts if t.text in names]
     if overlap:
         raise ValueError(f"evaluation texts {overlap} are also identification texts; use disjoint sets.")
+    store = bind_store(store, model, EXPERIMENT, config, identification_texts=texts_fingerprint(identification_texts),
+                       evaluation_texts=texts_fingerprint(evaluation_texts), batched=bool(batched))
     massive = identify_massive(model, identification_texts, threshold=config.threshold, max_tokens=config.max_tokens,
                                rotary=config.rotary, batch_size=config.batch_size, bos=config.bos)
     if store is not None:
@@ -420,8 +423,7 @@ def run_cli(ctx) -> int:
     config = DisruptionConfig(args.threshold, args.seeds, args.max_tokens, args.rotary, args.seed, args.batch_size,
                               bos=args.bos)
     ident, evaluation = split_texts(ctx.texts(), args.n_identification, args.n_evaluation, seed=args.seed)
-    store = ctx.store(EXPERIMENT, config, {"identification": [t.name for t in ident],
-                                           "evaluation": [t.name for t in evaluation]})
+    store = ctx.store(EXPERIMENT, config, {"identification": ident, "evaluation": evaluation})
     frames, identities = [], []
     for model in ctx.models():
         frames.append(run(model, ident, evaluation, threshold=config.threshold, seeds=config.seeds,

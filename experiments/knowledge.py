@@ -20,11 +20,12 @@ from typing import Literal, Optional, Sequence
 import pandas as pd
 
 from drope_lens.hooks.conditions import check_conditions
-from drope_lens.results import RunStore
+from drope_lens.results import RunStore, items_fingerprint, texts_fingerprint
 from drope_lens.tasks import check_tasks, load_task
+from drope_lens.texts import as_texts
 
 from .ablation_setup import prepare_conditions
-from .common import BosPolicy, check_bos, unit_prefix
+from .common import BosPolicy, bind_store, check_bos, unit_prefix
 from .options import KNOWLEDGE_CONDITIONS, KNOWLEDGE_TASKS
 from .task_eval import accuracy_table, condition_meta, degradation, reference_texts_for, task_rows
 
@@ -85,9 +86,11 @@ def run(
     """
     config = KnowledgeConfig(tuple(tasks), tuple(conditions), n, seed, source, rotary, new_tokens, batch_size,
                              max_tokens, bos)
-    prepared = prepare_conditions(model, config.conditions,
-                                  reference_texts if reference_texts is not None else reference_texts_for(model),
-                                  rotary=config.rotary, bos=config.bos)
+    reference = reference_texts if reference_texts is not None else reference_texts_for(model)
+    items = {task: load_task(task, config.n, config.seed, config.source) for task in config.tasks}
+    store = bind_store(store, model, EXPERIMENT, config, reference_texts=texts_fingerprint(as_texts(reference)),
+                       task_items={task: items_fingerprint(v) for task, v in items.items()})
+    prepared = prepare_conditions(model, config.conditions, reference, rotary=config.rotary, bos=config.bos)
     if store is not None:
         store.save_extra(f"conditions-{unit_prefix(model)}", pd.DataFrame([condition_meta(prepared)]).astype(str))
     frames = []
@@ -96,8 +99,7 @@ def run(
         if store is not None and store.has(unit):
             frames.append(store.load_part(unit))
             continue
-        items = load_task(task, config.n, config.seed, config.source)
-        frame = task_rows(model, items, prepared.conditions, new_tokens=config.new_tokens,
+        frame = task_rows(model, items[task], prepared.conditions, new_tokens=config.new_tokens,
                           batch_size=config.batch_size, bos=config.bos, max_tokens=config.max_tokens,
                           show_progress=show_progress)
         if store is not None:
@@ -138,7 +140,8 @@ def run_cli(ctx) -> int:
     from drope_lens.runner import print_table
 
     config = config_from_args(ctx)
-    store = ctx.store(EXPERIMENT, config, {})
+    store = ctx.store(EXPERIMENT, config, {"task_items": {task: items_fingerprint(load_task(
+        task, config.n, config.seed, config.source)) for task in config.tasks}})
     frames, identities = [], []
     for model in ctx.models():
         frames.append(run(model, config.tasks, config.conditions, config.n, config.seed, source=config.source,

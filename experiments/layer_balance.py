@@ -60,7 +60,7 @@ def measurement(config: LayerBalanceConfig) -> Measurement:
         columns["attn_fraction"] = columns["attn_norm"] / (columns["attn_norm"] + columns["mlp_norm"])
         return per_layer_frame(batch.samples, {name: columns[name] for name in VALUES})
 
-    return Measurement(EXPERIMENT, _hooks, rows)
+    return Measurement(EXPERIMENT, _hooks, rows, config=config)
 
 
 def run(

@@ -22,13 +22,14 @@ from jaxtyping import Bool, Float
 
 from drope_lens.distributed import is_main
 from drope_lens.hooks import capture_dim_norms
-from drope_lens.results import RunStore
+from drope_lens.results import RunStore, texts_fingerprint
 from drope_lens.texts import Text, TextsLike, as_texts
 
 from .common import (
     BosPolicy,
     HostCopy,
     batches_by_length,
+    bind_store,
     check_bos,
     default_texts,
     model_name,
@@ -197,6 +198,7 @@ def run(
     max_tokens = resolve_max_tokens(model, max_tokens)
     config = MassiveValuesConfig(threshold, max_tokens, rotary, tuple(tensors), batch_size, bos)
     texts = as_texts(default_texts(model)[:10] if texts is None else texts)
+    store = bind_store(store, model, EXPERIMENT, config, texts=texts_fingerprint(texts))
     unit = lambda i: f"{unit_prefix(model)}-sample-{i}"  # noqa: E731
     # The batches are planned over all texts, finished or not, and a rerun runs every planned
     # batch that holds a missing text: each text's numbers always come from the same batch, so
@@ -345,7 +347,7 @@ def run_cli(ctx) -> int:
     args = ctx.args
     config = MassiveValuesConfig(args.threshold, args.max_tokens, args.rotary, batch_size=args.batch_size, bos=args.bos)
     chosen = ctx.texts()[: args.n_texts]
-    store = ctx.store(EXPERIMENT, config, {"texts": [t.name for t in chosen]})
+    store = ctx.store(EXPERIMENT, config, {"texts": chosen})
     frames, identities = [], []
     for model in ctx.models():
         frames.append(run(model, chosen, threshold=config.threshold, max_tokens=config.max_tokens,

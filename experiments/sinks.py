@@ -103,7 +103,7 @@ def measurement(config: SinksConfig) -> Measurement:
         frame.insert(4, "is_sink", frame["sink_score"] >= config.tau)
         return frame
 
-    return Measurement(EXPERIMENT, _resid_hooks, rows, attention=ANY_WINDOW)
+    return Measurement(EXPERIMENT, _resid_hooks, rows, attention=ANY_WINDOW, config=config)
 
 
 def run(

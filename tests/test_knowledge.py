@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -59,23 +60,69 @@ def test_logit_scoring_matches_hugging_face(checkpoint_factory):
 
 
 def test_knowledge_run_columns_and_resume(checkpoint_factory, tmp_path, monkeypatch):
+    """Rows against the task data read on its own, and a resume that never mixes configurations.
+
+    Planted bugs this catches: (1) prompts or labels of other items or another seed (compared with
+    :func:`drope_lens.tasks.load_task`); ``correct_logit`` not the sign of the margin; (2) parts
+    found by task name only: the issue's run (baseline, n=4) then (baseline + topk_mean_q_k, n=3,
+    seed 7) in one directory silently reused the first run's baseline rows (now refused before any
+    forward, naming conditions, n and seed with both values); (3) a part of another configuration
+    planted under a task's name read back on resume, or a finished task recomputed (the resumed
+    rows must equal a store-less run exactly, with one task recomputed)."""
+    from drope_lens.results import RunMismatchError
+    from drope_lens.tasks import load_task
+
     model = dl.load_model("bundled:toy/drope")  # its tokenizer has " Yes"/" Positive" (the tiny one has not)
-    store = RunStore(tmp_path, "knowledge", "test")
     kwargs = dict(tasks=("cities", "sentiment"), conditions=("baseline", "topk_mean_q_k"), n=4, new_tokens=4,
                   source="toy", show_progress=False)
-    df = knowledge.run(model, store=store, **kwargs)
-    for column in ("task", "condition", "sample", "prompt", "label", "correct_logit", "correct_generation",
-                   "unparseable", "answer", "logit_margin"):
-        assert column in df.columns
+    df = knowledge.run(model, **kwargs)  # no store: the reference of the resumed runs below
     assert len(df) == 2 * 4 * 2 and set(df.kind) == {"parametric", "contextual"}
-    assert df.groupby(["task", "condition"]).size().eq(4).all()
+    for (task, condition), rows in df.groupby(["task", "condition"]):
+        items = load_task(task, 4, 42, "toy")
+        rows = rows.sort_values("sample")
+        assert list(rows["sample"]) == [i.sample for i in items]
+        assert list(rows.prompt) == [i.prompt for i in items] and list(rows.label) == [i.label for i in items]
+        assert (rows.correct_logit == (rows.logit_margin > 0).astype(float)).all()
+    for column in ("correct_generation", "unparseable", "answer"):
+        assert column in df.columns
     tiny = dl.load_model(checkpoint_factory(attention_type="nope")[0])
     with pytest.raises(ValueError, match=r"answers \['Yes', 'No'\] share their first token"):
         knowledge.run(tiny, tasks=("sports",), n=2, show_progress=False)  # " Yes" and " No" are both <unk> there
-    # resume: a second run reads every part and computes nothing
-    monkeypatch.setattr(knowledge, "task_rows", lambda *a, **k: pytest.fail("recomputed a finished task"))
-    again = knowledge.run(model, store=store, **kwargs)
-    pd.testing.assert_frame_equal(again, df)
+
+    calls = []
+    original = knowledge.task_rows
+    monkeypatch.setattr(knowledge, "task_rows", lambda model, items, *a, **k: calls.append(items[0].task)
+                        or original(model, items, *a, **k))
+    knowledge.run(model, store=RunStore(tmp_path, "knowledge", "fixed"), **(kwargs | {"conditions": ("baseline",)}))
+    calls.clear()
+    with pytest.raises(RunMismatchError) as info:
+        knowledge.run(model, store=RunStore(tmp_path, "knowledge", "fixed"), **(kwargs | {"n": 3, "seed": 7}))
+    message = str(info.value)
+    assert calls == [] and 'config.conditions: ["baseline"] in the directory, ["baseline", "topk_mean_q_k"] asked' in message
+    assert "config.n: 4 in the directory, 3 asked" in message and "config.seed: 42 in the directory, 7 asked" in message
+
+    class Interrupted(Exception):
+        pass
+
+    save_part = RunStore.save_part
+
+    def stop_after_first(self, unit, frame):
+        save_part(self, unit, frame)
+        raise Interrupted
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunStore, "save_part", stop_after_first)
+        with pytest.raises(Interrupted):
+            knowledge.run(model, store=RunStore(tmp_path, "knowledge", "cut"), **kwargs)
+    fixed_parts = RunStore(tmp_path, "knowledge", "fixed").parts
+    (sentiment,) = [p.name for p in fixed_parts.iterdir() if p.name.endswith("-sentiment.parquet")]
+    cut = RunStore(tmp_path, "knowledge", "cut")
+    assert not (cut.parts / sentiment).exists()
+    shutil.copy(fixed_parts / sentiment, cut.parts / sentiment)  # baseline-only rows under the same task name
+    calls.clear()
+    again = knowledge.run(model, store=cut, **kwargs)
+    assert calls == ["sentiment"]  # cities read back; the foreign sentiment part recomputed
+    pd.testing.assert_frame_equal(again, df, check_exact=True)
     stats_frame = knowledge.statistics(df, n_bootstrap=200)
     assert set(stats_frame.condition) == {"topk_mean_q_k"} and {"ci_low", "ci_high", "mcnemar_p"} <= set(stats_frame)
     with pytest.raises(ValueError, match="condition 'zero_all' is unknown"):
