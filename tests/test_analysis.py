@@ -170,3 +170,13 @@ def test_sinks_spike_layers_match_hugging_face(checkpoint_factory):
     table = sinks.compare_layers(df)
     assert set(table.quantity) >= {f"spike_layer_{r}" for r in analysis.SPIKE_RULES}
     assert all(isinstance(cell, str) and "/" in cell for cell in table["rope"])
+
+
+def test_cli_spike_rules_are_the_analysis_rules():
+    """Planted bug: a rule added to drope_lens.analysis but not to the CLI's choices (options.py
+    repeats them so that --help imports no numpy)."""
+    from drope_lens import analysis
+    from drope_lens.experiments import options
+
+    assert tuple(options.SPIKE_RULES) == tuple(analysis.SPIKE_RULES)
+    assert options.DEFAULT_SPIKE_RULE == analysis.DEFAULT_SPIKE_RULE
