@@ -67,6 +67,7 @@ def generation_part(model, hf, repeat: int) -> dict:
             return hf.generate(cuda_rows, attention_mask=mask, max_new_tokens=NEW_TOKENS,
                                do_sample=False, pad_token_id=0, eos_token_id=None)
 
+    print(f"generation {N_PROMPTS}x{PROMPT_TOKENS}->{NEW_TOKENS}: warm-up", flush=True)
     ours(), theirs()  # warm-up
     t_hf, out_hf = cuda_median(theirs, repeat)
     t_ours, out = cuda_median(ours, repeat)
@@ -89,7 +90,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/drope_lens_bench"))
     parser.add_argument("--out", type=Path, default=Path("generation_bench.json"))
     parser.add_argument("--part", choices=["generation", "sweep", "all"], default="all")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs of the generation part")
+    parser.add_argument("--sweep-repeat", type=int, default=1,
+                        help="timed runs of the Exp 3 sweep (each is 420 prompts x 3 conditions, ours and HF)")
     args = parser.parse_args()
 
     import drope_lens as dl
@@ -105,7 +108,7 @@ def main() -> None:
     if args.part in ("sweep", "all"):
         from .knowledge_bench import sweep_part
 
-        report["sweep"] = sweep_part(model, hf, args.repeat)
+        report["sweep"] = sweep_part(model, hf, args.sweep_repeat)
         args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 

@@ -87,7 +87,7 @@ def _hf_run(hf, model, rows, condition, prepared, score_ids):
     return out
 
 
-def sweep_part(model, hf, repeat: int = 3) -> dict:
+def sweep_part(model, hf, repeat: int = 1) -> dict:
     from drope_lens.experiments.ablation_setup import prepare_conditions
     from drope_lens.experiments.task_eval import task_rows
     from drope_lens.generation import prompt_ids
@@ -102,15 +102,27 @@ def sweep_part(model, hf, repeat: int = 3) -> dict:
     choice_ids = sorted({i for c in {it.choices for it in items if it.choices} for i in answer_token_ids(model.tokenizer, c)})
     rows = prompt_ids(model, [it.prompt for it in items])
 
-    def ours():
-        return task_rows(model, items, prepared.conditions, new_tokens=20, batch_size=BATCH, show_progress=False)
+    import time
 
-    def theirs():
-        return [_hf_run(hf, model, rows, c, prepared, choice_ids) for c in CONDITIONS]
+    begin = time.perf_counter()
 
-    ours(), theirs()  # warm-up
+    def say(what: str) -> None:
+        print(f"  [sweep +{time.perf_counter() - begin:.0f} s] {what}", flush=True)
+
+    def ours(subset=None):
+        chosen = items if subset is None else items[:subset]
+        return task_rows(model, chosen, prepared.conditions, new_tokens=20, batch_size=BATCH, show_progress=False)
+
+    def theirs(subset=None):
+        chosen = rows if subset is None else rows[:subset]
+        return [_hf_run(hf, model, chosen, c, prepared, choice_ids) for c in CONDITIONS]
+
+    say(f"{len(items)} prompts x {len(CONDITIONS)} conditions; warm-up on {2 * BATCH} prompts")
+    ours(2 * BATCH), theirs(2 * BATCH)  # warm-up (kernels, caches) on two batches, not the whole sweep
     t_hf, _ = cuda_median(theirs, repeat)
+    say(f"HF {t_hf:.2f} s (median of {repeat})")
     t_ours, df = cuda_median(ours, repeat)
+    say(f"ours {t_ours:.2f} s (median of {repeat})")
     accuracy = df.groupby(["task", "condition"])["correct"].mean().round(3).to_dict()
     result = {"prompts": len(items), "conditions": list(CONDITIONS), "batch_size": BATCH, "hf_s": t_hf,
               "ours_s": t_ours, "ratio": t_ours / t_hf, "repeat": repeat,
