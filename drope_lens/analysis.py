@@ -26,11 +26,13 @@ category of its own, never a number.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Literal, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from jaxtyping import Float
+
+if TYPE_CHECKING:  # annotations only: figures and the report import this module, keep it light
+    from jaxtyping import Float
 
 SpikeRule = Literal["argmax", "first_above", "jump"]
 SPIKE_RULES: tuple[str, ...] = ("argmax", "first_above", "jump")
