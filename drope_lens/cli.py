@@ -1,4 +1,8 @@
-"""``drope-lens`` command line: ``drope-lens info SOURCE``, ``run``, ``report``, ``study``."""
+"""``drope-lens`` command line: ``drope-lens info SOURCE``, ``run``, ``report``, ``study``.
+
+Building the parser imports nothing heavy (torch, pandas, transformers and TransformerLens are
+imported by the command that needs them), so ``--help`` and argument errors answer at once.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from .runner import _cuda
+from .runner import DEVICE_HELP, device_arg, resolve_device
 
 
 def model_summary(model) -> dict:
@@ -55,6 +59,7 @@ def _info(args: argparse.Namespace) -> int:
     from .loading import load_model
     from .registry import pairs
 
+    args.device = resolve_device(args.device)
     known = pairs()
     if args.source in known and not Path(args.source).exists():  # a pair name: describe both models
         sources = [known[args.source].rope, known[args.source].drope]
@@ -110,6 +115,7 @@ def _train_toy(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
+    args.device = resolve_device(args.device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     from .toy.corpus import CorpusConfig
@@ -153,7 +159,7 @@ def _study(args: argparse.Namespace) -> int:
 
     from .report import build_report
 
-    common = ["--out", args.out, "--dtype", args.dtype, "--device", args.device, "--bos", args.bos]
+    common = ["--out", args.out, "--dtype", args.dtype, "--device", resolve_device(args.device), "--bos", args.bos]
     if args.rope or args.drope:
         common += [arg for flag, value in (("--rope", args.rope), ("--drope", args.drope)) if value for arg in (flag, value)]
     else:
@@ -176,14 +182,21 @@ def _study(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line: the command, the argument, what is allowed (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="drope-lens", description=__doc__)
+    parser = _Parser(prog="drope-lens", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="load a checkpoint and describe it")
     info.add_argument("source", nargs="?", default="toy",
                       help="checkpoint directory, hub id, bundled:toy/rope, or a pair name (default: toy, both models)")
     info.add_argument("--dtype", default="float32", help="float32 (default), bf16 or fp16")
-    info.add_argument("--device", default="cpu")
+    info.add_argument("--device", type=device_arg, default="cpu", help="cpu (default), cuda, cuda:N or mps")
     info.add_argument("--n-ctx", type=int, default=None)
     info.add_argument("--quantization", choices=["nf4"], default=None)
     info.add_argument("--variant", choices=["rope", "drope"], default=None)
@@ -208,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="recalibration steps as a share of pretraining steps")
     toy.add_argument("--recalibrate-lr", type=float, default=3e-3)
     toy.add_argument("--evaluate", action="store_true", help="then evaluate both checkpoints (evaluation.json)")
-    toy.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    toy.add_argument("--device", type=device_arg, default=None, help=DEVICE_HELP)
     toy.add_argument("--tiny", action="store_true", help="a seconds-long CPU run of the whole recipe")
     toy.set_defaults(func=_train_toy)
 
@@ -217,14 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     from drope_lens.experiments import CLI_EXPERIMENTS
+    from drope_lens.experiments.options import OPTIONS
 
     from .runner import add_common_arguments
 
     for command, (module_name, help_text) in CLI_EXPERIMENTS.items():
-        module = importlib.import_module(f"drope_lens.experiments.{module_name}")
+        if command in OPTIONS:  # the usual case: options known without importing the experiment
+            add_options, takes_texts = OPTIONS[command]
+        else:  # an experiment registered elsewhere: its module defines its options
+            module = importlib.import_module(f"drope_lens.experiments.{module_name}")
+            add_options, takes_texts = module.add_cli_arguments, getattr(module, "CLI_TAKES_TEXTS", True)
         sub_parser = run_sub.add_parser(command, help=help_text)
-        add_common_arguments(sub_parser, texts=getattr(module, "CLI_TAKES_TEXTS", True))
-        module.add_cli_arguments(sub_parser)
+        add_common_arguments(sub_parser, texts=takes_texts)
+        add_options(sub_parser)
         sub_parser.set_defaults(func=_run_experiment)
 
     report = sub.add_parser("report", help="one offline HTML report of a results folder")
@@ -237,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--rope", default=None, help="RoPE checkpoint (with --drope, instead of --pair)")
     study.add_argument("--drope", default=None, help="DroPE checkpoint (with --rope, instead of --pair)")
     study.add_argument("--dtype", default="float32")
-    study.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    study.add_argument("--device", type=device_arg, default=None, help=DEVICE_HELP)
     study.add_argument("--bos", choices=["checkpoint", "always"], default="checkpoint")
     study.add_argument("--out", default="results", help="results root (default: results/)")
     study.add_argument("--report", default="report.html", help="HTML file to write (default: report.html)")

@@ -146,7 +146,10 @@ def wilson(k: np.ndarray, n: np.ndarray, z: float = 1.959964) -> tuple[np.ndarra
     denom = 1 + z**2 / n
     centre = (p + z**2 / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    return centre - half, centre + half
+    # exactly 0 at k = 0 and 1 at k = n (the formula leaves rounding residue such as 5.55e-17)
+    low = np.where(k == 0, 0.0, np.clip(centre - half, 0.0, 1.0))
+    high = np.where(k == n, 1.0, np.clip(centre + half, 0.0, 1.0))
+    return low, high
 
 
 def _accuracy_bars(fig: go.Figure, df: pd.DataFrame, variant: str, *, x: str, correct: str, row: int = 1,
@@ -175,26 +178,38 @@ def _accuracy_bars(fig: go.Figure, df: pd.DataFrame, variant: str, *, x: str, co
 MASSIVE_COLUMNS = ("model", "variant", "sample", "layer", "tensor", "count", "heads", "dims")
 
 
-def massive_counts(data: ResultsLike) -> go.Figure:
-    """Exp 1: massive-value count per layer (mean +- std over texts), one panel per tensor."""
-    from drope_lens.experiments.massive_values import per_layer
-
+def massive_counts(data: ResultsLike, n_bootstrap: int = 2000) -> go.Figure:
+    """Exp 1: massive-value count per layer, one panel per tensor: the mean over texts with its
+    percentile-bootstrap 95% interval over texts (texts resampled; it stays within the observed
+    counts, so never below 0, unlike mean +- std on counts)."""
     df = require(as_frame(data), MASSIVE_COLUMNS, "massive_values")
-    stats = per_layer(df)
-    stats["std"] = stats["std"].fillna(0.0)
-    stats["count"] = df.groupby(["model", "variant", "tensor", "layer"])["sample"].nunique().to_numpy()
-    tensors = [t for t in ("q", "k", "v") if t in set(stats.tensor)]
+    tensors = [t for t in ("q", "k", "v") if t in set(df.tensor)]
     fig = make_subplots(rows=1, cols=len(tensors), subplot_titles=[f"{t.upper()} (hook_{t})" for t in tensors],
                         shared_yaxes=False)
     for c, tensor in enumerate(tensors, 1):
         for variant in variants(df):
-            part = stats[(stats.tensor == tensor) & (stats.variant == variant)]
-            _curve(fig, part, variant, x="layer", quantity="massive entries", unit="(head, dim) entries",
-                   col=c, over="texts")
+            part = df[(df.tensor == tensor) & (df.variant == variant)]
+            layers, means, lows, highs, ns = [], [], [], [], []
+            for layer, group in part.groupby("layer", sort=True):
+                counts = group.groupby("sample")["count"].sum().to_numpy(float)  # one value per text
+                low, high = _mean_ci(counts, n_bootstrap)
+                layers.append(int(layer)), means.append(counts.mean()), lows.append(low), highs.append(high)
+                ns.append(len(counts))
+            mean, low, high = np.array(means), np.array(lows), np.array(highs)
+            fig.add_trace(go.Scatter(
+                x=layers, y=mean.tolist(), mode="lines+markers", name=label(variant), legendgroup=variant,
+                line=dict(color=color(variant)), marker=dict(color=color(variant)),
+                error_y=dict(type="data", symmetric=False, array=(high - mean).tolist(),
+                             arrayminus=(mean - low).tolist(), visible=True, thickness=1),
+                customdata=np.stack([low, high, np.array(ns, float)], axis=1),
+                hovertemplate=(f"<b>{label(variant)}</b><br>layer %{{x}}<br>massive entries: %{{y:.6g}} "
+                               "(mean over texts)<br>bootstrap 95% CI over texts: %{customdata[0]:.4g} to "
+                               "%{customdata[1]:.4g}<br>n texts: %{customdata[2]:.0f}<extra></extra>"),
+            ), row=1, col=c)
         fig.update_xaxes(title_text="layer (index)", dtick=1, row=1, col=c)
-        fig.update_yaxes(title_text="massive entries per layer (count)", row=1, col=c)
+        fig.update_yaxes(title_text="massive entries per layer (count)", rangemode="tozero", row=1, col=c)
     _show_legend_once(fig)
-    return _layout(fig, "Exp 1: massive values per layer (mean ± std over texts)")
+    return _layout(fig, "Exp 1: massive values per layer (mean over texts, bootstrap 95% CI over texts)")
 
 
 def massive_dims(data: ResultsLike, d_head: Optional[int] = None, n_heads: Optional[int] = None,
@@ -316,7 +331,15 @@ def disruption(data: ResultsLike, n_bootstrap: int = 2000) -> go.Figure:
     fig.update_yaxes(title_text="increase over baseline (%)", row=1, col=2)
     fig.update_xaxes(title_text="condition (Q and K dims zeroed)", row=1, col=1)
     fig.update_xaxes(title_text="quantity", row=1, col=2)
-    return _layout(fig, "Exp 2: zeroing massive Q/K dims vs as many random dims")
+    n_texts, n_seeds = int(table["n_texts"].max()), int(table["n_seeds"].max())
+    fig.add_annotation(text=(f"Error bars. Left: baseline and massive zeroed: bootstrap 95% CI of the mean over {n_texts} "
+                             f"evaluation texts;<br>random zeroed: ± std over {n_seeds} seeds (circles: each seed's mean). "
+                             "Right: bootstrap 95% CI over texts."),
+                       showarrow=False, xref="paper", yref="paper", x=0, y=-0.3, xanchor="left", yanchor="top",
+                       align="left", font=dict(size=11))
+    fig = _layout(fig, "Exp 2: zeroing massive Q/K dims vs as many random dims", height=480)
+    fig.update_layout(margin=dict(b=150))
+    return fig
 
 
 def _mean_ci(values: np.ndarray, n_bootstrap: int, seed: int = 0) -> tuple[float, float]:
@@ -611,30 +634,43 @@ def context_length(data: ResultsLike) -> go.Figure:
                                "(%{customdata[0]:.0f}/%{customdata[1]:.0f})<br>Wilson 95% CI "
                                "%{customdata[2]:.1f}-%{customdata[3]:.1f}%<extra></extra>"),
             ))
-    fig.update_xaxes(title_text="context length (tokens, log scale)", type="log")
+    lengths = sorted(int(x) for x in df["length"].unique())
+    # ticks at the lengths that were run (plotly's own log ticks would read "2 3 4 ... 1000 2")
+    fig.update_xaxes(title_text="context length (tokens, log scale)", type="log", tickmode="array",
+                     tickvals=lengths, ticktext=[f"{x:,}" for x in lengths])
     fig.update_yaxes(title_text="passkey accuracy (% of trials)", range=[-3, 105])
     return _layout(fig, "Exp 10: passkey accuracy vs context length")
 
 
 def context_errors(data: ResultsLike) -> go.Figure:
-    """Exp 10: answer categories (exact, near-miss, ...) per length, % of trials, one bar group per model."""
+    """Exp 10: answer categories (exact, near-miss, ...) per length, % of trials, one bar group per model.
+
+    Every category that occurs has its legend entry (on the first panel where it occurs) and keeps
+    one colour in both panels; categories are stacked in :data:`drope_lens.passkey.CATEGORIES` order."""
+    from drope_lens.passkey import CATEGORIES
+
     df = require(as_frame(data), CONTEXT_COLUMNS, "context_length")
     counts = df.groupby(["variant", "length", "category"]).size().rename("n").reset_index()
     counts["percent"] = 100 * counts["n"] / counts.groupby(["variant", "length"])["n"].transform("sum")
-    categories = list(dict.fromkeys(counts.sort_values("category")["category"]))
+    present = set(counts["category"])
+    categories = [c for c in CATEGORIES if c in present] + sorted(present - set(CATEGORIES))
+    lengths = [str(x) for x in sorted(int(x) for x in df["length"].unique())]
     fig = make_subplots(rows=1, cols=len(variants(df)), subplot_titles=[label(v) for v in variants(df)],
                         shared_yaxes=True)
     palette = ["#009E73", "#F0E442", "#CC79A7", "#56B4E9", "#E69F00", "#000000", "#999999"]
     for c, v in enumerate(variants(df), 1):
         for i, cat in enumerate(categories):
             part = counts[(counts.variant == v) & (counts.category == cat)]
+            if part.empty:  # an empty trace would take the category's legend entry and show nothing
+                continue
             fig.add_trace(go.Bar(
                 x=part["length"].astype(str).tolist(), y=part["percent"].tolist(), name=str(cat), legendgroup=str(cat),
                 marker_color=palette[i % len(palette)], customdata=part["n"].to_numpy(),
                 hovertemplate=(f"<b>{label(v)}</b> %{{x}} tokens<br>{cat}: %{{y:.2f}}% "
                                "(%{customdata} trials)<extra></extra>"),
             ), row=1, col=c)
-        fig.update_xaxes(title_text="context length (tokens)", type="category", row=1, col=c)
+        fig.update_xaxes(title_text="context length (tokens)", type="category", categoryorder="array",
+                         categoryarray=lengths, row=1, col=c)
     fig.update_yaxes(title_text="answers (% of trials)", row=1, col=1)
     fig.update_layout(barmode="stack")
     _show_legend_once(fig)

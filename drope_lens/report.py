@@ -151,6 +151,23 @@ def _headline_table(section: "Section") -> TablesFn:
     return tables
 
 
+def _context_tables(df: pd.DataFrame, meta: Meta) -> list[tuple[str, pd.DataFrame]]:
+    """One accuracy table per prompt format (formats are never averaged together)."""
+    from drope_lens.experiments.context_length import compare
+
+    lengths = sorted(int(x) for x in df["length"].unique())
+    out = []
+    for fmt in dict.fromkeys(df["format"]):
+        table = compare(df[df.format == fmt]).drop(columns="format")
+        skipped = [x for x in lengths if x not in set(table["length"])]
+        if skipped:  # e.g. RULER below its template's length: say so instead of leaving a gap
+            filler = {c: "not run (prompt template longer than the length)" for c in table.columns if c != "length"}
+            table = pd.concat([table, pd.DataFrame([{"length": x, **filler} for x in skipped])])
+            table = table.sort_values("length").reset_index(drop=True)
+        out.append((f"Passkey accuracy, {fmt} format (exact match over trials, Wilson 95% interval)", table))
+    return out
+
+
 def _per_layer_table(columns: tuple[str, ...]) -> TablesFn:
     def tables(df: pd.DataFrame, meta: Meta) -> list[tuple[str, pd.DataFrame]]:
         present = [c for c in columns if c in df.columns]
@@ -235,7 +252,7 @@ register(Section("layer_balance", "Exp 8-9 — Layer-1 content and cross-layer b
                  _per_layer_table(("attn_norm", "mlp_norm", "attn_fraction", "q_norm", "k_norm")),
                  R.headline_layer_balance, F.BALANCE_COLUMNS))
 register(Section("context_length", "Exp 10 — Context length: passkey accuracy and error types", "context-length",
-                 (lambda df, m: F.context_length(df), lambda df, m: F.context_errors(df)), None,
+                 (lambda df, m: F.context_length(df), lambda df, m: F.context_errors(df)), _context_tables,
                  R.headline_context_length, F.CONTEXT_COLUMNS))
 
 
@@ -362,17 +379,31 @@ def _section_html(section: Section, runs: list[Run], index: int) -> tuple[str, p
     return "\n".join(parts), headline
 
 
+def _run_models(inventory: Inventory) -> dict[str, list[str]]:
+    """Experiment -> the model sources of its (newest) run, from meta.json."""
+    return {name: [m.get("source", "?") for m in runs[0].meta.get("models", [])]
+            for name, runs in inventory.runs.items()}
+
+
 def _reproduction_html(table: pd.DataFrame, inventory: Inventory) -> str:
-    ours_models = sorted({m.get("source", "?") for runs in inventory.runs.values() for m in runs[0].meta.get("models", [])})
+    ours_models = sorted({s for sources in _run_models(inventory).values() for s in sources})
     shown = table.drop(columns=["key"])
-    shown["ratio"] = shown["ratio"].map(lambda x: f"{x:.3g}" if x == x else "—")
-    run = shown[shown.status != "not run"]
-    absent = shown[shown.status == "not run"].drop(columns=["ours", "ratio", "status"])
+    shown["ratio"] = [f"{x:.3g}" if x == x else (R.DIFFERENT_MODEL if m == R.DIFFERENT_MODEL else "—")
+                      for x, m in zip(shown["ratio"], shown["models"])]
+    run = shown[shown.status != "not run"].drop(columns=["models"])  # the ratio cell says "different model"
+    absent = shown[shown.status == "not run"].drop(columns=["ours", "ratio", "models", "status"])
+    different = (shown.loc[shown.status != "not run", "models"] == R.DIFFERENT_MODEL).any()
+    study = R.study_models()
     out = ("<h2 id='reproduction'>Reproduction table</h2>"
-           "<p class='note'>The study's headline numbers (Llama-2-7B RoPE vs DroPE; sources in "
-           "<code>drope_lens/data/study_numbers.json</code>) next to ours, from the runs of this folder, on "
-           f"<b>{html.escape(', '.join(ours_models))}</b>. Ratio = ours / study; it compares like with like only "
-           "when these runs used the study's models. <i>flaw</i>: where METHODS.md says the original "
+           f"<p class='note'>The study's headline numbers ({html.escape(study['rope'])} vs "
+           f"{html.escape(study['drope'])}) next to ours, from the runs of this folder, on "
+           f"<b>{html.escape(', '.join(ours_models))}</b>. "
+           + ("<b>These are not the study's models: the columns are shown side by side and no ratio is "
+              "given (\"different model\").</b> " if different else "Ratio = ours / study. ")
+           + "Every source cited ships with drope_lens: <code>drope_lens/data/study/</code> holds METHODS.md "
+           "(the write-up of the study) and the study's result files, with their original names, sizes and "
+           "SHA-256 in <code>PROVENANCE.json</code>; the numbers themselves are in "
+           "<code>drope_lens/data/study_numbers.json</code>. <i>flaw</i>: where METHODS.md says the original "
            "measurement was flawed, so a difference is expected.</p>")
     out += _table(run).replace('class="dataframe dl"', 'class="dataframe dl repro"', 1) if len(run) else ""
     if len(absent):
@@ -393,7 +424,7 @@ def build_report(results_dir: Union[str, Path], out: Union[str, Path], title: st
             text, headline = _section_html(section, inventory.runs[name], index)
             body.append(text)
             headlines[name] = headline
-    table = R.reproduction_table(headlines)
+    table = R.reproduction_table(headlines, models=_run_models(inventory))
     contents = []
     for name, section in SECTIONS.items():
         if name in inventory.runs:

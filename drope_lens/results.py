@@ -108,7 +108,9 @@ def model_identity(model) -> dict[str, Any]:
         "fingerprint": checkpoint_fingerprint(spec.path),
         "variant": spec.variant,
         "attention_type": spec.attention_type,
-        "softmax_scale": spec.softmax_scale,
+        # the multiplier of q.k the model applies: config.json's softmax_scale, else 1/sqrt(d_head)
+        "softmax_scale": float(spec.attn_scale),
+        "softmax_scale_from": "config softmax_scale" if spec.softmax_scale is not None else f"1/sqrt(d_head={spec.d_head})",
         "dtype": str(model.cfg.dtype).replace("torch.", ""),
         "quantization": getattr(model, "quantization", None),
     }

@@ -116,19 +116,7 @@ def wide_table(df: pd.DataFrame) -> pd.DataFrame:
     return ppl.merge(acc, on=["variant", "condition"], how="left")
 
 
-def add_cli_arguments(parser, default_conditions: Sequence[str]) -> None:
-    parser.add_argument("--conditions", default=",".join(default_conditions), help="comma-separated condition names")
-    parser.add_argument("--tasks", default="cities,sports,reviews,passkey", help="comma-separated tasks ('' for none)")
-    parser.add_argument("--n", type=int, default=None, help="prompts per task (default: the study's)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--source", choices=["study", "toy"], default=None,
-                        help="task data (default: toy for the toy pair, study otherwise)")
-    parser.add_argument("--n-reference", type=int, default=3, help="texts for the spike layer (disjoint from evaluation)")
-    parser.add_argument("--n-evaluation", type=int, default=9)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--spike-rule", choices=list(analysis.SPIKE_RULES), default=analysis.DEFAULT_SPIKE_RULE,
-                        help="how bos_mlp / bos_v_spike choose the spike layer: argmax of the BOS ratio (default, the "
-                             "study's), first_above 2, or jump (the block that raises ||resid[0]|| most)")
+from .options import ablation as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx, experiment: str, title: str) -> int:

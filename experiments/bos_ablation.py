@@ -25,9 +25,10 @@ from drope_lens.texts import TextsLike
 from . import ablation_sweep
 from .ablation_sweep import AblationConfig, perplexity_summary, task_summary, wide_table  # noqa: F401
 from .common import BosPolicy
+from .options import BOS_ABLATION_CONDITIONS
 
 EXPERIMENT = "bos-ablation"
-DEFAULT_CONDITIONS = ("baseline", "bos_mlp", "bos_v_spike", "bos_v_all")
+DEFAULT_CONDITIONS = BOS_ABLATION_CONDITIONS
 
 
 def run(model, reference_texts: TextsLike, evaluation_texts: TextsLike, *,
@@ -43,8 +44,7 @@ def run(model, reference_texts: TextsLike, evaluation_texts: TextsLike, *,
                                     show_progress=show_progress)
 
 
-def add_cli_arguments(parser) -> None:
-    ablation_sweep.add_cli_arguments(parser, DEFAULT_CONDITIONS)
+from .options import bos_ablation as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:

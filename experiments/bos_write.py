@@ -135,8 +135,7 @@ def compare_layers(df: pd.DataFrame) -> pd.DataFrame:
     return analysis.compare_layers(layer_table(df))
 
 
-def add_cli_arguments(parser) -> None:
-    add_text_arguments(parser)
+from .options import add_text_arguments as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:

@@ -36,12 +36,15 @@ from .common import (
     batches_by_length,
     bind_store,
     check_bos,
+    default_texts,
     model_name,
     model_variant,
     progress,
+    resolve_max_tokens,
     sequence_nll,
     tokenize,
     unit_prefix,
+    warn_if_out_of_distribution,
 )
 from .engine import gather, plan_sweep
 from .massive_values import massive_mask, sequence_norms
@@ -164,12 +167,12 @@ def _hooks_for_rows(row_masks: list[Optional[Masks]], rotary: str) -> list:
 
 def run(
     model,
-    identification_texts: TextsLike,
-    evaluation_texts: TextsLike,
+    identification_texts: Optional[TextsLike] = None,
+    evaluation_texts: Optional[TextsLike] = None,
     *,
     threshold: float = 5.0,
     seeds: int = 10,
-    max_tokens: int = 512,
+    max_tokens: Optional[int] = None,
     rotary: Literal["pre", "post"] = "pre",
     seed: int = 0,
     batch_size: int = 16,
@@ -186,10 +189,26 @@ def run(
     ``n_zeroed_q``, ``n_zeroed_k`` (entries zeroed over all layers). ``batched=False`` runs each
     condition alone (one forward per condition and batch of texts), the reference loop.
 
+    Without texts, 3 identification and 9 evaluation texts are drawn (:func:`split_texts`, seed 0)
+    from :func:`~drope_lens.experiments.common.default_texts` (the toy corpus's held-out text for
+    the toy pair, the built-in English texts otherwise). ``max_tokens``: default the study's 512
+    capped at the model's trained context (a larger value warns, naming the cap). When the median
+    baseline perplexity is above the vocabulary size (worse than a uniform guess) an
+    :class:`~drope_lens.experiments.common.OutOfDistributionWarning` says the texts are not the
+    model's kind of text.
+
     Under ``torchrun`` each rank runs whole planned batches (see :mod:`.engine`; identification
     runs on every rank) and every rank returns the whole DataFrame, equal to a single-process
     run's; with ``store``, rank 0 writes the condition parts.
     """
+    if (identification_texts is None) != (evaluation_texts is None):
+        raise ValueError("give both identification_texts and evaluation_texts, or neither (then 3 + 9 of "
+                         "default_texts(model) are used).")
+    if identification_texts is None:
+        from drope_lens.texts import split_texts
+
+        identification_texts, evaluation_texts = split_texts(default_texts(model), 3, 9)
+    max_tokens = resolve_max_tokens(model, max_tokens)
     config = DisruptionConfig(threshold, seeds, max_tokens, rotary, seed, batch_size, random_pool, bos)
     identification_texts = as_texts(identification_texts, name_prefix="identification")
     evaluation_texts = as_texts(evaluation_texts, name_prefix="evaluation")
@@ -270,6 +289,7 @@ def run(
                 store.save_part(unit_of(ci), frames[-1])
     if store is not None and is_main():
         store.drop_batches(keys)  # every rank has read them: they were loaded before the gather
+    warn_if_out_of_distribution(model, frames[0]["nll"].tolist())  # conditions[0] is the baseline
     return pd.concat(frames, ignore_index=True)
 
 
@@ -391,14 +411,7 @@ def meta_for(config: DisruptionConfig, identification: Sequence[Text], evaluatio
 # ------------------------------------------------------------------------------------------
 # Command line: ``drope-lens run disruption`` (see drope_lens.runner).
 # ------------------------------------------------------------------------------------------
-def add_cli_arguments(parser) -> None:
-    parser.add_argument("--threshold", type=float, default=5.0)
-    parser.add_argument("--rotary", choices=["pre", "post"], default="pre")
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-identification", type=int, default=3)
-    parser.add_argument("--n-evaluation", type=int, default=9)
-    parser.add_argument("--batch-size", type=int, default=16)
+from .options import disruption as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:

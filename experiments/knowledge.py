@@ -34,6 +34,7 @@ from drope_lens.texts import as_texts
 
 from .ablation_setup import prepare_conditions
 from .common import BosPolicy, bind_store, check_bos, unit_prefix
+from .options import KNOWLEDGE_CONDITIONS, KNOWLEDGE_TASKS
 from .task_eval import (
     accuracy_table,
     category_degradation,
@@ -45,9 +46,9 @@ from .task_eval import (
 )
 
 EXPERIMENT = "knowledge"
-DEFAULT_TASKS = ("cities", "sports", "reviews", "passkey")
+DEFAULT_TASKS = KNOWLEDGE_TASKS
 REFERENCE_TOKENS = 512
-DEFAULT_CONDITIONS = ("baseline", "topk_mean_q_k")
+DEFAULT_CONDITIONS = KNOWLEDGE_CONDITIONS
 
 
 @dataclass(frozen=True)
@@ -207,25 +208,7 @@ def category_table(df: pd.DataFrame, n_bootstrap: int = 2000) -> pd.DataFrame:
 CLI_TAKES_TEXTS = False
 
 
-def add_cli_arguments(parser) -> None:
-    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated task names")
-    parser.add_argument("--conditions", default=",".join(DEFAULT_CONDITIONS), help="comma-separated condition names")
-    parser.add_argument("--n", type=int, default=None, help="prompts per task (default: the study's)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--source", choices=["study", "toy"], default=None,
-                        help="task data: the study's files, or the toy corpus's (default: toy for the toy pair)")
-    parser.add_argument("--rotary", choices=["pre", "post"], default="pre")
-    parser.add_argument("--new-tokens", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-tokens", type=int, default=2048, help="longest prompt allowed, in tokens (default 2048)")
-    parser.add_argument("--reference-tokens", type=int, default=None,
-                        help="tokens of each reference text the conditions are prepared on (default: 512 as in "
-                             "Exp 4-6, capped at the models' trained context)")
-    parser.add_argument("--spike-rule", choices=list(analysis.SPIKE_RULES), default=analysis.DEFAULT_SPIKE_RULE,
-                        help="how bos_mlp / bos_v_spike choose the spike layer (default argmax, the study's)")
-    parser.add_argument("--imdb-file", default=None,
-                        help="IMDB rows for task imdb (.jsonl/.csv/.parquet with text, label); default: local "
-                             "datasets cache")
+from .options import knowledge as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def config_from_args(ctx) -> KnowledgeConfig:

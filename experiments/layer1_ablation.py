@@ -21,9 +21,10 @@ from drope_lens.texts import TextsLike
 from . import ablation_sweep
 from .ablation_sweep import AblationConfig, perplexity_summary, task_summary, wide_table  # noqa: F401
 from .common import BosPolicy
+from .options import LAYER1_ABLATION_CONDITIONS
 
 EXPERIMENT = "layer1-ablation"
-DEFAULT_CONDITIONS = ("baseline", "l1_mlp", "l1_attn", "l1_both", "l1_both_bos")
+DEFAULT_CONDITIONS = LAYER1_ABLATION_CONDITIONS
 
 
 def run(model, reference_texts: TextsLike, evaluation_texts: TextsLike, *,
@@ -39,8 +40,7 @@ def run(model, reference_texts: TextsLike, evaluation_texts: TextsLike, *,
                                     show_progress=show_progress)
 
 
-def add_cli_arguments(parser) -> None:
-    ablation_sweep.add_cli_arguments(parser, DEFAULT_CONDITIONS)
+from .options import layer1_ablation as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:

@@ -92,8 +92,7 @@ def compare(df: pd.DataFrame, quantity: str = "attn_fraction") -> pd.DataFrame:
     return compare_variants(layers[layers["quantity"] == quantity], by=["layer"])
 
 
-def add_cli_arguments(parser) -> None:
-    add_text_arguments(parser)
+from .options import add_text_arguments as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:

@@ -263,6 +263,4 @@ def run_cli_measurement(ctx, experiment: str, config, run_one: Callable) -> pd.D
     return pd.concat(frames, ignore_index=True)
 
 
-def add_text_arguments(parser) -> None:
-    parser.add_argument("--n-texts", type=int, default=10, help="texts to measure (default 10, the study's)")
-    parser.add_argument("--batch-size", type=int, default=10, help="texts per forward (default 10)")
+from .options import add_text_arguments  # noqa: E402,F401  (options importable without torch)

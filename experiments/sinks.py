@@ -221,10 +221,7 @@ def compare_layers(df: pd.DataFrame, spike_ratio: float = analysis.SPIKE_THRESHO
 # ------------------------------------------------------------------------------------------
 # Command line: ``drope-lens run sinks``.
 # ------------------------------------------------------------------------------------------
-def add_cli_arguments(parser) -> None:
-    parser.add_argument("--tau", type=float, default=0.3, help="sink threshold on the sink score (default 0.3)")
-    parser.add_argument("--spike-ratio", type=float, default=2.0, help="BOS ratio that marks the spike (default 2)")
-    add_text_arguments(parser)
+from .options import sinks as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:

@@ -190,3 +190,13 @@ def test_bos_write_layers_are_categories(checkpoint_factory):
     mode = min(counts[counts == counts.max()].index)
     assert layers["max_write_layer"].startswith(f"{mode} (") and f"{mode}: {counts[mode]}/2" in layers["max_write_layer"]
     assert {f"spike_layer_{r}" for r in analysis.SPIKE_RULES} <= set(layers.index)
+
+
+def test_cli_spike_rules_are_the_analysis_rules():
+    """Planted bug: a rule added to drope_lens.analysis but not to the CLI's choices (options.py
+    repeats them so that --help imports no numpy)."""
+    from drope_lens import analysis
+    from drope_lens.experiments import options
+
+    assert tuple(options.SPIKE_RULES) == tuple(analysis.SPIKE_RULES)
+    assert options.DEFAULT_SPIKE_RULE == analysis.DEFAULT_SPIKE_RULE

@@ -272,5 +272,5 @@ def test_rope_past_its_context_warns_once_and_the_cli_runs(char_checkpoint, tmp_
                  "--formats", "simple", "--n", "2", "--max-new-tokens", "2", "--out", str(tmp_path)])
     assert code in (0, None)
     printed = capsys.readouterr().out
-    assert "Passkey accuracy by length x format" in printed and "Verification" in printed
+    assert "Passkey accuracy, simple format, by length" in printed and "Verification" in printed
     assert len(list(tmp_path.glob("context_length/*/data.parquet"))) == 1
