@@ -41,10 +41,12 @@ from typing import TYPE_CHECKING, Literal, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from jaxtyping import Bool, Float
 
-if TYPE_CHECKING:  # pragma: no cover - imported where used: `import drope_lens.analysis` loads no torch
+# Annotations only: figures and the report import this module, keep it light (the functions that
+# run a model import torch themselves).
+if TYPE_CHECKING:  # pragma: no cover
     import torch
+    from jaxtyping import Bool, Float
 
     from drope_lens.texts import TextsLike
 
