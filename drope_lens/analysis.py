@@ -21,16 +21,34 @@ no block raises the BOS norm, ``argmax`` only when no ratio is finite. The ablat
 **Layers are categories** (:func:`layer_distribution`): a per-text layer is summarised by its mode
 and its distribution over texts (``"1: 8/10, 2: 2/10"``), never by a mean; ``"none"`` is a
 category of its own, never a number.
+
+**Measurements several experiments share** (torch and the model are imported only when they run):
+
+- :func:`massive_mask`, :func:`sequence_norms`, :func:`identify_massive`: the massive Q/K/V
+  entries of Exp 1 (per text), Exp 2 (averaged over identification texts) and the ``massive_zero``
+  condition of Exp 3-6. ``M[h, i] = ||x[:, h, i]||_2 / sqrt(T)`` over the sequence axis; an entry
+  is massive when ``M[h, i] > threshold * mean(M)`` over all heads x dims of its layer and tensor.
+- :func:`bos_norm_profile`, :func:`bos_norm_ratios`: the BOS-norm profile (ratios and norms) that
+  the spike-layer rules above take, for the ablation conditions of Exp 3-6.
+
+They tokenise with :func:`drope_lens.experiments.common.tokenize` (imported when called).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Literal, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from jaxtyping import Float
+
+# Annotations only: figures and the report import this module, keep it light (the functions that
+# run a model import torch themselves).
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from jaxtyping import Bool, Float
+
+    from drope_lens.texts import TextsLike
 
 SpikeRule = Literal["argmax", "first_above", "jump"]
 SPIKE_RULES: tuple[str, ...] = ("argmax", "first_above", "jump")
@@ -164,3 +182,118 @@ def compare_layers(summary: pd.DataFrame) -> pd.DataFrame:
 def layer_label(value) -> str:
     """A layer for display: its index, or ``"none"``."""
     return NONE if value is None or pd.isna(value) else str(int(value))
+
+
+# ------------------------------------------------------------------------------------------
+# Massive Q/K/V entries (Exp 1, Exp 2, the massive_zero condition of Exp 3-6)
+# ------------------------------------------------------------------------------------------
+#: tensor ("q", "k") -> layer -> bool ``[head, d_head]``: the massive entries of each layer.
+Masks = dict[str, dict[int, "torch.Tensor"]]
+
+
+def massive_mask(m: Float["torch.Tensor", "*layers head d_head"], threshold: float) -> Bool["torch.Tensor", "*layers head d_head"]:
+    """Entries of M above ``threshold`` times the mean of M over all heads x dims of its layer."""
+    return m > threshold * m.mean(dim=(-2, -1), keepdim=True)
+
+
+class _StopForward(Exception):
+    """Raised by the last capture hook: nothing after the last layer's q/k is needed."""
+
+
+def _stop_forward(x, hook):
+    raise _StopForward
+
+
+def sequence_norms(
+    model, tokens: "torch.Tensor", tensors: Sequence[str], rotary: str
+) -> dict[tuple[int, str], "torch.Tensor"]:
+    """M for every layer and tensor of one batch of equal-length token rows: ``[batch, head, d]``
+    (the L2 norm over positions of each head dim, divided by sqrt(T); the activations' units).
+
+    The forward stops at the last layer's ``hook_rot_k`` (after its q, k and v hooks have
+    fired): that layer's attention, its MLP and the final norm are not needed, so they are not run.
+    """
+    import torch
+
+    from drope_lens.hooks import capture_dim_norms
+
+    store: dict = {}
+    hooks = capture_dim_norms(store, model.cfg.n_layers, tensors=tensors, rotary=rotary)
+    hooks.append((f"blocks.{model.cfg.n_layers - 1}.attn.hook_rot_k", _stop_forward))
+    with torch.inference_mode():
+        try:
+            model.run_with_hooks(tokens.to(model.cfg.device), return_type=None, fwd_hooks=hooks)
+        except _StopForward:
+            pass
+    missing = [key for key in ((layer, t) for layer in range(model.cfg.n_layers) for t in tensors) if key not in store]
+    if missing:  # pragma: no cover - a model whose attention fires hooks in another order
+        raise RuntimeError(f"capture hooks did not fire for {missing[:3]}...; the early stop came too soon.")
+    return store
+
+
+def identify_massive(
+    model, texts: "TextsLike", *, threshold: float, max_tokens: int, rotary: str = "pre", batch_size: int = 16,
+    bos: str = "checkpoint",
+) -> Masks:
+    """Massive (head, dim) entries of q and k per layer, from M averaged over ``texts`` (Exp 2's
+    identification; ``bos``: ``"checkpoint"`` or ``"always"``, see ``experiments.common.tokenize``)."""
+    import torch
+
+    from drope_lens.experiments.common import batches_by_length, tokenize
+    from drope_lens.texts import as_texts
+
+    texts = as_texts(texts, name_prefix="identification")
+    tokens = tokenize(model, texts, max_tokens, bos=bos)
+    sums: dict[tuple[int, str], torch.Tensor] = {}
+    for _, batch in batches_by_length(tokens, batch_size):
+        for key, m in sequence_norms(model, batch, ("q", "k"), rotary).items():
+            total = m.sum(dim=0)
+            sums[key] = sums[key] + total if key in sums else total
+    for tensor in ("q", "k"):  # one device->host copy per tensor (k has fewer heads under GQA)
+        keys = sorted(k for k in sums if k[1] == tensor)
+        first = sums[keys[0]].device  # layers may sit on several GPUs (load_model(n_devices=...))
+        sums.update(zip(keys, torch.stack([sums[k].to(first) for k in keys]).cpu()))
+    masks: Masks = {"q": {}, "k": {}}
+    for (layer, tensor), total in sorted(sums.items()):
+        masks[tensor][layer] = massive_mask(total / len(texts), threshold)
+    return masks
+
+
+# ------------------------------------------------------------------------------------------
+# BOS-norm profile (the spike layer of the ablation conditions, Exp 3-6)
+# ------------------------------------------------------------------------------------------
+def bos_norm_profile(model, texts: "TextsLike", *, max_tokens: int = 512, bos: str = "checkpoint",
+                     batch_size: int = 8) -> tuple[Float[np.ndarray, "layer"], Float[np.ndarray, "layer_plus_1"]]:
+    """The model's mean BOS profile over ``texts``: ``(ratios, norms)`` (float64).
+
+    ``ratios[l]`` = mean over texts of ||resid_post_l[0]|| / mean_{t>=1} ||resid_post_l[t]||
+    (dimensionless, n_layers entries); ``norms`` = mean over texts of ``[||resid_pre_0[0]||,
+    ||resid_post_0[0]||, ..., ||resid_post_{L-1}[0]||]`` (L2 norms, n_layers + 1 entries), as
+    :func:`spike_layer` takes them.
+    """
+    import torch
+
+    from drope_lens.experiments.common import batches_by_length, tokenize
+    from drope_lens.hooks.capture import capture_bos_norms
+    from drope_lens.texts import as_texts
+
+    with torch.inference_mode():
+        tokens = tokenize(model, as_texts(texts, name_prefix="reference"), max_tokens, bos=bos)
+        n_layers = model.cfg.n_layers
+        ratios = torch.zeros(n_layers, dtype=torch.float64)
+        norms = torch.zeros(n_layers + 1, dtype=torch.float64)
+        store: dict = {}
+        hooks = capture_bos_norms(store, n_layers)
+        for _, batch in batches_by_length(tokens, batch_size):
+            model.run_with_hooks(batch.to(model.cfg.device), fwd_hooks=hooks, return_type=None)
+            ratios += torch.stack([store[layer]["bos_ratio"].double().sum().cpu() for layer in range(n_layers)])
+            norms += torch.stack([store[0]["bos_norm_pre"].double().sum().cpu()]
+                                 + [store[layer]["bos_norm"].double().sum().cpu() for layer in range(n_layers)])
+        return (ratios / len(tokens)).numpy(), (norms / len(tokens)).numpy()
+
+
+def bos_norm_ratios(model, texts: "TextsLike", *, max_tokens: int = 512, bos: str = "checkpoint",
+                    batch_size: int = 8) -> Float[np.ndarray, "layer"]:
+    """Per layer: ||resid_post[0]|| / mean_{t>=1} ||resid_post[t]||, averaged over ``texts``
+    (float64 array of length n_layers; see :func:`bos_norm_profile`)."""
+    return bos_norm_profile(model, texts, max_tokens=max_tokens, bos=bos, batch_size=batch_size)[0]

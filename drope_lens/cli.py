@@ -188,6 +188,15 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        from drope_lens.experiments.options import RENAMED
+
+        for arg in sys.argv[1:] if args is None else args:
+            flag = arg.split("=", 1)[0]
+            if flag in RENAMED:
+                self.error(f"{flag} was renamed: use {RENAMED[flag]} (torchrun takes {flag} for one of its own options)")
+        return super().parse_known_args(args, namespace)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="drope-lens", description=__doc__.split("\n\n")[0])

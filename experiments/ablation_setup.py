@@ -10,47 +10,16 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
 from drope_lens import analysis
-from drope_lens.hooks.capture import capture_bos_norms
+# the BOS profile and the massive-entry identification live in drope_lens.analysis (importable here as before)
+from drope_lens.analysis import bos_norm_profile, bos_norm_ratios, identify_massive  # noqa: F401
 from drope_lens.hooks.conditions import NEEDS_MASSIVE, NEEDS_SPIKE, Condition, build_condition, check_conditions
-from drope_lens.texts import TextsLike, as_texts
+from drope_lens.texts import TextsLike
 
-from .common import BosPolicy, batches_by_length, tokenize
+from .common import BosPolicy
 
 SPIKE_THRESHOLD = analysis.SPIKE_THRESHOLD
-
-
-@torch.inference_mode()
-def bos_norm_profile(model, texts: TextsLike, *, max_tokens: int = 512, bos: BosPolicy = "checkpoint",
-                     batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """The model's mean BOS profile over ``texts``: ``(ratios, norms)`` (float64).
-
-    ``ratios[l]`` = mean over texts of ||resid_post_l[0]|| / mean_{t>=1} ||resid_post_l[t]||
-    (dimensionless, n_layers entries); ``norms`` = mean over texts of ``[||resid_pre_0[0]||,
-    ||resid_post_0[0]||, ..., ||resid_post_{L-1}[0]||]`` (L2 norms, n_layers + 1 entries), as
-    :func:`drope_lens.analysis.spike_layer` takes them.
-    """
-    tokens = tokenize(model, as_texts(texts, name_prefix="reference"), max_tokens, bos=bos)
-    n_layers = model.cfg.n_layers
-    ratios = torch.zeros(n_layers, dtype=torch.float64)
-    norms = torch.zeros(n_layers + 1, dtype=torch.float64)
-    store: dict = {}
-    hooks = capture_bos_norms(store, n_layers)
-    for _, batch in batches_by_length(tokens, batch_size):
-        model.run_with_hooks(batch.to(model.cfg.device), fwd_hooks=hooks, return_type=None)
-        ratios += torch.stack([store[layer]["bos_ratio"].double().sum().cpu() for layer in range(n_layers)])
-        norms += torch.stack([store[0]["bos_norm_pre"].double().sum().cpu()]
-                             + [store[layer]["bos_norm"].double().sum().cpu() for layer in range(n_layers)])
-    return (ratios / len(tokens)).numpy(), (norms / len(tokens)).numpy()
-
-
-def bos_norm_ratios(model, texts: TextsLike, *, max_tokens: int = 512, bos: BosPolicy = "checkpoint",
-                    batch_size: int = 8) -> np.ndarray:
-    """Per layer: ||resid_post[0]|| / mean_{t>=1} ||resid_post[t]||, averaged over ``texts``
-    (float64 array of length n_layers; see :func:`bos_norm_profile`)."""
-    return bos_norm_profile(model, texts, max_tokens=max_tokens, bos=bos, batch_size=batch_size)[0]
 
 
 def spike_layer(ratios: Sequence[float], rule: str = analysis.DEFAULT_SPIKE_RULE, threshold: float = SPIKE_THRESHOLD,
@@ -97,8 +66,6 @@ def prepare_conditions(
     (``spike_layers``). No spike under the chosen rule is an error (never another layer).
     ``threshold``: Exp 2's massive-value threshold; ``spike_threshold``: the ``first_above`` ratio.
     """
-    from .disruption import identify_massive
-
     names = check_conditions(names)
     analysis.check_spike_rule(spike_rule)
     out = ConditionSet({})

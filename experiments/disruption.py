@@ -1,7 +1,8 @@
 """Experiment 2: disrupting massive Q/K dims, measured by perplexity.
 
-1. Identification: M (see :mod:`.massive_values`) of ``hook_q`` and ``hook_k`` averaged over the
-   identification texts; entries above ``threshold`` x the layer mean are massive.
+1. Identification (:func:`drope_lens.analysis.identify_massive`): M (see :mod:`.massive_values`)
+   of ``hook_q`` and ``hook_k`` averaged over the identification texts; entries above
+   ``threshold`` x the layer mean are massive.
 2. Conditions on the evaluation texts (disjoint from the identification texts):
    ``baseline``; ``massive``: those entries zeroed in ``hook_q`` and ``hook_k`` at every position;
    ``random`` (one per seed): the same NUMBER of entries per layer and tensor, drawn uniformly
@@ -24,6 +25,8 @@ import pandas as pd
 import torch
 from scipy import stats
 
+# identification is shared with the ablation conditions of Exp 3-6 (importable here as before)
+from drope_lens.analysis import Masks, identify_massive, massive_mask, sequence_norms  # noqa: F401
 from drope_lens.distributed import is_main
 from drope_lens.hooks import batched_zero_dims
 from drope_lens.placement import layer_device
@@ -47,10 +50,8 @@ from .common import (
     warn_if_out_of_distribution,
 )
 from .engine import gather, plan_sweep
-from .massive_values import massive_mask, sequence_norms
 
 EXPERIMENT = "disruption"
-Masks = dict[str, dict[int, torch.Tensor]]  # tensor -> layer -> bool [head, d_head]
 
 
 @dataclass(frozen=True)
@@ -80,28 +81,6 @@ class DisruptionConfig:
     @property
     def seed_list(self) -> list[int]:
         return [self.seed + i for i in range(self.seeds)]
-
-
-def identify_massive(
-    model, texts: TextsLike, *, threshold: float, max_tokens: int, rotary: str = "pre", batch_size: int = 16,
-    bos: BosPolicy = "checkpoint",
-) -> Masks:
-    """Massive (head, dim) entries of q and k per layer, from M averaged over ``texts``."""
-    texts = as_texts(texts, name_prefix="identification")
-    tokens = tokenize(model, texts, max_tokens, bos=bos)
-    sums: dict[tuple[int, str], torch.Tensor] = {}
-    for _, batch in batches_by_length(tokens, batch_size):
-        for key, m in sequence_norms(model, batch, ("q", "k"), rotary).items():
-            total = m.sum(dim=0)
-            sums[key] = sums[key] + total if key in sums else total
-    for tensor in ("q", "k"):  # one device->host copy per tensor (k has fewer heads under GQA)
-        keys = sorted(k for k in sums if k[1] == tensor)
-        first = sums[keys[0]].device  # layers may sit on several GPUs (load_model(n_devices=...))
-        sums.update(zip(keys, torch.stack([sums[k].to(first) for k in keys]).cpu()))
-    masks: Masks = {"q": {}, "k": {}}
-    for (layer, tensor), total in sorted(sums.items()):
-        masks[tensor][layer] = massive_mask(total / len(texts), threshold)
-    return masks
 
 
 def random_masks(massive: Masks, seed: int, pool: str = "non_massive") -> Masks:

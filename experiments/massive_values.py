@@ -18,10 +18,9 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Bool, Float
 
+from drope_lens.analysis import massive_mask, sequence_norms  # noqa: F401  (shared with Exp 2-6; importable here as before)
 from drope_lens.distributed import is_main
-from drope_lens.hooks import capture_dim_norms
 from drope_lens.results import RunStore, texts_fingerprint
 from drope_lens.texts import Text, TextsLike, as_texts
 
@@ -64,41 +63,6 @@ class MassiveValuesConfig:
             raise ValueError(f"tensors={self.tensors}: choose from 'q', 'k', 'v'.")
         if self.max_tokens < 2 or self.batch_size < 1:
             raise ValueError("max_tokens must be >= 2 and batch_size >= 1.")
-
-
-def massive_mask(m: Float[torch.Tensor, "*layers head d_head"], threshold: float) -> Bool[torch.Tensor, "*layers head d_head"]:
-    """Entries of M above ``threshold`` times the mean of M over all heads x dims of its layer."""
-    return m > threshold * m.mean(dim=(-2, -1), keepdim=True)
-
-
-class _StopForward(Exception):
-    """Raised by the last capture hook: nothing after the last layer's q/k is needed."""
-
-
-def _stop_forward(x, hook):
-    raise _StopForward
-
-
-def sequence_norms(
-    model, tokens: torch.Tensor, tensors: Sequence[str], rotary: str
-) -> dict[tuple[int, str], torch.Tensor]:
-    """M for every layer and tensor of one batch of equal-length token rows: ``[batch, head, d]``.
-
-    The forward stops at the last layer's ``hook_rot_k`` (after its q, k and v hooks have
-    fired): that layer's attention, its MLP and the final norm are not needed, so they are not run.
-    """
-    store: dict = {}
-    hooks = capture_dim_norms(store, model.cfg.n_layers, tensors=tensors, rotary=rotary)
-    hooks.append((f"blocks.{model.cfg.n_layers - 1}.attn.hook_rot_k", _stop_forward))
-    with torch.inference_mode():
-        try:
-            model.run_with_hooks(tokens.to(model.cfg.device), return_type=None, fwd_hooks=hooks)
-        except _StopForward:
-            pass
-    missing = [key for key in ((layer, t) for layer in range(model.cfg.n_layers) for t in tensors) if key not in store]
-    if missing:  # pragma: no cover - a model whose attention fires hooks in another order
-        raise RuntimeError(f"capture hooks did not fire for {missing[:3]}...; the early stop came too soon.")
-    return store
 
 
 class _BatchStatistics:

@@ -14,6 +14,12 @@ from typing import Callable, Sequence
 
 from drope_lens.passkey import FORMATS
 
+#: Options renamed because ``torchrun`` claims them: its parser reads every option up to the end of
+#: the command line, the script's included, and takes abbreviations of its own (``--n`` could be
+#: ``--nnodes``, ``--nproc-per-node``, ...). Old spelling -> what to write instead (the CLI names it
+#: when the old one is used). tests/test_torchrun_cli.py checks that no option collides.
+RENAMED = {"--n": "--prompts (knowledge, bos-ablation, layer1-ablation) or --trials (context-length)"}
+
 # Exp 3 (knowledge)
 KNOWLEDGE_TASKS = ("cities", "sports", "reviews", "passkey")
 KNOWLEDGE_CONDITIONS = ("baseline", "topk_mean_q_k")
@@ -50,7 +56,7 @@ def disruption(parser: argparse.ArgumentParser) -> None:
 def knowledge(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", default=",".join(KNOWLEDGE_TASKS), help="comma-separated task names")
     parser.add_argument("--conditions", default=",".join(KNOWLEDGE_CONDITIONS), help="comma-separated condition names")
-    parser.add_argument("--n", type=int, default=None, help="prompts per task (default: the study's)")
+    parser.add_argument("--prompts", dest="n", metavar="PROMPTS", type=int, default=None, help="prompts per task (default: the study's)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--source", choices=["study", "toy"], default=None,
                         help="task data: the study's files, or the toy corpus's (default: toy for the toy pair)")
@@ -72,7 +78,7 @@ def ablation(parser: argparse.ArgumentParser, default_conditions: Sequence[str])
     """Options shared by the ablation sweeps (Exp 4/5 BOS ablations, Exp 6 layer-1 ablations)."""
     parser.add_argument("--conditions", default=",".join(default_conditions), help="comma-separated condition names")
     parser.add_argument("--tasks", default="cities,sports,reviews,passkey", help="comma-separated tasks ('' for none)")
-    parser.add_argument("--n", type=int, default=None, help="prompts per task (default: the study's)")
+    parser.add_argument("--prompts", dest="n", metavar="PROMPTS", type=int, default=None, help="prompts per task (default: the study's)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--source", choices=["study", "toy"], default=None,
                         help="task data (default: toy for the toy pair, study otherwise)")
@@ -118,7 +124,7 @@ def context_length(parser: argparse.ArgumentParser) -> None:
                         help="target prompt lengths in tokens (default: 0.5x..8x the trained context for the toy "
                              f"pair, else {list(REAL_MODEL_LENGTHS)})")
     parser.add_argument("--formats", nargs="+", choices=list(FORMATS), default=list(FORMATS))
-    parser.add_argument("--n", type=int, default=20, help="trials per cell (default 20)")
+    parser.add_argument("--trials", dest="n", metavar="TRIALS", type=int, default=20, help="trials per cell (default 20)")
     parser.add_argument("--depths", type=float, nargs="+", default=None,
                         help=f"needle depth grid, e.g. {' '.join(map(str, DEPTH_GRID))} (default: uniform in the middle half)")
     parser.add_argument("--seed", type=int, default=0)

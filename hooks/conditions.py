@@ -105,7 +105,7 @@ def build_condition(
                          {"rotary": rotary, "k": 1})
     if name == "massive_zero":
         if massive_masks is None:
-            raise ValueError("condition 'massive_zero' needs massive_masks (see experiments.disruption.identify_massive).")
+            raise ValueError("condition 'massive_zero' needs massive_masks (see drope_lens.analysis.identify_massive).")
         device = model.cfg.device
         pairs: list[HookPair] = []
         for tensor in ("q", "k"):

@@ -170,6 +170,26 @@ def test_sinks_spike_layers_match_hugging_face(checkpoint_factory):
     table = sinks.compare_layers(df)
     assert set(table.quantity) >= {f"spike_layer_{r}" for r in analysis.SPIKE_RULES}
     assert all(isinstance(cell, str) and "/" in cell for cell in table["rope"])
+    # issue 18.3: no summary with means and CIs holds a layer (the old "spike_layer -0.3 [-0.6, -0.1]")
+    assert not any("layer" in q for q in sinks.compare(df)["quantity"])
+
+
+def test_bos_write_layers_are_categories(checkpoint_factory):
+    """Exp 5: the max-write layer and the spike layers are summarised by mode and distribution only.
+    Planted bug: max_write_layer averaged over texts in ``compare`` (the old "max_write_layer 2.8")."""
+    from drope_lens.experiments import bos_write
+
+    model = dl.load_model(checkpoint_factory(num_hidden_layers=3)[0])
+    df = bos_write.run(model, ["the city of paris is in france . rome is in italy and the sky is blue",
+                               "what is the secret passkey ? 1 2 3 4 5 remember this number"],
+                       max_tokens=32, show_progress=False)
+    assert not any("layer" in q for q in bos_write.compare(df)["quantity"])
+    layers = bos_write.compare_layers(df).set_index("quantity")["rope"]
+    best = df.groupby(["sample", "layer"])["write"].mean().unstack().idxmax(axis=1)
+    counts = best.value_counts()
+    mode = min(counts[counts == counts.max()].index)
+    assert layers["max_write_layer"].startswith(f"{mode} (") and f"{mode}: {counts[mode]}/2" in layers["max_write_layer"]
+    assert {f"spike_layer_{r}" for r in analysis.SPIKE_RULES} <= set(layers.index)
 
 
 def test_cli_spike_rules_are_the_analysis_rules():

@@ -269,7 +269,7 @@ def test_rope_past_its_context_warns_once_and_the_cli_runs(char_checkpoint, tmp_
     assert len(df) == 4
     assert sum("exceed the RoPE model's trained context" in str(w.message) for w in caught) == 1
     code = main(["run", "context-length", "--rope", str(char_checkpoint[0]), "--device", "cpu", "--lengths", "300",
-                 "--formats", "simple", "--n", "2", "--max-new-tokens", "2", "--out", str(tmp_path)])
+                 "--formats", "simple", "--trials", "2", "--max-new-tokens", "2", "--out", str(tmp_path)])
     assert code in (0, None)
     printed = capsys.readouterr().out
     assert "Passkey accuracy, simple format, by length" in printed and "Verification" in printed

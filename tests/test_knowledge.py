@@ -229,7 +229,7 @@ def test_layer1_ablation_cli(checkpoint_factory, tmp_path, capsys):
     texts.write_text("".join(json.dumps({"text": t, "name": f"t{i}"}) + "\n" for i, t in enumerate(TEXTS)))
     args = ["run", "layer1-ablation", "--rope", str(rope), "--drope", str(drope), "--texts", str(texts),
             "--max-tokens", "48", "--out", str(tmp_path / "results"), "--device", "cpu", "--n-reference", "1",
-            "--n-evaluation", "3", "--tasks", "passkey", "--n", "2"]
+            "--n-evaluation", "3", "--tasks", "passkey", "--prompts", "2"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "Exp 6 layer-1 ablation" in out and "l1_both_bos" in out

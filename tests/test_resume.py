@@ -380,11 +380,11 @@ def test_cli_refuses_another_configuration_and_overwrite_runs_it(tmp_path, capsy
 
     common = ["run", "knowledge", "--run-id", "fixed", "--out", str(tmp_path), "--tasks", "cities",
               "--new-tokens", "2", "--device", "cpu"]
-    assert main([*common, "--conditions", "baseline", "--n", "2"]) == 0
+    assert main([*common, "--conditions", "baseline", "--prompts", "2"]) == 0
     directory = tmp_path / "knowledge" / "fixed"
     meta_before = (directory / "meta.json").read_text()
     capsys.readouterr()
-    asked = [*common, "--conditions", "baseline,topk_mean_q_k", "--n", "3", "--seed", "7"]
+    asked = [*common, "--conditions", "baseline,topk_mean_q_k", "--prompts", "3", "--seed", "7"]
     assert main(asked) == 2
     err = capsys.readouterr().err
     assert "config.n: 2 in the directory, 3 asked" in err and "config.seed: 42 in the directory, 7 asked" in err
