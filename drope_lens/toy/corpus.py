@@ -495,9 +495,10 @@ def training_documents(config: CorpusConfig, stream: str = "train", n: int | Non
     if workers <= 1 or len(jobs) == 1:
         shards = [_shard(job) for job in jobs]
     else:
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             shards = list(pool.map(_shard, jobs))
     return [doc for shard in shards for doc in shard]
 

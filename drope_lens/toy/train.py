@@ -163,11 +163,14 @@ def pack_parallel(tokenizer, texts: Sequence[str], context: int, workers: int = 
     """:func:`pack` of chunks of :data:`PACK_CHUNK` documents, concatenated; ``workers`` processes
     (the result does not depend on ``workers``)."""
     jobs = [(tokenizer, list(texts[i : i + PACK_CHUNK]), context) for i in range(0, len(texts), PACK_CHUNK)]
+    # processes are spawned, not forked: a fork after torch or tokenizers started their thread pools
+    # can hang (it did on the GPU machine, issue 20's first run)
     if workers <= 1 or len(jobs) == 1:
         return torch.cat([_pack_chunk(job) for job in jobs])
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         return torch.cat(list(pool.map(_pack_chunk, jobs)))
 
 
@@ -416,6 +419,9 @@ def train_toy_pair(out: Path, corpus_config: CorpusConfig = CorpusConfig(), mode
     report.update({"corpus": asdict(corpus_config), "model": asdict(model_config), "training": asdict(train_config),
                    **corpus_info})
     report.setdefault("recipes", {})
+    # Every recipe's rows are made now, before any CUDA or torch thread pool exists in this process.
+    recipe_rows = {r.name: recalibration_rows(out, tokenizer, r, corpus_config, model_config, train_config, data, say)
+                   for r in recipes if not (out / f"drope-{r.name}" / "toy.json").is_file()}
 
     if (out / "rope" / "toy.json").is_file():
         say("pretraining: loaded the RoPE checkpoint from an earlier stage")
@@ -442,7 +448,7 @@ def train_toy_pair(out: Path, corpus_config: CorpusConfig = CorpusConfig(), mode
         if (directory / "toy.json").is_file():
             say(f"recalibration {recipe.name}: done in an earlier stage")
             continue
-        rows = recalibration_rows(out, tokenizer, recipe, corpus_config, model_config, train_config, data, say)
+        rows = recipe_rows[recipe.name]
         batch = max(1, train_config.batch_size * model_config.context // rows.shape[1])
         drope = to_drope_recipe(rope, recipe)
         before = evaluate_loss(drope, heldout, eos)
