@@ -37,6 +37,7 @@ class BarsConfig:
     seed: int = 0
     scalings: tuple[float, ...] = (0.1,)
     formats: tuple[str, ...] = ("simple", "ruler")
+    long_formats: tuple[str, ...] = ("simple", "ruler")  # formats measured past 1x
     multiples: tuple[int, ...] = MULTIPLES
     verify: bool = True
     quality: bool = True  # also perplexity, cities, sports, sentiment (the toy evaluator)
@@ -66,7 +67,8 @@ def measure_model(model, corpus: CorpusConfig, context: int, config: BarsConfig 
             continue
         verify = config.verify and scaling == 0.0
         for length in lengths:
-            df = cl.run(model, [length], formats=config.formats, n=config.n, seed=config.seed,
+            formats = config.formats if length == context else config.long_formats
+            df = cl.run(model, [length], formats=formats, n=config.n, seed=config.seed,
                         verify=verify and length == context, key_divisor=7, scaling=scaling, show_progress=False)
             for row in cl.accuracy(df).itertuples():
                 cell = {"format": row.format, "length": int(row.length), "multiple": int(row.length) / context,

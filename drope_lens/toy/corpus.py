@@ -170,8 +170,9 @@ class CorpusConfig:
         low, high = self.filler_repeats
         if not 1 <= low <= high:
             raise ValueError(f"filler_repeats={self.filler_repeats}: need 1 <= low <= high.")
-        if self.context < 64:
-            raise ValueError(f"context={self.context}: retrieval documents need at least 64 tokens.")
+        if self.context < 128:
+            raise ValueError(f"context={self.context}: retrieval documents (RULER's template alone is about 80 "
+                             "tokens) need a context of at least 128 tokens.")
         unknown = set(self.weights) - set(_GENERATORS)
         if unknown or not any(w > 0 for w in self.weights.values()):
             raise ValueError(f"weights: unknown kinds {sorted(unknown)} or no positive weight; kinds are {sorted(_GENERATORS)}.")
@@ -414,11 +415,12 @@ def _passkey(rng, config, split, stream) -> str:
 
 def _ruler(rng, config, split, stream) -> str:
     """The RULER template: the prompt about one of its needles and that needle's 7-digit key."""
-    while True:  # a few needles may not fit a short budget: draw again
-        text, asked = _ruler_text(rng, config, _budget(rng, config))
+    for attempt in range(20):  # a few needles may not fit a short budget: draw again, at last one needle
+        text, asked = _ruler_text(rng, config, _budget(rng, config), single=attempt == 19)
         doc = f"{pk.RULER_TEMPLATE.format(context=text, name=asked.name)} {asked.key}"
         if estimate_tokens(doc) <= config.context:
-            return doc
+            break
+    return doc
 
 
 def _verify(rng, config, split, stream) -> str:

@@ -478,9 +478,21 @@ def train_toy_pair(out: Path, corpus_config: CorpusConfig = CorpusConfig(), mode
         import shutil
 
         shutil.copytree(first, out / "drope")
+        summarize(report, recipes[0].name)
     report["total_seconds"] = report.get("total_seconds", 0.0) + time.perf_counter() - started
     (out / "training.json").write_text(json.dumps(report, indent=2))
     return ToyRun(out / "rope", out / "drope", report)
+
+
+def summarize(report: dict, recipe: str) -> dict:
+    """Record ``recipe`` as the pair's DroPE model in a training report: ``drope_recipe``,
+    ``recalibrate_tokens``, ``recalibrate_share`` and the DroPE held-out losses (nats/token)."""
+    entry = report["recipes"][recipe]
+    report["drope_recipe"] = recipe
+    report["recalibrate_tokens"] = entry["tokens"]
+    report["recalibrate_share"] = entry["share_of_pretraining"]
+    report["heldout_loss"].update(drope_before_recalibration=entry["heldout_loss_before"], drope=entry["heldout_loss"])
+    return report
 
 
 def _fair(recipe: dict, context: int) -> bool:
@@ -570,6 +582,9 @@ def evaluate_and_select(out: Path, recipes: Sequence[Recipe], bars_config=None, 
         shutil.rmtree(out / "drope")
     shutil.copytree(out / f"drope-{best['recipe']}", out / "drope")
     save()
+    training = _json(out / "training.json")
+    if training is not None and best["recipe"] in training.get("recipes", {}):
+        (out / "training.json").write_text(json.dumps(summarize(training, best["recipe"]), indent=2))
     say(f"chosen: recipe {best['recipe']}, scaling c={best['scaling']}\n{result['table']}")
     for label, checks in result["bars"].items():
         for key, value in checks.items():
