@@ -7,7 +7,9 @@ Seeded and deterministic. Documents mix:
   city/country table (``data/cities.tsv``) and athlete/sport table (``data/athletes.tsv``);
 - ``city_qa`` / ``sport_qa``: the study's yes/no prompt with its answer, for the *training* part of
   each fact table only;
-- ``passkey``: the study's simple passkey format (filler, needle, question, answer), laid out as
+- ``passkey``: the study's simple passkey format, the issue-4 layout (``filler_repeats`` whole
+  filler sentences; the corpus of the issue-4 pair, no longer in the default mix);
+- ``simple_passkey``: the study's simple passkey format (filler, needle, question, answer), laid out as
   Exp 10 lays it out (:func:`drope_lens.passkey.render`), with haystacks of any length up to the
   whole context and the needle at any depth; a quarter of them with a prose haystack instead;
 - ``ruler``: the RULER template (:data:`drope_lens.passkey.RULER_TEMPLATE`) with 1-4 needles under
@@ -15,7 +17,7 @@ Seeded and deterministic. Documents mix:
 - ``verify``: the verification question (:data:`drope_lens.passkey.VERIFY_TEMPLATE`) around a simple
   or RULER haystack, about the key or a near-miss of it (one digit changed), answered Yes/No;
 - ``review``: a movie review with its label in the study's IMDB prompt;
-- ``copy``: a random word (or, for 30% of them, digit-group) sequence followed by its repetition
+- ``copy`` / ``copy_digits``: a random word (digit-group) sequence followed by its repetition
   (induction).
 
 Every number that stands for a passkey in training (simple and RULER keys, verification
@@ -146,7 +148,7 @@ def sports() -> list[str]:
 #: the context), so they are about half of the tokens.
 DEFAULT_WEIGHTS: dict[str, float] = {
     "prose": 0.24, "city_fact": 0.12, "sport_fact": 0.05, "city_qa": 0.10, "sport_qa": 0.04,
-    "passkey": 0.10, "ruler": 0.10, "verify": 0.08, "review": 0.07, "copy": 0.10,
+    "simple_passkey": 0.10, "ruler": 0.10, "verify": 0.08, "review": 0.07, "copy": 0.07, "copy_digits": 0.03,
 }
 
 
@@ -407,6 +409,12 @@ def _ruler_text(rng, config, budget: int, single: bool = False) -> tuple[str, pk
 
 
 def _passkey(rng, config, split, stream) -> str:
+    """The issue-4 layout: ``filler_repeats`` whole filler sentences, the needle at depth 10-90%."""
+    key = passkey_key(rng, stream)
+    return f"{passkey_prompt(rng, key, rng.randint(*config.filler_repeats))} {key}"
+
+
+def _simple_passkey(rng, config, split, stream) -> str:
     """The simple format, Exp 10's layout: the prompt and its answer, the key (5 digits)."""
     key = passkey_key(rng, stream)
     text = _simple_text(rng, config, key, _budget(rng, config) - 7)
@@ -453,18 +461,21 @@ def _review(rng, config, split, stream) -> str:
 
 
 def _copy(rng, config, split, stream) -> str:
-    if rng.random() < 0.3:  # digit groups (never a multiple of 7), copied in order: induction on digits
-        sequence = " ".join(passkey_key(rng, "train", rng.randint(3, 8)) for _ in range(rng.randint(1, 4)))
-    else:
-        vocabulary = [w for group in (_OBJECTS, _PLACES) for phrase in group for w in phrase.split()]
-        sequence = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(6, 20)))
+    vocabulary = [w for group in (_OBJECTS, _PLACES) for phrase in group for w in phrase.split()]
+    sequence = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(6, 20)))
+    return f"{sequence} | {sequence}"
+
+
+def _copy_digits(rng, config, split, stream) -> str:
+    """1-4 digit groups of 3-8 digits (never a multiple of 7), then their repetition: induction on digits."""
+    sequence = " ".join(passkey_key(rng, "train", rng.randint(3, 8)) for _ in range(rng.randint(1, 4)))
     return f"{sequence} | {sequence}"
 
 
 _GENERATORS = {
     "prose": _prose, "city_fact": _city_fact, "sport_fact": _sport_fact, "city_qa": _city_qa,
-    "sport_qa": _sport_qa, "passkey": _passkey, "ruler": _ruler, "verify": _verify, "review": _review,
-    "copy": _copy,
+    "sport_qa": _sport_qa, "passkey": _passkey, "simple_passkey": _simple_passkey, "ruler": _ruler, "verify": _verify,
+    "review": _review, "copy": _copy, "copy_digits": _copy_digits,
 }
 
 
