@@ -2,8 +2,13 @@
 
 >>> import drope_lens as dl
 >>> rope, drope = dl.load_pair("llama2-7b", dtype="bf16", device="cuda")   # doctest: +SKIP
+
+The names below are imported on first use (``dl.load_model`` imports torch, transformers and
+TransformerLens then), so ``import drope_lens`` and ``drope-lens --help`` start in well under a
+second; ``from drope_lens import load_model`` works as usual.
 """
 
+import importlib as _importlib
 import logging as _logging
 import warnings as _warnings
 
@@ -15,23 +20,37 @@ _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 # drope_lens pins <4). Silence that one warning here, in one place.
 _warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
 
-from .checkpoint import DROPE_ATTENTION_TYPES, CheckpointError, CheckpointSpec  # noqa: E402
-from .convert import to_drope  # noqa: E402
-from .loading import load_model  # noqa: E402
-from .saving import save_model  # noqa: E402
-from .model import DropeLensTransformer, is_drope  # noqa: E402
-from .registry import load_pair, register_pair  # noqa: E402
+#: public name -> the submodule that defines it (imported on first access, see ``__getattr__``)
+_LAZY = {
+    "DROPE_ATTENTION_TYPES": "checkpoint",
+    "CheckpointError": "checkpoint",
+    "CheckpointSpec": "checkpoint",
+    "to_drope": "convert",
+    "load_model": "loading",
+    "save_model": "saving",
+    "DropeLensTransformer": "model",
+    "is_drope": "model",
+    "load_pair": "registry",
+    "register_pair": "registry",
+}
 
-__all__ = [
-    "DROPE_ATTENTION_TYPES",
-    "CheckpointError",
-    "CheckpointSpec",
-    "DropeLensTransformer",
-    "is_drope",
-    "load_model",
-    "load_pair",
-    "register_pair",
-    "save_model",
-    "to_drope",
-]
+__all__ = sorted(_LAZY)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:  # a submodule (dl.figures, dl.hooks, ...), imported on first access
+        try:
+            return _importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'drope_lens' has no attribute {name!r}") from None
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later accesses skip this function
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY))

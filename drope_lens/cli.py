@@ -1,4 +1,8 @@
-"""``drope-lens`` command line: ``drope-lens info SOURCE``, ``run``, ``report``, ``study``."""
+"""``drope-lens`` command line: ``drope-lens info SOURCE``, ``run``, ``report``, ``study``.
+
+Building the parser imports nothing heavy (torch, pandas, transformers and TransformerLens are
+imported by the command that needs them), so ``--help`` and argument errors answer at once.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from .runner import _cuda
+from .runner import DEVICE_HELP, device_arg, resolve_device
 
 
 def model_summary(model) -> dict:
@@ -55,6 +59,7 @@ def _info(args: argparse.Namespace) -> int:
     from .loading import load_model
     from .registry import pairs
 
+    args.device = resolve_device(args.device)
     known = pairs()
     if args.source in known and not Path(args.source).exists():  # a pair name: describe both models
         sources = [known[args.source].rope, known[args.source].drope]
@@ -109,6 +114,7 @@ def _run_experiment(args: argparse.Namespace) -> int:
 def _train_toy(args: argparse.Namespace) -> int:
     from .toy.train import run_from_args
 
+    args.device = resolve_device(args.device)
     return run_from_args(args)
 
 
@@ -126,7 +132,7 @@ def _study(args: argparse.Namespace) -> int:
 
     from .report import build_report
 
-    common = ["--out", args.out, "--dtype", args.dtype, "--device", args.device, "--bos", args.bos]
+    common = ["--out", args.out, "--dtype", args.dtype, "--device", resolve_device(args.device), "--bos", args.bos]
     if args.rope or args.drope:
         common += [arg for flag, value in (("--rope", args.rope), ("--drope", args.drope)) if value for arg in (flag, value)]
     else:
@@ -149,14 +155,30 @@ def _study(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line: the command, the argument, what is allowed (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        from drope_lens.experiments.options import RENAMED
+
+        for arg in sys.argv[1:] if args is None else args:
+            flag = arg.split("=", 1)[0]
+            if flag in RENAMED:
+                self.error(f"{flag} was renamed: use {RENAMED[flag]} (torchrun takes {flag} for one of its own options)")
+        return super().parse_known_args(args, namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="drope-lens", description=__doc__)
+    parser = _Parser(prog="drope-lens", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="load a checkpoint and describe it")
     info.add_argument("source", nargs="?", default="toy",
                       help="checkpoint directory, hub id, bundled:toy/rope, or a pair name (default: toy, both models)")
     info.add_argument("--dtype", default="float32", help="float32 (default), bf16 or fp16")
-    info.add_argument("--device", default="cpu")
+    info.add_argument("--device", type=device_arg, default="cpu", help="cpu (default), cuda, cuda:N or mps")
     info.add_argument("--n-ctx", type=int, default=None)
     info.add_argument("--quantization", choices=["nf4"], default=None)
     info.add_argument("--variant", choices=["rope", "drope"], default=None)
@@ -177,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--out", required=True, help="directory for the corpus, tokenizer, checkpoints, training.json")
     from .toy.train import add_arguments as _toy_arguments
 
-    _toy_arguments(toy)
+    _toy_arguments(toy, device=False)
+    toy.add_argument("--device", type=device_arg, default=None, help=DEVICE_HELP)
     toy.set_defaults(func=_train_toy)
 
     run = sub.add_parser("run", help="run an experiment on a RoPE/DroPE pair and save its results")
@@ -185,14 +208,19 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     from drope_lens.experiments import CLI_EXPERIMENTS
+    from drope_lens.experiments.options import OPTIONS
 
     from .runner import add_common_arguments
 
     for command, (module_name, help_text) in CLI_EXPERIMENTS.items():
-        module = importlib.import_module(f"drope_lens.experiments.{module_name}")
+        if command in OPTIONS:  # the usual case: options known without importing the experiment
+            add_options, takes_texts = OPTIONS[command]
+        else:  # an experiment registered elsewhere: its module defines its options
+            module = importlib.import_module(f"drope_lens.experiments.{module_name}")
+            add_options, takes_texts = module.add_cli_arguments, getattr(module, "CLI_TAKES_TEXTS", True)
         sub_parser = run_sub.add_parser(command, help=help_text)
-        add_common_arguments(sub_parser, texts=getattr(module, "CLI_TAKES_TEXTS", True))
-        module.add_cli_arguments(sub_parser)
+        add_common_arguments(sub_parser, texts=takes_texts)
+        add_options(sub_parser)
         sub_parser.set_defaults(func=_run_experiment)
 
     report = sub.add_parser("report", help="one offline HTML report of a results folder")
@@ -205,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--rope", default=None, help="RoPE checkpoint (with --drope, instead of --pair)")
     study.add_argument("--drope", default=None, help="DroPE checkpoint (with --rope, instead of --pair)")
     study.add_argument("--dtype", default="float32")
-    study.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    study.add_argument("--device", type=device_arg, default=None, help=DEVICE_HELP)
     study.add_argument("--bos", choices=["checkpoint", "always"], default="checkpoint")
     study.add_argument("--out", default="results", help="results root (default: results/)")
     study.add_argument("--report", default="report.html", help="HTML file to write (default: report.html)")

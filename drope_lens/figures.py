@@ -24,6 +24,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .analysis import SPIKE_RULES, layer_label, spike_table
+
 COLORS = {"rope": "#0072B2", "drope": "#D55E00"}
 LABELS = {"rope": "RoPE", "drope": "DroPE"}
 OTHER_COLOR = "#777777"
@@ -144,7 +146,10 @@ def wilson(k: np.ndarray, n: np.ndarray, z: float = 1.959964) -> tuple[np.ndarra
     denom = 1 + z**2 / n
     centre = (p + z**2 / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    return centre - half, centre + half
+    # exactly 0 at k = 0 and 1 at k = n (the formula leaves rounding residue such as 5.55e-17)
+    low = np.where(k == 0, 0.0, np.clip(centre - half, 0.0, 1.0))
+    high = np.where(k == n, 1.0, np.clip(centre + half, 0.0, 1.0))
+    return low, high
 
 
 def _accuracy_bars(fig: go.Figure, df: pd.DataFrame, variant: str, *, x: str, correct: str, row: int = 1,
@@ -173,26 +178,38 @@ def _accuracy_bars(fig: go.Figure, df: pd.DataFrame, variant: str, *, x: str, co
 MASSIVE_COLUMNS = ("model", "variant", "sample", "layer", "tensor", "count", "heads", "dims")
 
 
-def massive_counts(data: ResultsLike) -> go.Figure:
-    """Exp 1: massive-value count per layer (mean +- std over texts), one panel per tensor."""
-    from drope_lens.experiments.massive_values import per_layer
-
+def massive_counts(data: ResultsLike, n_bootstrap: int = 2000) -> go.Figure:
+    """Exp 1: massive-value count per layer, one panel per tensor: the mean over texts with its
+    percentile-bootstrap 95% interval over texts (texts resampled; it stays within the observed
+    counts, so never below 0, unlike mean +- std on counts)."""
     df = require(as_frame(data), MASSIVE_COLUMNS, "massive_values")
-    stats = per_layer(df)
-    stats["std"] = stats["std"].fillna(0.0)
-    stats["count"] = df.groupby(["model", "variant", "tensor", "layer"])["sample"].nunique().to_numpy()
-    tensors = [t for t in ("q", "k", "v") if t in set(stats.tensor)]
+    tensors = [t for t in ("q", "k", "v") if t in set(df.tensor)]
     fig = make_subplots(rows=1, cols=len(tensors), subplot_titles=[f"{t.upper()} (hook_{t})" for t in tensors],
                         shared_yaxes=False)
     for c, tensor in enumerate(tensors, 1):
         for variant in variants(df):
-            part = stats[(stats.tensor == tensor) & (stats.variant == variant)]
-            _curve(fig, part, variant, x="layer", quantity="massive entries", unit="(head, dim) entries",
-                   col=c, over="texts")
+            part = df[(df.tensor == tensor) & (df.variant == variant)]
+            layers, means, lows, highs, ns = [], [], [], [], []
+            for layer, group in part.groupby("layer", sort=True):
+                counts = group.groupby("sample")["count"].sum().to_numpy(float)  # one value per text
+                low, high = _mean_ci(counts, n_bootstrap)
+                layers.append(int(layer)), means.append(counts.mean()), lows.append(low), highs.append(high)
+                ns.append(len(counts))
+            mean, low, high = np.array(means), np.array(lows), np.array(highs)
+            fig.add_trace(go.Scatter(
+                x=layers, y=mean.tolist(), mode="lines+markers", name=label(variant), legendgroup=variant,
+                line=dict(color=color(variant)), marker=dict(color=color(variant)),
+                error_y=dict(type="data", symmetric=False, array=(high - mean).tolist(),
+                             arrayminus=(mean - low).tolist(), visible=True, thickness=1),
+                customdata=np.stack([low, high, np.array(ns, float)], axis=1),
+                hovertemplate=(f"<b>{label(variant)}</b><br>layer %{{x}}<br>massive entries: %{{y:.6g}} "
+                               "(mean over texts)<br>bootstrap 95% CI over texts: %{customdata[0]:.4g} to "
+                               "%{customdata[1]:.4g}<br>n texts: %{customdata[2]:.0f}<extra></extra>"),
+            ), row=1, col=c)
         fig.update_xaxes(title_text="layer (index)", dtick=1, row=1, col=c)
-        fig.update_yaxes(title_text="massive entries per layer (count)", row=1, col=c)
+        fig.update_yaxes(title_text="massive entries per layer (count)", rangemode="tozero", row=1, col=c)
     _show_legend_once(fig)
-    return _layout(fig, "Exp 1: massive values per layer (mean ± std over texts)")
+    return _layout(fig, "Exp 1: massive values per layer (mean over texts, bootstrap 95% CI over texts)")
 
 
 def massive_dims(data: ResultsLike, d_head: Optional[int] = None, n_heads: Optional[int] = None,
@@ -314,7 +331,15 @@ def disruption(data: ResultsLike, n_bootstrap: int = 2000) -> go.Figure:
     fig.update_yaxes(title_text="increase over baseline (%)", row=1, col=2)
     fig.update_xaxes(title_text="condition (Q and K dims zeroed)", row=1, col=1)
     fig.update_xaxes(title_text="quantity", row=1, col=2)
-    return _layout(fig, "Exp 2: zeroing massive Q/K dims vs as many random dims")
+    n_texts, n_seeds = int(table["n_texts"].max()), int(table["n_seeds"].max())
+    fig.add_annotation(text=(f"Error bars. Left: baseline and massive zeroed: bootstrap 95% CI of the mean over {n_texts} "
+                             f"evaluation texts;<br>random zeroed: ± std over {n_seeds} seeds (circles: each seed's mean). "
+                             "Right: bootstrap 95% CI over texts."),
+                       showarrow=False, xref="paper", yref="paper", x=0, y=-0.3, xanchor="left", yanchor="top",
+                       align="left", font=dict(size=11))
+    fig = _layout(fig, "Exp 2: zeroing massive Q/K dims vs as many random dims", height=480)
+    fig.update_layout(margin=dict(b=150))
+    return fig
 
 
 def _mean_ci(values: np.ndarray, n_bootstrap: int, seed: int = 0) -> tuple[float, float]:
@@ -449,7 +474,54 @@ def sinks(data: ResultsLike, tau: float = SINK_TAU) -> go.Figure:
                ("repr_entropy", "representation entropy", "nats", False)]
     # per-layer quantities may sit on their own rows (NaN on per-head rows) or repeat on every
     # per-head row: _per_sample_layer averages the non-missing values of each (sample, layer)
-    return per_layer_panels(df, panels, "Exp 4: attention sinks and the BOS token per layer")
+    spikes = _spike_table(df)
+    titles = ["spike layer over texts, per rule (a category: share of texts; none = no spike)"] if len(spikes) else []
+    fig = per_layer_panels(df, panels, "Exp 4: attention sinks and the BOS token per layer", extra_titles=titles)
+    if titles:
+        cell = len(panels)
+        _layer_categories(fig, spikes, {f"spike_layer_{r}": r for r in SPIKE_RULES}, row=cell // 2 + 1,
+                          col=cell % 2 + 1)
+    return fig
+
+
+def _spike_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per text: the spike layer under each rule (:func:`drope_lens.analysis.spike_table`) from the
+    per-layer BOS values the results hold (empty without ``bos_ratio``)."""
+    if "bos_ratio" not in df.columns:
+        return pd.DataFrame()
+    columns = [c for c in ("bos_ratio", "bos_norm", "bos_norm_pre") if c in df.columns]
+    layers = (df[df["bos_ratio"].notna()].groupby(["model", "variant", "sample", "layer"])[columns].first()
+              .reset_index())
+    return spike_table(layers)
+
+
+def _layer_categories(fig: go.Figure, table: pd.DataFrame, columns: dict[str, str], *, row: int, col: int) -> None:
+    """Bars of the share of texts (%) in each layer category ("L<i>" or "none") of each per-text
+    layer column (a layer is a category: never averaged); one bar group per variant."""
+    order: list[str] = []
+    bars = {}
+    for v in variants(table):
+        part = table[table.variant == v]
+        xs, ys, counts = [], [], []
+        for column, name in columns.items():
+            labels = [layer_label(x) for x in part[column]]
+            for cat in sorted(set(labels), key=lambda k: (k == "none", int(k) if k != "none" else 0)):
+                x = f"{name}: {'L' + cat if cat != 'none' else 'none'}"
+                xs.append(x)
+                ys.append(100 * labels.count(cat) / len(labels))
+                counts.append([labels.count(cat), len(labels)])
+                order.append(x)
+        bars[v] = (xs, ys, counts)
+    for v, (xs, ys, counts) in bars.items():
+        fig.add_trace(go.Bar(
+            x=xs, y=ys, name=label(v), legendgroup=v, showlegend=False, marker_color=color(v), customdata=counts,
+            hovertemplate=(f"<b>{label(v)}</b><br>%{{x}}: %{{y:.1f}}% of texts "
+                           "(%{customdata[0]} of %{customdata[1]})<extra></extra>"),
+        ), row=row, col=col)
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=list(dict.fromkeys(order)),
+                     title_text="quantity: layer (category)", row=row, col=col)
+    fig.update_yaxes(title_text="% of texts", row=row, col=col)
+    fig.update_layout(barmode="group")
 
 
 ATTENTION_COLUMNS = ("model", "variant", "sample", "layer", "head", "sink_score", "entropy", "local_mass")
@@ -518,7 +590,20 @@ def bos_write(data: ResultsLike) -> go.Figure:
     if df.empty or not numeric:
         raise SchemaError(f"bos_write results have no per-layer numeric columns besides {sorted(BOS_WRITE_ID_COLUMNS)}.")
     panels = [(c, c.replace("_", " "), "value", False) for c in numeric]
-    return per_layer_panels(df, panels, "Exp 5: BOS value write per layer")
+    if "write" not in df.columns:
+        return per_layer_panels(df, panels, "Exp 5: BOS value write per layer")
+    layer_means = df.groupby(["model", "variant", "sample", "layer"])["write"].mean().reset_index()
+    table = (layer_means.loc[layer_means.groupby(["model", "variant", "sample"])["write"].idxmax()]
+             .rename(columns={"layer": "max_write_layer"})[["model", "variant", "sample", "max_write_layer"]])
+    spikes = _spike_table(df)
+    if len(spikes):
+        table = table.merge(spikes, on=["model", "variant", "sample"])
+    columns = {"max_write_layer": "max write", **{f"spike_layer_{r}": f"spike {r}" for r in SPIKE_RULES
+                                                  if f"spike_layer_{r}" in table.columns}}
+    fig = per_layer_panels(df, panels, "Exp 5: BOS value write per layer",
+                           extra_titles=["max-write layer (and spike layer) over texts: a category, share of texts"])
+    _layer_categories(fig, table, columns, row=len(panels) // 2 + 1, col=len(panels) % 2 + 1)
+    return fig
 
 
 # ------------------------------------------------------------------------------------------
@@ -549,30 +634,43 @@ def context_length(data: ResultsLike) -> go.Figure:
                                "(%{customdata[0]:.0f}/%{customdata[1]:.0f})<br>Wilson 95% CI "
                                "%{customdata[2]:.1f}-%{customdata[3]:.1f}%<extra></extra>"),
             ))
-    fig.update_xaxes(title_text="context length (tokens, log scale)", type="log")
+    lengths = sorted(int(x) for x in df["length"].unique())
+    # ticks at the lengths that were run (plotly's own log ticks would read "2 3 4 ... 1000 2")
+    fig.update_xaxes(title_text="context length (tokens, log scale)", type="log", tickmode="array",
+                     tickvals=lengths, ticktext=[f"{x:,}" for x in lengths])
     fig.update_yaxes(title_text="passkey accuracy (% of trials)", range=[-3, 105])
     return _layout(fig, "Exp 10: passkey accuracy vs context length")
 
 
 def context_errors(data: ResultsLike) -> go.Figure:
-    """Exp 10: answer categories (exact, near-miss, ...) per length, % of trials, one bar group per model."""
+    """Exp 10: answer categories (exact, near-miss, ...) per length, % of trials, one bar group per model.
+
+    Every category that occurs has its legend entry (on the first panel where it occurs) and keeps
+    one colour in both panels; categories are stacked in :data:`drope_lens.passkey.CATEGORIES` order."""
+    from drope_lens.passkey import CATEGORIES
+
     df = require(as_frame(data), CONTEXT_COLUMNS, "context_length")
     counts = df.groupby(["variant", "length", "category"]).size().rename("n").reset_index()
     counts["percent"] = 100 * counts["n"] / counts.groupby(["variant", "length"])["n"].transform("sum")
-    categories = list(dict.fromkeys(counts.sort_values("category")["category"]))
+    present = set(counts["category"])
+    categories = [c for c in CATEGORIES if c in present] + sorted(present - set(CATEGORIES))
+    lengths = [str(x) for x in sorted(int(x) for x in df["length"].unique())]
     fig = make_subplots(rows=1, cols=len(variants(df)), subplot_titles=[label(v) for v in variants(df)],
                         shared_yaxes=True)
     palette = ["#009E73", "#F0E442", "#CC79A7", "#56B4E9", "#E69F00", "#000000", "#999999"]
     for c, v in enumerate(variants(df), 1):
         for i, cat in enumerate(categories):
             part = counts[(counts.variant == v) & (counts.category == cat)]
+            if part.empty:  # an empty trace would take the category's legend entry and show nothing
+                continue
             fig.add_trace(go.Bar(
                 x=part["length"].astype(str).tolist(), y=part["percent"].tolist(), name=str(cat), legendgroup=str(cat),
                 marker_color=palette[i % len(palette)], customdata=part["n"].to_numpy(),
                 hovertemplate=(f"<b>{label(v)}</b> %{{x}} tokens<br>{cat}: %{{y:.2f}}% "
                                "(%{customdata} trials)<extra></extra>"),
             ), row=1, col=c)
-        fig.update_xaxes(title_text="context length (tokens)", type="category", row=1, col=c)
+        fig.update_xaxes(title_text="context length (tokens)", type="category", categoryorder="array",
+                         categoryarray=lengths, row=1, col=c)
     fig.update_yaxes(title_text="answers (% of trials)", row=1, col=1)
     fig.update_layout(barmode="stack")
     _show_legend_once(fig)

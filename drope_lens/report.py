@@ -121,7 +121,15 @@ def _knowledge_tables(df: pd.DataFrame, meta: Meta) -> list[tuple[str, pd.DataFr
     table = pd.DataFrame({"n": g.size(), "logit_accuracy_pct": 100 * g["correct_logit"].mean(),
                           "generation_accuracy_pct": 100 * g["correct_generation"].mean(),
                           "unparseable": g["unparseable"].sum()}).reset_index()
-    return [("Accuracy per task and condition (unparseable generations count as wrong)", table)]
+    out = [("Accuracy per task and condition (unparseable generations count as wrong)", table)]
+    if (df["condition"] == "baseline").any() and (df["condition"] != "baseline").any():
+        from drope_lens.experiments.knowledge import category_table
+
+        out.append(("The study's headline per category: degradation (%) = mean over the category's tasks of "
+                    "(baseline - condition) / baseline, 95% bootstrap CI over items; ratio = contextual / "
+                    "parametric. The package's written reviews are not IMDB: they count as a contextual task "
+                    "of their own name", category_table(df, n_bootstrap=BOOTSTRAP)))
+    return out
 
 
 def _ablation_tables(df: pd.DataFrame, meta: Meta) -> list[tuple[str, pd.DataFrame]]:
@@ -143,12 +151,67 @@ def _headline_table(section: "Section") -> TablesFn:
     return tables
 
 
+def _context_tables(df: pd.DataFrame, meta: Meta) -> list[tuple[str, pd.DataFrame]]:
+    """One accuracy table per prompt format (formats are never averaged together)."""
+    from drope_lens.experiments.context_length import compare
+
+    lengths = sorted(int(x) for x in df["length"].unique())
+    out = []
+    for fmt in dict.fromkeys(df["format"]):
+        table = compare(df[df.format == fmt]).drop(columns="format")
+        skipped = [x for x in lengths if x not in set(table["length"])]
+        if skipped:  # e.g. RULER below its template's length: say so instead of leaving a gap
+            filler = {c: "not run (prompt template longer than the length)" for c in table.columns if c != "length"}
+            table = pd.concat([table, pd.DataFrame([{"length": x, **filler} for x in skipped])])
+            table = table.sort_values("length").reset_index(drop=True)
+        out.append((f"Passkey accuracy, {fmt} format (exact match over trials, Wilson 95% interval)", table))
+    return out
+
+
 def _per_layer_table(columns: tuple[str, ...]) -> TablesFn:
     def tables(df: pd.DataFrame, meta: Meta) -> list[tuple[str, pd.DataFrame]]:
         present = [c for c in columns if c in df.columns]
         table = df.groupby(["variant", "layer"])[present].mean().reset_index()
         return [("Per layer (mean over texts" + (" and heads" if "head" in df.columns else "") + ")", table)]
     return tables
+
+
+def _layer_category_tables(df: pd.DataFrame, meta: Meta) -> list[tuple[str, pd.DataFrame]]:
+    """Sinks / BOS write: spike layer under each rule (and the max-write layer) as categories:
+    mode and distribution over texts, never a mean; plus each rule on the model's mean profile."""
+    from .analysis import SPIKE_RULES, compare_layers, layer_label, layer_summary, spike_table
+
+    table = F._spike_table(df)
+    columns = [f"spike_layer_{r}" for r in SPIKE_RULES] if len(table) else []
+    if "write" in df.columns:
+        means = df.groupby(["model", "variant", "sample", "layer"])["write"].mean().reset_index()
+        best = (means.loc[means.groupby(["model", "variant", "sample"])["write"].idxmax()]
+                .rename(columns={"layer": "max_write_layer"})[["model", "variant", "sample", "max_write_layer"]])
+        table = best.merge(table, on=["model", "variant", "sample"]) if len(table) else best
+        columns = ["max_write_layer", *columns]
+    if not columns:
+        return []
+    out = [("Layers are categories: mode (distribution over texts; none = no spike). Spike rules: argmax of the "
+            "BOS ratio (the study's), first_above 2, jump (the block that raises ||resid[0]|| most)",
+            compare_layers(layer_summary(table, columns)))]
+    if "bos_ratio" in df.columns:
+        values = [c for c in ("bos_ratio", "bos_norm", "bos_norm_pre") if c in df.columns]
+        profile = (df[df["bos_ratio"].notna()].groupby(["model", "variant", "sample", "layer"])[values].first()
+                   .groupby(["model", "variant", "layer"]).mean().reset_index())
+        layers = spike_table(profile, keys=("model", "variant"))
+        for rule in SPIKE_RULES:
+            layers[f"spike_layer_{rule}"] = [layer_label(v) for v in layers[f"spike_layer_{rule}"]]
+        out.append(("Spike layer of each model's mean profile over texts (what the ablations use)",
+                    layers.drop(columns="model")))
+    return out
+
+
+def _with_layer_categories(tables: Optional[TablesFn], headline: Optional[Callable] = None) -> TablesFn:
+    """``tables`` (default: the headline numbers from ``headline``) followed by the layer categories."""
+    def combined(df: pd.DataFrame, meta: Meta) -> list[tuple[str, pd.DataFrame]]:
+        base = tables or _headline_table(Section("", "", "", (), headline=headline))
+        return base(df, meta) + _layer_category_tables(df, meta)
+    return combined
 
 
 SECTIONS: dict[str, Section] = {}
@@ -169,13 +232,15 @@ register(Section("disruption", "Exp 2 — Disrupting massive Q/K dims (perplexit
 register(Section("knowledge", "Exp 3 — Parametric vs contextual knowledge under disruption", "knowledge",
                  (lambda df, m: F.knowledge(df),), _knowledge_tables, R.headline_knowledge, F.KNOWLEDGE_COLUMNS))
 register(Section("sinks", "Exp 4 — Attention sinks, BOS norm, representation entropy", "sinks",
-                 (lambda df, m: F.sinks(df),), _per_layer_table(("sink_score", "bos_norm", "bos_ratio", "repr_entropy")),
+                 (lambda df, m: F.sinks(df),),
+                 _with_layer_categories(_per_layer_table(("sink_score", "bos_norm", "bos_ratio", "repr_entropy"))),
                  R.headline_sinks, F.SINKS_COLUMNS))
 register(Section("bos_ablation", "Exp 4-5 — BOS-MLP and BOS-V ablations", "bos-ablation",
                  (lambda df, m: F.ablation(df, "Exp 4-5 BOS ablations", "bos_ablation"),), _ablation_tables,
                  R.headline_ablation, F.ABLATION_COLUMNS))
 register(Section("bos_write", "Exp 5 — BOS value write", "bos-write", (lambda df, m: F.bos_write(df),),
-                 None, R.headline_bos_write, ("model", "variant", "sample", "layer")))
+                 _with_layer_categories(None, R.headline_bos_write), R.headline_bos_write,
+                 ("model", "variant", "sample", "layer")))
 register(Section("layer1_ablation", "Exp 6 — Layer-1 ablation", "layer1-ablation",
                  (lambda df, m: F.ablation(df, "Exp 6 layer-1 ablation", "layer1_ablation"),), _ablation_tables,
                  R.headline_ablation, F.ABLATION_COLUMNS))
@@ -187,7 +252,7 @@ register(Section("layer_balance", "Exp 8-9 — Layer-1 content and cross-layer b
                  _per_layer_table(("attn_norm", "mlp_norm", "attn_fraction", "q_norm", "k_norm")),
                  R.headline_layer_balance, F.BALANCE_COLUMNS))
 register(Section("context_length", "Exp 10 — Context length: passkey accuracy and error types", "context-length",
-                 (lambda df, m: F.context_length(df), lambda df, m: F.context_errors(df)), None,
+                 (lambda df, m: F.context_length(df), lambda df, m: F.context_errors(df)), _context_tables,
                  R.headline_context_length, F.CONTEXT_COLUMNS))
 
 
@@ -314,17 +379,31 @@ def _section_html(section: Section, runs: list[Run], index: int) -> tuple[str, p
     return "\n".join(parts), headline
 
 
+def _run_models(inventory: Inventory) -> dict[str, list[str]]:
+    """Experiment -> the model sources of its (newest) run, from meta.json."""
+    return {name: [m.get("source", "?") for m in runs[0].meta.get("models", [])]
+            for name, runs in inventory.runs.items()}
+
+
 def _reproduction_html(table: pd.DataFrame, inventory: Inventory) -> str:
-    ours_models = sorted({m.get("source", "?") for runs in inventory.runs.values() for m in runs[0].meta.get("models", [])})
+    ours_models = sorted({s for sources in _run_models(inventory).values() for s in sources})
     shown = table.drop(columns=["key"])
-    shown["ratio"] = shown["ratio"].map(lambda x: f"{x:.3g}" if x == x else "—")
-    run = shown[shown.status != "not run"]
-    absent = shown[shown.status == "not run"].drop(columns=["ours", "ratio", "status"])
+    shown["ratio"] = [f"{x:.3g}" if x == x else (R.DIFFERENT_MODEL if m == R.DIFFERENT_MODEL else "—")
+                      for x, m in zip(shown["ratio"], shown["models"])]
+    run = shown[shown.status != "not run"].drop(columns=["models"])  # the ratio cell says "different model"
+    absent = shown[shown.status == "not run"].drop(columns=["ours", "ratio", "models", "status"])
+    different = (shown.loc[shown.status != "not run", "models"] == R.DIFFERENT_MODEL).any()
+    study = R.study_models()
     out = ("<h2 id='reproduction'>Reproduction table</h2>"
-           "<p class='note'>The study's headline numbers (Llama-2-7B RoPE vs DroPE; sources in "
-           "<code>drope_lens/data/study_numbers.json</code>) next to ours, from the runs of this folder, on "
-           f"<b>{html.escape(', '.join(ours_models))}</b>. Ratio = ours / study; it compares like with like only "
-           "when these runs used the study's models. <i>flaw</i>: where METHODS.md says the original "
+           f"<p class='note'>The study's headline numbers ({html.escape(study['rope'])} vs "
+           f"{html.escape(study['drope'])}) next to ours, from the runs of this folder, on "
+           f"<b>{html.escape(', '.join(ours_models))}</b>. "
+           + ("<b>These are not the study's models: the columns are shown side by side and no ratio is "
+              "given (\"different model\").</b> " if different else "Ratio = ours / study. ")
+           + "Every source cited ships with drope_lens: <code>drope_lens/data/study/</code> holds METHODS.md "
+           "(the write-up of the study) and the study's result files, with their original names, sizes and "
+           "SHA-256 in <code>PROVENANCE.json</code>; the numbers themselves are in "
+           "<code>drope_lens/data/study_numbers.json</code>. <i>flaw</i>: where METHODS.md says the original "
            "measurement was flawed, so a difference is expected.</p>")
     out += _table(run).replace('class="dataframe dl"', 'class="dataframe dl repro"', 1) if len(run) else ""
     if len(absent):
@@ -345,7 +424,7 @@ def build_report(results_dir: Union[str, Path], out: Union[str, Path], title: st
             text, headline = _section_html(section, inventory.runs[name], index)
             body.append(text)
             headlines[name] = headline
-    table = R.reproduction_table(headlines)
+    table = R.reproduction_table(headlines, models=_run_models(inventory))
     contents = []
     for name, section in SECTIONS.items():
         if name in inventory.runs:

@@ -2,9 +2,16 @@
 
 The study's numbers live in ``drope_lens/data/study_numbers.json`` (one entry per experiment,
 key and variant, with its source: a METHODS.md section or a file of the study's results, and a
-note where METHODS.md says the original was flawed). Nothing here types a number in: ours come
-from a result DataFrame through the experiment's ``headline`` function below, which returns
-rows ``(key, variant, value)`` in the same units as the study's entry.
+note where METHODS.md says the original was flawed). The sources ship with the package, in
+``drope_lens/data/study/`` (copies of METHODS.md and of the cited result files, an extract of the
+one large file; ``PROVENANCE.json`` there gives each original's name, size and SHA-256), so every
+source the table cites can be opened. Nothing here types a number in: ours come from a result
+DataFrame through the experiment's ``headline`` function below, which returns rows
+``(key, variant, value)`` in the same units as the study's entry.
+
+The study measured ``meta-llama/Llama-2-7b-hf`` and ``SakanaAI/Llama-2-7b-hf-DroPE``. For runs of
+other models (the toy pair, SmolLM, ...) the table shows both columns, says "different model",
+and gives no ratio: a ratio of a toy model's count to Llama-2's means nothing.
 """
 
 from __future__ import annotations
@@ -12,15 +19,32 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
+from .analysis import DEFAULT_SPIKE_RULE, spike_layer
 from .figures import SINK_TAU, LOCAL_TAU
 
 STUDY_NUMBERS = "study_numbers.json"
 SCHEMA = 1
+STUDY_FOLDER = "study"  # drope_lens/data/study: the cited sources, shipped
+DIFFERENT_MODEL = "different model"
+
+
+def provenance() -> dict:
+    """``drope_lens/data/study/PROVENANCE.json``: per cited source, the shipped copy and its original."""
+    text = resources.files("drope_lens").joinpath("data", STUDY_FOLDER, "PROVENANCE.json").read_text(encoding="utf-8")
+    return json.loads(text)["files"]
+
+
+def shipped_source(name: str) -> Path:
+    """The shipped copy (or extract) of a cited source: ``METHODS.md`` or ``reference/seed-study/<file>``."""
+    entry = provenance().get(name)
+    if entry is None:
+        raise KeyError(f"{name}: not a source shipped in drope_lens/data/{STUDY_FOLDER} (see its PROVENANCE.json).")
+    return Path(str(resources.files("drope_lens").joinpath("data", STUDY_FOLDER, entry["shipped"])))
 
 
 def study_numbers(path: Optional[Union[str, Path]] = None) -> pd.DataFrame:
@@ -42,10 +66,19 @@ def study_numbers(path: Optional[Union[str, Path]] = None) -> pd.DataFrame:
 
 
 def source_text(source: dict) -> str:
+    """Where a study number can be read: the shipped file (in the package) and the place in it."""
+    files = provenance()
     if "file" in source:
         scale = f" x {source['scale']}" if "scale" in source else ""
-        return f"{source['file']} : {'/'.join(map(str, source['path']))}{scale}"
-    return f"{source['document']}, {source['section']}"
+        entry = files.get(source["file"], {})
+        shipped = f"drope_lens/data/{STUDY_FOLDER}/{entry.get('shipped', source['file'])}"
+        note = (f" (extract of the study's {Path(source['file']).name})" if entry.get("kind") == "extract"
+                else f" (the study's {Path(source['file']).name})")
+        return f"{shipped} : {'/'.join(map(str, source['path']))}{scale}{note}"
+    document = source["document"]
+    if document in files:
+        document = f"drope_lens/data/{STUDY_FOLDER}/{files[document]['shipped']}"
+    return f"{document}, section \"{source['section']}\""
 
 
 # ------------------------------------------------------------------------------------------
@@ -84,16 +117,26 @@ def headline_disruption(df: pd.DataFrame) -> pd.DataFrame:
 #: Our Exp 3 condition names -> the study's: its disruption replaced each head's top-1 Q and K dim
 #: by its mean over positions (drope_lens.hooks.conditions calls that ``topk_mean_q_k``).
 STUDY_CONDITIONS = {"topk_mean_q_k": "disrupted"}
-#: Our Exp 3 task names -> the study's (its sentiment task was IMDB reviews).
-STUDY_TASKS = {"sentiment": "imdb"}
+#: Task names are the study's as they are: its IMDB row is filled only by task ``imdb`` (real IMDB);
+#: the package's own written ``reviews`` (not IMDB) keep their name, so the IMDB row reads
+#: "not measured" unless IMDB was run.
 
 
 def headline_knowledge(df: pd.DataFrame) -> pd.DataFrame:
-    """Generation-scored accuracy (%) per task and condition (the study's scoring)."""
+    """Generation-scored accuracy (%) per task and condition (the study's scoring), keyed
+    ``<task>_<condition>`` (the study's name for the disruption); two (task, condition) pairs
+    never share a key."""
     scored = df[df["correct_generation"].notna()].assign(correct_generation=lambda d: d["correct_generation"].astype(float))
     g = scored.groupby(["variant", "task", "condition"])["correct_generation"].mean() * 100
-    return _rows({(f"{STUDY_TASKS.get(task, task)}_{STUDY_CONDITIONS.get(condition, condition)}", variant): v
-                  for (variant, task, condition), v in g.items()})
+    out: dict[tuple[str, str], float] = {}
+    source: dict[tuple[str, str], tuple[str, str]] = {}
+    for (variant, task, condition), v in g.items():
+        key = (f"{task}_{STUDY_CONDITIONS.get(condition, condition)}", variant)
+        if key in out:
+            raise ValueError(f"knowledge headline key {key[0]!r} ({variant}) comes from both task/condition "
+                             f"{source[key]} and {(task, condition)}; each must have its own key.")
+        out[key], source[key] = v, (task, condition)
+    return _rows(out)
 
 
 def headline_ablation(df: pd.DataFrame) -> pd.DataFrame:
@@ -122,8 +165,10 @@ def headline_sinks(df: pd.DataFrame, tau: float = SINK_TAU) -> pd.DataFrame:
     layers = df[df["bos_norm"].notna()].groupby(["variant", "layer"])[["bos_norm", "bos_ratio", "repr_entropy"]].mean()
     for variant, part in layers.groupby(level="variant"):
         part = part.droplevel("variant")
-        above = part.index[part["bos_ratio"] > 2]
-        out[("spike_layer", variant)] = above.min() if len(above) else np.nan
+        # the study's rule (argmax of the BOS ratio) on the mean profile over texts: a layer of the
+        # profile, never a mean of per-text layers; no spike -> NaN ("not measured")
+        spike = spike_layer(part.sort_index()["bos_ratio"].to_numpy(), DEFAULT_SPIKE_RULE)
+        out[("spike_layer", variant)] = spike if spike is not None else np.nan
         out[("peak_bos_norm", variant)] = part["bos_norm"].max()
         out[("min_entropy", variant)] = part["repr_entropy"].min()
     return _rows(out)
@@ -165,9 +210,13 @@ def headline_layer_balance(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def headline_context_length(df: pd.DataFrame) -> pd.DataFrame:
-    """Passkey accuracy (%) per length over all formats and depths (``accuracy_<length>``)."""
-    g = df.groupby(["variant", "length"])["correct"].mean() * 100
-    return _rows({(f"accuracy_{int(length)}", variant): v for (variant, length), v in g.items()})
+    """Passkey accuracy (%) per length, over depths, one format at a time: ``accuracy_<length>``
+    is the simple passkey format (the study's passkey prompt, as in Exp 3), ``<format>_accuracy_<length>``
+    any other (e.g. ``ruler_accuracy_512``). Formats are never averaged together: a format skipped at
+    some length (RULER's template is longer than 128 tokens) would make the mean jump there."""
+    g = df.groupby(["variant", "format", "length"])["correct"].mean() * 100
+    return _rows({(f"accuracy_{int(length)}" if fmt == "simple" else f"{fmt}_accuracy_{int(length)}", variant): v
+                  for (variant, fmt, length), v in g.items()})
 
 
 HEADLINES: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
@@ -184,12 +233,30 @@ HEADLINES: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
 }
 
 
-def reproduction_table(ours: dict[str, pd.DataFrame], study: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+def study_models() -> dict[str, str]:
+    """The study's models, by variant (``{"rope": "meta-llama/Llama-2-7b-hf", "drope": ...}``)."""
+    text = resources.files("drope_lens").joinpath("data", STUDY_NUMBERS).read_text(encoding="utf-8")
+    return dict(json.loads(text)["models"])
+
+
+def same_models(sources: Optional[Sequence[str]]) -> Optional[bool]:
+    """Whether runs of ``sources`` measured the study's models (None: not known)."""
+    if not sources:
+        return None
+    study = set(study_models().values())
+    return all(str(s).rstrip("/") in study for s in sources)
+
+
+def reproduction_table(ours: dict[str, pd.DataFrame], study: Optional[pd.DataFrame] = None,
+                       models: Optional[dict[str, Sequence[str]]] = None) -> pd.DataFrame:
     """Every study number with ours (NaN where not measured), the ratio ours/study, source and flaw note.
 
     ``ours``: experiment name -> that experiment's headline rows (key, variant, value).
+    ``models``: experiment name -> the model sources its run measured. Where those are not the
+    study's models, ``ratio`` is NaN and ``models`` says "different model" (both values stay).
     """
     study = study_numbers() if study is None else study
+    models = models or {}
     rows = []
     for entry in study.itertuples():
         mine = ours.get(entry.experiment)
@@ -199,10 +266,14 @@ def reproduction_table(ours: dict[str, pd.DataFrame], study: Optional[pd.DataFra
             if len(hit):
                 value = float(hit["value"].iloc[0])
         status = ("measured" if value == value else
-                  "not run" if mine is None else "not in these results")
-        ratio = value / entry.value if value == value and entry.value else np.nan
+                  "not run" if mine is None else "not measured")
+        same = same_models(models.get(entry.experiment))
+        comparable = same is not False
+        ratio = value / entry.value if value == value and entry.value and comparable else np.nan
         rows.append({"experiment": entry.experiment, "quantity": entry.description, "key": entry.key,
                      "variant": entry.variant, "unit": entry.unit, "study": entry.value, "ours": value,
-                     "ratio": ratio, "status": status, "source": entry.source_text,
+                     "ratio": ratio, "models": ("" if mine is None else DIFFERENT_MODEL if same is False
+                                                else "the study's" if same else "not recorded"),
+                     "status": status, "source": entry.source_text,
                      "flaw": entry.flaw if isinstance(entry.flaw, str) else ""})
     return pd.DataFrame(rows)

@@ -26,12 +26,14 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
-import pandas as pd
+# Imported where used, not here: `drope-lens --help` and argument errors must not wait for
+# torch, pandas or TransformerLens (see drope_lens.experiments.options).
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
-from . import distributed
-from .results import RunStore, model_identity, run_id_for
+    from .results import RunStore
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, texts: bool = True) -> None:
@@ -41,13 +43,18 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, texts: bool = True)
     parser.add_argument("--rope", default=None, help="RoPE checkpoint directory or hub id")
     parser.add_argument("--drope", default=None, help="DroPE checkpoint directory or hub id")
     parser.add_argument("--dtype", default="float32", help="float32 (default), bf16 or fp16")
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--device", type=device_arg, default=None, help=DEVICE_HELP)
     parser.add_argument("--quantization", choices=["nf4"], default=None)
     parser.add_argument("--n-devices", type=int, default=1,
                         help="GPUs per model: split its layers over this many GPUs (default 1); under torchrun "
                              "each rank uses GPUs LOCAL_RANK*N .. LOCAL_RANK*N+N-1")
     parser.add_argument("--out", default="results", help="results root (default: results/)")
-    parser.add_argument("--run-id", default=None, help="default: derived from the configuration, so reruns resume")
+    parser.add_argument("--run-id", default=None,
+                        help="default: derived from the configuration, the texts' content and the models, so reruns "
+                             "resume")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the run directory first and start afresh (without it, a directory that holds "
+                             "results of another configuration is refused)")
     parser.add_argument("--bos", choices=["checkpoint", "always"], default="checkpoint",
                         help="position 0: as the checkpoint's tokenizer does (default) or always the BOS token")
     if texts:
@@ -58,13 +65,45 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, texts: bool = True)
                             help="tokens per text (default: 512, the study's, capped at the models' trained context)")
 
 
-def _cuda() -> bool:
-    try:
-        import torch
+DEVICE_HELP = "cpu, cuda, cuda:N or mps (default: cuda if this torch sees a GPU, else cpu)"
 
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
-        return False
+
+def device_arg(value: str) -> str:
+    """argparse ``type`` of ``--device``: the spelling only (no torch import); whether this
+    machine has that device is checked by :func:`resolve_device` when the command runs."""
+    import re
+
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device; allowed: cpu, cuda, cuda:N (N a GPU index), mps")
+    return value
+
+
+def resolve_device(value: Optional[str], flag: str = "--device") -> str:
+    """The device a ``--device`` value names, checked against this torch build; None: cuda if
+    available, else cpu. Raises ValueError naming the value and what is allowed."""
+    import torch
+
+    if value is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{flag} {value!r}: not a device; allowed: cpu, cuda, cuda:N (N a GPU index), mps.") from None
+    if device.type == "cuda":
+        if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            raise ValueError(f"{flag} {value}: this torch ({torch.__version__}) is built without CUDA; "
+                             "use --device cpu, or install a CUDA build of torch.")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ValueError(f"{flag} {value}: torch {torch.__version__} sees no CUDA GPU; use --device cpu.")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"{flag} {value}: this machine has {count} GPU(s): cuda:0 .. cuda:{count - 1}.")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"{flag} {value}: MPS is not available on this machine; use --device cpu.")
+    elif device.type != "cpu":
+        raise ValueError(f"{flag} {value}: drope_lens runs on cpu, cuda, cuda:N or mps, not {device.type}.")
+    return value
 
 
 def trained_context(source: str) -> Optional[int]:
@@ -102,6 +141,9 @@ class RunContext:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunContext":
+        from . import distributed
+
+        args.device = resolve_device(args.device)
         n_devices = getattr(args, "n_devices", 1)
         if n_devices < 1:
             raise ValueError(f"--n-devices {n_devices}: must be at least 1.")
@@ -136,9 +178,35 @@ class RunContext:
         return {"sources": self.sources, "dtype": self.args.dtype, "quantization": self.args.quantization,
                 "bos": self.args.bos}
 
-    def store(self, experiment: str, config: Any, key: dict[str, Any]) -> RunStore:
-        run_id = self.args.run_id or run_id_for(experiment, config, self.load_key | key)
-        return RunStore(self.args.out, experiment, run_id)
+    def checkpoint_fingerprints(self) -> list[Optional[str]]:
+        """:func:`~drope_lens.results.checkpoint_fingerprint` of each source that is on this machine
+        (a directory or a bundled checkpoint; None for a hub id not resolved yet: each model's own
+        fingerprint is then checked when it is loaded)."""
+        from .loading import resolve_source
+        from .results import checkpoint_fingerprint
+
+        out = []
+        for source in self.sources:
+            local = source.startswith("bundled:") or Path(source).expanduser().is_dir()
+            out.append(checkpoint_fingerprint(str(resolve_source(source))) if local else None)
+        return out
+
+    def store(self, experiment: str, config: Any, key: dict[str, Any]) -> "RunStore":
+        """The run's store, bound (scope ``"run"``) to everything that determines its results: the
+        experiment's ``config``, ``key`` (lists of :class:`~drope_lens.texts.Text` are taken by
+        content), the sources, dtype, quantisation, BOS policy and the checkpoints' fingerprints.
+        The default run id hashes the same fields. A directory that holds another configuration
+        is refused here, before any model is loaded (``--overwrite`` starts it afresh)."""
+        from .results import RunStore, run_id_for, texts_fingerprint
+        from .texts import Text
+
+        content = {k: texts_fingerprint(v) if isinstance(v, (list, tuple)) and v and all(isinstance(t, Text) for t in v)
+                   else v for k, v in key.items()}
+        fields = {"experiment": experiment, "config": config, **content, "load": self.load_key,
+                  "checkpoints": self.checkpoint_fingerprints()}
+        run_id = self.args.run_id or run_id_for(experiment, fields)
+        store = RunStore(self.args.out, experiment, run_id, overwrite=bool(getattr(self.args, "overwrite", False)))
+        return store.bind("run", fields, device=self.args.device)
 
     def models(self) -> Iterator[Any]:
         """Load the models one at a time (only one is in memory), yielding each."""
@@ -160,6 +228,8 @@ class RunContext:
         """Write ``data.parquet`` and ``meta.json`` (models and BOS policy added) and say where.
 
         Under ``torchrun`` every rank calls this with the whole run's frames; rank 0 writes."""
+        import pandas as pd
+
         df = pd.concat(frames, ignore_index=True)
         meta = dict(meta)
         meta["models"] = identities
@@ -170,11 +240,17 @@ class RunContext:
 
 
 def identities_of(models: list[Any]) -> list[dict[str, Any]]:
+    from .results import model_identity
+
     return [model_identity(m) for m in models]
 
 
 def print_table(title: str, frame: pd.DataFrame) -> None:
     """A titled table, wide enough not to wrap (printed by rank 0 only under torchrun)."""
+    import pandas as pd
+
+    from . import distributed
+
     if not distributed.is_main():
         return
     with pd.option_context("display.width", 160, "display.max_columns", 30):

@@ -5,14 +5,17 @@ Tasks (:data:`TASKS`) and where they come from (``source="study"``, the default)
 - ``cities``: ``data/tasks/cities.csv`` (the study's 1,496 labelled "The city of X is in Y."
   rows) turned into "Is the city of X in Y?"; n = 200 = 100 true + 100 false, drawn with ``seed``.
 - ``sports``: ``data/tasks/sports_qa.json`` (200 yes/no questions); n = 100 drawn with ``seed``.
-- ``sentiment``: ``data/tasks/sentiment_reviews.jsonl`` (100 short reviews written for this
-  project, 50 positive, 50 negative); n = 100, balanced.
-- ``imdb``: the IMDB test split from a local ``datasets`` cache (never downloaded here); n = 100,
+- ``reviews``: ``data/tasks/sentiment_reviews.jsonl`` (100 short movie reviews written for this
+  project, 50 positive, 50 negative; NOT IMDB, so never reported as the study's IMDB row); n = 100,
+  balanced. (Called ``sentiment`` before; that name is refused with a pointer here.)
+- ``imdb``: the IMDB test split, the study's contextual sentiment task: from a file the user gives
+  (``imdb_file``: ``.jsonl``/``.csv``/``.parquet`` with ``text`` and ``label`` columns, label 1 /
+  ``Positive`` = positive) or else the local ``datasets`` cache (never downloaded here); n = 100,
   50 positive + 50 negative, each text cut to 1,500 characters.
 - ``passkey``: generated from ``seed``: 5-digit keys, the study's simple format (filler x 30,
   needle in the middle); n = 20.
 
-``source="toy"``: the same four tasks in the bundled toy pair's own corpus
+``source="toy"``: the same four tasks (cities, sports, reviews, passkey) in the bundled toy pair's own corpus
 (:func:`drope_lens.toy.corpus.evaluation_sets`: questions about held-out facts, toy reviews,
 passkeys that fit its 256-token context), for running the experiments on the toy pair.
 
@@ -41,13 +44,16 @@ PASSKEY_QUESTION = "{text}\n\nWhat is the secret passkey mentioned above? Answer
 FILLER_REPEATS = 30
 IMDB_CHARS = 1500
 
-TASKS: tuple[str, ...] = ("cities", "sports", "sentiment", "imdb", "passkey")
-DEFAULT_N = {"cities": 200, "sports": 100, "sentiment": 100, "imdb": 100, "passkey": 20}
+TASKS: tuple[str, ...] = ("cities", "sports", "reviews", "imdb", "passkey")
+DEFAULT_N = {"cities": 200, "sports": 100, "reviews": 100, "imdb": 100, "passkey": 20}
 #: Which knowledge a task tests (Exp 3's split): facts stored in weights vs read from the prompt.
-KIND = {"cities": "parametric", "sports": "parametric", "sentiment": "contextual", "imdb": "contextual",
+KIND = {"cities": "parametric", "sports": "parametric", "reviews": "contextual", "imdb": "contextual",
         "passkey": "contextual"}
-CHOICES = {"cities": ("Yes", "No"), "sports": ("Yes", "No"), "sentiment": ("Positive", "Negative"),
+CHOICES = {"cities": ("Yes", "No"), "sports": ("Yes", "No"), "reviews": ("Positive", "Negative"),
            "imdb": ("Positive", "Negative"), "passkey": None}
+#: Former task names and what to use instead.
+RENAMED = {"sentiment": "task 'sentiment' is now called 'reviews' (the package's own written reviews, not IMDB); "
+                        "for the study's IMDB task use 'imdb' (a local datasets cache or imdb_file= / --imdb-file)."}
 FILES = ("cities.csv", "sports_qa.json", "sentiment_reviews.jsonl")
 Source = Literal["study", "toy"]
 
@@ -76,6 +82,8 @@ def check_tasks(names: Sequence[str]) -> tuple[str, ...]:
     if isinstance(names, str):
         names = (names,)
     for name in names:
+        if name in RENAMED:
+            raise ValueError(f"{RENAMED[name]} Allowed values are {list(TASKS)}.")
         if name not in TASKS:
             raise ValueError(f"task {name!r} is unknown; allowed values are {list(TASKS)}.")
     if not names:
@@ -183,23 +191,62 @@ def sports_items(n: int = 100, seed: int = 42, text: Optional[str] = None) -> li
                      CHOICES["sports"]) for i, r in enumerate(chosen)]
 
 
-def sentiment_items(n: int = 100, seed: int = 42, text: Optional[str] = None) -> list[TaskItem]:
+def review_items(n: int = 100, seed: int = 42, text: Optional[str] = None) -> list[TaskItem]:
+    """The package's written movie reviews (task ``reviews``; not IMDB), balanced."""
     rows = parse_reviews(text if text is not None else read_task_file("sentiment_reviews.jsonl"))
-    chosen = _balanced(rows, lambda r: r["label"] == "Positive", n, seed, "sentiment")
-    return [TaskItem("sentiment", i, REVIEW_PROMPT.format(text=r["text"]), r["label"], CHOICES["sentiment"])
+    chosen = _balanced(rows, lambda r: r["label"] == "Positive", n, seed, "reviews")
+    return [TaskItem("reviews", i, REVIEW_PROMPT.format(text=r["text"]), r["label"], CHOICES["reviews"])
             for i, r in enumerate(chosen)]
 
 
-def imdb_items(n: int = 100, seed: int = 42, rows: Optional[Sequence[dict]] = None) -> list[TaskItem]:
+def imdb_items(n: int = 100, seed: int = 42, rows: Optional[Sequence[dict]] = None,
+               path: Optional[str] = None) -> list[TaskItem]:
     """IMDB test reviews (label 1 = positive), 50/50, text cut to 1,500 characters.
 
-    ``rows`` (dicts with ``text`` and ``label``) default to the test split in the local
-    ``datasets`` cache; nothing is downloaded."""
+    ``rows`` (dicts with ``text`` and ``label``), else the file ``path`` (:func:`read_imdb_file`),
+    else the test split in the local ``datasets`` cache; nothing is downloaded."""
     if rows is None:
-        rows = _imdb_from_cache()
+        rows = read_imdb_file(path) if path is not None else _imdb_from_cache()
     chosen = _balanced(list(rows), lambda r: int(r["label"]) == 1, n, seed, "imdb")
     return [TaskItem("imdb", i, REVIEW_PROMPT.format(text=r["text"][:IMDB_CHARS]),
                      "Positive" if int(r["label"]) == 1 else "Negative", CHOICES["imdb"]) for i, r in enumerate(chosen)]
+
+
+def read_imdb_file(path) -> list[dict]:
+    """IMDB rows from a user's file: ``.jsonl`` (one object per line), ``.csv`` or ``.parquet``, each
+    with ``text`` and ``label`` (1 / ``"Positive"`` / ``"pos"`` = positive, 0 / ``"Negative"`` /
+    ``"neg"`` = negative). Errors name the file and what is allowed."""
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise TaskDataError(f"imdb file {str(file)!r} does not exist.")
+    suffix = file.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        elif suffix == ".csv":
+            rows = list(csv.DictReader(io.StringIO(file.read_text(encoding="utf-8"))))
+        elif suffix == ".parquet":
+            import pandas as pd
+
+            rows = pd.read_parquet(file).to_dict("records")
+        else:
+            raise TaskDataError(f"imdb file {str(file)!r}: suffix {suffix!r}; allowed: .jsonl, .csv, .parquet.")
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, OSError) as error:
+        if isinstance(error, TaskDataError):
+            raise
+        raise TaskDataError(f"imdb file {str(file)!r} cannot be read: {type(error).__name__}: {error}") from None
+    labels = {"1": 1, "positive": 1, "pos": 1, "0": 0, "negative": 0, "neg": 0}
+    out = []
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or not row.get("text") or str(row.get("label")).strip().lower() not in labels:
+            raise TaskDataError(f"imdb file {str(file)!r} row {number}: needs 'text' and 'label' "
+                                "(1/0, Positive/Negative or pos/neg).")
+        out.append({"text": str(row["text"]), "label": labels[str(row["label"]).strip().lower()]})
+    if not out:
+        raise TaskDataError(f"imdb file {str(file)!r}: no rows.")
+    return out
 
 
 def _imdb_from_cache() -> list[dict]:
@@ -212,7 +259,8 @@ def _imdb_from_cache() -> list[dict]:
         split = datasets.load_dataset("imdb", split="test")
     except Exception as error:
         raise TaskDataError(
-            "task 'imdb' needs the IMDB test split in the local datasets cache (run "
+            "task 'imdb' needs the IMDB test split: give a file (imdb_file= / --imdb-file, .jsonl/.csv/.parquet "
+            "with text and label) or put it in the local datasets cache (run "
             "datasets.load_dataset('imdb', split='test') once with network access); "
             f"loading it failed: {type(error).__name__}: {error}") from None
     return [{"text": t, "label": l} for t, l in zip(split["text"], split["label"])]
@@ -238,18 +286,21 @@ def toy_items(task: str, n: Optional[int] = None, seed: int = 42) -> list[TaskIt
     from .toy.evaluate import toy_metadata
 
     if task == "imdb":
-        raise ValueError("task 'imdb' has no toy version; the toy pair has cities, sports, sentiment, passkey.")
+        raise ValueError("task 'imdb' has no toy version; the toy pair has cities, sports, reviews, passkey.")
     config, _ = toy_metadata(resolve("bundled:toy/rope"))
     count = n if n is not None else DEFAULT_N[task]
-    items = evaluation_sets(config, n_sentiment=count if task == "sentiment" else 0,
-                            n_passkey=count if task == "passkey" else 0)[task]
+    key = "sentiment" if task == "reviews" else task  # the toy corpus's name for its reviews
+    items = evaluation_sets(config, n_sentiment=count if task == "reviews" else 0,
+                            n_passkey=count if task == "passkey" else 0)[key]
     if task in ("cities", "sports"):
         items = random.Random(seed).sample(items, min(count, len(items)))
     return [TaskItem(task, i, it.prompt, it.answer, CHOICES[task]) for i, it in enumerate(items)]
 
 
-def load_task(name: str, n: Optional[int] = None, seed: int = 42, source: Source = "study") -> list[TaskItem]:
-    """The items of task ``name`` (``n`` default: the study's, :data:`DEFAULT_N`)."""
+def load_task(name: str, n: Optional[int] = None, seed: int = 42, source: Source = "study",
+              imdb_file: Optional[str] = None) -> list[TaskItem]:
+    """The items of task ``name`` (``n`` default: the study's, :data:`DEFAULT_N`); ``imdb_file``:
+    where task ``imdb`` reads IMDB from (default: the local ``datasets`` cache)."""
     check_tasks([name])
     if source not in ("study", "toy"):
         raise ValueError(f"source={source!r}: allowed values are 'study', 'toy'.")
@@ -258,5 +309,7 @@ def load_task(name: str, n: Optional[int] = None, seed: int = 42, source: Source
     if source == "toy":
         return toy_items(name, n, seed)
     count = n if n is not None else DEFAULT_N[name]
-    return {"cities": city_items, "sports": sports_items, "sentiment": sentiment_items, "imdb": imdb_items,
+    if name == "imdb":
+        return imdb_items(count, seed, path=imdb_file)
+    return {"cities": city_items, "sports": sports_items, "reviews": review_items,
             "passkey": passkey_items}[name](count, seed)

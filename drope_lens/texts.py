@@ -116,10 +116,22 @@ def _named_items(texts: Any) -> list[tuple[Optional[str], Any]]:
     return [(None, t) for t in texts]
 
 
+def _read_utf8(path: Path) -> str:
+    """The file's text; a file that is not UTF-8 is refused with its name and the first bad byte."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise TextInputError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}, line {line}); "
+            "text files must be UTF-8: convert it, e.g. iconv -f latin1 -t utf-8."
+        ) from None
+
+
 def _from_file(path: Path) -> list[Text]:
     if path.suffix == ".jsonl":
         texts = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        for i, line in enumerate(_read_utf8(path).splitlines()):
             if not line.strip():
                 continue
             try:
@@ -136,7 +148,7 @@ def _from_file(path: Path) -> list[Text]:
         if not texts:
             raise TextInputError(f"{path}: no texts in this file (it is empty).")
         return texts
-    content = path.read_text(encoding="utf-8").strip()
+    content = _read_utf8(path).strip()
     if not content:
         raise TextInputError(f"{path}: the file is empty; a text file must hold the text to analyse.")
     return [Text(path.stem, "user", content)]

@@ -114,12 +114,14 @@ class AttentionView:
         return path
 
 
-def _window(n: int, window: Optional[tuple[int, int]], max_tokens: int) -> tuple[tuple[int, int], str]:
+def _window(n: int, window: Optional[tuple[int, int]], max_tokens: int,
+            ran_on: str = "the whole text") -> tuple[tuple[int, int], str]:
+    """The positions to draw and a note saying which; ``ran_on``: what the models ran on."""
     if window is None:
         if n <= max_tokens:
             return (0, n), f"all {n} tokens shown."
-        return (0, max_tokens), (f"the text has {n} tokens; the first {max_tokens} are shown (policy: pass "
-                                 "window=(start, stop) to choose others; the models ran on the whole text).")
+        return (0, max_tokens), (f"tokens 0..{max_tokens - 1} of {n} shown (policy: pass "
+                                 f"window=(start, stop) to choose others; the models ran on {ran_on}).")
     start, stop = window
     if not (0 <= start < stop <= n):
         raise ValueError(f"window={window}: need 0 <= start < stop <= {n} (the text's tokens).")
@@ -127,7 +129,7 @@ def _window(n: int, window: Optional[tuple[int, int]], max_tokens: int) -> tuple
         raise ValueError(f"window={window} spans {stop - start} tokens, more than max_tokens={max_tokens}; "
                          "circuitsvis draws T x T cells per head and stalls browsers on wide windows. "
                          "Pass a narrower window or a larger max_tokens.")
-    return (start, stop), f"tokens {start}..{stop - 1} of {n} shown (the models ran on the whole text)."
+    return (start, stop), f"tokens {start}..{stop - 1} of {n} shown (the models ran on {ran_on})."
 
 
 def attention_heads(
@@ -164,8 +166,12 @@ def attention_heads(
             raise ValueError(f"the text has {n} tokens, more than the models' n_ctx={limit}; pass truncate=True, "
                              "a shorter text, or models loaded with a larger n_ctx.")
         tokens = [t[:, :limit] for t in tokens]
-        cut, n = f"The text was cut from {n} to n_ctx={limit} tokens. ", limit
-    (start, stop), note = _window(n, window, max_tokens)
+        cut, n = f"The text has {n} tokens, more than n_ctx={limit}: the models ran on its first {limit} only; ", limit
+    ran_on = f"those {n} tokens" if cut else "the whole text"
+    if cut and window is None and n <= max_tokens:
+        (start, stop), note = (0, n), f"all {n} are shown."
+    else:
+        (start, stop), note = _window(n, window, max_tokens, ran_on)
     note = cut + note
     strings = rope.to_str_tokens(tokens[0][0])
     patterns, sources, outside = {}, {}, {}

@@ -15,20 +15,21 @@ from typing import Literal, Optional, Sequence
 
 import pandas as pd
 
+from drope_lens import analysis
 from drope_lens.hooks.conditions import check_conditions
-from drope_lens.results import RunStore
+from drope_lens.results import RunStore, items_fingerprint, texts_fingerprint
 from drope_lens.tasks import check_tasks, load_task
 from drope_lens.texts import TextsLike, as_texts
 
 from .ablation_setup import prepare_conditions
-from .common import BosPolicy, check_bos, tokenize, unit_prefix
-from .task_eval import accuracy_table, condition_meta, perplexity_rows, perplexity_table, task_rows
+from .common import BosPolicy, bind_store, check_bos, tokenize, unit_prefix
+from .task_eval import accuracy_table, condition_layers, condition_meta, perplexity_rows, perplexity_table, task_rows
 
 
 @dataclass(frozen=True)
 class AblationConfig:
     conditions: tuple[str, ...]
-    tasks: tuple[str, ...] = ("cities", "sports", "sentiment", "passkey")
+    tasks: tuple[str, ...] = ("cities", "sports", "reviews", "passkey")
     n: Optional[int] = None
     seed: int = 42
     source: Literal["study", "toy"] = "study"
@@ -36,9 +37,11 @@ class AblationConfig:
     new_tokens: int = 20
     batch_size: int = 16
     bos: BosPolicy = "checkpoint"
+    spike_rule: str = analysis.DEFAULT_SPIKE_RULE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "conditions", check_conditions(tuple(self.conditions)))
+        analysis.check_spike_rule(self.spike_rule)
         object.__setattr__(self, "tasks", check_tasks(tuple(self.tasks)) if self.tasks else ())
         check_bos(self.bos)
         if self.source not in ("study", "toy"):
@@ -58,7 +61,12 @@ def run_sweep(model, reference_texts: TextsLike, evaluation_texts: TextsLike, co
     overlap = [t.name for t in evaluation if t.text in seen]
     if overlap:
         raise ValueError(f"evaluation texts {overlap} are also reference texts; use disjoint sets.")
-    prepared = prepare_conditions(model, config.conditions, reference, max_tokens=config.max_tokens, bos=config.bos)
+    items = {task: load_task(task, config.n, config.seed, config.source) for task in config.tasks}
+    store = bind_store(store, model, "ablation_sweep", config, reference_texts=texts_fingerprint(reference),
+                       evaluation_texts=texts_fingerprint(evaluation),
+                       task_items={task: items_fingerprint(v) for task, v in items.items()})
+    prepared = prepare_conditions(model, config.conditions, reference, max_tokens=config.max_tokens, bos=config.bos,
+                                  spike_rule=config.spike_rule)
     prefix = unit_prefix(model)
     if store is not None:
         store.save_extra(f"conditions-{prefix}", pd.DataFrame([condition_meta(prepared)]).astype(str))
@@ -78,7 +86,7 @@ def run_sweep(model, reference_texts: TextsLike, evaluation_texts: TextsLike, co
         if store is not None and store.has(unit):
             frames.append(store.load_part(unit))
             continue
-        frame = task_rows(model, load_task(task, config.n, config.seed, config.source), prepared.conditions,
+        frame = task_rows(model, items[task], prepared.conditions,
                           new_tokens=config.new_tokens, batch_size=config.batch_size, bos=config.bos,
                           show_progress=show_progress).assign(measure="task")
         if store is not None:
@@ -93,13 +101,14 @@ def perplexity_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def task_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy per model, task and condition."""
-    return accuracy_table(df[df.measure == "task"])
+    """Accuracy per model, task and condition (empty when no task ran)."""
+    tasks = df[df.measure == "task"]
+    return accuracy_table(tasks) if len(tasks) and "task" in tasks.columns else pd.DataFrame()
 
 
 def wide_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per model and condition: PPL, PPL ratio and each task's primary accuracy."""
-    ppl = perplexity_summary(df)[["variant", "condition", "layer", "ppl", "ppl_ratio"]]
+    ppl = perplexity_summary(df)[["variant", "condition", "layer", "spike_rule", "ppl", "ppl_ratio"]]
     tasks = task_summary(df)
     if tasks.empty:
         return ppl
@@ -107,16 +116,7 @@ def wide_table(df: pd.DataFrame) -> pd.DataFrame:
     return ppl.merge(acc, on=["variant", "condition"], how="left")
 
 
-def add_cli_arguments(parser, default_conditions: Sequence[str]) -> None:
-    parser.add_argument("--conditions", default=",".join(default_conditions), help="comma-separated condition names")
-    parser.add_argument("--tasks", default="cities,sports,sentiment,passkey", help="comma-separated tasks ('' for none)")
-    parser.add_argument("--n", type=int, default=None, help="prompts per task (default: the study's)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--source", choices=["study", "toy"], default=None,
-                        help="task data (default: toy for the toy pair, study otherwise)")
-    parser.add_argument("--n-reference", type=int, default=3, help="texts for the spike layer (disjoint from evaluation)")
-    parser.add_argument("--n-evaluation", type=int, default=9)
-    parser.add_argument("--batch-size", type=int, default=16)
+from .options import ablation as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx, experiment: str, title: str) -> int:
@@ -128,18 +128,21 @@ def run_cli(ctx, experiment: str, title: str) -> int:
     config = AblationConfig(tuple(s for s in args.conditions.split(",") if s),
                             tuple(s for s in args.tasks.split(",") if s), args.n, args.seed,
                             args.source or ("toy" if ctx.is_toy else "study"), args.max_tokens, 20, args.batch_size,
-                            args.bos)
+                            args.bos, args.spike_rule)
     reference, evaluation = split_texts(ctx.texts(), args.n_reference, args.n_evaluation, seed=0)
-    store = ctx.store(experiment, config, {"reference": [t.name for t in reference],
-                                           "evaluation": [t.name for t in evaluation]})
+    store = ctx.store(experiment, config, {"reference": reference, "evaluation": evaluation,
+                                           "task_items": {task: items_fingerprint(load_task(task, config.n, config.seed,
+                                                                                            config.source))
+                                                          for task in config.tasks}})
     frames, identities = [], []
     for model in ctx.models():
         frames.append(run_sweep(model, reference, evaluation, config, store=store))
         identities.append(model_identity(model))
+    df = pd.concat(frames, ignore_index=True)
     ctx.finalize(store, frames, {"config": asdict(config), "seed": config.seed,
                                  "reference_texts": [t.name for t in reference],
-                                 "evaluation_texts": [t.name for t in evaluation]}, identities)
-    df = pd.concat(frames, ignore_index=True)
+                                 "evaluation_texts": [t.name for t in evaluation],
+                                 "condition_layers": condition_layers(df)}, identities)
     print_table(f"{title}: perplexity over evaluation texts and task accuracy per condition:", wide_table(df))
     print_table("Perplexity ratio to baseline, 95% bootstrap CI over texts, Wilcoxon p on per-text NLL:",
                 perplexity_summary(df))

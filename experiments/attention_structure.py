@@ -79,7 +79,8 @@ def measurement(config: AttentionStructureConfig) -> Measurement:
         return frame[["sample", "layer", "head", "sink_score", "entropy", "local_mass", "local_mass_no_bos",
                       "head_class", "distance"]]
 
-    return Measurement(EXPERIMENT, lambda model, captured: [], rows, attention=(config.window, config.max_distance))
+    return Measurement(EXPERIMENT, lambda model, captured: [], rows, attention=(config.window, config.max_distance),
+                       config=config)
 
 
 def run(
@@ -133,13 +134,7 @@ def compare(df: pd.DataFrame) -> pd.DataFrame:
     return compare_variants(class_shares(df))
 
 
-def add_cli_arguments(parser) -> None:
-    parser.add_argument("--window", type=int, default=5, help="local window in keys (default 5)")
-    parser.add_argument("--max-distance", type=int, default=50, help="distances 0..D-1 profiled (default 50)")
-    parser.add_argument("--sink-tau", type=float, default=0.3)
-    parser.add_argument("--local-tau", type=float, default=0.3)
-    parser.add_argument("--local-counts-bos", action="store_true", help="count BOS in the local window")
-    add_text_arguments(parser)
+from .options import attention_structure as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:

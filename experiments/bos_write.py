@@ -8,7 +8,12 @@ Per text, layer and head:
   attention, streamed; the same number as Exp 4's sink score);
 * ``write`` = ``bos_mass * v_norm_bos``: the mean norm of what the head adds from BOS before W_O.
 
-Max-write layer of a text: the layer with the largest head-mean ``write``.
+Per text and layer also the BOS residual norms (``bos_norm`` = ||resid_post[0]||, ``bos_norm_pre``
+= ||resid_pre[0]||, ``bos_ratio`` = bos_norm / mean_{t>=1} ||resid_post[t]||), so that the spike
+layer is reported under every rule of :mod:`drope_lens.analysis` next to where BOS is written.
+
+Max-write layer of a text: the layer with the largest head-mean ``write``. Layers are categories:
+summarised by mode and distribution over texts (:func:`layer_table`), never by a mean.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Optional
 import pandas as pd
 import torch
 
+from drope_lens import analysis
+from drope_lens.hooks.capture import capture_bos_norms
 from drope_lens.results import RunStore
 from drope_lens.texts import TextsLike
 
@@ -45,21 +52,26 @@ class BosWriteConfig(TextMeasurementConfig):
 
 def _v_hooks(model, captured: dict):
     def fn(v, hook):
-        captured[hook.layer()] = v[:, 0].float().norm(dim=-1)  # [batch, kv_head]
+        captured.setdefault("v", {})[hook.layer()] = v[:, 0].float().norm(dim=-1)  # [batch, kv_head]
         return None
 
-    return [(f"blocks.{layer}.attn.hook_v", fn) for layer in range(model.cfg.n_layers)]
+    return capture_bos_norms(captured.setdefault("resid", {}), model.cfg.n_layers) + [
+        (f"blocks.{layer}.attn.hook_v", fn) for layer in range(model.cfg.n_layers)]
 
 
 def measurement(config: BosWriteConfig) -> Measurement:
     def rows(model, batch: Batch) -> pd.DataFrame:
         n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-        v = torch.stack([batch.captured[layer] for layer in range(n_layers)])  # [layer, batch, kv]
+        v = torch.stack([batch.captured["v"][layer] for layer in range(n_layers)])  # [layer, batch, kv]
         v = v.repeat_interleave(n_heads // v.shape[-1], dim=-1)  # query head h reads kv head h // rep
         mass = torch.stack([batch.attention[layer].sink_score for layer in range(n_layers)])
-        return per_head_frame(batch.samples, {"v_norm_bos": v, "bos_mass": mass, "write": mass * v})
+        columns = {"v_norm_bos": v, "bos_mass": mass, "write": mass * v}
+        for name in ("bos_norm", "bos_norm_pre", "bos_ratio"):
+            per_layer = torch.stack([batch.captured["resid"][layer][name] for layer in range(n_layers)])
+            columns[name] = per_layer[..., None].expand(-1, -1, n_heads)
+        return per_head_frame(batch.samples, columns)
 
-    return Measurement(EXPERIMENT, _v_hooks, rows, attention=ANY_WINDOW)
+    return Measurement(EXPERIMENT, _v_hooks, rows, attention=ANY_WINDOW, config=config)
 
 
 def run(
@@ -73,7 +85,8 @@ def run(
     show_progress: bool = True,
 ) -> pd.DataFrame:
     """Columns: ``model``, ``variant``, ``sample``, ``text``, ``register``, ``n_tokens``, ``layer``,
-    ``head``, ``v_norm_bos``, ``bos_mass``, ``write`` (see module doc)."""
+    ``head``, ``v_norm_bos``, ``bos_mass``, ``write``, ``bos_norm``, ``bos_norm_pre``, ``bos_ratio``
+    (the last three per layer, repeated on its heads; see module doc)."""
     config = BosWriteConfig(max_tokens, batch_size, bos)
     return measure(model, texts, [measurement(config)], max_tokens=max_tokens, bos=bos, batch_size=batch_size,
                    store=store, show_progress=show_progress)[EXPERIMENT]
@@ -84,30 +97,45 @@ def per_layer(df: pd.DataFrame) -> pd.DataFrame:
     return summarize(df, ["v_norm_bos", "bos_mass", "write"], by=["layer"])
 
 
-def max_write_layers(df: pd.DataFrame) -> pd.DataFrame:
-    """Per text: the layer whose head-mean write is largest, and that write."""
+def max_write_layers(df: pd.DataFrame, spike_ratio: float = analysis.SPIKE_THRESHOLD) -> pd.DataFrame:
+    """Per text: the layer whose head-mean write is largest and that write, and (when the results
+    hold BOS norms) the spike layer under each rule (``spike_layer_<rule>``, ``<NA>`` = no spike)."""
     layer_means = df.groupby(["model", "variant", "sample", "layer"])["write"].mean().reset_index()
     best = layer_means.loc[layer_means.groupby(["model", "variant", "sample"])["write"].idxmax()]
-    return best.rename(columns={"layer": "max_write_layer", "write": "max_write"}).reset_index(drop=True)
+    best = best.rename(columns={"layer": "max_write_layer", "write": "max_write"}).reset_index(drop=True)
+    if "bos_ratio" in df.columns:
+        columns = [c for c in ("bos_ratio", "bos_norm", "bos_norm_pre") if c in df.columns]
+        layers = df.groupby(["model", "variant", "sample", "layer"])[columns].first().reset_index()
+        best = best.merge(analysis.spike_table(layers, threshold=spike_ratio), on=["model", "variant", "sample"])
+    return best
 
 
 def overall(df: pd.DataFrame) -> pd.DataFrame:
-    """Per model: mean over layers and heads of V norm, mass and write, and the max-write layer."""
+    """Per model: mean over layers and heads of V norm, mass and write, and the largest head-mean
+    write of a text (mean, std, 95% CI over texts). Layers are not averaged: see :func:`layer_table`."""
     per_text = df.groupby(["model", "variant", "sample"])[["v_norm_bos", "bos_mass", "write"]].mean().reset_index()
     table = per_text.merge(max_write_layers(df), on=["model", "variant", "sample"])
-    summary = summarize(table, ["v_norm_bos", "bos_mass", "write", "max_write_layer", "max_write"])
-    modes = table.groupby("variant")["max_write_layer"].agg(lambda s: int(s.mode().iloc[0]))
-    summary["mode"] = [modes[v] if q == "max_write_layer" else float("nan")
-                       for v, q in zip(summary["variant"], summary["quantity"])]
-    return summary
+    return summarize(table, ["v_norm_bos", "bos_mass", "write", "max_write"])
+
+
+def layer_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model: the max-write layer and the spike layer under each rule as categories: mode and
+    distribution over texts (see :func:`drope_lens.analysis.layer_summary`)."""
+    table = max_write_layers(df)
+    columns = ["max_write_layer"] + [c for c in table.columns if c.startswith("spike_layer_")]
+    return analysis.layer_summary(table, columns)
 
 
 def compare(df: pd.DataFrame) -> pd.DataFrame:
     return compare_variants(overall(df))
 
 
-def add_cli_arguments(parser) -> None:
-    add_text_arguments(parser)
+def compare_layers(df: pd.DataFrame) -> pd.DataFrame:
+    """RoPE vs DroPE: each layer quantity as ``mode (distribution over texts)``."""
+    return analysis.compare_layers(layer_table(df))
+
+
+from .options import add_text_arguments as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:
@@ -122,6 +150,9 @@ def run_cli(ctx) -> int:
     layers = per_layer(df)
     print_table("Effective BOS write per layer (head mean of bos_mass x ||v[0]||; mean, 95% CI over texts):",
                 compare_variants(layers[layers["quantity"] == "write"], by=["layer"]))
-    print_table("Overall (means over layers and heads; max_write_layer: layer of the largest head-mean write):",
-                compare(df))
+    print_table("Overall (means over layers and heads; max_write: the largest head-mean write; mean, 95% CI "
+                "over texts):", compare(df))
+    print_table("Layers are categories: mode (distribution over texts; none = no spike). max_write_layer: layer "
+                "of the largest head-mean write; spike_layer_<rule>: argmax (the study's), first_above 2, jump:",
+                compare_layers(df))
     return 0

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import statistics
 import warnings
 from collections import defaultdict
-from typing import Iterator, Literal, Sequence
+from typing import Iterator, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
-from drope_lens.texts import TextInputError, TextsLike, as_texts
+from drope_lens.texts import Text, TextInputError, TextsLike, as_texts
 
 #: Where position 0 comes from. ``"checkpoint"``: the checkpoint's tokenizer decides, as in
 #: Hugging Face (Llama-2 prepends ``<s>``; SmolLM2 and Qwen prepend nothing, so position 0 is the
@@ -38,6 +40,22 @@ def model_name(model) -> str:
 def model_variant(model) -> str:
     spec = getattr(model, "lens", None)
     return spec.variant if spec is not None else "unknown"
+
+
+def bind_store(store, model, experiment: str, config, **content):
+    """``store`` bound to this model's fingerprint (None stays None): ``experiment`` (a label),
+    ``config`` (the experiment's config dataclass, every field), ``content`` (what the rows are
+    computed from, by content: :func:`~drope_lens.results.texts_fingerprint`,
+    :func:`~drope_lens.results.items_fingerprint`, other settings) and the model's
+    :func:`~drope_lens.results.model_fingerprint`. The scope is :func:`unit_prefix`; see
+    :meth:`drope_lens.results.RunStore.bind` (raises before any work when the directory holds
+    another configuration)."""
+    if store is None:
+        return None
+    from drope_lens.results import model_fingerprint
+
+    fields = {"experiment": experiment, "config": config, **content, "model": model_fingerprint(model)}
+    return store.bind(unit_prefix(model), fields, device=model.cfg.device)
 
 
 def unit_prefix(model) -> str:
@@ -194,3 +212,63 @@ def progress(iterable, total: int, desc: str, enabled: bool = True):
     from drope_lens.distributed import is_main
 
     return tqdm(iterable, total=total, desc=desc, disable=not (enabled and is_main()), leave=False)
+
+
+# ------------------------------------------------------------------------------------------
+# Defaults of the Python API that suit the model (what the CLI does: texts, max_tokens) and
+# the warning when a model's perplexity says the texts are not its kind of text.
+# ------------------------------------------------------------------------------------------
+STUDY_MAX_TOKENS = 512  # tokens per text in the study's Exp 1/2
+
+
+class OutOfDistributionWarning(UserWarning):
+    """The measured texts are not the model's kind of text (or run past its trained context)."""
+
+
+def trained_context_of(model) -> Optional[int]:
+    spec = getattr(model, "lens", None)
+    return getattr(spec, "max_position_embeddings", None)
+
+
+def resolve_max_tokens(model, max_tokens: Optional[int], *, what: str = "max_tokens") -> int:
+    """``max_tokens``, or by default the study's 512 capped at the model's trained context.
+
+    An explicit value past the trained context is kept (it may be the experiment) but warns
+    loudly, naming the cap: the positions past it were never trained."""
+    context = trained_context_of(model)
+    if max_tokens is None:
+        return min(STUDY_MAX_TOKENS, context) if context else STUDY_MAX_TOKENS
+    if context and max_tokens > context:
+        warnings.warn(
+            f"{what}={max_tokens} is past {model_name(model)}'s trained context of {context} tokens: positions "
+            f"{context}..{max_tokens - 1} were never trained on, so their numbers are not the model's normal "
+            f"behaviour. Leave {what} unset (None) to cap at {context}.",
+            OutOfDistributionWarning, stacklevel=3)
+    return max_tokens
+
+
+def default_texts(model) -> list[Text]:
+    """Texts that suit ``model``: the toy corpus's held-out text for the bundled toy pair (which
+    never saw real English), the built-in English texts for any other model. The same choice as
+    ``drope-lens run`` makes without ``--texts``."""
+    from drope_lens.texts import builtin_texts, toy_texts
+
+    source = str(getattr(getattr(model, "lens", None), "source", ""))
+    return toy_texts() if source.startswith("bundled:toy/") else builtin_texts()
+
+
+def warn_if_out_of_distribution(model, nll_per_text: Sequence[float]) -> None:
+    """Warn when the median perplexity over texts is above the vocabulary size, i.e. worse than
+    guessing every token uniformly: the texts are then out of the model's distribution (e.g.
+    English for the toy pair) and what is measured on them says little about the model."""
+    if not len(nll_per_text):
+        return
+    median_ppl = float(math.exp(statistics.median(nll_per_text)))
+    vocab = int(model.cfg.d_vocab)
+    if median_ppl > vocab:
+        warnings.warn(
+            f"{model_name(model)}: median perplexity {median_ppl:,.0f} over {len(nll_per_text)} texts is above its "
+            f"vocabulary size {vocab:,} (a uniform guess): these texts are out of the model's distribution and its "
+            "numbers on them mean little. Use texts like its training data (drope_lens.experiments.common."
+            "default_texts(model); for the toy pair drope_lens.texts.toy_texts()).",
+            OutOfDistributionWarning, stacklevel=3)

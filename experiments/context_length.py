@@ -33,13 +33,12 @@ from drope_lens.passkey import (CATEGORIES, FORMATS, PromptError, Trial, categor
                                 make_trial, mean_interval, wilson_interval)
 from drope_lens.results import RunStore
 
-from .common import BosPolicy, check_bos, model_name, model_variant, progress, unit_prefix
+from .common import BosPolicy, bind_store, check_bos, model_name, model_variant, progress, unit_prefix
+from .options import DEPTH_GRID, REAL_MODEL_LENGTHS  # noqa: F401  (the defaults of the CLI options)
 
 EXPERIMENT = "context_length"
 CLI_TAKES_TEXTS = False
-REAL_MODEL_LENGTHS = (512, 1024, 2048, 4096, 6144, 8192, 16384)
 TOY_MULTIPLES = (0.5, 1, 2, 4, 8)
-DEPTH_GRID = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 __all__ = ["ContextLengthConfig", "run", "categorize", "accuracy", "error_shares", "verification"]
 
@@ -188,6 +187,7 @@ def run(
                                  None if depths is None else tuple(float(d) for d in depths), seed, max_new_tokens,
                                  verify, key_divisor, batch_tokens, float(scaling),
                                  None if scaling_layers is None else tuple(scaling_layers), bos)
+    store = bind_store(store, model, EXPERIMENT, config, skip_too_short=bool(skip_too_short))
     count = _counter(model, bos)
     yes_no = yes_no_tokens(model.tokenizer)
     if verify and yes_no[0] == yes_no[1]:
@@ -267,23 +267,7 @@ def compare(df: pd.DataFrame) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------
 # Command line: ``drope-lens run context-length``.
 # ------------------------------------------------------------------------------------------
-def add_cli_arguments(parser) -> None:
-    parser.add_argument("--lengths", type=int, nargs="+", default=None,
-                        help="target prompt lengths in tokens (default: 0.5x..8x the trained context for the toy "
-                             f"pair, else {list(REAL_MODEL_LENGTHS)})")
-    parser.add_argument("--formats", nargs="+", choices=list(FORMATS), default=list(FORMATS))
-    parser.add_argument("--n", type=int, default=20, help="trials per cell (default 20)")
-    parser.add_argument("--depths", type=float, nargs="+", default=None,
-                        help=f"needle depth grid, e.g. {' '.join(map(str, DEPTH_GRID))} (default: uniform in the middle half)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-new-tokens", type=int, default=20)
-    parser.add_argument("--no-verify", action="store_true", help="skip verification and ranking")
-    parser.add_argument("--key-divisor", type=int, default=None,
-                        help="keys only among multiples of this (default: 7 for the toy pair, whose corpus has none)")
-    parser.add_argument("--batch-tokens", type=int, default=65_536)
-    parser.add_argument("--scaling", type=float, default=0.0,
-                        help="log-length softmax scaling beta (0: off); see the module docstring")
-    parser.add_argument("--scaling-layers", type=int, nargs="+", default=None)
+from .options import context_length as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:
@@ -303,17 +287,20 @@ def run_cli(ctx) -> int:
                                  None if args.depths is None else tuple(args.depths), args.seed, args.max_new_tokens,
                                  not args.no_verify, divisor, args.batch_tokens, args.scaling,
                                  None if args.scaling_layers is None else tuple(args.scaling_layers), args.bos)
-    store = ctx.store(EXPERIMENT, config, {})
-    frames, identities = [], []
     kwargs = {k: v for k, v in asdict(config).items() if k not in ("lengths", "formats", "n", "depths", "seed")}
     kwargs["skip_too_short"] = args.lengths is None  # the default toy grid starts below RULER's template
+    store = ctx.store(EXPERIMENT, config, {"skip_too_short": kwargs["skip_too_short"]})
+    frames, identities = [], []
     for model in ctx.models():
         frames.append(run(model, config.lengths, config.formats, config.n, config.depths, config.seed,
                           store=store, **kwargs))
         identities.append(model_identity(model))
     ctx.finalize(store, frames, {"config": asdict(config), "seed": config.seed}, identities)
     df = pd.concat(frames, ignore_index=True)
-    print_table("Passkey accuracy by length x format (exact match, Wilson 95% interval):", compare(df))
+    for fmt in config.formats:  # one table per format: formats are never averaged together
+        if (df.format == fmt).any():
+            print_table(f"Passkey accuracy, {fmt} format, by length (exact match, Wilson 95% interval):",
+                        compare(df[df.format == fmt]).drop(columns="format"))
     shares = error_shares(df)
     print_table("Answer categories (share of trials):", shares.round(3))
     if config.verify:

@@ -1,7 +1,8 @@
 """Experiment 2: disrupting massive Q/K dims, measured by perplexity.
 
-1. Identification: M (see :mod:`.massive_values`) of ``hook_q`` and ``hook_k`` averaged over the
-   identification texts; entries above ``threshold`` x the layer mean are massive.
+1. Identification (:func:`drope_lens.analysis.identify_massive`): M (see :mod:`.massive_values`)
+   of ``hook_q`` and ``hook_k`` averaged over the identification texts; entries above
+   ``threshold`` x the layer mean are massive.
 2. Conditions on the evaluation texts (disjoint from the identification texts):
    ``baseline``; ``massive``: those entries zeroed in ``hook_q`` and ``hook_k`` at every position;
    ``random`` (one per seed): the same NUMBER of entries per layer and tensor, drawn uniformly
@@ -24,29 +25,33 @@ import pandas as pd
 import torch
 from scipy import stats
 
+# identification is shared with the ablation conditions of Exp 3-6 (importable here as before)
+from drope_lens.analysis import Masks, identify_massive, massive_mask, sequence_norms  # noqa: F401
 from drope_lens.distributed import is_main
 from drope_lens.hooks import batched_zero_dims
 from drope_lens.placement import layer_device
-from drope_lens.results import RunStore
+from drope_lens.results import RunStore, texts_fingerprint
 from drope_lens.texts import Text, TextsLike, as_texts
 
 from .common import (
     BosPolicy,
     HostCopy,
     batches_by_length,
+    bind_store,
     check_bos,
+    default_texts,
     model_name,
     model_variant,
     progress,
+    resolve_max_tokens,
     sequence_nll,
     tokenize,
     unit_prefix,
+    warn_if_out_of_distribution,
 )
 from .engine import gather, plan_sweep
-from .massive_values import massive_mask, sequence_norms
 
 EXPERIMENT = "disruption"
-Masks = dict[str, dict[int, torch.Tensor]]  # tensor -> layer -> bool [head, d_head]
 
 
 @dataclass(frozen=True)
@@ -76,28 +81,6 @@ class DisruptionConfig:
     @property
     def seed_list(self) -> list[int]:
         return [self.seed + i for i in range(self.seeds)]
-
-
-def identify_massive(
-    model, texts: TextsLike, *, threshold: float, max_tokens: int, rotary: str = "pre", batch_size: int = 16,
-    bos: BosPolicy = "checkpoint",
-) -> Masks:
-    """Massive (head, dim) entries of q and k per layer, from M averaged over ``texts``."""
-    texts = as_texts(texts, name_prefix="identification")
-    tokens = tokenize(model, texts, max_tokens, bos=bos)
-    sums: dict[tuple[int, str], torch.Tensor] = {}
-    for _, batch in batches_by_length(tokens, batch_size):
-        for key, m in sequence_norms(model, batch, ("q", "k"), rotary).items():
-            total = m.sum(dim=0)
-            sums[key] = sums[key] + total if key in sums else total
-    for tensor in ("q", "k"):  # one device->host copy per tensor (k has fewer heads under GQA)
-        keys = sorted(k for k in sums if k[1] == tensor)
-        first = sums[keys[0]].device  # layers may sit on several GPUs (load_model(n_devices=...))
-        sums.update(zip(keys, torch.stack([sums[k].to(first) for k in keys]).cpu()))
-    masks: Masks = {"q": {}, "k": {}}
-    for (layer, tensor), total in sorted(sums.items()):
-        masks[tensor][layer] = massive_mask(total / len(texts), threshold)
-    return masks
 
 
 def random_masks(massive: Masks, seed: int, pool: str = "non_massive") -> Masks:
@@ -163,12 +146,12 @@ def _hooks_for_rows(row_masks: list[Optional[Masks]], rotary: str) -> list:
 
 def run(
     model,
-    identification_texts: TextsLike,
-    evaluation_texts: TextsLike,
+    identification_texts: Optional[TextsLike] = None,
+    evaluation_texts: Optional[TextsLike] = None,
     *,
     threshold: float = 5.0,
     seeds: int = 10,
-    max_tokens: int = 512,
+    max_tokens: Optional[int] = None,
     rotary: Literal["pre", "post"] = "pre",
     seed: int = 0,
     batch_size: int = 16,
@@ -185,10 +168,26 @@ def run(
     ``n_zeroed_q``, ``n_zeroed_k`` (entries zeroed over all layers). ``batched=False`` runs each
     condition alone (one forward per condition and batch of texts), the reference loop.
 
+    Without texts, 3 identification and 9 evaluation texts are drawn (:func:`split_texts`, seed 0)
+    from :func:`~drope_lens.experiments.common.default_texts` (the toy corpus's held-out text for
+    the toy pair, the built-in English texts otherwise). ``max_tokens``: default the study's 512
+    capped at the model's trained context (a larger value warns, naming the cap). When the median
+    baseline perplexity is above the vocabulary size (worse than a uniform guess) an
+    :class:`~drope_lens.experiments.common.OutOfDistributionWarning` says the texts are not the
+    model's kind of text.
+
     Under ``torchrun`` each rank runs whole planned batches (see :mod:`.engine`; identification
     runs on every rank) and every rank returns the whole DataFrame, equal to a single-process
     run's; with ``store``, rank 0 writes the condition parts.
     """
+    if (identification_texts is None) != (evaluation_texts is None):
+        raise ValueError("give both identification_texts and evaluation_texts, or neither (then 3 + 9 of "
+                         "default_texts(model) are used).")
+    if identification_texts is None:
+        from drope_lens.texts import split_texts
+
+        identification_texts, evaluation_texts = split_texts(default_texts(model), 3, 9)
+    max_tokens = resolve_max_tokens(model, max_tokens)
     config = DisruptionConfig(threshold, seeds, max_tokens, rotary, seed, batch_size, random_pool, bos)
     identification_texts = as_texts(identification_texts, name_prefix="identification")
     evaluation_texts = as_texts(evaluation_texts, name_prefix="evaluation")
@@ -196,6 +195,8 @@ def run(
     overlap = [t.name for t in evaluation_texts if t.text in names]
     if overlap:
         raise ValueError(f"evaluation texts {overlap} are also identification texts; use disjoint sets.")
+    store = bind_store(store, model, EXPERIMENT, config, identification_texts=texts_fingerprint(identification_texts),
+                       evaluation_texts=texts_fingerprint(evaluation_texts), batched=bool(batched))
     massive = identify_massive(model, identification_texts, threshold=config.threshold, max_tokens=config.max_tokens,
                                rotary=config.rotary, batch_size=config.batch_size, bos=config.bos)
     if store is not None:
@@ -267,6 +268,7 @@ def run(
                 store.save_part(unit_of(ci), frames[-1])
     if store is not None and is_main():
         store.drop_batches(keys)  # every rank has read them: they were loaded before the gather
+    warn_if_out_of_distribution(model, frames[0]["nll"].tolist())  # conditions[0] is the baseline
     return pd.concat(frames, ignore_index=True)
 
 
@@ -388,14 +390,7 @@ def meta_for(config: DisruptionConfig, identification: Sequence[Text], evaluatio
 # ------------------------------------------------------------------------------------------
 # Command line: ``drope-lens run disruption`` (see drope_lens.runner).
 # ------------------------------------------------------------------------------------------
-def add_cli_arguments(parser) -> None:
-    parser.add_argument("--threshold", type=float, default=5.0)
-    parser.add_argument("--rotary", choices=["pre", "post"], default="pre")
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-identification", type=int, default=3)
-    parser.add_argument("--n-evaluation", type=int, default=9)
-    parser.add_argument("--batch-size", type=int, default=16)
+from .options import disruption as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:
@@ -407,8 +402,7 @@ def run_cli(ctx) -> int:
     config = DisruptionConfig(args.threshold, args.seeds, args.max_tokens, args.rotary, args.seed, args.batch_size,
                               bos=args.bos)
     ident, evaluation = split_texts(ctx.texts(), args.n_identification, args.n_evaluation, seed=args.seed)
-    store = ctx.store(EXPERIMENT, config, {"identification": [t.name for t in ident],
-                                           "evaluation": [t.name for t in evaluation]})
+    store = ctx.store(EXPERIMENT, config, {"identification": ident, "evaluation": evaluation})
     frames, identities = [], []
     for model in ctx.models():
         frames.append(run(model, ident, evaluation, threshold=config.threshold, seeds=config.seeds,

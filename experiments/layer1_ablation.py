@@ -21,25 +21,26 @@ from drope_lens.texts import TextsLike
 from . import ablation_sweep
 from .ablation_sweep import AblationConfig, perplexity_summary, task_summary, wide_table  # noqa: F401
 from .common import BosPolicy
+from .options import LAYER1_ABLATION_CONDITIONS
 
 EXPERIMENT = "layer1-ablation"
-DEFAULT_CONDITIONS = ("baseline", "l1_mlp", "l1_attn", "l1_both", "l1_both_bos")
+DEFAULT_CONDITIONS = LAYER1_ABLATION_CONDITIONS
 
 
 def run(model, reference_texts: TextsLike, evaluation_texts: TextsLike, *,
         conditions: Sequence[str] = DEFAULT_CONDITIONS,
-        tasks: Sequence[str] = ("cities", "sports", "sentiment", "passkey"), n: Optional[int] = None,
+        tasks: Sequence[str] = ("cities", "sports", "reviews", "passkey"), n: Optional[int] = None,
         seed: int = 42, source: str = "study", max_tokens: int = 512, batch_size: int = 16,
-        bos: BosPolicy = "checkpoint", store: Optional[RunStore] = None, show_progress: bool = True) -> pd.DataFrame:
+        bos: BosPolicy = "checkpoint", spike_rule: str = "argmax", store: Optional[RunStore] = None,
+        show_progress: bool = True) -> pd.DataFrame:
     """Perplexity of ``evaluation_texts`` and accuracy on ``tasks`` under each condition.
     ``reference_texts`` are only used if a spike-layer condition is added."""
-    config = AblationConfig(tuple(conditions), tuple(tasks), n, seed, source, max_tokens, 20, batch_size, bos)
+    config = AblationConfig(tuple(conditions), tuple(tasks), n, seed, source, max_tokens, 20, batch_size, bos, spike_rule)
     return ablation_sweep.run_sweep(model, reference_texts, evaluation_texts, config, store=store,
                                     show_progress=show_progress)
 
 
-def add_cli_arguments(parser) -> None:
-    ablation_sweep.add_cli_arguments(parser, DEFAULT_CONDITIONS)
+from .options import layer1_ablation as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:

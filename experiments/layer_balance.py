@@ -60,7 +60,7 @@ def measurement(config: LayerBalanceConfig) -> Measurement:
         columns["attn_fraction"] = columns["attn_norm"] / (columns["attn_norm"] + columns["mlp_norm"])
         return per_layer_frame(batch.samples, {name: columns[name] for name in VALUES})
 
-    return Measurement(EXPERIMENT, _hooks, rows)
+    return Measurement(EXPERIMENT, _hooks, rows, config=config)
 
 
 def run(
@@ -92,8 +92,7 @@ def compare(df: pd.DataFrame, quantity: str = "attn_fraction") -> pd.DataFrame:
     return compare_variants(layers[layers["quantity"] == quantity], by=["layer"])
 
 
-def add_cli_arguments(parser) -> None:
-    add_text_arguments(parser)
+from .options import add_text_arguments as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:

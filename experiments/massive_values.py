@@ -18,21 +18,23 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Bool, Float
 
+from drope_lens.analysis import massive_mask, sequence_norms  # noqa: F401  (shared with Exp 2-6; importable here as before)
 from drope_lens.distributed import is_main
-from drope_lens.hooks import capture_dim_norms
-from drope_lens.results import RunStore
+from drope_lens.results import RunStore, texts_fingerprint
 from drope_lens.texts import Text, TextsLike, as_texts
 
 from .common import (
     BosPolicy,
     HostCopy,
     batches_by_length,
+    bind_store,
     check_bos,
+    default_texts,
     model_name,
     model_variant,
     progress,
+    resolve_max_tokens,
     tokenize,
     unit_prefix,
 )
@@ -61,41 +63,6 @@ class MassiveValuesConfig:
             raise ValueError(f"tensors={self.tensors}: choose from 'q', 'k', 'v'.")
         if self.max_tokens < 2 or self.batch_size < 1:
             raise ValueError("max_tokens must be >= 2 and batch_size >= 1.")
-
-
-def massive_mask(m: Float[torch.Tensor, "*layers head d_head"], threshold: float) -> Bool[torch.Tensor, "*layers head d_head"]:
-    """Entries of M above ``threshold`` times the mean of M over all heads x dims of its layer."""
-    return m > threshold * m.mean(dim=(-2, -1), keepdim=True)
-
-
-class _StopForward(Exception):
-    """Raised by the last capture hook: nothing after the last layer's q/k is needed."""
-
-
-def _stop_forward(x, hook):
-    raise _StopForward
-
-
-def sequence_norms(
-    model, tokens: torch.Tensor, tensors: Sequence[str], rotary: str
-) -> dict[tuple[int, str], torch.Tensor]:
-    """M for every layer and tensor of one batch of equal-length token rows: ``[batch, head, d]``.
-
-    The forward stops at the last layer's ``hook_rot_k`` (after its q, k and v hooks have
-    fired): that layer's attention, its MLP and the final norm are not needed, so they are not run.
-    """
-    store: dict = {}
-    hooks = capture_dim_norms(store, model.cfg.n_layers, tensors=tensors, rotary=rotary)
-    hooks.append((f"blocks.{model.cfg.n_layers - 1}.attn.hook_rot_k", _stop_forward))
-    with torch.inference_mode():
-        try:
-            model.run_with_hooks(tokens.to(model.cfg.device), return_type=None, fwd_hooks=hooks)
-        except _StopForward:
-            pass
-    missing = [key for key in ((layer, t) for layer in range(model.cfg.n_layers) for t in tensors) if key not in store]
-    if missing:  # pragma: no cover - a model whose attention fires hooks in another order
-        raise RuntimeError(f"capture hooks did not fire for {missing[:3]}...; the early stop came too soon.")
-    return store
 
 
 class _BatchStatistics:
@@ -155,17 +122,17 @@ def _batch_rows(model, texts: Sequence[Text], samples: Sequence[int], n_tokens: 
         "text": [texts[s].name for s in sample_of_row], "register": [texts[s].register for s in sample_of_row],
         "n_tokens": n_tokens, "layer": np.tile(np.repeat(np.arange(n_layers), len(tensors)), n_rows),
         "tensor": np.tile(np.asarray(tensors, dtype=object), n), "count": columns["count"].astype(np.int64),
-        "heads": heads_lists, "dims": dims_lists,
+        "heads": heads_lists, "dims": dims_lists, "d_head": int(model.cfg.d_head),
         "mean_m": columns["mean_m"].astype(np.float64), "max_m": columns["max_m"].astype(np.float64),
     })
 
 
 def run(
     model,
-    texts: TextsLike,
+    texts: Optional[TextsLike] = None,
     *,
     threshold: float = 5.0,
-    max_tokens: int = 512,
+    max_tokens: Optional[int] = None,
     rotary: Literal["pre", "post"] = "pre",
     tensors: tuple[str, ...] = ("q", "k", "v"),
     batch_size: int = 10,
@@ -176,20 +143,26 @@ def run(
     """Massive-value counts per text, layer and tensor (see module docstring).
 
     ``texts``: a string, a list of strings or :class:`~drope_lens.texts.Text`, a pandas Series or
-    a datasets column (:func:`~drope_lens.texts.as_texts`). ``bos``: the position-0 policy
-    (:data:`~drope_lens.experiments.common.BosPolicy`).
+    a datasets column (:func:`~drope_lens.texts.as_texts`); default: the first 10 of
+    :func:`~drope_lens.experiments.common.default_texts` (the toy corpus's held-out text for the
+    toy pair, the built-in English texts otherwise). ``max_tokens``: tokens per text; default the
+    study's 512 capped at the model's trained context (a larger value warns, naming the cap).
+    ``bos``: the position-0 policy (:data:`~drope_lens.experiments.common.BosPolicy`).
 
     Columns: ``model``, ``variant``, ``sample`` (index into ``texts``), ``text``, ``register``,
     ``n_tokens``, ``layer``, ``tensor``, ``count``, ``heads`` and ``dims`` (lists: where each
-    massive entry sits), ``mean_m`` (the layer's mean M) and ``max_m``. With ``store``, each
+    massive entry sits), ``d_head`` (the head width ``dims`` index into), ``mean_m`` (the layer's
+    mean M) and ``max_m``. With ``store``, each
     text's rows are saved as soon as they are measured and texts already saved are skipped.
     Batches are pipelined: a batch's rows are built while the next batch runs on the GPU.
 
     Under ``torchrun`` each rank runs whole planned chunks of ``batch_size`` texts (see
     :mod:`.engine`) and every rank returns the whole DataFrame, equal to a single-process run's.
     """
+    max_tokens = resolve_max_tokens(model, max_tokens)
     config = MassiveValuesConfig(threshold, max_tokens, rotary, tuple(tensors), batch_size, bos)
-    texts = as_texts(texts)
+    texts = as_texts(default_texts(model)[:10] if texts is None else texts)
+    store = bind_store(store, model, EXPERIMENT, config, texts=texts_fingerprint(texts))
     unit = lambda i: f"{unit_prefix(model)}-sample-{i}"  # noqa: E731
     # The batches are planned over all texts, finished or not, and a rerun runs every planned
     # batch that holds a missing text: each text's numbers always come from the same batch, so
@@ -275,18 +248,26 @@ def compare(df: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
-def dim_locations(df: pd.DataFrame, d_head: int) -> pd.DataFrame:
+def dim_locations(df: pd.DataFrame, d_head: Optional[int] = None) -> pd.DataFrame:
     """Where massive entries sit within the head, per model and tensor.
 
     Llama pairs rotary dims i and i + d/2 at frequency index ``f = i mod d/2``; the angle of pair
     f turns as ``theta^(-2f/d)`` per token, so small f is high-frequency and large f is
     low-frequency. Reports the share of massive entries in the low-frequency half (f >= d/4),
     the mean f / (d/2), and the most common dims.
+
+    The head width d comes from the results (their ``d_head`` column, per model). ``d_head`` is
+    needed only for results written before that column existed; given with results that have
+    it, it must agree (a wrong d silently moves every dim to another frequency).
     """
-    half = d_head // 2
     rows = []
     for (model, variant, tensor), group in df.groupby(["model", "variant", "tensor"]):
+        group_d_head = _d_head_of(group, model, d_head)
+        half = group_d_head // 2
         dims = np.array([d for ds in group["dims"] for d in ds], dtype=int)
+        if dims.size and dims.max() >= group_d_head:
+            raise ValueError(f"{model}: massive dim {dims.max()} is outside d_head={group_d_head}; "
+                             "these results come from a wider head.")
         if dims.size == 0:
             rows.append({"model": model, "variant": variant, "tensor": tensor, "n_massive": 0,
                          "low_freq_share": np.nan, "mean_freq_position": np.nan, "top_dims": []})
@@ -300,15 +281,25 @@ def dim_locations(df: pd.DataFrame, d_head: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _d_head_of(group: pd.DataFrame, model: str, d_head: Optional[int]) -> int:
+    if "d_head" in group.columns:
+        widths = sorted(set(int(w) for w in group["d_head"]))
+        if len(widths) != 1:
+            raise ValueError(f"{model}: rows with several d_head values {widths}; one model has one head width.")
+        if d_head is not None and d_head != widths[0]:
+            raise ValueError(f"d_head={d_head} given, but {model} has d_head={widths[0]} (from its results); "
+                             "leave d_head out: it is read from the results.")
+        return widths[0]
+    if d_head is None:
+        raise ValueError("these results have no d_head column (written by an older drope_lens): "
+                         "pass the models' d_head (drope-lens info prints it).")
+    return d_head
+
+
 # ------------------------------------------------------------------------------------------
 # Command line: ``drope-lens run massive-values`` (see drope_lens.runner).
 # ------------------------------------------------------------------------------------------
-def add_cli_arguments(parser) -> None:
-    parser.add_argument("--threshold", type=float, default=5.0)
-    parser.add_argument("--rotary", choices=["pre", "post"], default="pre")
-    parser.add_argument("--n-texts", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=10,
-                        help="texts per forward (default 10: the study's 10 texts at once)")
+from .options import massive_values as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:
@@ -320,13 +311,12 @@ def run_cli(ctx) -> int:
     args = ctx.args
     config = MassiveValuesConfig(args.threshold, args.max_tokens, args.rotary, batch_size=args.batch_size, bos=args.bos)
     chosen = ctx.texts()[: args.n_texts]
-    store = ctx.store(EXPERIMENT, config, {"texts": [t.name for t in chosen]})
-    frames, identities, d_head = [], [], None
+    store = ctx.store(EXPERIMENT, config, {"texts": chosen})
+    frames, identities = [], []
     for model in ctx.models():
         frames.append(run(model, chosen, threshold=config.threshold, max_tokens=config.max_tokens,
                           rotary=config.rotary, batch_size=config.batch_size, bos=config.bos, store=store))
         identities.append(model_identity(model))
-        d_head = model.cfg.d_head
     ctx.finalize(store, frames, {"config": asdict(config), "seed": None, "texts": [t.name for t in chosen]}, identities)
     if not is_main():  # under torchrun, rank 0 prints the summaries
         return 0
@@ -335,5 +325,5 @@ def run_cli(ctx) -> int:
     if len(ctx.sources) == 2:
         print_table("RoPE vs DroPE:", compare(df))
     print_table("Where massive dims sit (frequency index f = dim mod d_head/2; low-frequency half f >= d_head/4):",
-                dim_locations(df, d_head))
+                dim_locations(df))
     return 0

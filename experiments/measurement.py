@@ -21,10 +21,11 @@ import pandas as pd
 import torch
 
 from drope_lens.hooks import capture_attention_stats
-from drope_lens.results import RunStore
+from drope_lens.results import RunStore, texts_fingerprint
 from drope_lens.texts import Text, TextsLike, as_texts
 
-from .common import BosPolicy, batches_by_length, check_bos, model_name, model_variant, progress, tokenize, unit_prefix
+from .common import (BosPolicy, batches_by_length, bind_store, check_bos, model_name, model_variant, progress, tokenize,
+                     unit_prefix)
 
 HookPair = tuple[str, Callable]
 #: ``Measurement.attention`` for measurements that read only statistics independent of the window
@@ -74,6 +75,8 @@ class Measurement:
     rows: Callable[[object, Batch], pd.DataFrame]
     attention: Optional[object] = None  # (window, max_distance), ANY_WINDOW or None
     options: dict = field(default_factory=dict)
+    #: the experiment's config dataclass: part of the run's fingerprint (see RunStore.bind)
+    config: Optional[object] = None
 
 
 def measure(
@@ -96,6 +99,9 @@ def measure(
     names = [m.name for m in measurements]
     if len(set(names)) != len(names):
         raise ValueError(f"measurement names {names} must be distinct.")
+    store = bind_store(store, model, "+".join(names),
+                       {m.name: {"config": m.config, "attention": m.attention, "options": m.options} for m in measurements},
+                       max_tokens=max_tokens, bos=bos, batch_size=batch_size, texts=texts_fingerprint(texts))
     unit = lambda name, i: f"{unit_prefix(model)}-{name}-sample-{i}"  # noqa: E731
     saved = lambda i: store is not None and all(store.has(unit(n, i)) for n in names)  # noqa: E731
     done = {i for i in range(len(texts)) if saved(i)}
@@ -248,7 +254,7 @@ def run_cli_measurement(ctx, experiment: str, config, run_one: Callable) -> pd.D
 
     chosen = ctx.texts()[: ctx.args.n_texts]
     names = [t.name for t in chosen]
-    store = ctx.store(experiment, config, {"texts": names})
+    store = ctx.store(experiment, config, {"texts": chosen})
     frames, identities = [], []
     for model in ctx.models():
         frames.append(run_one(model, chosen, store))
@@ -257,6 +263,4 @@ def run_cli_measurement(ctx, experiment: str, config, run_one: Callable) -> pd.D
     return pd.concat(frames, ignore_index=True)
 
 
-def add_text_arguments(parser) -> None:
-    parser.add_argument("--n-texts", type=int, default=10, help="texts to measure (default 10, the study's)")
-    parser.add_argument("--batch-size", type=int, default=10, help="texts per forward (default 10)")
+from .options import add_text_arguments  # noqa: E402,F401  (options importable without torch)

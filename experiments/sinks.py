@@ -8,9 +8,12 @@ model's real attention, streamed):
 
 Per text and layer (``hook_resid_post``, float32):
 
-* ``bos_norm`` = ||resid_post[0]||_2; ``bos_ratio`` = bos_norm / mean over t >= 1 of ||resid_post[t]||.
-  Spike layer of a text: the first layer with ``bos_ratio > spike_ratio`` (2), and separately the
-  argmax layer of ``bos_ratio`` (both reported).
+* ``bos_norm`` = ||resid_post[0]||_2; ``bos_norm_pre`` = ||resid_pre[0]||_2 (entering the block);
+  ``bos_ratio`` = bos_norm / mean over t >= 1 of ||resid_post[t]||.
+  Spike layer of a text under each rule of :mod:`drope_lens.analysis` (``argmax`` of the ratio, the
+  study's and the default; ``first_above`` ``spike_ratio`` (2); ``jump``, the block that raises the
+  BOS norm most), all three reported per text and on each model's mean profile; a layer is
+  summarised by its mode and distribution over texts, never a mean ("none": no spike).
 * Representation entropy of the ``[T, d_model]`` matrix with singular values s (Queipo-de-Llano et
   al. 2025), two normalisations, each labelled: ``repr_entropy`` with p = s^2 / sum s^2,
   H = -sum p ln p (nats; the default); ``repr_entropy_norm`` with p = s / sum s, H / ln(rank)
@@ -24,11 +27,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
 
+from drope_lens import analysis
+from drope_lens.hooks.capture import capture_bos_norms
 from drope_lens.results import RunStore
 from drope_lens.texts import TextsLike
 
@@ -82,13 +86,12 @@ def representation_entropy(
 
 def _resid_hooks(model, captured: dict):
     def fn(x, hook):
-        norms = x.float().norm(dim=-1)  # [batch, pos]
         h_energy, h_norm = representation_entropy(x)
-        captured[hook.layer()] = {"bos_norm": norms[:, 0], "bos_ratio": norms[:, 0] / norms[:, 1:].mean(dim=1),
-                                  "repr_entropy": h_energy, "repr_entropy_norm": h_norm}
+        captured.setdefault(hook.layer(), {}).update({"repr_entropy": h_energy, "repr_entropy_norm": h_norm})
         return None
 
-    return [(f"blocks.{layer}.hook_resid_post", fn) for layer in range(model.cfg.n_layers)]
+    return capture_bos_norms(captured, model.cfg.n_layers) + [
+        (f"blocks.{layer}.hook_resid_post", fn) for layer in range(model.cfg.n_layers)]
 
 
 def measurement(config: SinksConfig) -> Measurement:
@@ -96,14 +99,14 @@ def measurement(config: SinksConfig) -> Measurement:
         n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
         sink = torch.stack([batch.attention[layer].sink_score for layer in range(n_layers)])  # [layer, batch, head]
         columns = {"sink_score": sink}
-        for name in ("bos_norm", "bos_ratio", "repr_entropy", "repr_entropy_norm"):
+        for name in ("bos_norm", "bos_norm_pre", "bos_ratio", "repr_entropy", "repr_entropy_norm"):
             per_layer = torch.stack([batch.captured[layer][name] for layer in range(n_layers)])  # [layer, batch]
             columns[name] = per_layer[..., None].expand(-1, -1, n_heads)
         frame = per_head_frame(batch.samples, columns)
         frame.insert(4, "is_sink", frame["sink_score"] >= config.tau)
         return frame
 
-    return Measurement(EXPERIMENT, _resid_hooks, rows, attention=ANY_WINDOW)
+    return Measurement(EXPERIMENT, _resid_hooks, rows, attention=ANY_WINDOW, config=config)
 
 
 def run(
@@ -121,7 +124,7 @@ def run(
     """Sink scores per head and BOS norm / ratio / representation entropy per layer (module doc).
 
     Columns: ``model``, ``variant``, ``sample``, ``text``, ``register``, ``n_tokens``, ``layer``,
-    ``head``, ``sink_score``, ``is_sink``, ``bos_norm``, ``bos_ratio``, ``repr_entropy``,
+    ``head``, ``sink_score``, ``is_sink``, ``bos_norm``, ``bos_norm_pre``, ``bos_ratio``, ``repr_entropy``,
     ``repr_entropy_norm``. Texts are anything :func:`~drope_lens.texts.as_texts` accepts.
     """
     config = SinksConfig(tau, spike_ratio, max_tokens, batch_size, bos)
@@ -132,12 +135,17 @@ def run(
 # ------------------------------------------------------------------------------------------
 # Summaries: DataFrame in, DataFrame out.
 # ------------------------------------------------------------------------------------------
+LAYER_VALUES = ("bos_norm", "bos_norm_pre", "bos_ratio", "repr_entropy", "repr_entropy_norm")
+SPIKE_COLUMNS = tuple(f"spike_layer_{rule}" for rule in analysis.SPIKE_RULES)
+#: Per-text quantities that are layers (categories: mode and distribution, never a mean).
+LAYER_QUANTITIES = (*SPIKE_COLUMNS, "peak_bos_norm_layer", "min_repr_entropy_layer")
+
+
 def layer_rows(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, text, layer) with the sink rate of that layer."""
     keys = ["model", "variant", "sample", "layer"]
-    out = df.groupby(keys).agg(sink_rate=("is_sink", "mean"), bos_norm=("bos_norm", "first"),
-                               bos_ratio=("bos_ratio", "first"), repr_entropy=("repr_entropy", "first"),
-                               repr_entropy_norm=("repr_entropy_norm", "first"))
+    values = {name: (name, "first") for name in LAYER_VALUES if name in df.columns}
+    out = df.groupby(keys).agg(sink_rate=("is_sink", "mean"), **values)
     return out.reset_index()
 
 
@@ -147,53 +155,73 @@ def per_layer(df: pd.DataFrame) -> pd.DataFrame:
                      by=["layer"])
 
 
-def spike_layers(df: pd.DataFrame, spike_ratio: float = 2.0) -> pd.DataFrame:
-    """Per text: ``spike_layer`` (first layer with bos_ratio > spike_ratio; -1 if none), ``argmax_layer``
-    of bos_ratio, the peak BOS norm and its layer, and the layer of minimum repr_entropy."""
+def spike_layers(df: pd.DataFrame, spike_ratio: float = analysis.SPIKE_THRESHOLD) -> pd.DataFrame:
+    """Per text: the spike layer under each rule (``spike_layer_argmax``, ``spike_layer_first_above``
+    with threshold ``spike_ratio``, ``spike_layer_jump``; nullable integers, ``<NA>`` = no spike, see
+    :func:`drope_lens.analysis.spike_layer`), the peak BOS norm and its layer, the minimum
+    repr_entropy and its layer."""
+    layers = layer_rows(df)
+    table = analysis.spike_table(layers, threshold=spike_ratio)
     rows = []
-    for (model, variant, sample), frame in layer_rows(df).groupby(["model", "variant", "sample"]):
-        frame = frame.sort_values("layer")
-        above = frame.loc[frame["bos_ratio"] > spike_ratio, "layer"]
+    for (model, variant, sample), frame in layers.groupby(["model", "variant", "sample"]):
         rows.append({"model": model, "variant": variant, "sample": sample,
-                     "spike_layer": int(above.iloc[0]) if len(above) else -1,
-                     "argmax_layer": int(frame.loc[frame["bos_ratio"].idxmax(), "layer"]),
                      "peak_bos_norm": float(frame["bos_norm"].max()),
                      "peak_bos_norm_layer": int(frame.loc[frame["bos_norm"].idxmax(), "layer"]),
                      "min_repr_entropy": float(frame["repr_entropy"].min()),
                      "min_repr_entropy_layer": int(frame.loc[frame["repr_entropy"].idxmin(), "layer"])})
-    return pd.DataFrame(rows)
+    return table.merge(pd.DataFrame(rows), on=["model", "variant", "sample"])
 
 
-def overall(df: pd.DataFrame, spike_ratio: float = 2.0) -> pd.DataFrame:
-    """Per model: overall sink rate, spike / argmax layer, peak BOS norm, min entropy (over texts)."""
+def profile_spike_layers(df: pd.DataFrame, spike_ratio: float = analysis.SPIKE_THRESHOLD) -> pd.DataFrame:
+    """Per model: the spike layer under each rule of the model's mean profile over texts (mean BOS
+    ratio and norms per layer): how the ablation conditions choose their layer."""
+    profile = layer_rows(df).groupby(["model", "variant", "layer"])[
+        [c for c in ("bos_ratio", "bos_norm", "bos_norm_pre") if c in df.columns]].mean().reset_index()
+    return analysis.spike_table(profile, keys=("model", "variant"), threshold=spike_ratio)
+
+
+def overall(df: pd.DataFrame, spike_ratio: float = analysis.SPIKE_THRESHOLD) -> pd.DataFrame:
+    """Per model: overall sink rate, peak BOS norm, min entropy (mean, std, 95% CI over texts).
+    Layers are not averaged: see :func:`layer_table`."""
     per_text = layer_rows(df).groupby(["model", "variant", "sample"])["sink_rate"].mean().rename("sink_rate_overall")
     table = spike_layers(df, spike_ratio).merge(per_text.reset_index(), on=["model", "variant", "sample"])
-    summary = summarize(table, ["sink_rate_overall", "spike_layer", "argmax_layer", "peak_bos_norm",
-                                "peak_bos_norm_layer", "min_repr_entropy", "min_repr_entropy_layer"])
-    modes = table.groupby("variant")[["spike_layer", "argmax_layer"]].agg(lambda s: int(s.mode().iloc[0]))
-    summary["mode"] = [modes.loc[v, q] if q in modes.columns else np.nan
-                       for v, q in zip(summary["variant"], summary["quantity"])]
-    return summary
+    return summarize(table, ["sink_rate_overall", "peak_bos_norm", "min_repr_entropy"])
 
 
-def compare(df: pd.DataFrame, spike_ratio: float = 2.0) -> pd.DataFrame:
-    """RoPE vs DroPE: the :func:`overall` quantities side by side with CIs; for the spike and
-    argmax layers also the most common layer over texts (``mode_rope``, ``mode_drope``)."""
-    summary = overall(df, spike_ratio)
-    table = compare_variants(summary)
-    for variant in ("rope", "drope"):
-        modes = summary[summary["variant"] == variant].set_index("quantity")["mode"]
-        table[f"mode_{variant}"] = [modes.get(q, np.nan) for q in table["quantity"]]
+def layer_table(df: pd.DataFrame, spike_ratio: float = analysis.SPIKE_THRESHOLD) -> pd.DataFrame:
+    """Per model and layer quantity (spike layer under each rule, peak-BOS-norm layer, min-entropy
+    layer): mode and distribution over texts ("none": no spike), and for the spike rules the layer
+    of the model's mean profile (``profile_layer``, as the ablations choose it)."""
+    table = analysis.layer_summary(spike_layers(df, spike_ratio), LAYER_QUANTITIES)
+    profile = profile_spike_layers(df, spike_ratio).melt(id_vars=["model", "variant"], var_name="quantity",
+                                                          value_name="profile")
+    table = table.merge(profile, on=["model", "variant", "quantity"], how="left")
+    table["profile_layer"] = [analysis.layer_label(v) if q in SPIKE_COLUMNS else ""
+                              for v, q in zip(table.pop("profile"), table["quantity"])]
     return table
+
+
+def compare(df: pd.DataFrame, spike_ratio: float = analysis.SPIKE_THRESHOLD) -> pd.DataFrame:
+    """RoPE vs DroPE: the :func:`overall` quantities side by side with CIs."""
+    return compare_variants(overall(df, spike_ratio))
+
+
+def compare_layers(df: pd.DataFrame, spike_ratio: float = analysis.SPIKE_THRESHOLD) -> pd.DataFrame:
+    """RoPE vs DroPE: each layer quantity as ``mode (distribution over texts)``, and the
+    mean-profile spike layers (``profile_rope``, ``profile_drope``)."""
+    table = layer_table(df, spike_ratio)
+    out = analysis.compare_layers(table)
+    for variant in ("rope", "drope"):
+        part = table[table["variant"] == variant].set_index("quantity")["profile_layer"]
+        if len(part):
+            out[f"profile_{variant}"] = [part.get(q, "") for q in out["quantity"]]
+    return out
 
 
 # ------------------------------------------------------------------------------------------
 # Command line: ``drope-lens run sinks``.
 # ------------------------------------------------------------------------------------------
-def add_cli_arguments(parser) -> None:
-    parser.add_argument("--tau", type=float, default=0.3, help="sink threshold on the sink score (default 0.3)")
-    parser.add_argument("--spike-ratio", type=float, default=2.0, help="BOS ratio that marks the spike (default 2)")
-    add_text_arguments(parser)
+from .options import sinks as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:
@@ -214,6 +242,9 @@ def run_cli(ctx) -> int:
     print_table("Representation entropy per layer (repr_entropy: p = s^2/sum s^2, nats; repr_entropy_norm: "
                 "p = s/sum s over ln(rank)):",
                 compare_variants(layers[layers["quantity"].str.startswith("repr_entropy")], by=["layer"]))
-    print_table(f"Overall (spike layer = first layer with BOS ratio > {config.spike_ratio}, -1 if none; "
-                "argmax_layer = layer of the largest ratio):", compare(df, config.spike_ratio))
+    print_table("Overall (mean, 95% CI over texts):", compare(df, config.spike_ratio))
+    print_table(f"Layers are categories: mode (distribution over texts; none = no spike) per rule: argmax = "
+                f"layer of the largest BOS ratio (the study's), first_above = first layer with BOS ratio > "
+                f"{config.spike_ratio:g}, jump = block that raises ||resid[0]|| most; profile = the rule on the "
+                "mean profile over texts (what the ablations use):", compare_layers(df, config.spike_ratio))
     return 0

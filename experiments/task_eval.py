@@ -10,6 +10,7 @@ Statistics are over prompts / texts (bootstrap CIs, paired tests), never over re
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -24,14 +25,22 @@ from drope_lens.tasks import TaskItem
 
 from .common import BosPolicy, HostCopy, batches_by_length, model_name, model_variant, progress, sequence_nll
 
-TASK_COLUMNS = ("model", "variant", "task", "kind", "condition", "condition_layer", "sample", "prompt", "label",
+TASK_COLUMNS = ("model", "variant", "task", "kind", "condition", "condition_layer", "spike_rule", "sample", "prompt",
+                "label",
                 "n_tokens", "correct_logit", "correct_generation", "correct", "unparseable", "answer",
                 "answer_logit", "logit_margin", "generation")
 
 
 def _condition_layer(condition: Condition) -> int:
+    """The layer a condition acts on (-1: every layer or none in particular; never "no spike",
+    which :func:`~.ablation_setup.prepare_conditions` refuses)."""
     layer = condition.info.get("layer")
     return int(layer) if layer is not None else -1
+
+
+def _spike_rule(condition: Condition) -> str:
+    """The spike rule that chose the condition's layer ("" for conditions that need none)."""
+    return str(condition.info.get("spike_rule") or "")
 
 
 def task_rows(
@@ -57,6 +66,7 @@ def task_rows(
         raise ValueError("no task items.")
     names = list(conditions)
     ids = prompt_ids(model, [it.prompt for it in items], bos=bos)
+    warn_without_bos(model, [f"{it.task}[{it.sample}]" for it in items], ids)
     for item, row in zip(items, ids):
         if len(row) > max_tokens:
             raise ValueError(f"prompt {item.task}[{item.sample}] has {len(row)} tokens, more than max_tokens={max_tokens}.")
@@ -90,7 +100,8 @@ def task_rows(
             correct_logit, margin, answer_logit = math.nan, math.nan, ""
         records.append({
             "model": model_name(model), "variant": model_variant(model), "task": item.task, "kind": item.kind,
-            "condition": names[c], "condition_layer": _condition_layer(condition), "sample": item.sample,
+            "condition": names[c], "condition_layer": _condition_layer(condition),
+            "spike_rule": _spike_rule(condition), "sample": item.sample,
             "prompt": item.prompt, "label": item.label, "n_tokens": len(ids[i]), "correct_logit": correct_logit,
             "correct_generation": float(gen.correct),
             "correct": correct_logit if item.choices is not None else float(gen.correct),
@@ -98,6 +109,21 @@ def task_rows(
             "logit_margin": margin, "generation": text,
         })
     return pd.DataFrame.from_records(records, columns=list(TASK_COLUMNS))
+
+
+def warn_without_bos(model, names: Sequence[str], ids: Sequence[Sequence[int]]) -> None:
+    """Warn (once per call) when position 0 of task prompts is not a special token: the tokenizer
+    adds no BOS, so position-0 conditions (``bos_mlp``, ``bos_v_*``, ``l1_both_bos``) act on the
+    first prompt token instead of a BOS."""
+    tokenizer = getattr(model, "tokenizer", None)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    missing = [name for name, row in zip(names, ids) if row and row[0] not in special]
+    if missing:
+        warnings.warn(
+            f"position 0 is not a special token for {len(missing)} task prompt(s) ({missing[0]!r}, ...): the "
+            f"tokenizer of {model_name(model)} adds no BOS, so position-0 conditions (bos_mlp, bos_v_spike, "
+            "bos_v_all, l1_both_bos) act on the first prompt token. Pass bos='always' (--bos always) to put "
+            "the BOS token there.", UserWarning, stacklevel=3)
 
 
 @torch.inference_mode()
@@ -137,7 +163,8 @@ def perplexity_rows(
     records = []
     for k, (s, c) in enumerate(rows):
         records.append({"model": model_name(model), "variant": model_variant(model), "condition": names[c],
-                        "condition_layer": _condition_layer(conditions[names[c]]), "sample": s,
+                        "condition_layer": _condition_layer(conditions[names[c]]),
+                        "spike_rule": _spike_rule(conditions[names[c]]), "sample": s,
                         "text": text_names[s], "n_tokens": int(len(tokens[s])), "nll": results[k],
                         "ppl": float(np.exp(results[k]))})
     return pd.DataFrame(records)
@@ -194,6 +221,75 @@ def degradation(df: pd.DataFrame, baseline: str = "baseline", n_bootstrap: int =
     return pd.DataFrame(rows)
 
 
+def category_degradation(df: pd.DataFrame, baseline: str = "baseline", column: str = "correct",
+                         n_bootstrap: int = 5000, seed: int = 0) -> pd.DataFrame:
+    """Exp 3's headline, per model and non-baseline condition: the degradation of each knowledge
+    category (``parametric``, ``contextual``) = the mean over the category's tasks of
+    (baseline - condition) / baseline accuracy (fractions; the study's definition: its RoPE
+    contextual 94.3% = mean of IMDB 88.6% and passkey 100%), and ``ratio`` = contextual /
+    parametric (the study's 3.8x; NaN when the parametric degradation is 0).
+
+    95% percentile-bootstrap CIs over items: each replicate resamples every task's prompts (paired
+    across conditions) independently. ``column``: ``correct`` (primary scoring) or
+    ``correct_generation`` (the study's generation scoring). ``*_tasks`` name the tasks used;
+    tasks with a zero baseline accuracy are left out (their degradation is undefined) and named in
+    ``excluded``.
+    """
+    if "kind" not in df.columns:  # results written before the column existed
+        from drope_lens.tasks import KIND
+
+        df = df.assign(kind=df["task"].map(lambda t: KIND.get(t, "unknown")))
+    df = df.assign(**{column: df[column].astype(float)})
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (variant, condition), _ in df[df.condition != baseline].groupby(["variant", "condition"], sort=False):
+        per_kind: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {"parametric": [], "contextual": []}
+        excluded = []
+        part = df[df.variant == variant]
+        for task, group in part.groupby("task", sort=True):
+            base = group[group.condition == baseline].sort_values("sample")
+            other = group[group.condition == condition].sort_values("sample")
+            if base.empty or other.empty:
+                continue
+            if not np.array_equal(base["sample"].to_numpy(), other["sample"].to_numpy()):
+                raise ValueError(f"{variant}/{task}/{condition}: prompts differ from the baseline's; cannot pair them.")
+            b, o = base[column].to_numpy(dtype=float), other[column].to_numpy(dtype=float)
+            if b.mean() <= 0:
+                excluded.append(task)
+                continue
+            per_kind.setdefault(str(group["kind"].iloc[0]), []).append((task, b, o))
+        row = {"variant": variant, "condition": condition, "scoring": column}
+        boots = {}
+        for kind in ("parametric", "contextual"):
+            entries = per_kind.get(kind, [])
+            row[f"{kind}_tasks"] = ",".join(t for t, _, _ in entries)
+            if not entries:
+                row[kind], boots[kind] = math.nan, np.full(n_bootstrap, np.nan)
+                continue
+            row[kind] = float(np.mean([(b.mean() - o.mean()) / b.mean() for _, b, o in entries]))
+            reps = []
+            for _, b, o in entries:
+                idx = rng.integers(0, len(b), size=(n_bootstrap, len(b)))
+                bb, oo = b[idx].mean(axis=1), o[idx].mean(axis=1)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    reps.append(np.where(bb > 0, (bb - oo) / bb, np.nan))
+            boots[kind] = np.mean(reps, axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            row["ratio"] = row["contextual"] / row["parametric"] if row["parametric"] else math.nan
+            boot_ratio = boots["contextual"] / boots["parametric"]
+        for name, values in (("parametric", boots["parametric"]), ("contextual", boots["contextual"]),
+                             ("ratio", boot_ratio)):
+            values = values[np.isfinite(values)]
+            row[f"{name}_low"], row[f"{name}_high"] = (np.percentile(values, [2.5, 97.5]).tolist() if values.size
+                                                       else (math.nan, math.nan))
+        row["excluded"] = ",".join(excluded)
+        rows.append(row)
+    columns = ["variant", "condition", "scoring", "parametric_tasks", "parametric", "parametric_low", "parametric_high",
+               "contextual_tasks", "contextual", "contextual_low", "contextual_high", "ratio", "ratio_low",
+               "ratio_high", "excluded"]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def perplexity_table(df: pd.DataFrame, baseline: str = "baseline", n_bootstrap: int = 5000, seed: int = 0) -> pd.DataFrame:
     """Per model and condition: mean PPL over texts, ratio to the baseline's mean PPL with a 95%
     bootstrap CI over texts, and a paired Wilcoxon test on per-text NLL vs the baseline."""
@@ -204,6 +300,7 @@ def perplexity_table(df: pd.DataFrame, baseline: str = "baseline", n_bootstrap: 
         for condition in group.condition.unique():
             cur = group[group.condition == condition].sort_values("sample")
             row = {"variant": variant, "condition": condition, "layer": int(cur["condition_layer"].iloc[0]),
+                   "spike_rule": str(cur["spike_rule"].iloc[0]) if "spike_rule" in cur.columns else "",
                    "n_texts": len(cur), "ppl": cur["ppl"].mean()}
             if not base.empty and condition != baseline:
                 b, c = base["ppl"].to_numpy(), cur["ppl"].to_numpy()
@@ -229,6 +326,16 @@ def reference_texts_for(model):
 def condition_meta(prepared) -> dict:
     """What meta.json records about a model's conditions (layers used, the spike rule, ratios)."""
     return {"spike_layer": prepared.spike_layer, "spike_rule": prepared.spike_rule,
-            "bos_norm_ratios": prepared.bos_ratios,
+            "spike_threshold": prepared.spike_threshold, "spike_layers_by_rule": prepared.spike_layers,
+            "bos_norm_ratios": prepared.bos_ratios, "bos_norms": prepared.bos_norms,
             "conditions": {name: c.info for name, c in prepared.conditions.items()}}
 
+
+def condition_layers(df: pd.DataFrame) -> dict:
+    """What meta.json records of the conditions: per model and condition, the layer it acted on
+    (-1: none in particular) and the spike rule that chose it."""
+    out: dict = {}
+    for (variant, condition), part in df.groupby(["variant", "condition"], sort=False):
+        out.setdefault(variant, {})[condition] = {"layer": int(part["condition_layer"].iloc[0]),
+                                                  "spike_rule": str(part["spike_rule"].iloc[0])}
+    return out

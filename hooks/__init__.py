@@ -5,7 +5,7 @@ Every factory returns plain ``(hook_name, fn)`` pairs, usable with ``model.run_w
 """
 
 from .batched import batched_zero_dims, by_row_groups
-from .capture import capture_dim_norms, capture_positions, capture_token_mean_norm, sequence_axis_norm
+from .capture import capture_bos_norms, capture_dim_norms, capture_positions, capture_token_mean_norm, sequence_axis_norm
 from .interventions import ablate_positions, replace_topk_with_mean, zero_dims
 from .names import TENSORS, parse_layer, qkv_hook
 from .attention_stats import capture_attention_stats
@@ -15,6 +15,7 @@ __all__ = [
     "ablate_positions",
     "batched_zero_dims",
     "by_row_groups",
+    "capture_bos_norms",
     "capture_dim_norms",
     "capture_positions",
     "capture_token_mean_norm",

@@ -76,18 +76,65 @@ def capture_token_mean_norm(store: dict, names: Sequence[str]) -> list[HookPair]
 
 
 def capture_positions(store: dict, names: Sequence[str], positions: Sequence[int], model=None) -> list[HookPair]:
-    """Values of hooks at absolute ``positions``: ``store[(name, position)]`` = ``[batch, ...]``.
+    """Values of hooks at absolute ``positions``: ``store[(name, position)]`` = ``[batch, ...]`` float32.
 
-    Positions are absolute token indices; during KV-cache generation (``model`` given) a
-    position is captured in the forward that contains it.
+    With ``model``, positions are absolute per row: under left padding each row's own position
+    (not the padded slot), during KV-cache generation the forward that contains it (rows whose
+    position has not come yet hold NaN until it does). Rows are the forward's batch rows
+    (:func:`~drope_lens.generation.greedy_generate` batches prompts longest first; its
+    ``batch_hooks(indices)`` says which prompts a batch holds). Without ``model``, positions are
+    indices into each forward's own input.
     """
+    wanted = [int(p) for p in positions]
+    if any(p < 0 for p in wanted):
+        raise ValueError(f"positions {wanted}: absolute positions must be >= 0.")
 
     def fn(x, hook):
-        offset = getattr(model, "position_offset", 0) if model is not None else 0
-        for position in positions:
-            local = position - offset
-            if 0 <= local < x.shape[1]:
-                store[(hook.name, position)] = x[:, local].detach().float().clone()
+        if model is None:
+            pos = torch.arange(x.shape[1], device=x.device)[None]
+        else:
+            from drope_lens.generation import absolute_positions
+
+            pos = absolute_positions(model, x.shape[1], x.device)
+        pos = pos.expand(x.shape[0], -1)
+        rows = torch.arange(x.shape[0], device=x.device)
+        for position in wanted:
+            hit = pos == position  # [batch, pos]
+            present = hit.any(dim=1)
+            if not bool(present.any()):
+                continue
+            value = x[rows, hit.to(torch.int8).argmax(dim=1)].detach().float()
+            key = (hook.name, position)
+            fresh = key not in store or store[key].shape != value.shape or store[key].device != value.device
+            if fresh or bool((pos == 0).any()):  # a new sequence (its first token is here): no stale rows
+                store[key] = torch.full_like(value, float("nan"))
+            store[key][present] = value[present]
         return None
 
     return [(name, fn) for name in names]
+
+
+def capture_bos_norms(store: dict, n_layers: int) -> list[HookPair]:
+    """BOS residual norms of every layer, for the spike-layer rules of :mod:`drope_lens.analysis`.
+
+    ``store[layer]`` = dict of ``[batch]`` float32 tensors: ``bos_norm`` = ||resid_post[0]||_2,
+    ``bos_norm_pre`` = ||resid_pre[0]||_2 (what enters the block), ``bos_ratio`` = bos_norm /
+    mean over t >= 1 of ||resid_post[t]|| (dimensionless). Position 0 is each row's first token:
+    use unpadded (equal-length) batches, as the measurement experiments do.
+    """
+
+    def post(x, hook):
+        norms = x.float().norm(dim=-1)  # [batch, pos]
+        entry = store.setdefault(hook.layer(), {})
+        entry["bos_norm"] = norms[:, 0]
+        entry["bos_ratio"] = norms[:, 0] / norms[:, 1:].mean(dim=1)
+        return None
+
+    def pre(x, hook):
+        store.setdefault(hook.layer(), {})["bos_norm_pre"] = x[:, 0].float().norm(dim=-1)
+        return None
+
+    pairs: list[HookPair] = []
+    for layer in range(n_layers):
+        pairs += [(f"blocks.{layer}.hook_resid_pre", pre), (f"blocks.{layer}.hook_resid_post", post)]
+    return pairs

@@ -12,14 +12,16 @@ Names (:data:`CONDITIONS`):
   ``rotary="pre"`` (``hook_q``/``hook_k``, the study) or ``"post"`` (``hook_rot_q``/``hook_rot_k``).
 - ``massive_zero``: Exp 2's massive Q/K entries zeroed at every position (masks passed in).
 - ``bos_mlp``: ``hook_mlp_out`` zeroed at absolute position 0 in the spike layer (passed in;
-  computed by :func:`drope_lens.experiments.ablation_setup.spike_layer` from the model's BOS-norm
-  ratio).
+  chosen by :func:`drope_lens.analysis.spike_layer` under a named rule, by
+  :func:`drope_lens.experiments.ablation_setup.prepare_conditions`).
 - ``bos_v_spike`` / ``bos_v_all``: ``hook_v`` zeroed at position 0 in the spike layer / in all layers.
 - ``l1_mlp`` / ``l1_attn`` / ``l1_both``: ``blocks.1.hook_mlp_out`` / ``hook_attn_out`` / both
   zeroed at every position (generated tokens included); ``l1_both_bos``: both at position 0 only.
 
 Positions are absolute (:func:`drope_lens.generation.absolute_positions`): "position 0" is each
 prompt's first token, also under left padding and during KV-cache generation, never a new token.
+The hooks are the public ones of :mod:`drope_lens.hooks` (``ablate_positions``,
+``replace_topk_with_mean`` with ``model=``, ``zero_dims``): one implementation of each.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 
-from drope_lens.generation import absolute_positions, generation_state, rows_of_group
+from drope_lens.generation import rows_of_group
 
-from .interventions import zero_dims
-from .names import Rotary, qkv_hook
+from .interventions import ablate_positions, replace_topk_with_mean, zero_dims
+from .names import Rotary
 
 HookPair = tuple[str, Callable]
 CONDITIONS: tuple[str, ...] = ("baseline", "topk_mean_q_k", "massive_zero", "bos_mlp", "bos_v_spike", "bos_v_all",
@@ -64,68 +66,16 @@ def check_conditions(names: Sequence[str]) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------------------
-# Hook factories
+# Hook factories: the public ones (drope_lens.hooks), position- and padding-aware
 # ------------------------------------------------------------------------------------------
-def zero_at_positions(model, names: Sequence[str], positions: Sequence[int] = (0,)) -> list[HookPair]:
-    """Zero hooks ``names`` (``[batch, pos, ...]`` tensors) at absolute ``positions``."""
-    wanted = _Rows(sorted({int(p) for p in positions}))
-    if any(p < 0 for p in wanted.rows):
-        raise ValueError(f"positions {wanted.rows}: absolute positions must be >= 0.")
-
-    def fn(x, hook):
-        pos = absolute_positions(model, x.shape[1], x.device)  # [batch|1, pos]
-        hit = torch.isin(pos, wanted.on(x.device))
-        return x.masked_fill(hit.view(*hit.shape, *([1] * (x.ndim - 2))), 0.0)
-
-    return [(name, fn) for name in names]
-
-
 def zero_everywhere(names: Sequence[str]) -> list[HookPair]:
     """Zero hooks ``names`` at every position."""
     return [(name, lambda x, hook: torch.zeros_like(x)) for name in names]
 
 
-def topk_mean_on_prompt(model, n_layers: int, k: int = 1, rotary: Rotary = "pre",
-                        tensors: Sequence[str] = ("q", "k")) -> list[HookPair]:
-    """Per layer, head and batch row: the top-``k`` dims of q/k by sequence-axis norm over the
-    row's prompt positions (padding excluded) replaced by their mean over those positions, at
-    those positions only.
-
-    Pre-rotary hooks see the prompt only in the prefill forward (later forwards hold new tokens,
-    left alone; the modified keys are already cached). ``hook_rot_k`` sees every cached key in
-    each forward, so under :func:`~drope_lens.generation.greedy_generate` the same replacement is
-    recomputed on the prompt's keys at every step (same values, same result).
-    """
-    if k < 1:
-        raise ValueError(f"k={k}: must be at least 1.")
-
-    def fn(x, hook):
-        prompt = _prompt_slots(model, x.shape[1], hook.name, x.device)  # [batch|1, pos] bool
-        if prompt is None:
-            return x
-        valid = prompt.to(torch.float32)[:, :, None, None]
-        count = valid.sum(dim=1).clamp(min=1.0)  # [batch|1, 1, 1]
-        xf = x.float() * valid
-        norms = (xf.square().sum(dim=1) / count).sqrt()  # [batch, head, d_head]
-        top = norms.topk(min(k, x.shape[-1]), dim=-1).indices
-        chosen = torch.zeros_like(norms, dtype=torch.bool).scatter_(-1, top, True)[:, None]
-        mean = (xf.sum(dim=1, keepdim=True) / count[:, None]).to(x.dtype)
-        return torch.where(chosen & prompt[:, :, None, None], mean, x)
-
-    return [(qkv_hook(layer, tensor, rotary), fn) for tensor in tensors for layer in range(n_layers)]
-
-
-def _prompt_slots(model, n_pos: int, name: str, device) -> Optional[torch.Tensor]:
-    """Which entries of a forward's ``n_pos`` positions are prompt tokens (None: none are)."""
-    state = generation_state(model)
-    if state is not None:
-        return state.prompt_slots(n_pos, device)
-    if getattr(model, "position_offset", 0) == 0:
-        return torch.ones(1, n_pos, dtype=torch.bool, device=device)  # a plain forward: all prompt
-    if name.endswith("hook_rot_k"):
-        raise RuntimeError(f"{name}: post-rotary prompt conditions under a KV cache need drope_lens.generation."
-                           "greedy_generate (it records which cached keys are prompt tokens).")
-    return None  # a decode forward of a cache: new tokens only
+def _bos(model, names: Sequence[str]) -> list[HookPair]:
+    """Zero ``names`` at absolute position 0 (each prompt's first token)."""
+    return ablate_positions(names, [0], "zero", model=model)
 
 
 # ------------------------------------------------------------------------------------------
@@ -151,10 +101,11 @@ def build_condition(
     if name == "baseline":
         return Condition(name, [])
     if name == "topk_mean_q_k":
-        return Condition(name, topk_mean_on_prompt(model, n_layers, 1, rotary), {"rotary": rotary, "k": 1})
+        return Condition(name, replace_topk_with_mean(n_layers, 1, ("q", "k"), rotary, model=model),
+                         {"rotary": rotary, "k": 1})
     if name == "massive_zero":
         if massive_masks is None:
-            raise ValueError("condition 'massive_zero' needs massive_masks (see experiments.disruption.identify_massive).")
+            raise ValueError("condition 'massive_zero' needs massive_masks (see drope_lens.analysis.identify_massive).")
         device = model.cfg.device
         pairs: list[HookPair] = []
         for tensor in ("q", "k"):
@@ -162,16 +113,16 @@ def build_condition(
         counts = {f"n_zeroed_{t}": int(sum(int(m.sum()) for m in massive_masks[t].values())) for t in ("q", "k")}
         return Condition(name, pairs, {"rotary": rotary, **counts})
     if name == "bos_mlp":
-        return Condition(name, zero_at_positions(model, [f"blocks.{spike_layer}.hook_mlp_out"]), {"layer": spike_layer})
+        return Condition(name, _bos(model, [f"blocks.{spike_layer}.hook_mlp_out"]), {"layer": spike_layer})
     if name == "bos_v_spike":
-        return Condition(name, zero_at_positions(model, [f"blocks.{spike_layer}.attn.hook_v"]), {"layer": spike_layer})
+        return Condition(name, _bos(model, [f"blocks.{spike_layer}.attn.hook_v"]), {"layer": spike_layer})
     if name == "bos_v_all":
-        return Condition(name, zero_at_positions(model, [f"blocks.{i}.attn.hook_v" for i in range(n_layers)]))
+        return Condition(name, _bos(model, [f"blocks.{i}.attn.hook_v" for i in range(n_layers)]))
     targets = {"l1_mlp": ["blocks.1.hook_mlp_out"], "l1_attn": ["blocks.1.hook_attn_out"],
                "l1_both": ["blocks.1.hook_mlp_out", "blocks.1.hook_attn_out"],
                "l1_both_bos": ["blocks.1.hook_mlp_out", "blocks.1.hook_attn_out"]}[name]
     if name == "l1_both_bos":
-        return Condition(name, zero_at_positions(model, targets), {"layer": 1})
+        return Condition(name, _bos(model, targets), {"layer": 1})
     return Condition(name, zero_everywhere(targets), {"layer": 1})
 
 

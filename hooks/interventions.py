@@ -1,10 +1,13 @@
-"""Intervention hooks: zero or mean-ablate chosen dims or positions.
+"""Intervention hooks: zero or mean-ablate chosen dims or positions. The one implementation of
+each: the experiments' conditions (:mod:`.conditions`) are built from these.
 
 Every factory returns ``(hook_name, fn)`` pairs. Positions are ABSOLUTE token indices: pass the
-model (a drope_lens model records the KV-cache offset of each forward in
-``model.position_offset``) and "position 0" touches the BOS token only, also during generation,
-where each later forward sees just the new tokens. Without a model, positions are indices into
-each forward's own input.
+model and "position 0" is each row's first prompt token (its BOS) only, under left padding
+(:func:`drope_lens.generation.padded_forward`), during KV-cache generation
+(:func:`drope_lens.generation.greedy_generate`, or TransformerLens's ``generate``, through
+``model.position_offset``) and inside a condition's row group
+(:func:`~.conditions.batched_conditions`), never a padding slot or a generated token. Without a
+model, positions are indices into each forward's own input.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from typing import Callable, Literal, Mapping, Optional, Sequence
 import torch
 from jaxtyping import Bool
 
-from .capture import sequence_axis_norm
 from .names import Rotary, qkv_hook
 
 HookPair = tuple[str, Callable]
@@ -43,33 +45,90 @@ def zero_dims(
     return pairs
 
 
+def _positions(model, n_pos: int, device) -> torch.Tensor:
+    """``[batch|1, pos]`` absolute positions of the current forward (-1 on left padding)."""
+    if model is None:
+        return torch.arange(n_pos, device=device)[None]
+    from drope_lens.generation import absolute_positions
+
+    return absolute_positions(model, n_pos, device)
+
+
+class _OnDevice:
+    """A fixed index tensor, made once per device (no host-to-device copy per hook call)."""
+
+    def __init__(self, values: Sequence[int]):
+        self.values = [int(v) for v in values]
+        self._by_device: dict[str, torch.Tensor] = {}
+
+    def on(self, device) -> torch.Tensor:
+        key = str(device)
+        if key not in self._by_device:
+            self._by_device[key] = torch.tensor(self.values, dtype=torch.long, device=device)
+        return self._by_device[key]
+
+
+def prompt_slots(model, n_pos: int, name: str, device) -> Optional[torch.Tensor]:
+    """``[batch|1, pos]`` bool: which entries of a forward's ``n_pos`` positions are prompt tokens
+    (padding excluded); None when none are (a decode forward of a KV cache)."""
+    if model is None:
+        return torch.ones(1, n_pos, dtype=torch.bool, device=device)
+    from drope_lens.generation import generation_state
+
+    state = generation_state(model)
+    if state is not None:
+        return state.prompt_slots(n_pos, device)
+    if getattr(model, "position_offset", 0) == 0:
+        return torch.ones(1, n_pos, dtype=torch.bool, device=device)  # a plain forward: all prompt
+    if name.endswith("hook_rot_k"):
+        raise RuntimeError(f"{name}: post-rotary prompt conditions under a KV cache need drope_lens.generation."
+                           "greedy_generate (it records which cached keys are prompt tokens).")
+    return None  # a decode forward of a cache: new tokens only
+
+
 def replace_topk_with_mean(
     n_layers: int,
     k: int = 1,
     tensors: Sequence[str] = ("q", "k"),
     rotary: Rotary = "pre",
     positions: Optional[slice] = None,
+    model=None,
 ) -> list[HookPair]:
-    """Per layer and head, replace the top-``k`` dims (largest sequence-axis norm) by their mean
-    over positions.
+    """Per layer, head and batch row: the top-``k`` dims of q/k (largest sequence-axis norm
+    ``||x[:, h, i]||_2 / sqrt(T)`` over the row's prompt positions, padding excluded) replaced by
+    their mean over those positions, at those positions only.
 
-    Both the top-k choice and the mean are computed per batch row over ``positions`` (default:
-    every position of the forward, i.e. the prompt when called on it), and only those positions
-    are replaced.
+    ``positions``: a slice of absolute positions to restrict the prompt positions to (default all).
+    ``model`` (needed under left padding and KV-cache generation): pre-rotary hooks see the prompt
+    only in the prefill forward (later forwards hold new tokens, left alone; the modified keys are
+    already cached); ``hook_rot_k`` sees every cached key in each forward, so under
+    :func:`~drope_lens.generation.greedy_generate` the same replacement is recomputed on the
+    prompt's keys at every step (same values, same result). Without ``model`` every position of
+    each forward is a prompt position.
     """
     if k < 1:
         raise ValueError(f"k={k}: must be at least 1.")
-    window = positions if positions is not None else slice(None)
+    if positions is not None and (positions.step not in (None, 1)):
+        raise ValueError(f"positions={positions}: only a contiguous slice (step 1) of absolute positions.")
 
     def fn(x, hook):
-        part = x[:, window]
-        norms = sequence_axis_norm(part)  # [batch, head, d_head]
-        top = norms.topk(min(k, x.shape[-1]), dim=-1).indices  # [batch, head, k]
-        chosen = torch.zeros_like(norms, dtype=torch.bool).scatter_(-1, top, True)[:, None]  # [b,1,h,d]
-        mean = part.float().mean(dim=1, keepdim=True).to(x.dtype)  # [batch, 1, head, d_head]
-        out = x.clone()
-        out[:, window] = torch.where(chosen, mean, part)
-        return out
+        prompt = prompt_slots(model, x.shape[1], hook.name, x.device)  # [batch|1, pos] bool
+        if prompt is None:
+            return x
+        if positions is not None:
+            pos = _positions(model, x.shape[1], x.device)
+            if positions.start is not None:
+                prompt = prompt & (pos >= positions.start)
+            if positions.stop is not None:
+                prompt = prompt & (pos < positions.stop)
+        valid = prompt.to(torch.float32)[:, :, None, None]
+        count = valid.sum(dim=1).clamp(min=1.0)  # [batch|1, 1, 1]
+        xf = x.float() * valid
+        norms = (xf.square().sum(dim=1) / count).sqrt()  # [batch, head, d_head]
+        top = norms.topk(min(k, x.shape[-1]), dim=-1).indices
+        chosen = torch.zeros_like(norms, dtype=torch.bool).scatter_(-1, top, True)[:, None]
+        mean = (xf.sum(dim=1, keepdim=True) / count[:, None]).to(x.dtype)
+        return torch.where(chosen & prompt[:, :, None, None], mean, x)
 
     return [(qkv_hook(layer, tensor, rotary), fn) for tensor in tensors for layer in range(n_layers)]
 
@@ -81,29 +140,31 @@ def ablate_positions(
     model=None,
     mean_values: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> list[HookPair]:
-    """Zero or mean-ablate absolute ``positions`` of any hooks (``hook_mlp_out``, ``hook_v``, ...).
+    """Zero or mean-ablate absolute ``positions`` of any ``[batch, pos, ...]`` hooks
+    (``hook_mlp_out``, ``hook_v``, ``hook_resid_post``, ...).
 
-    ``mode="mean"`` replaces a position by ``mean_values[name]`` when given (e.g. a dataset mean),
-    else by the mean over the current forward's positions.
+    ``mode="mean"`` replaces a position by ``mean_values[name]`` when given (e.g. a dataset mean,
+    shaped like one position of the hook), else by the mean over the row's own (non-padding)
+    positions of the current forward. Pass ``model`` for absolute positions (see module doc).
     """
     if mode not in ("zero", "mean"):
         raise ValueError(f"mode={mode!r}: allowed values are 'zero', 'mean'.")
-    wanted = sorted(set(int(p) for p in positions))
-    if any(p < 0 for p in wanted):
-        raise ValueError(f"positions {wanted}: absolute positions must be >= 0.")
+    wanted = _OnDevice(sorted(set(int(p) for p in positions)))
+    if any(p < 0 for p in wanted.values):
+        raise ValueError(f"positions {wanted.values}: absolute positions must be >= 0.")
 
     def fn(x, hook):
-        offset = getattr(model, "position_offset", 0) if model is not None else 0
-        local = [p - offset for p in wanted if 0 <= p - offset < x.shape[1]]
-        if not local:
-            return x
-        out = x.clone()
+        pos = _positions(model, x.shape[1], x.device)  # [batch|1, pos]
+        hit = torch.isin(pos, wanted.on(x.device))
+        hit = hit.view(*hit.shape, *([1] * (x.ndim - 2)))
         if mode == "zero":
-            out[:, local] = 0.0
-        elif mean_values is not None and hook.name in mean_values:
-            out[:, local] = mean_values[hook.name].to(x.device, x.dtype)
+            return x.masked_fill(hit, 0.0)
+        if mean_values is not None and hook.name in mean_values:
+            replacement = mean_values[hook.name].to(x.device, x.dtype)
         else:
-            out[:, local] = x.float().mean(dim=1, keepdim=True).to(x.dtype)
-        return out
+            valid = (pos >= 0).to(torch.float32).view(*pos.shape, *([1] * (x.ndim - 2)))
+            replacement = ((x.float() * valid).sum(dim=1, keepdim=True)
+                           / valid.sum(dim=1, keepdim=True).clamp(min=1.0)).to(x.dtype)
+        return torch.where(hit, replacement, x)
 
     return [(name, fn) for name in names]

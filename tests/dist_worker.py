@@ -37,10 +37,11 @@ CLI_DIS = ["run", "disruption", "--seeds", "2", "--n-identification", "2", "--n-
 def batch_shape_dependent():
     """Numbers that depend on the batch shape, as GPU GEMMs may (CPU ones here do not): the
     comparisons then fail if any row is computed with other batch mates than in one process."""
-    from drope_lens.experiments import disruption, massive_values
+    from drope_lens import analysis
+    from drope_lens.experiments import massive_values
     from drope_lens.model import DropeLensTransformer
 
-    original_forward, original_norms = DropeLensTransformer.run_with_hooks, massive_values.sequence_norms
+    original_forward, original_norms = DropeLensTransformer.run_with_hooks, analysis.sequence_norms
 
     def forward(self, tokens, *args, **kwargs):
         out = original_forward(self, tokens, *args, **kwargs)
@@ -50,12 +51,12 @@ def batch_shape_dependent():
         return {k: v * (1 + 1e-3 * tokens.shape[0]) for k, v in original_norms(model, tokens, *args).items()}
 
     DropeLensTransformer.run_with_hooks = forward
-    massive_values.sequence_norms = disruption.sequence_norms = norms
+    massive_values.sequence_norms = analysis.sequence_norms = norms  # Exp 1, and Exp 2's identification
     try:
         yield
     finally:
         DropeLensTransformer.run_with_hooks = original_forward
-        massive_values.sequence_norms = disruption.sequence_norms = original_norms
+        massive_values.sequence_norms = analysis.sequence_norms = original_norms
 
 
 def texts():

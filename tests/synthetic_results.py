@@ -25,7 +25,7 @@ def knowledge(seed: int = 0, n: int = 10) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []
     for variant in ("rope", "drope"):
-        for task in ("cities", "sports", "sentiment", "passkey"):
+        for task in ("cities", "sports", "reviews", "passkey"):
             for condition in ("baseline", "topk_mean_q_k"):
                 for sample in range(n):
                     correct = bool(rng.random() < (0.9 if condition == "baseline" else 0.5))

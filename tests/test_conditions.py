@@ -163,11 +163,12 @@ def test_spike_layer_from_bos_norm_ratio(checkpoint_factory):
         per_layer = [float(h[0, 0].norm() / h[0, 1:].norm(dim=-1).mean()) for h in hidden[1:-1]]
         expected.append(per_layer)
     np.testing.assert_allclose(ratios[:2], np.mean(expected, axis=0), rtol=1e-4)
-    assert spike_layer([0.5, 1.9, 2.5, 7.0]) == (2, "first > 2")
-    assert spike_layer([0.5, 1.9, 1.2]) == (1, "argmax (none > 2)")
+    assert spike_layer([0.5, 1.9, 2.5, 7.0]) == 3  # argmax, the study's rule (tests/test_analysis.py)
+    assert spike_layer([0.5, 1.9, 2.5, 7.0], "first_above") == 2
+    assert spike_layer([0.5, 1.9, 1.2], "first_above") is None  # no spike: never another layer
     prepared = prepare_conditions(model, ["bos_mlp", "l1_mlp"], texts, max_tokens=32)
-    layer, _ = spike_layer(ratios)
-    assert prepared.spike_layer == layer
+    layer = int(np.argmax(np.mean(expected, axis=0)))
+    assert prepared.spike_layer == layer and prepared.spike_rule == "argmax"
     assert prepared.conditions["bos_mlp"].hooks[0][0] == f"blocks.{layer}.hook_mlp_out"
     assert prepared.info("bos_mlp")["layer"] == layer and prepared.massive_masks is None
 

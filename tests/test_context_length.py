@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import pandas as pd
 import pytest
 import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
@@ -168,26 +169,67 @@ def test_verification_probabilities_match_hugging_face(char_checkpoint):
         assert row.prompt_tokens == count(trial.prompt)
 
 
-def test_deterministic_and_resumable(char_checkpoint, tmp_path):
-    model = dl.load_model(char_checkpoint[0])
-    kwargs = dict(formats=("simple", "ruler"), n=2, seed=5, max_new_tokens=4, show_progress=False)
+def test_deterministic_and_resumable(char_checkpoint, tmp_path, monkeypatch):
+    """Rows against Hugging Face greedy decoding, and a resume that never mixes configurations.
+
+    Planted bugs this catches: (1) ``generated``, ``key`` or ``category`` of another trial, or a
+    continuation cut differently (compared with HF ``generate`` on each trial's prompt, categorised
+    by the hand-checked :func:`categorize`); (2) parts found by cell name only: a seed-6, n=3 run in
+    the directory of a seed-5, n=2 run returned the seed-5 rows (now refused before any generation,
+    naming both fields with both values); (3) a part of another seed, planted under a cell's name,
+    read back on resume, or a finished cell recomputed; (4) ``overwrite`` that keeps old parts, or a
+    meta.json of the first configuration."""
+    from drope_lens.results import RunMismatchError, load_run
+
+    directory, ref = char_checkpoint
+    model = dl.load_model(directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    count = lambda text: len(tokenizer(text)["input_ids"])  # noqa: E731
+    kwargs = dict(formats=("simple", "ruler"), n=2, seed=5, max_new_tokens=4, verify=False, show_progress=False)
     first = cl.run(model, [400], **kwargs)
-    again = cl.run(model, [400], **kwargs)
-    other = cl.run(model, [400], **(kwargs | {"seed": 6}))
-    assert first.equals(again)
-    assert list(first.key) != list(other.key)
-    assert set(first.columns) >= {"length", "format", "depth", "trial", "prompt_tokens", "key", "generated",
-                                  "answer", "category", "correct"}
-    assert set(first.category) <= set(pk.CATEGORIES)
+    assert len(first) == 4
+    for row in first.itertuples():
+        trial = pk.make_trial(row.format, 400, None, row.trial, 5, count, verification=False)
+        ids = torch.tensor([tokenizer(trial.prompt)["input_ids"]])
+        with torch.no_grad():
+            out = ref.generate(ids, max_new_tokens=4, do_sample=False, eos_token_id=2, pad_token_id=2)
+        text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        assert (row.key, row.prompt_tokens, row.generated) == (trial.needle.key, ids.shape[1], text)
+        assert row.category == pk.categorize(text, trial.needle.key) and row.correct == (row.category == "exact")
+    shares = cl.error_shares(first).set_index("format")
+    for fmt, group in first.groupby("format"):
+        for category in pk.CATEGORIES:
+            assert shares.loc[fmt, category] == sum(c == category for c in group.category) / len(group)
+
     store = RunStore(tmp_path, "context_length", "t")
-    stored = cl.run(model, [400], store=store, **kwargs)
+    pd.testing.assert_frame_equal(cl.run(model, [400], store=store, **kwargs), first, check_exact=True)
     assert len(list(store.parts.iterdir())) == 2  # one part per cell
-    resumed = cl.run(model, [400], store=store, **kwargs)
-    pd_cols = [c for c in first.columns if c != "p_yes_candidates"]
-    assert stored[pd_cols].equals(first[pd_cols]) and resumed[pd_cols].reset_index(drop=True).equals(first[pd_cols])
+    calls = []
+    original = cl._cell_rows
+    monkeypatch.setattr(cl, "_cell_rows", lambda *a: calls.append(a[1][0].format) or original(*a))
+    with pytest.raises(RunMismatchError) as info:
+        cl.run(model, [400], store=RunStore(tmp_path, "context_length", "t"), **(kwargs | {"seed": 6, "n": 3}))
+    assert "config.seed: 5 in the directory, 6 asked" in str(info.value)
+    assert "config.n: 2 in the directory, 3 asked" in str(info.value) and calls == []
+    other_store = RunStore(tmp_path, "context_length", "other")
+    other = cl.run(model, [400], store=other_store, **(kwargs | {"seed": 6}))
+    assert list(other.key) != list(first.key)
+    ruler = [p.name for p in store.parts.iterdir() if "ruler" in p.name]
+    assert len(ruler) == 1
+    shutil.copy(other_store.parts / ruler[0], store.parts / ruler[0])  # seed 6's rows under seed 5's cell name
+    calls.clear()
+    resumed = cl.run(model, [400], store=RunStore(tmp_path, "context_length", "t"), **kwargs)
+    assert calls == ["ruler"]  # the simple cell was read, the foreign part recomputed
+    pd.testing.assert_frame_equal(resumed, first, check_exact=True)
+    fresh = RunStore(tmp_path, "context_length", "t", overwrite=True)
+    again = cl.run(model, [400], store=fresh, **(kwargs | {"seed": 6}))
+    pd.testing.assert_frame_equal(again, other, check_exact=True)
+    fresh.finalize(again, {})
+    data, meta = load_run(fresh.directory)
+    (scope,) = meta["fingerprint"]["scopes"].values()
+    assert scope["config"]["seed"] == 6 and list(data.key) == list(other.key)
     table = cl.accuracy(first)
     assert set(table.columns) >= {"accuracy", "low", "high", "n"} and (table.n == 2).all()
-    assert cl.error_shares(first).iloc[:, 3:].sum(axis=1).round(6).eq(1.0).all()
 
 
 def test_bad_inputs_are_named(char_checkpoint):
@@ -227,8 +269,8 @@ def test_rope_past_its_context_warns_once_and_the_cli_runs(char_checkpoint, tmp_
     assert len(df) == 4
     assert sum("exceed the RoPE model's trained context" in str(w.message) for w in caught) == 1
     code = main(["run", "context-length", "--rope", str(char_checkpoint[0]), "--device", "cpu", "--lengths", "300",
-                 "--formats", "simple", "--n", "2", "--max-new-tokens", "2", "--out", str(tmp_path)])
+                 "--formats", "simple", "--trials", "2", "--max-new-tokens", "2", "--out", str(tmp_path)])
     assert code in (0, None)
     printed = capsys.readouterr().out
-    assert "Passkey accuracy by length x format" in printed and "Verification" in printed
+    assert "Passkey accuracy, simple format, by length" in printed and "Verification" in printed
     assert len(list(tmp_path.glob("context_length/*/data.parquet"))) == 1

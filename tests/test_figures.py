@@ -52,8 +52,14 @@ def test_massive_counts_draw_the_saved_means(toy_results):
         assert len(traces) == 3  # Q, K, V panels
         for trace, tensor in zip(traces, ("q", "k", "v")):
             rows = expected[(expected.variant == variant) & (expected.tensor == tensor)].sort_values("layer")
-            np.testing.assert_array_equal(trace.y, rows["mean"].to_numpy())
-            np.testing.assert_array_equal(trace.error_y.array, rows["std"].fillna(0).to_numpy())
+            np.testing.assert_allclose(trace.y, rows["mean"].to_numpy())
+            per_text = df[(df.variant == variant) & (df.tensor == tensor)].pivot_table(
+                index="layer", columns="sample", values="count", aggfunc="sum")
+            low = np.asarray(trace.y) - np.asarray(trace.error_y.arrayminus)
+            high = np.asarray(trace.y) + np.asarray(trace.error_y.array)
+            # a bootstrap interval of the mean stays within the observed per-text counts
+            assert (low >= per_text.min(axis=1).to_numpy() - 1e-9).all() and (low <= np.asarray(trace.y) + 1e-9).all()
+            assert (high <= per_text.max(axis=1).to_numpy() + 1e-9).all() and (high >= np.asarray(trace.y) - 1e-9).all()
             assert trace.line.color == F.COLORS[variant]
     _check_style(fig)
 
@@ -233,7 +239,7 @@ def test_attention_view_policy_and_offline_html(tmp_path):
         attention_heads(rope, drope, text, layer=1)
     short = " ".join(text.split()[:40])
     view = attention_heads(rope, drope, short, layer=1, max_tokens=20)
-    assert view.window == (0, 20) and len(view.tokens) == 20 and "first 20" in view.note
+    assert view.window == (0, 20) and len(view.tokens) == 20 and "tokens 0..19 of" in view.note
     view = attention_heads(rope, drope, short, layer=1, window=(5, 25), heads=[0, 3])
     assert set(view.patterns) == {"rope", "drope"}
     assert view.patterns["rope"].shape[1:] == (20, 20)
@@ -259,6 +265,37 @@ def test_sinks_read_per_layer_values_in_either_layout():
     heads = separate[separate["head"].notna()][["model", "variant", "sample", "layer", "head", "sink_score"]]
     repeated = heads.merge(per_layer, on=["model", "variant", "sample", "layer"])
     a, b = F.sinks(separate), F.sinks(repeated)
-    assert len(a.data) == len(b.data) == 8
+    assert len(a.data) == len(b.data) == 10  # 4 per-layer panels + the spike-layer categories, 2 variants
     for x, y in zip(a.data, b.data):
         np.testing.assert_allclose(x.y, y.y)
+
+
+def test_layers_are_shown_as_categories_never_averaged():
+    """Issue 18.3: the spike layer and the max-write layer are categories. The figures show the share
+    of texts per layer (and "none" = no spike), counted here by hand; no trace holds a mean of layer
+    indices. Planted bugs this catches: a mean layer (e.g. 1.33) or "none" plotted as -1."""
+    df = S.sinks()
+    ratios = df[df["bos_ratio"].notna()].copy()
+    low = (ratios.variant == "drope") & (ratios["sample"] == 0)
+    df.loc[ratios.index[low], "bos_ratio"] = 1.5  # DroPE text 0: no layer above 2 -> no spike
+    fig = F.sinks(df)
+    bars = {t.name: t for t in fig.data if t.type == "bar"}
+    assert set(bars) == {"RoPE", "DroPE"}
+    per_text = df[df["bos_ratio"].notna()].pivot_table(index=["variant", "sample"], columns="layer", values="bos_ratio")
+    for variant, name in (("rope", "RoPE"), ("drope", "DroPE")):
+        texts = per_text.loc[variant]
+        want = {}
+        for _, row in texts.iterrows():
+            above = [layer for layer, r in row.items() if r > 2]
+            for key in (f"argmax: L{int(row.idxmax())}", f"first_above: L{above[0]}" if above else "first_above: none"):
+                want[key] = want.get(key, 0) + 100 / len(texts)
+        got = dict(zip(bars[name].x, bars[name].y))
+        assert {k: v for k, v in got.items() if not k.startswith("jump")} == pytest.approx(want), name
+        assert all(isinstance(x, str) for x in bars[name].x) and not any("-1" in x for x in bars[name].x)
+    assert "first_above: none" in bars["DroPE"].x
+    frame = S.bos_write()
+    fig = F.bos_write(frame)
+    (bar,) = [t for t in fig.data if t.type == "bar" and t.name == "RoPE"]
+    best = frame[frame.variant == "rope"].groupby(["sample", "layer"])["write"].mean().unstack().idxmax(axis=1)
+    want = {f"max write: L{layer}": 100 * count / len(best) for layer, count in best.value_counts().items()}
+    assert dict(zip(bar.x, bar.y)) == pytest.approx(want)

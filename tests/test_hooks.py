@@ -103,17 +103,126 @@ def test_position_zero_is_absolute_during_kv_cache_generation(checkpoint_factory
 
 
 def test_capture_hooks(checkpoint_factory):
-    model = dl.load_model(checkpoint_factory()[0])
+    """Captured norms and positions equal float64 values computed by hand from Hugging Face forward
+    hooks (q_proj / v_proj / self_attn / decoder-layer outputs), not from the same TransformerLens
+    cache. Planted bugs this catches: the sequence-axis norm divided by T instead of sqrt(T); the
+    token-mean norm taken over the batch axis; capture_positions reading the wrong slot."""
+    path, ref = checkpoint_factory()
+    model = dl.load_model(path)
+    tokens = torch.cat([TOKENS, TOKENS.flip(1)])  # two rows
     store: dict = {}
     pairs = (hooks.capture_dim_norms(store, 2, tensors=("q", "v"))
              + hooks.capture_token_mean_norm(store, ["blocks.1.hook_attn_out"])
              + hooks.capture_positions(store, ["blocks.0.hook_resid_post"], [0, 3], model=model))
-    _, cache = model.run_with_cache(TOKENS)
-    model.run_with_hooks(TOKENS, fwd_hooks=pairs)
-    q = cache["blocks.1.attn.hook_q"]
-    torch.testing.assert_close(store[(1, "q")], q.norm(dim=1) / TOKENS.shape[1] ** 0.5)
-    torch.testing.assert_close(store["blocks.1.hook_attn_out"], cache["blocks.1.hook_attn_out"].norm(dim=-1).mean(1))
-    torch.testing.assert_close(store[("blocks.0.hook_resid_post", 3)], cache["blocks.0.hook_resid_post"][:, 3])
+    model.run_with_hooks(tokens, fwd_hooks=pairs)
+    seen = {}
+
+    def keep(key):
+        return lambda module, inputs, output: seen.__setitem__(key, (output[0] if isinstance(output, tuple)
+                                                                       else output).detach().double())
+
+    layers = ref.model.layers
+    handles = [layers[1].self_attn.q_proj.register_forward_hook(keep("q")),
+               layers[1].self_attn.v_proj.register_forward_hook(keep("v")),
+               layers[1].self_attn.register_forward_hook(keep("attn_out")),
+               layers[0].register_forward_hook(keep("resid0"))]
+    with torch.no_grad():
+        ref(tokens)
+    for h in handles:
+        h.remove()
+    batch, n = tokens.shape
+    d_head = model.cfg.d_head
+    q = seen["q"].view(batch, n, -1, d_head)
+    v = seen["v"].view(batch, n, -1, d_head)
+    torch.testing.assert_close(store[(1, "q")].double(), q.square().sum(1).sqrt() / n ** 0.5, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(store[(1, "v")].double(), v.square().sum(1).sqrt() / n ** 0.5, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(store["blocks.1.hook_attn_out"].double(),
+                               seen["attn_out"].square().sum(-1).sqrt().mean(1), rtol=1e-5, atol=1e-6)
+    for position in (0, 3):
+        torch.testing.assert_close(store[("blocks.0.hook_resid_post", position)].double(),
+                                   seen["resid0"][:, position], rtol=1e-4, atol=1e-5)
+
+
+ROWS = [[1, 5, 9, 17, 33, 40, 61, 70], [1, 44, 45, 46], [1, 7, 8, 20, 21, 22]]
+INTERVENTIONS = {
+    "zero BOS and position 2": lambda m: hooks.ablate_positions(["blocks.0.hook_mlp_out", "blocks.1.attn.hook_v"],
+                                                                [0, 2], model=m),
+    "mean over the row's positions": lambda m: hooks.ablate_positions(["blocks.0.hook_resid_post"], [1], "mean",
+                                                                      model=m),
+    "top-1 q/k dim by its mean": lambda m: hooks.replace_topk_with_mean(2, model=m),
+    "top-1 post-rotary q/k by its mean": lambda m: hooks.replace_topk_with_mean(2, rotary="post", model=m),
+}
+
+
+@pytest.fixture(scope="module")
+def rope_model(checkpoint_factory):
+    return dl.load_model(checkpoint_factory()[0])
+
+
+@pytest.mark.parametrize("name", list(INTERVENTIONS))
+def test_public_interventions_under_left_padding(rope_model, name):
+    """Each public intervention on a left-padded batch gives every row the logits of that row run
+    alone, unpadded. Planted bug (the old public hooks): positions counted from the padded slot 0,
+    so a short row's padding is zeroed instead of its BOS, and padding enters means and norms."""
+    from drope_lens.generation import padded_forward
+
+    model = rope_model
+    padded, mask = padded_forward(model, ROWS, fwd_hooks=INTERVENTIONS[name](model))
+    for r, row in enumerate(ROWS):
+        alone = model.run_with_hooks(torch.tensor([row]), fwd_hooks=INTERVENTIONS[name](model))[0]
+        torch.testing.assert_close(padded[r, mask[r].bool()], alone, rtol=0, atol=3e-5)
+        assert (alone - model(torch.tensor([row]))[0]).abs().max() > 1e-3, name  # the hook does act
+
+
+@pytest.mark.parametrize("name", ["zero BOS and position 2", "top-1 q/k dim by its mean",
+                                  "top-1 post-rotary q/k by its mean"])
+def test_public_interventions_during_generation(rope_model, name):
+    """Under KV-cache generation of a left-padded batch, each row's greedy tokens equal a plain
+    forward over that row's prompt + generated tokens, unpadded and without a cache, with the
+    intervention on the prompt's positions only. Planted bug: 'position 0 of every forward' (hits
+    each new token) or the top-k mean recomputed over generated tokens."""
+    from drope_lens.generation import greedy_generate
+
+    model = rope_model
+    out = greedy_generate(model, ROWS, 6, fwd_hooks=INTERVENTIONS[name](model), batch_size=3)
+    assert out.tokens != greedy_generate(model, ROWS, 6, batch_size=3).tokens, name
+    for row, new in zip(ROWS, out.tokens):
+        full = torch.tensor([row + new[:-1]])
+        restricted = [(hook, _on_prefix(fn, len(row))) for hook, fn in INTERVENTIONS[name](None)]
+        logits = model.run_with_hooks(full, fwd_hooks=restricted)
+        assert logits[0, len(row) - 1:].argmax(-1).tolist() == new, name
+
+
+def _on_prefix(fn, n_prompt):
+    """``fn`` (index positions, model=None) applied to the first ``n_prompt`` positions only."""
+    def inner(x, hook):
+        out = x.clone()
+        out[:, :n_prompt] = fn(x[:, :n_prompt].clone(), hook)
+        return out
+    return inner
+
+
+def test_capture_positions_under_padding_and_generation(rope_model):
+    """capture_positions reads each row's absolute position: under left padding the value of the
+    row run alone; during generation a generated token's position comes from the forward that
+    holds it, per row. Planted bug: the padded slot index used as the position."""
+    from drope_lens.generation import greedy_generate, padded_forward
+
+    model = rope_model
+    name = "blocks.0.hook_resid_post"
+    store: dict = {}
+    padded_forward(model, ROWS, fwd_hooks=hooks.capture_positions(store, [name], [0, 3], model=model))
+    for r, row in enumerate(ROWS):
+        _, cache = model.run_with_cache(torch.tensor([row]), names_filter=name)
+        for position in (0, 3):
+            torch.testing.assert_close(store[(name, position)][r], cache[name][0, position], rtol=0, atol=2e-5)
+    store = {}
+    rows = sorted(ROWS, key=len, reverse=True)  # greedy_generate's batch order (longest first): store rows follow it
+    out = greedy_generate(model, rows, 6, fwd_hooks=hooks.capture_positions(store, [name], [8], model=model),
+                          batch_size=3)
+    for r, (row, new) in enumerate(zip(rows, out.tokens)):
+        _, cache = model.run_with_cache(torch.tensor([row + new[:-1]]), names_filter=name)
+        torch.testing.assert_close(store[(name, 8)][r], cache[name][0, 8], rtol=0, atol=2e-5)
 
 
 def test_sequence_axis_norm_with_lengths():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -82,8 +83,9 @@ def test_sinks_match_cache_svd_and_hf_attention(pair, variant):
     ratios = sinks.layer_rows(df).pivot_table(index="sample", columns="layer", values="bos_ratio")
     for _, row in spikes.iterrows():
         above = [layer for layer in ratios.columns if ratios.loc[row["sample"], layer] > 2.0]
-        assert row["spike_layer"] == (above[0] if above else -1)
-        assert row["argmax_layer"] == ratios.loc[row["sample"]].idxmax()
+        got = row["spike_layer_first_above"]
+        assert (pd.isna(got) and not above) or got == above[0]  # no spike: <NA>, never -1
+        assert row["spike_layer_argmax"] == ratios.loc[row["sample"]].idxmax()
 
 
 def test_bos_write_matches_cache(pair):
@@ -105,7 +107,12 @@ def test_bos_write_matches_cache(pair):
 
 
 def test_attention_structure_columns_classes_and_values(pair):
+    """Entropy, local mass, distances, each head's class and the class shares against HF eager
+    attention weights by hand (float64). Planted bugs this catches: BOS counted in
+    ``local_mass_no_bos`` (the mass the class uses); a class share that is not the per-text share
+    of a text's heads (e.g. counted within one layer), or that omits a class."""
     path, ref, model = pair["rope"]
+    hand = []
     df = attention_structure.run(model, _texts(), max_tokens=MAX_TOKENS, window=3, max_distance=6,
                                  show_progress=False)
     assert {"sample", "layer", "head", "sink_score", "entropy", "local_mass", "head_class"} <= set(df.columns)
@@ -120,31 +127,68 @@ def test_attention_structure_columns_classes_and_values(pair):
         local = sum(p[t[t - d >= 0], t[t - d >= 0] - d].sum() for d in range(3)) / len(t)
         np.testing.assert_allclose(row["local_mass"], float(local), atol=1e-5)
         np.testing.assert_allclose(row["distance"][2], float(p[t[t >= 2], t[t >= 2] - 2].sum() / len(t)), atol=1e-5)
-        expected = ("sink" if row["sink_score"] >= 0.3 else
-                    "local" if row["local_mass_no_bos"] >= 0.3 else "distributed")
-        assert row["head_class"] == expected
+        # the class from HF's pattern by hand: sink score, then local mass without BOS (keys t-2..t, not 0)
+        sink = float(p[1:, 0].mean())
+        local_no_bos = float(sum(p[t[t - d >= 1], t[t - d >= 1] - d].sum() for d in range(3)) / len(t))
+        np.testing.assert_allclose(row["local_mass_no_bos"], local_no_bos, atol=1e-5)
+        expected = "sink" if sink >= 0.3 else "local" if local_no_bos >= 0.3 else "distributed"
+        hand.append({"sample": sample, "layer": layer, "head": head, "head_class": expected})
+        if min(abs(sink - 0.3), abs(local_no_bos - 0.3)) > 1e-5:  # not on a threshold's edge
+            assert row["head_class"] == expected, (sample, layer, head)
     assert (df.loc[df["layer"] == 1, "head_class"] == "sink").all()
-    shares = attention_structure.class_shares(df)
-    assert shares.groupby("variant")["mean"].sum().round(6).eq(1.0).all()
+    # class shares: per text, the share of its heads in each class, then the mean over texts
+    by_hand = pd.DataFrame(hand)
+    per_text = pd.crosstab(by_hand["sample"], by_hand["head_class"], normalize="index")
+    shares = attention_structure.class_shares(df).set_index("quantity")
+    for name in attention_structure.CLASSES:
+        want = per_text[name].mean() if name in per_text else 0.0
+        assert shares.loc[f"{name}_share", "mean"] == pytest.approx(want, abs=1e-12), name
+    assert per_text.shape[1] >= 2  # more than one class present: the shares are not trivially 1 and 0
+
+
+def _hf_token_mean_norms(ref, tokens: torch.Tensor) -> dict:
+    """float64 token-mean L2 norms per (name, layer) from HF forward hooks: ``attn`` (self_attn
+    output), ``mlp``, ``q``/``k`` (raw q_proj/k_proj outputs: a prepended hook runs before the
+    q/k RMSNorm hook) and ``q_normed``/``k_normed`` (after it)."""
+    out, handles = {}, []
+
+    def keep(key):
+        def hook(module, inputs, output):
+            value = (output[0] if isinstance(output, tuple) else output).detach().double()
+            out[key] = value.square().sum(-1).sqrt().mean(1)  # [batch]
+        return hook
+
+    for layer, block in enumerate(ref.model.layers):
+        attn = block.self_attn
+        handles += [attn.register_forward_hook(keep(("attn", layer))),
+                    block.mlp.register_forward_hook(keep(("mlp", layer))),
+                    attn.q_proj.register_forward_hook(keep(("q", layer)), prepend=True),
+                    attn.k_proj.register_forward_hook(keep(("k", layer)), prepend=True),
+                    attn.q_proj.register_forward_hook(keep(("q_normed", layer))),
+                    attn.k_proj.register_forward_hook(keep(("k_normed", layer)))]
+    with torch.no_grad():
+        ref(tokens)
+    for h in handles:
+        h.remove()
+    return out
 
 
 @pytest.mark.parametrize("variant", ["rope", "qk_norm_nope"])
 def test_layer_balance_matches_cache(pair, variant):
+    """Every column against float64 norms from HF forward hooks (not the same TransformerLens cache
+    and formula). Planted bugs this catches: attn_fraction = attn / mlp; the norm averaged over
+    the batch axis; q_norm reading DroPE's normed q (or q_norm_normed the raw one)."""
     path, ref, model = pair[variant]
     df = layer_balance.run(model, _texts(), max_tokens=MAX_TOKENS, show_progress=False)
     assert {"sample", "layer", "attn_norm", "mlp_norm", "attn_fraction", "q_norm", "k_norm"} <= set(df.columns)
-    tokens = _tokens(model)
-    _, cache = model.run_with_cache(tokens)
+    hf = _hf_token_mean_norms(ref, _tokens(model))
     for _, row in df.iterrows():
         s, layer = int(row["sample"]), int(row["layer"])
-        mean_norm = lambda name: float(cache[name][s].flatten(1).norm(dim=-1).mean())  # noqa: E731
-        attn, mlp = mean_norm(f"blocks.{layer}.hook_attn_out"), mean_norm(f"blocks.{layer}.hook_mlp_out")
+        attn, mlp = float(hf[("attn", layer)][s]), float(hf[("mlp", layer)][s])
         np.testing.assert_allclose([row["attn_norm"], row["mlp_norm"], row["attn_fraction"]],
                                    [attn, mlp, attn / (attn + mlp)], rtol=1e-5)
         np.testing.assert_allclose([row["q_norm"], row["k_norm"], row["q_norm_normed"], row["k_norm_normed"]],
-                                   [mean_norm(f"blocks.{layer}.attn.hook_q"), mean_norm(f"blocks.{layer}.attn.hook_k"),
-                                    mean_norm(f"blocks.{layer}.attn.hook_q_normed"),
-                                    mean_norm(f"blocks.{layer}.attn.hook_k_normed")], rtol=1e-5)
+                                   [float(hf[(n, layer)][s]) for n in ("q", "k", "q_normed", "k_normed")], rtol=1e-5)
     if variant == "qk_norm_nope":  # the norm changes the size of q and k
         assert not np.allclose(df["q_norm"], df["q_norm_normed"])
 
@@ -173,20 +217,34 @@ def test_one_forward_serves_every_measurement_and_runs_resume(pair, tmp_path, mo
     np.testing.assert_allclose(together["sinks"]["sink_score"], structure["sink_score"], atol=1e-6)
 
     store = RunStore(tmp_path, "sinks", "run")
-    first = sinks.run(model, texts[:3], max_tokens=MAX_TOKENS, batch_size=2, store=store, show_progress=False)
+    first = sinks.run(model, texts, max_tokens=MAX_TOKENS, batch_size=2, store=store, show_progress=False)
+    for part in sorted(store.parts.glob("*-sample-[234].parquet")):  # as if interrupted after texts 0 and 1
+        part.unlink()
     forwards = []
     original = engine._forward
     monkeypatch.setattr(engine, "_forward", lambda *a: forwards.append(a[2]) or original(*a))
-    second = sinks.run(model, texts, max_tokens=MAX_TOKENS, batch_size=2, store=store, show_progress=False)
+    second = sinks.run(model, texts, max_tokens=MAX_TOKENS, batch_size=2, store=RunStore(tmp_path, "sinks", "run"),
+                       show_progress=False)
     assert forwards == [[2, 3], [4]]  # text 2 shares its planned batch with 3; 0 and 1 were saved
-    assert second[second["sample"] < 3].reset_index(drop=True).equals(first)
+    assert second.equals(first)
 
 
 def test_bootstrap_ci_covers_the_mean_and_needs_two_values():
-    values = np.array([1.0, 2.0, 3.0, 4.0, 10.0])
+    """The CI is the 2.5/97.5% quantiles of 2,000 resampled means (float64 by hand, same draws), and
+    on normal data it covers the true mean about 95% of the time (400 simulated data sets of 30:
+    a binomial band [0.91, 0.98]). Planted bugs this catches: quantiles of the resampled values
+    instead of their means (far too wide: ~100% coverage); a 90% level; resamples of n - 1."""
+    values = np.array([1.0, 2.0, 3.0, 4.0, 10.0, np.nan])
     low, high = bootstrap_ci(values)
-    assert low < values.mean() < high and low >= values.min() and high <= values.max()
+    finite = values[np.isfinite(values)]  # NaN (a text without the quantity) is left out
+    draws = np.random.default_rng(0).integers(0, finite.size, size=(2000, finite.size))
+    assert [low, high] == pytest.approx(np.quantile(finite[draws].mean(axis=1), [0.025, 0.975]).tolist(), abs=1e-12)
+    rng = np.random.default_rng(123)
+    covered = [(lambda lo_hi: lo_hi[0] <= 5.0 <= lo_hi[1])(bootstrap_ci(rng.normal(5.0, 2.0, size=30), seed=k))
+               for k in range(400)]
+    assert 0.91 <= np.mean(covered) <= 0.98
     assert all(np.isnan(bootstrap_ci([1.0])))
+    assert all(np.isnan(bootstrap_ci([1.0, np.nan])))
 
 
 def test_bad_inputs_are_named(checkpoint_factory):

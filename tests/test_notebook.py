@@ -30,5 +30,14 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     assert "hook_q == hook_rot_q: False" in text  # RoPE: rotary applied
     plots = [o for o in outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
     assert len(plots) == 4  # logit lens, residual patching, head patching, Exp 1
+    # each also carries a static SVG: what an HTML export or GitHub shows (they cannot run plotly.js)
+    assert all(o["data"].get("image/svg+xml", "").startswith("<svg") for o in plots)
+    assert "it/s]" not in text and len(text.splitlines()) < 20  # no progress-bar lines
+    residual, heads = (plots[1]["data"]["application/vnd.plotly.v1+json"]["layout"],
+                       plots[2]["data"]["application/vnd.plotly.v1+json"]["layout"])
+    assert residual["xaxis"].get("showticklabels", True) and residual["xaxis"]["tickangle"] == -90  # token labels
+    assert all(heads[a]["dtick"] == 1 for a in ("xaxis", "yaxis", "xaxis2", "yaxis2"))  # integer layer/head ticks
+    prose = [c.source for c in notebook.cells if c.cell_type == "markdown" and "What it shows" in c.source]
+    assert len(prose) == 5  # logit lens, residual patching, head patching, hooks, Exp 1
     views = [o for o in outputs if "CircuitsVis.AttentionHeads" in o.get("data", {}).get("text/html", "")]
     assert len(views) == 1 and "var CircuitsVis=" in views[0]["data"]["text/html"]  # bundle inlined: offline

@@ -72,6 +72,9 @@ def test_report_with_every_experiment(toy_results, tmp_path):
     assert _sections(page) == list(R.SECTIONS) + ["reproduction"]
     assert "10 of 10 experiments present, 0 missing." in page
     assert "not shown (no report section for it)" in page and "not_an_experiment" in page
+    assert "The study&#x27;s headline per category" in page or "The study's headline per category" in page
+    assert "24.5% vs 94.3%, 3.8x" in page  # the study's category numbers next to ours
+    assert page.count("Layers are categories: mode (distribution over texts") == 2  # sinks and bos_write
     table = _reproduction(root)
     knowledge = S.BUILDERS["knowledge"]()
     expected = 100 * knowledge[(knowledge.variant == "drope") & (knowledge.task == "cities")
@@ -80,33 +83,49 @@ def test_report_with_every_experiment(toy_results, tmp_path):
     assert row.ours == pytest.approx(expected) and row.study == pytest.approx(79.0)
     disrupted = table[(table.key == "passkey_disrupted") & (table.variant == "rope")].iloc[0]  # topk_mean_q_k
     assert disrupted.status == "measured" and disrupted.study == pytest.approx(0.0)
-    assert table[(table.key == "imdb_baseline") & (table.variant == "rope")].iloc[0].status == "measured"  # sentiment
+    # the package's written reviews are not IMDB: the study's IMDB row stays unmeasured (a planted
+    # mapping reviews -> imdb would fill it), and the reviews never take another task's key
+    imdb = table[table.key.str.startswith("imdb_")]
+    assert len(imdb) == 4 and set(imdb.status) == {"not measured"} and imdb.ours.isna().all()
+    ours = reproduction.headline_knowledge(knowledge)
+    assert {"reviews_baseline", "reviews_disrupted"} <= set(ours.key) and not ours.key.str.startswith("imdb").any()
+    assert not ours.duplicated(["key", "variant"]).any()
+    imdb_run = knowledge[knowledge.task == "reviews"].assign(task="imdb")  # a real IMDB run
+    with_imdb = reproduction.headline_knowledge(pd.concat([knowledge, imdb_run]))
+    want = 100 * imdb_run[(imdb_run.variant == "rope") & (imdb_run.condition == "baseline")]["correct_generation"].mean()
+    got = with_imdb[(with_imdb.key == "imdb_baseline") & (with_imdb.variant == "rope")]["value"]
+    assert got.tolist() == [pytest.approx(want)]
     layer1 = table[(table.experiment == "layer1_ablation") & (table.key == "ppl_l1_mlp")]
     assert set(layer1.status) == {"measured"}
+    sink_rows = S.BUILDERS["sinks"]()
+    profile = sink_rows[sink_rows["bos_ratio"].notna() & (sink_rows.variant == "rope")].groupby("layer")["bos_ratio"].mean()
+    spike = table[(table.key == "spike_layer") & (table.variant == "rope")].iloc[0]
+    assert spike.ours == profile.idxmax() and spike.study == 1  # the study's rule (argmax), not a mean layer
 
 
 def test_study_numbers_come_from_their_sources():
+    """Every study number is read back from the source it cites, in the copy shipped with the
+    package (drope_lens/data/study/, which tests/test_first_contact.py checks against the originals)."""
     study = reproduction.study_numbers()
     assert len(study) > 50 and set(study.experiment) == set(R.SECTIONS)
     assert not study.duplicated(["experiment", "key", "variant"]).any()
     assert study["source"].map(lambda s: "file" in s or s.get("document") == "METHODS.md").all()
-    methods = SHARED / "METHODS.md"
-    seed = SHARED / "reference" / "seed-study"
-    if not methods.is_file() or not seed.is_dir():
-        pytest.skip(f"{methods} or {seed} is not on this machine: sources not checked")
+    methods = reproduction.shipped_source("METHODS.md")
     sections = {line[3:].strip() for line in methods.read_text().splitlines() if line.startswith("## ")}
     files: dict[str, object] = {}
     for entry in study.itertuples():
         source = entry.source
         if "file" in source:
             if source["file"] not in files:
-                files[source["file"]] = json.loads((SHARED / source["file"]).read_text())
+                files[source["file"]] = json.loads(reproduction.shipped_source(source["file"]).read_text())
             value = files[source["file"]]
             for key in source["path"]:
                 value = value[key]
             assert entry.value == pytest.approx(value * source.get("scale", 1)), entry
+            assert entry.source_text.startswith("drope_lens/data/study/"), entry.source_text
         else:
             assert source["section"] in sections, source
+            assert entry.source_text.startswith("drope_lens/data/study/METHODS.md, section"), entry.source_text
             # a number typed from the write-up appears there in one of its usual spellings
             body = methods.read_text().split(f"## {source['section']}", 1)[1].split("\n## ", 1)[0]
             spellings = {f"{entry.value:g}", f"{entry.value:,.0f}", f"{entry.value:.1f}", f"{entry.value:.2f}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 import sys
@@ -43,9 +44,10 @@ def test_sampling_as_the_study():
     assert [i.prompt for i in tasks.load_task("cities", seed=1)] != [i.prompt for i in cities]
     sports = tasks.load_task("sports")
     assert len(sports) == 100 and len({i.prompt for i in sports}) == 100
-    sentiment = tasks.load_task("sentiment")
-    assert len(sentiment) == 100 and sum(i.label == "Positive" for i in sentiment) == 50
-    assert sentiment[0].prompt.endswith("\n\nSentiment (Positive/Negative):") and sentiment[0].kind == "contextual"
+    reviews = tasks.load_task("reviews")
+    assert len(reviews) == 100 and sum(i.label == "Positive" for i in reviews) == 50
+    assert reviews[0].prompt.endswith("\n\nSentiment (Positive/Negative):") and reviews[0].kind == "contextual"
+    assert {i.task for i in reviews} == {"reviews"}  # never labelled imdb
     passkey = tasks.load_task("passkey")
     assert len(passkey) == 20 and all(re.fullmatch(r"\d{5}", i.label) for i in passkey)
     prompt = passkey[0].prompt
@@ -68,6 +70,31 @@ def test_imdb_from_rows_and_without_a_cache(monkeypatch):
         tasks.load_task("imdb")
 
 
+def test_imdb_from_a_users_file(tmp_path):
+    """--imdb-file / imdb_file=: jsonl, csv and parquet give the same items; bad files are named."""
+    rows = [{"text": f"review {i} " * 5, "label": i % 2} for i in range(20)]
+    jsonl = tmp_path / "imdb.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    csv_file = tmp_path / "imdb.csv"
+    pd.DataFrame([{"text": r["text"], "label": "Positive" if r["label"] else "Negative"} for r in rows]).to_csv(
+        csv_file, index=False)
+    parquet = tmp_path / "imdb.parquet"
+    pd.DataFrame(rows).to_parquet(parquet)
+    want = tasks.imdb_items(10, rows=rows)
+    for path in (jsonl, csv_file, parquet):
+        got = tasks.load_task("imdb", n=10, imdb_file=str(path))
+        assert got == want and {i.task for i in got} == {"imdb"}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "x", "label": "maybe"}) + "\n")
+    with pytest.raises(tasks.TaskDataError, match=r"bad.jsonl' row 1: needs 'text' and 'label'"):
+        tasks.load_task("imdb", n=2, imdb_file=str(bad))
+    with pytest.raises(tasks.TaskDataError, match=r"suffix '.txt'; allowed: .jsonl, .csv, .parquet"):
+        (tmp_path / "imdb.txt").write_text("x")
+        tasks.load_task("imdb", n=2, imdb_file=str(tmp_path / "imdb.txt"))
+    with pytest.raises(ValueError, match="task 'sentiment' is now called 'reviews'"):
+        tasks.load_task("sentiment")
+
+
 def test_bad_task_inputs_name_the_value():
     with pytest.raises(ValueError, match="task 'weather' is unknown"):
         tasks.load_task("weather")
@@ -78,9 +105,9 @@ def test_bad_task_inputs_name_the_value():
     with pytest.raises(tasks.TaskDataError, match="cities.csv: no rows"):
         tasks.city_items(text="statement,label,city,country\n")
     with pytest.raises(tasks.TaskDataError, match="sentiment_reviews.jsonl: no reviews"):
-        tasks.sentiment_items(text="")
+        tasks.review_items(text="")
     with pytest.raises(tasks.TaskDataError, match="line 1: not valid JSON"):
-        tasks.sentiment_items(text="{oops\n")
+        tasks.review_items(text="{oops\n")
     with pytest.raises(tasks.TaskDataError, match="sports_qa.json: no questions"):
         tasks.sports_items(text='{"data": []}')
     with pytest.raises(ValueError, match="cities: n=2000"):
@@ -88,7 +115,7 @@ def test_bad_task_inputs_name_the_value():
 
 
 def test_toy_versions_of_the_tasks():
-    for name in ("cities", "sports", "sentiment", "passkey"):
+    for name in ("cities", "sports", "reviews", "passkey"):
         items = tasks.load_task(name, n=6, source="toy")
         assert len(items) == 6 and all(i.task == name for i in items)
     with pytest.raises(ValueError, match="'imdb' has no toy version"):

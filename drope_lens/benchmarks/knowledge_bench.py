@@ -1,7 +1,7 @@
 """The Exp 3 sweep against Hugging Face doing the same work with HF forward hooks (see
 :mod:`.generation_bench`, part ``sweep``).
 
-420 prompts (cities 200, sports 100, sentiment 100, passkey 20) x 3 conditions (baseline,
+420 prompts (cities 200, sports 100, reviews 100, passkey 20) x 3 conditions (baseline,
 topk_mean_q_k pre-rotary, massive_zero), logit scoring at the last prompt position plus 20 greedy
 new tokens (stop at EOS). Ours: :func:`drope_lens.experiments.task_eval.task_rows` with the
 conditions mixed in batches. HF: per condition, ``generate`` over the same prompts in batches of
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 CONDITIONS = ("baseline", "topk_mean_q_k", "massive_zero")
-TASKS = ("cities", "sports", "sentiment", "passkey")
+TASKS = ("cities", "sports", "reviews", "passkey")
 BATCH = 16
 
 

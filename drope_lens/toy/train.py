@@ -608,7 +608,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_from_args(parser.parse_args(argv))
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser, device: bool = True) -> None:
+    """The arguments of ``drope-lens train-toy`` (``device=False``: the caller adds ``--device``)."""
     parser.add_argument("--steps", type=int, default=None, help=f"pretraining steps (default {TrainConfig.pretrain_steps})")
     parser.add_argument("--documents", type=int, default=1_000_000,
                         help="training documents to generate (default 1,000,000)")
@@ -623,7 +624,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scalings", type=float, nargs="*", default=[0.1, 0.2, 0.4],
                         help="log-length scaling values c measured beside c = 0")
     parser.add_argument("--workers", type=int, default=None, help="processes for the corpus (default: CPU count)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    if device:
+        parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="a CPU-sized run of every stage (minutes), not a useful model")
 
 
