@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy = sub.add_parser("train-toy", help="pretrain a small RoPE Llama, drop rotary, recalibrate (the DroPE recipe), "
                                            "in resumable stages; --evaluate measures issue 20's bars and picks the recipe")
     toy.add_argument("--out", required=True, help="directory for the corpus, tokenizer, checkpoints, training.json")
-    from .toy.train import add_arguments as _toy_arguments
+    from .toy.recipes import add_arguments as _toy_arguments
 
     _toy_arguments(toy, device=False)
     toy.add_argument("--device", type=device_arg, default=None, help=DEVICE_HELP)

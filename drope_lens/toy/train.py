@@ -24,6 +24,7 @@ from ..convert import to_drope
 from ..loading import load_model
 from ..saving import save_model
 from .corpus import CorpusConfig, heldout_documents, training_documents
+from .recipes import ATTENTION_TYPES, RECIPES, Recipe, add_arguments  # noqa: F401 (re-exported)
 from .tokenizer import train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -39,45 +40,6 @@ class ToyModelConfig:
     context: int = 256
     rope_theta: float = 10_000.0
     vocab_size: int = 4096
-
-
-ATTENTION_TYPES = ("nope", "qk_norm_nope")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """One DroPE recalibration from the pretrained RoPE model (continued pretraining without rotary).
-
-    ``fraction``: recalibration steps as a share of pretraining steps (the DroPE paper: 10-20%;
-    longer is one of issue 20's levers). ``rows``: tokens per training row; the trained context
-    unless a recipe recalibrates on longer rows (batch shrinks so that tokens per step stay the
-    same). ``documents``: the longest document (corpus ``context``); above the trained context only
-    for recipes that train retrieval over longer spans, which then is DroPE's trained length.
-    ``attention_type``: ``nope`` (plain DroPE) or ``qk_norm_nope`` (full-width q/k RMSNorms, unit
-    weights at the start, trained).
-    """
-
-    name: str = "base"
-    fraction: float = 0.4
-    lr: float = 3e-3
-    rows: Optional[int] = None  # None: the trained context
-    documents: Optional[int] = None  # None: the trained context
-    attention_type: str = "nope"
-
-    def __post_init__(self) -> None:
-        if not 0 < self.fraction <= 2:
-            raise ValueError(f"recipe {self.name}: fraction={self.fraction} must be in (0, 2].")
-        if self.attention_type not in ATTENTION_TYPES:
-            raise ValueError(f"recipe {self.name}: attention_type={self.attention_type!r}; allowed: {list(ATTENTION_TYPES)}.")
-
-
-#: Recipes ``drope-lens train-toy --recipe NAME`` knows.
-RECIPES: dict[str, Recipe] = {
-    "base": Recipe("base"),
-    "qknorm": Recipe("qknorm", attention_type="qk_norm_nope"),
-    "rows512": Recipe("rows512", rows=512),
-    "long512": Recipe("long512", rows=512, documents=512),
-}
 
 
 @dataclass(frozen=True)
@@ -603,30 +565,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description="train the toy RoPE/DroPE pair (issue 20's recipe), in resumable stages")
-    add_arguments(parser)
+    add_arguments(parser, device=False)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", required=True)
     return run_from_args(parser.parse_args(argv))
-
-
-def add_arguments(parser, device: bool = True) -> None:
-    """The arguments of ``drope-lens train-toy`` (``device=False``: the caller adds ``--device``)."""
-    parser.add_argument("--steps", type=int, default=None, help=f"pretraining steps (default {TrainConfig.pretrain_steps})")
-    parser.add_argument("--documents", type=int, default=1_000_000,
-                        help="training documents to generate (default 1,000,000)")
-    parser.add_argument("--layers", type=int, default=None, help=f"layers (default {ToyModelConfig.n_layers})")
-    parser.add_argument("--recipe", action="append", choices=sorted(RECIPES), default=None,
-                        help="recalibration recipe(s), the first is the default choice (default: base)")
-    parser.add_argument("--recalibrate-fraction", type=float, default=None,
-                        help="recalibration steps as a share of pretraining steps, for every recipe")
-    parser.add_argument("--recalibrate-lr", type=float, default=None, help="recalibration learning rate, every recipe")
-    parser.add_argument("--evaluate", action="store_true", help="then measure the bars and choose (evaluation.json)")
-    parser.add_argument("--n", type=int, default=50, help="keys per Exp 10 cell in the evaluation (default 50)")
-    parser.add_argument("--scalings", type=float, nargs="*", default=[0.1, 0.2, 0.4],
-                        help="log-length scaling values c measured beside c = 0")
-    parser.add_argument("--workers", type=int, default=None, help="processes for the corpus (default: CPU count)")
-    if device:
-        parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tiny", action="store_true", help="a CPU-sized run of every stage (minutes), not a useful model")
 
 
 def run_from_args(args) -> int:
@@ -637,6 +579,7 @@ def run_from_args(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     workers = args.workers or os.cpu_count() or 1
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     recipes = [RECIPES[name] for name in (args.recipe or ["base"])]
     overrides = {k: v for k, v in (("fraction", args.recalibrate_fraction), ("lr", args.recalibrate_lr)) if v is not None}
     if args.tiny:
