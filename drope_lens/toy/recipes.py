@@ -57,7 +57,7 @@ def add_arguments(parser, device: bool = True) -> None:
                         help="recalibration steps as a share of pretraining steps, for every recipe")
     parser.add_argument("--recalibrate-lr", type=float, default=None, help="recalibration learning rate, every recipe")
     parser.add_argument("--evaluate", action="store_true", help="then measure the bars and choose (evaluation.json)")
-    parser.add_argument("--n", type=int, default=50, help="keys per Exp 10 cell in the evaluation (default 50)")
+    parser.add_argument("--trials", type=int, default=50, help="keys per Exp 10 cell in the evaluation (default 50)")
     parser.add_argument("--scalings", type=float, nargs="*", default=[0.1, 0.2, 0.4],
                         help="log-length scaling values c measured beside c = 0")
     parser.add_argument("--workers", type=int, default=None, help="processes for the corpus (default: CPU count)")

@@ -591,7 +591,7 @@ def run_from_args(args) -> int:
     else:
         corpus, model = CorpusConfig(n_train=args.documents), ToyModelConfig(n_layers=args.layers or ToyModelConfig.n_layers)
         training = TrainConfig(pretrain_steps=args.steps or TrainConfig.pretrain_steps, device=args.device, workers=workers)
-        bars_config = bars.BarsConfig(n=args.n, scalings=tuple(args.scalings))
+        bars_config = bars.BarsConfig(n=args.trials, scalings=tuple(args.scalings))
     recipes = [replace(r, **overrides) for r in recipes]
     run = train_toy_pair(Path(args.out), corpus, model, training, recipes)
     r = run.report
