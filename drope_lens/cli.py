@@ -112,37 +112,10 @@ def _run_experiment(args: argparse.Namespace) -> int:
 
 
 def _train_toy(args: argparse.Namespace) -> int:
-    import logging
-    from pathlib import Path
+    from .toy.train import run_from_args
 
     args.device = resolve_device(args.device)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-
-    from .toy.corpus import CorpusConfig
-    from .toy.train import ToyModelConfig, TrainConfig, train_toy_pair
-
-    if args.tiny:  # a CPU-sized run: checks the whole recipe in seconds, not a useful model
-        corpus = CorpusConfig(n_train=400, n_heldout=40, filler_repeats=(1, 3))
-        model = ToyModelConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_mlp=128, context=64, vocab_size=600)
-        training = TrainConfig(pretrain_steps=args.steps or 40, batch_size=8, lr=5e-3, warmup=5, device=args.device)
-    else:
-        corpus, model = CorpusConfig(n_train=args.documents), ToyModelConfig(n_layers=args.layers)
-        training = TrainConfig(pretrain_steps=args.steps or TrainConfig.pretrain_steps, device=args.device,
-                               recalibrate_fraction=args.recalibrate_fraction, recalibrate_lr=args.recalibrate_lr)
-    run = train_toy_pair(Path(args.out), corpus, model, training)
-    r = run.report
-    print(f"RoPE checkpoint:  {run.rope}\nDroPE checkpoint: {run.drope}")
-    print(f"pretraining: {r['pretrain_tokens']:,} tokens in {r['pretrain_seconds']:.1f} s; "
-          f"recalibration: {r['recalibrate_tokens']:,} tokens in {r['recalibrate_seconds']:.1f} s")
-    print("held-out loss (nats/token): " + ", ".join(f"{k} {v:.3f}" for k, v in r["heldout_loss"].items()))
-    if args.evaluate:
-        from .toy.evaluate import EvalConfig, evaluate_pair
-
-        small = EvalConfig(n_passkey=4, n_sentiment=10, passkey_new_tokens=8) if args.tiny else EvalConfig()
-        result = evaluate_pair(run.rope, run.drope, device=args.device, config=small)
-        (Path(args.out) / "evaluation.json").write_text(json.dumps(result, indent=2))
-        print(json.dumps(result, indent=2))
-    return 0
+    return run_from_args(args)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -221,17 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     rand.add_argument("--attention-type", default="nope", help="attention_type of the DroPE twin")
     rand.set_defaults(func=_random_checkpoint)
 
-    toy = sub.add_parser("train-toy", help="pretrain a small RoPE Llama, drop rotary, recalibrate (the DroPE recipe)")
-    toy.add_argument("--out", required=True, help="directory for the tokenizer, checkpoints and training.json")
-    toy.add_argument("--steps", type=int, default=None, help="pretraining steps (default 6000; recalibration: --recalibrate-fraction of them)")
-    toy.add_argument("--documents", type=int, default=1_200_000, help="training documents to generate")
-    toy.add_argument("--layers", type=int, default=4)
-    toy.add_argument("--recalibrate-fraction", type=float, default=0.2,
-                     help="recalibration steps as a share of pretraining steps")
-    toy.add_argument("--recalibrate-lr", type=float, default=3e-3)
-    toy.add_argument("--evaluate", action="store_true", help="then evaluate both checkpoints (evaluation.json)")
+    toy = sub.add_parser("train-toy", help="pretrain a small RoPE Llama, drop rotary, recalibrate (the DroPE recipe), "
+                                           "in resumable stages; --evaluate measures issue 20's bars and picks the recipe")
+    toy.add_argument("--out", required=True, help="directory for the corpus, tokenizer, checkpoints, training.json")
+    from .toy.recipes import add_arguments as _toy_arguments
+
+    _toy_arguments(toy, device=False)
     toy.add_argument("--device", type=device_arg, default=None, help=DEVICE_HELP)
-    toy.add_argument("--tiny", action="store_true", help="a seconds-long CPU run of the whole recipe")
     toy.set_defaults(func=_train_toy)
 
     run = sub.add_parser("run", help="run an experiment on a RoPE/DroPE pair and save its results")

@@ -23,7 +23,7 @@ def test_generator_is_deterministic_and_mixes_every_kind():
     assert train != corpus.build_corpus(corpus.CorpusConfig(seed=1, n_train=600, n_heldout=50))[0]
     assert {d.kind for d in train} == set(config.weights)
     assert len(train) == 600 and len(heldout) == 50
-    assert not {d.text for d in heldout if d.kind in ("prose", "review", "passkey")} & {d.text for d in train}
+    assert not {d.text for d in heldout if d.kind in ("prose", "review", "simple_passkey", "ruler", "verify")} & {d.text for d in train}
 
 
 def test_evaluation_facts_were_stated_but_never_asked():
@@ -47,9 +47,9 @@ def test_evaluation_facts_were_stated_but_never_asked():
 
 
 def test_passkeys_in_evaluation_never_occur_in_training():
-    config = corpus.CorpusConfig(n_train=2000, n_heldout=10)
+    config = corpus.CorpusConfig(n_train=2000, n_heldout=10, weights={**corpus.DEFAULT_WEIGHTS, "passkey": 0.1})
     train, _ = corpus.build_corpus(config)
-    train_keys = {d.text.rsplit(" ", 1)[-1] for d in train if d.kind == "passkey"}
+    train_keys = {d.text.rsplit(" ", 1)[-1] for d in train if d.kind in ("passkey", "simple_passkey")}
     evaluation = corpus.evaluation_sets(config, n_passkey=20)
     assert all(int(k) % 7 for k in train_keys)
     for item in evaluation["passkey"]:
@@ -63,3 +63,48 @@ def test_config_validation():
         corpus.CorpusConfig(qa_fraction=1.0)
     with pytest.raises(ValueError, match="unknown kinds"):
         corpus.CorpusConfig(weights={"poetry": 1.0})
+    with pytest.raises(ValueError, match="context=64"):
+        corpus.CorpusConfig(context=64)
+
+
+def test_retrieval_documents_teach_the_exp10_formats_with_training_keys_only(tmp_path):
+    """Simple and RULER prompts and the verification question, verbatim from drope_lens.passkey,
+    with haystacks from short to the whole context; no number a training document asks about or
+    offers as a candidate is a multiple of 7 (every evaluation key is)."""
+    from drope_lens import passkey as pk
+
+    config = corpus.CorpusConfig(n_train=3000, n_heldout=10)
+    train, _ = corpus.build_corpus(config)
+    by_kind = {k: [d.text for d in train if d.kind == k] for k in ("simple_passkey", "ruler", "verify", "copy_digits")}
+    ruler_head, ruler_tail = pk.RULER_TEMPLATE.split("{context}")
+    verify_head, verify_tail = pk.VERIFY_TEMPLATE.split("{context}")
+    for text in by_kind["simple_passkey"]:
+        prompt, key = text.rsplit(" ", 1)
+        assert prompt.endswith(pk.SIMPLE_TEMPLATE.split("{text}")[1]) and pk.SIMPLE_NEEDLE.strip().format(key=key) in prompt
+        assert int(key) % 7 and len(key) == 5
+    for text in by_kind["ruler"]:
+        prompt, key = text.rsplit(" ", 1)
+        name = re.search(r"The special magic number for (\S+) is:$", prompt).group(1)
+        assert prompt.startswith(ruler_head) and prompt.endswith(ruler_tail.format(name=name))
+        assert f"The special magic number for {name} is: {key}." in prompt and len(key) == 7
+        assert all(int(k) % 7 for k in re.findall(r"is: (\d+)\.", prompt))
+    answers = []
+    for text in by_kind["verify"]:
+        prompt, answer = text.rsplit(" ", 1)
+        candidate = re.search(r"Is (\d+) the magic number", prompt).group(1)
+        key = re.search(r"(?:passkey is|is:) (\d+)\.", prompt).group(1)
+        assert prompt.startswith(verify_head) and prompt.endswith(verify_tail.format(candidate=candidate))
+        assert answer == ("Yes" if candidate == key else "No") and int(candidate) % 7 and int(key) % 7
+        assert candidate == key or sum(a != b for a, b in zip(candidate, key)) == 1
+        answers.append(answer)
+    assert 0.35 < answers.count("Yes") / len(answers) < 0.65
+    assert by_kind["copy_digits"] and all(int(n) % 7 for text in by_kind["copy_digits"] for n in re.findall(r"\d+", text))
+    from drope_lens.toy.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer((d.text for d in train), tmp_path, 4096)
+    retrieval = by_kind["simple_passkey"] + by_kind["ruler"] + by_kind["verify"]
+    lengths = [len(ids) + 1 for ids in tokenizer(retrieval)["input_ids"]]  # BOS and EOS included
+    assert max(lengths) <= config.context and min(lengths) < 0.4 * config.context and max(lengths) > 0.85 * config.context
+    # needles anywhere: the simple key's share of the haystack before it spans (almost) 0..1
+    depths = [t.index("passkey is") / t.index("\n\nWhat is") for t in by_kind["simple_passkey"] if "grass" in t]
+    assert min(depths) < 0.1 and max(depths) > 0.9

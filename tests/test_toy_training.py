@@ -10,23 +10,26 @@ import torch
 
 import drope_lens as dl
 from drope_lens.toy.corpus import CorpusConfig, heldout_documents
-from drope_lens.toy.train import ToyModelConfig, TrainConfig, evaluate_loss, pack, train_toy_pair
+from drope_lens.toy.train import RECIPES, Recipe, ToyModelConfig, TrainConfig, evaluate_loss, pack, train_toy_pair
+
+MINI_CORPUS = CorpusConfig(n_train=400, n_heldout=40, filler_repeats=(1, 3), context=128)
 
 
 def test_mini_training_run(tmp_path):
     started = time.perf_counter()
     run = train_toy_pair(
         tmp_path,
-        CorpusConfig(n_train=400, n_heldout=40, filler_repeats=(1, 3)),
+        MINI_CORPUS,
         ToyModelConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_mlp=128, context=64, vocab_size=320),
         TrainConfig(pretrain_steps=40, batch_size=8, lr=5e-3, warmup=5, device="cpu", save_dtype="float32"),
+        recipes=[Recipe("base", fraction=0.2)],
     )
     assert time.perf_counter() - started < 60
     losses = run.report["pretrain_losses"]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0  # pretraining lowers the loss
     # 8 recalibration steps (20% of 40) of 8 rows x 64 positions; padding is not counted
-    assert 0.8 * 8 * 8 * 64 < run.report["recalibrate_tokens"] <= 8 * 8 * 64
-    assert 0.15 < run.report["recalibrate_share"] < 0.25
+    assert 0.7 * 8 * 8 * 64 < run.report["recalibrate_tokens"] <= 8 * 8 * 64
+    assert 0.12 < run.report["recalibrate_share"] < 0.28 and run.report["drope_recipe"] == "base"
     rope, drope = dl.load_model(run.rope), dl.load_model(run.drope)
     assert rope.variant == "rope" and drope.variant == "drope" and drope.lens.attention_type == "nope"
     assert set(rope.hook_dict) == set(drope.hook_dict)
@@ -34,27 +37,47 @@ def test_mini_training_run(tmp_path):
     assert {k: v.shape for k, v in rope_params.items()} == {k: v.shape for k, v in drope_params.items()}
     assert not torch.equal(rope_params["blocks.0.attn.W_Q"], drope_params["blocks.0.attn.W_Q"])
     # the saved checkpoints are the trained models: their held-out loss is the one measured in training
-    heldout = pack(rope.tokenizer, [d.text for d in heldout_documents(CorpusConfig(n_train=400, n_heldout=40, filler_repeats=(1, 3)))], 64)
+    heldout = pack(rope.tokenizer, [d.text for d in heldout_documents(MINI_CORPUS)], 64)
     for name, model in (("rope", rope), ("drope", drope)):
         assert abs(evaluate_loss(model, heldout, rope.tokenizer.eos_token_id) - run.report["heldout_loss"][name]) < 1e-4
     saved = json.loads((tmp_path / "training.json").read_text())
     assert saved["heldout_loss"]["rope"] < 6.0 and 0.8 * 40 * 8 * 64 < saved["pretrain_tokens"] <= 40 * 8 * 64
-    assert json.loads((run.drope / "toy.json").read_text())["tokens"] == json.loads((run.rope / "toy.json").read_text())["tokens"]
+    rope_tokens, drope_tokens = (json.loads((d / "toy.json").read_text())["tokens"] for d in (run.rope, run.drope))
+    assert drope_tokens == {**rope_tokens, "recalibrate_tokens": run.report["recalibrate_tokens"]}
+
+
+def test_stages_resume_and_recipes_differ(tmp_path):
+    """A second call with one more recipe reuses the corpus, RoPE and the first recalibration, and
+    adds the new recipe: a QK-norm DroPE (its norms saved and loaded back) on longer rows."""
+    model = ToyModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_mlp=64, context=64, vocab_size=400)
+    training = TrainConfig(pretrain_steps=6, batch_size=4, warmup=1, device="cpu", save_dtype="float32")
+    first = train_toy_pair(tmp_path, MINI_CORPUS, model, training, recipes=[Recipe("base", fraction=0.5)])
+    stamp = (tmp_path / "rope" / "model.safetensors").stat().st_mtime_ns
+    qk = Recipe("qk128", fraction=0.5, rows=128, documents=128, attention_type="qk_norm_nope")
+    second = train_toy_pair(tmp_path, MINI_CORPUS, model, training, recipes=[Recipe("base", fraction=0.5), qk])
+    assert (tmp_path / "rope" / "model.safetensors").stat().st_mtime_ns == stamp  # not retrained
+    assert second.report["recipes"]["base"] == first.report["recipes"]["base"]
+    entry = second.report["recipes"]["qk128"]
+    assert entry["row_tokens"] == 128 and entry["batch_size"] == 2  # tokens per step kept
+    drope = dl.load_model(tmp_path / "drope-qk128")
+    assert drope.lens.attention_type == "qk_norm_nope" and drope.blocks[0].attn.q_norm is not None
+    assert not torch.equal(drope.blocks[0].attn.q_norm.w, torch.ones_like(drope.blocks[0].attn.q_norm.w))
+    assert set(RECIPES) >= {"base", "qknorm", "long512"}
 
 
 def test_evaluation_runs_on_a_trained_pair_and_scores_in_the_study_way(tmp_path):
     from drope_lens.toy.evaluate import EvalConfig, evaluate_pair
 
-    corpus = CorpusConfig(n_train=200, n_heldout=20, filler_repeats=(1, 2))
+    corpus = CorpusConfig(n_train=200, n_heldout=20, filler_repeats=(1, 2), context=128)
     run = train_toy_pair(tmp_path, corpus,
-                         ToyModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_mlp=64, context=32, vocab_size=600),
+                         ToyModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_mlp=64, context=64, vocab_size=600),
                          TrainConfig(pretrain_steps=5, batch_size=4, warmup=1, device="cpu"))
     result = evaluate_pair(run.rope, run.drope, device="cpu",
                            config=EvalConfig(n_passkey=3, n_sentiment=4, passkey_new_tokens=4, context_multiples=(1, 2)))
-    assert result["trained_context"] == 32
+    assert result["trained_context"] == 64
     for name in ("rope", "drope"):
         r = result[name]
         assert r["n"]["cities"] == 104 and r["heldout_ppl"] > 1.0
         for length, multiple in (("1x", 1), ("2x", 2)):
-            assert r["passkey"][length]["prompt_tokens"] <= 32 * multiple or r["passkey"][length]["filler_repeats"] == 1
+            assert r["passkey"][length]["prompt_tokens"] <= 64 * multiple or r["passkey"][length]["filler_repeats"] == 1
     assert result["heldout_ppl_ratio"] == result["drope"]["heldout_ppl"] / result["rope"]["heldout_ppl"]

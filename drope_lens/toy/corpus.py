@@ -7,9 +7,22 @@ Seeded and deterministic. Documents mix:
   city/country table (``data/cities.tsv``) and athlete/sport table (``data/athletes.tsv``);
 - ``city_qa`` / ``sport_qa``: the study's yes/no prompt with its answer, for the *training* part of
   each fact table only;
-- ``passkey``: the study's simple passkey format (filler, needle, question, answer);
+- ``passkey``: the study's simple passkey format, the issue-4 layout (``filler_repeats`` whole
+  filler sentences; the corpus of the issue-4 pair, no longer in the default mix);
+- ``simple_passkey``: the study's simple passkey format (filler, needle, question, answer), laid out as
+  Exp 10 lays it out (:func:`drope_lens.passkey.render`), with haystacks of any length up to the
+  whole context and the needle at any depth; a quarter of them with a prose haystack instead;
+- ``ruler``: the RULER template (:data:`drope_lens.passkey.RULER_TEMPLATE`) with 1-4 needles under
+  distinct names in RULER's noise (or prose), asking for one of them: retrieval by content;
+- ``verify``: the verification question (:data:`drope_lens.passkey.VERIFY_TEMPLATE`) around a simple
+  or RULER haystack, about the key or a near-miss of it (one digit changed), answered Yes/No;
 - ``review``: a movie review with its label in the study's IMDB prompt;
-- ``copy``: a random word sequence followed by its repetition (induction).
+- ``copy`` / ``copy_digits``: a random word (digit-group) sequence followed by its repetition
+  (induction).
+
+Every number that stands for a passkey in training (simple and RULER keys, verification
+candidates, copied digit groups read as one number) is never a multiple of 7; every evaluation key
+is one (``key_divisor=7`` in Exp 10 and :func:`evaluation_sets`).
 
 Evaluation sets (:func:`evaluation_sets`) ask the study's yes/no questions about facts whose
 statements were in training but whose questions were not, and use passkeys and reviews never
@@ -20,9 +33,12 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Iterator
+
+from .. import passkey as pk
 
 YES_NO_PROMPT = "Answer with only 'Yes' or 'No'.\n\nQuestion: {question}\nAnswer:"
 REVIEW_PROMPT = "Read this movie review and answer: Is it Positive or Negative?\n\nReview: {text}\n\nSentiment (Positive/Negative):"
@@ -128,6 +144,14 @@ def sports() -> list[str]:
     return sorted({s for _, s in _table("athletes.tsv")})
 
 
+#: Shares of the document count per kind (issue 20's corpus). Retrieval documents are long (up to
+#: the context), so they are about half of the tokens.
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "prose": 0.24, "city_fact": 0.12, "sport_fact": 0.05, "city_qa": 0.10, "sport_qa": 0.04,
+    "simple_passkey": 0.10, "ruler": 0.10, "verify": 0.08, "review": 0.07, "copy": 0.07, "copy_digits": 0.03,
+}
+
+
 @dataclass(frozen=True)
 class CorpusConfig:
     """What the generator makes. ``weights`` are relative document counts per kind."""
@@ -136,11 +160,11 @@ class CorpusConfig:
     n_train: int = 20_000
     n_heldout: int = 500
     qa_fraction: float = 0.6  # share of each fact table whose yes/no questions are trained on
-    filler_repeats: tuple[int, int] = (2, 15)  # passkey filler sentences (15 nearly fill a 256-token context)
-    weights: dict[str, float] = field(default_factory=lambda: {
-        "prose": 0.30, "city_fact": 0.12, "sport_fact": 0.06, "city_qa": 0.10, "sport_qa": 0.05,
-        "passkey": 0.17, "review": 0.10, "copy": 0.10,
-    })
+    filler_repeats: tuple[int, int] = (2, 15)  # filler sentences of evaluation_sets' passkey prompts (toy evaluate)
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    #: the longest document, in estimated tokens (BOS and EOS included): retrieval documents are
+    #: drawn with lengths up to it, so that their haystacks span the whole trained context
+    context: int = 256
 
     def __post_init__(self) -> None:
         if not 0 < self.qa_fraction < 1:
@@ -148,6 +172,9 @@ class CorpusConfig:
         low, high = self.filler_repeats
         if not 1 <= low <= high:
             raise ValueError(f"filler_repeats={self.filler_repeats}: need 1 <= low <= high.")
+        if self.context < 128:
+            raise ValueError(f"context={self.context}: retrieval documents (RULER's template alone is about 80 "
+                             "tokens) need a context of at least 128 tokens.")
         unknown = set(self.weights) - set(_GENERATORS)
         if unknown or not any(w > 0 for w in self.weights.values()):
             raise ValueError(f"weights: unknown kinds {sorted(unknown)} or no positive weight; kinds are {sorted(_GENERATORS)}.")
@@ -264,25 +291,158 @@ def _sport_qa(rng, config, split, stream) -> str:
     return f"{prompt} {'Yes' if truth else 'No'}"
 
 
-def passkey_key(rng: random.Random, stream: str) -> str:
-    """A 5-digit key; training keys are never divisible by 7, evaluation keys always are."""
+def passkey_key(rng: random.Random, stream: str, digits: int = 5) -> str:
+    """A ``digits``-digit key; training keys are never divisible by 7, evaluation keys always are."""
     while True:
-        key = rng.randint(10000, 99999)
+        key = rng.randint(10 ** (digits - 1), 10**digits - 1)
         if (key % 7 == 0) == (stream == "eval"):
             return str(key)
 
 
 def passkey_prompt(rng: random.Random, key: str, repeats: int, depth: float | None = None) -> str:
-    """The study's simple passkey prompt with ``repeats`` filler sentences around the needle."""
+    """The study's simple passkey prompt with ``repeats`` filler sentences around the needle
+    (the layout of :func:`evaluation_sets`, used by ``python -m drope_lens.toy.evaluate``)."""
     depth = rng.uniform(0.1, 0.9) if depth is None else depth
     before = max(1, round(repeats * depth))
     text = FILLER * before + NEEDLE.format(key=key) + FILLER * max(1, repeats - before)
     return PASSKEY_QUESTION.format(text=text.strip())
 
 
+_PIECES = re.compile(r"\d|[A-Za-z]+|[^\sA-Za-z\d]|\n")
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free upper estimate of a document's token count (BOS and EOS included): one per
+    word, digit, punctuation mark or newline, plus 10% for words the BPE splits."""
+    return int(len(_PIECES.findall(text)) * 1.1) + 2
+
+
+def _fit(build, budget: int, most: int) -> int:
+    """The largest word count ``w <= most`` whose ``build(w)`` is estimated within ``budget`` tokens."""
+    low, high = 0, most
+    while low < high:
+        mid = (low + high + 1) // 2
+        if estimate_tokens(build(mid)) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def _budget(rng: random.Random, config: "CorpusConfig") -> int:
+    """A document length (estimated tokens) uniform from short to the whole context."""
+    return rng.randint(48, config.context - 4)
+
+
+def _prose_haystack(rng: random.Random, words: int) -> list[str]:
+    out: list[str] = []
+    while len(out) < words:
+        out.extend(_sentence(rng).split())
+    return out[:words]
+
+
+def _insert(rng: random.Random, haystack: list[str], needles: list[str], depths: list[float]) -> str:
+    """``haystack`` words with each needle sentence inserted after the sentence end nearest its depth."""
+    ends = [0] + [i + 1 for i, w in enumerate(haystack) if w.endswith(".")]
+    cuts = sorted((min(ends, key=lambda e: abs(e - d * len(haystack))), i) for i, d in enumerate(depths))
+    parts, last = [], 0
+    for cut, i in cuts:
+        parts.append(" ".join(haystack[last:cut]))
+        parts.append(needles[i])
+        last = cut
+    parts.append(" ".join(haystack[last:]))
+    return " ".join(p for p in parts if p)
+
+
+def _near_miss(rng: random.Random, key: str) -> str:
+    """A near-miss of ``key`` (one digit changed) that is not a multiple of 7 either."""
+    while True:
+        candidate = pk.near_misses(key, rng, 1)[0]
+        if int(candidate) % 7:
+            return candidate
+
+
+def _simple_text(rng, config, key: str, budget: int) -> str:
+    """A simple-format haystack (Exp 10's filler layout, or prose for a quarter) with the needle."""
+    needle = pk.Needle("simple", key)
+    depth = rng.random()
+    most = 2 * config.context
+    if rng.random() < 0.75:
+        words = _fit(lambda w: pk.SIMPLE_TEMPLATE.format(text=pk._haystack(needle, w, depth)), budget, most)
+        return pk._haystack(needle, words, depth)
+    pool = _prose_haystack(rng, most)
+    sentence = needle.sentence.strip()
+    words = _fit(lambda w: pk.SIMPLE_TEMPLATE.format(text=" ".join(pool[:w] + [sentence])), budget, most)
+    return _insert(rng, pool[:words], [sentence], [depth])
+
+
+def _ruler_text(rng, config, budget: int, single: bool = False) -> tuple[str, pk.Needle]:
+    """A RULER haystack (its noise, or prose for a quarter) with 1-4 needles under distinct names
+    (one with ``single``); returns the text and the needle asked about."""
+    count = 1 if single else rng.choice((1, 1, 2, 3, 4))
+    names: list[str] = []
+    while len(names) < count:
+        name = pk.random_name(rng)
+        if name not in names:
+            names.append(name)
+    needles = [pk.Needle("ruler", passkey_key(rng, "train", pk.KEY_DIGITS["ruler"]), name) for name in names]
+    asked = rng.choice(needles)
+    sentences = [n.sentence + "." for n in needles]
+    depths = [rng.random() for _ in needles]
+    most = 2 * config.context
+    prose = rng.random() < 0.25
+    if prose:
+        pool = _prose_haystack(rng, most)
+    else:
+        unit = pk.RULER_FILLER.split()
+        pool = [unit[i % len(unit)] for i in range(most)]
+
+    def build(w: int) -> str:
+        return pk.RULER_TEMPLATE.format(context=" ".join(pool[:w] + sentences), name=asked.name)
+
+    words = _fit(build, budget - 8, most)
+    haystack = pool[:words]
+    if not prose and words:  # RULER's own layout: the haystack ends with a whole repeat
+        unit = pk.RULER_FILLER.split()
+        haystack = [unit[(i - words) % len(unit)] for i in range(words)]
+    return _insert(rng, haystack, sentences, depths), asked
+
+
 def _passkey(rng, config, split, stream) -> str:
+    """The issue-4 layout: ``filler_repeats`` whole filler sentences, the needle at depth 10-90%."""
     key = passkey_key(rng, stream)
     return f"{passkey_prompt(rng, key, rng.randint(*config.filler_repeats))} {key}"
+
+
+def _simple_passkey(rng, config, split, stream) -> str:
+    """The simple format, Exp 10's layout: the prompt and its answer, the key (5 digits)."""
+    key = passkey_key(rng, stream)
+    text = _simple_text(rng, config, key, _budget(rng, config) - 7)
+    return f"{pk.SIMPLE_TEMPLATE.format(text=text)} {key}"
+
+
+def _ruler(rng, config, split, stream) -> str:
+    """The RULER template: the prompt about one of its needles and that needle's 7-digit key."""
+    for attempt in range(20):  # a few needles may not fit a short budget: draw again, at last one needle
+        text, asked = _ruler_text(rng, config, _budget(rng, config), single=attempt == 19)
+        doc = f"{pk.RULER_TEMPLATE.format(context=text, name=asked.name)} {asked.key}"
+        if estimate_tokens(doc) <= config.context:
+            break
+    return doc
+
+
+def _verify(rng, config, split, stream) -> str:
+    """The verification question about the key (half) or a near-miss of it, answered Yes/No."""
+    budget = _budget(rng, config) - 12
+    if rng.random() < 0.5:
+        key = passkey_key(rng, stream)
+        text = _simple_text(rng, config, key, budget - 10)
+    else:
+        text, asked = _ruler_text(rng, config, budget, single=True)
+        key = asked.key
+    truthful = rng.random() < 0.5
+    candidate = key if truthful else _near_miss(rng, key)
+    return f"{pk.VERIFY_TEMPLATE.format(context=text, candidate=candidate)} {'Yes' if truthful else 'No'}"
 
 
 def review_text(rng: random.Random, positive: bool) -> str:
@@ -306,9 +466,16 @@ def _copy(rng, config, split, stream) -> str:
     return f"{sequence} | {sequence}"
 
 
+def _copy_digits(rng, config, split, stream) -> str:
+    """1-4 digit groups of 3-8 digits (never a multiple of 7), then their repetition: induction on digits."""
+    sequence = " ".join(passkey_key(rng, "train", rng.randint(3, 8)) for _ in range(rng.randint(1, 4)))
+    return f"{sequence} | {sequence}"
+
+
 _GENERATORS = {
     "prose": _prose, "city_fact": _city_fact, "sport_fact": _sport_fact, "city_qa": _city_qa,
-    "sport_qa": _sport_qa, "passkey": _passkey, "review": _review, "copy": _copy,
+    "sport_qa": _sport_qa, "passkey": _passkey, "simple_passkey": _simple_passkey, "ruler": _ruler, "verify": _verify,
+    "review": _review, "copy": _copy, "copy_digits": _copy_digits,
 }
 
 
@@ -322,12 +489,37 @@ def _documents(config: CorpusConfig, n: int, stream: str, split: Split) -> Itera
         yield Document(kind, _GENERATORS[kind](rng, config, split, "train"))
 
 
-def build_corpus(config: CorpusConfig = CorpusConfig()) -> tuple[list[Document], list[Document]]:
+SHARD_DOCUMENTS = 50_000  # training documents per seed stream (shard); shards are generated in parallel
+
+
+def _shard(args: tuple) -> list[Document]:
+    config, start, n, stream = args
+    split = fact_split(config)
+    return list(_documents(config, n, stream if start == 0 else f"{stream}-{start}", split))
+
+
+def training_documents(config: CorpusConfig, stream: str = "train", n: int | None = None,
+                       workers: int = 1) -> list[Document]:
+    """``n`` (default ``config.n_train``) documents of ``stream``, made shard by shard
+    (:data:`SHARD_DOCUMENTS` per seed stream), in ``workers`` processes; the result does not depend on
+    ``workers``."""
+    n = config.n_train if n is None else n
+    jobs = [(config, start, min(SHARD_DOCUMENTS, n - start), stream) for start in range(0, n, SHARD_DOCUMENTS)]
+    if workers <= 1 or len(jobs) == 1:
+        shards = [_shard(job) for job in jobs]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            shards = list(pool.map(_shard, jobs))
+    return [doc for shard in shards for doc in shard]
+
+
+def build_corpus(config: CorpusConfig = CorpusConfig(), workers: int = 1) -> tuple[list[Document], list[Document]]:
     """``(train, heldout)`` documents. Held-out documents come from their own seed stream and
     contain no yes/no questions about evaluation facts (they only reuse the training QA facts)."""
-    split = fact_split(config)
-    train = list(_documents(config, config.n_train, "train", split))
-    return train, heldout_documents(config)
+    return training_documents(config, "train", workers=workers), heldout_documents(config)
 
 
 def heldout_documents(config: CorpusConfig = CorpusConfig()) -> list[Document]:

@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from ..convert import to_drope
 from ..loading import load_model
 from ..saving import save_model
-from .corpus import CorpusConfig, build_corpus
+from .corpus import CorpusConfig, heldout_documents, training_documents
+from .recipes import ATTENTION_TYPES, RECIPES, Recipe, add_arguments  # noqa: F401 (re-exported)
 from .tokenizer import train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ToyModelConfig:
-    n_layers: int = 4
+    n_layers: int = 6
     d_model: int = 256
     n_heads: int = 8
     n_kv_heads: int = 8
@@ -43,8 +44,8 @@ class ToyModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    pretrain_steps: int = 6000
-    recalibrate_fraction: float = 0.2  # recalibration steps as a share of pretraining steps (DroPE: 10-20%)
+    pretrain_steps: int = 2500
+    recalibrate_fraction: float = 0.4  # kept for the record; each recipe carries its own fraction
     batch_size: int = 128
     lr: float = 2e-3
     recalibrate_lr: float = 3e-3
@@ -54,32 +55,31 @@ class TrainConfig:
     tokenizer_documents: int = 100_000  # the tokenizer is trained on the first documents only
     save_dtype: str = "float16"
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    workers: int = 1  # processes for corpus generation and packing
 
     def __post_init__(self) -> None:
         if self.pretrain_steps < 1 or self.batch_size < 1:
             raise ValueError("pretrain_steps and batch_size must be at least 1.")
-        if not 0 < self.recalibrate_fraction <= 1:
-            raise ValueError(f"recalibrate_fraction={self.recalibrate_fraction}: must be in (0, 1].")
+        if not 0 < self.recalibrate_fraction <= 2:
+            raise ValueError(f"recalibrate_fraction={self.recalibrate_fraction}: must be in (0, 2].")
 
     @property
     def recalibrate_steps(self) -> int:
         return max(1, round(self.pretrain_steps * self.recalibrate_fraction))
 
+    def steps_of(self, recipe: Recipe) -> int:
+        return max(1, round(self.pretrain_steps * recipe.fraction))
+
 
 PAD = -1  # marks padding in packed rows: replaced by EOS as input, ignored as a target
 
 
-def pack(tokenizer, texts: Sequence[str], context: int, open_rows: int = 64) -> torch.Tensor:
-    """Documents (BOS + text + EOS) packed whole into ``[n, context]`` rows, first fit.
-
-    Each document goes into the first of up to ``open_rows`` partly filled rows with room for it,
-    so every row starts with a document's BOS and no document that fits a context is cut in two;
-    the few longer ones are split. Unused slots hold ``PAD`` (-1). Deterministic given ``texts``.
-    """
-    eos = tokenizer.eos_token_id
+def pack_ids(documents: Sequence[Sequence[int]], context: int, eos: int, open_rows: int = 64) -> torch.Tensor:
+    """Token-id documents (BOS included; EOS appended here) packed whole into ``[n, context]`` rows,
+    first fit (see :func:`pack`)."""
     rows: list[list[int]] = []
     pool: list[list[int]] = []
-    for encoded in tokenizer(list(texts), add_special_tokens=True)["input_ids"]:
+    for encoded in documents:
         doc = list(encoded) + [eos]
         while len(doc) > context:
             rows.append(doc[:context])
@@ -100,6 +100,40 @@ def pack(tokenizer, texts: Sequence[str], context: int, open_rows: int = 64) -> 
     for i, row in enumerate(rows):
         data[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     return data
+
+
+def pack(tokenizer, texts: Sequence[str], context: int, open_rows: int = 64) -> torch.Tensor:
+    """Documents (BOS + text + EOS) packed whole into ``[n, context]`` rows, first fit.
+
+    Each document goes into the first of up to ``open_rows`` partly filled rows with room for it,
+    so every row starts with a document's BOS and no document that fits a context is cut in two;
+    the few longer ones are split. Unused slots hold ``PAD`` (-1). Deterministic given ``texts``.
+    """
+    return pack_ids(tokenizer(list(texts), add_special_tokens=True)["input_ids"], context, tokenizer.eos_token_id,
+                    open_rows)
+
+
+PACK_CHUNK = 50_000  # documents per packing job (rows never mix chunks)
+
+
+def _pack_chunk(args) -> torch.Tensor:
+    tokenizer, texts, context = args
+    return pack(tokenizer, texts, context)
+
+
+def pack_parallel(tokenizer, texts: Sequence[str], context: int, workers: int = 1) -> torch.Tensor:
+    """:func:`pack` of chunks of :data:`PACK_CHUNK` documents, concatenated; ``workers`` processes
+    (the result does not depend on ``workers``)."""
+    jobs = [(tokenizer, list(texts[i : i + PACK_CHUNK]), context) for i in range(0, len(texts), PACK_CHUNK)]
+    # processes are spawned, not forked: a fork after torch or tokenizers started their thread pools
+    # can hang (it did on the GPU machine, issue 20's first run)
+    if workers <= 1 or len(jobs) == 1:
+        return torch.cat([_pack_chunk(job) for job in jobs])
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return torch.cat(list(pool.map(_pack_chunk, jobs)))
 
 
 def next_token_loss(model, batch: torch.Tensor, eos_token_id: int, reduction: str = "mean") -> torch.Tensor:
@@ -219,65 +253,354 @@ class ToyRun:
     report: dict = field(default_factory=dict)
 
 
-def _write_toy_meta(directory: Path, stage: str, corpus_config, model_config, train_config, tokens: dict) -> None:
+def _write_toy_meta(directory: Path, stage: str, corpus_config, model_config, train_config, tokens: dict,
+                    recipe: Optional[Recipe] = None) -> None:
     meta = {"stage": stage, "corpus": asdict(corpus_config), "model": asdict(model_config),
             "training": asdict(train_config), "tokens": tokens}
+    if recipe is not None:
+        meta["recipe"] = asdict(recipe)
     (directory / "toy.json").write_text(json.dumps(meta, indent=2))
 
 
-def train_toy_pair(out: Path, corpus_config: CorpusConfig = CorpusConfig(), model_config: ToyModelConfig = ToyModelConfig(),
-                   train_config: TrainConfig = TrainConfig()) -> ToyRun:
-    """Corpus -> tokenizer -> RoPE pretraining -> ``to_drope`` -> recalibration -> two checkpoints.
+def to_drope_recipe(rope, recipe: Recipe):
+    """``to_drope(rope)``, then for ``qk_norm_nope`` full-width q/k RMSNorms (unit weights, trained)."""
+    from dataclasses import replace
 
-    Writes ``out/rope`` and ``out/drope`` (Hugging Face format, ``train_config.save_dtype``, each
-    with a ``toy.json`` recording the configs and token counts) and ``out/training.json`` (configs,
+    from ..attention import FullWidthRMSNorm
+    from ..model import attention_settings
+
+    drope = to_drope(rope)
+    if recipe.attention_type == "nope":
+        return drope
+    spec = replace(drope.lens, attention_type=recipe.attention_type)
+    drope.lens = spec
+    device = next(drope.parameters()).device
+    for index, block in enumerate(drope.blocks):
+        attn = block.attn
+        attn.settings = attention_settings(spec, index)
+        n_kv = attn.cfg.n_key_value_heads or attn.cfg.n_heads
+        attn.q_norm = FullWidthRMSNorm(attn.cfg.n_heads * attn.cfg.d_head, attn.cfg.eps, attn.cfg.dtype).to(device)
+        attn.k_norm = FullWidthRMSNorm(n_kv * attn.cfg.d_head, attn.cfg.eps, attn.cfg.dtype).to(device)
+    return drope
+
+
+def _json(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _stage_corpus(out: Path, corpus_config: CorpusConfig, model_config: ToyModelConfig, train_config: TrainConfig,
+                  say: Callable[[str], None]):
+    """Stage 1: documents, tokenizer, packed rows (``out/corpus``); loaded if already there."""
+    from transformers import AutoTokenizer
+
+    directory = out / "corpus"
+    done = _json(directory / "corpus.json")
+    if done is not None:
+        say(f"corpus: loaded from {directory}")
+        return AutoTokenizer.from_pretrained(out / "tokenizer"), torch.load(directory / "data.pt"), \
+            torch.load(directory / "heldout.pt"), done
+    started = time.perf_counter()
+    train_docs = training_documents(corpus_config, workers=train_config.workers)
+    heldout_docs = heldout_documents(corpus_config)
+    say(f"corpus: {len(train_docs):,} documents in {time.perf_counter() - started:.1f} s")
+    tokenizer = train_tokenizer((d.text for d in train_docs[: train_config.tokenizer_documents]), out / "tokenizer",
+                                model_config.vocab_size)
+    texts = [d.text for d in train_docs]
+    data = pack_parallel(tokenizer, texts, model_config.context, train_config.workers)
+    heldout = pack(tokenizer, [d.text for d in heldout_docs], model_config.context)
+    kinds: dict[str, int] = {}
+    for d in train_docs:
+        kinds[d.kind] = kinds.get(d.kind, 0) + 1
+    sample = tokenizer([d.text for d in train_docs[:20_000]], add_special_tokens=True)["input_ids"]
+    longest: dict[str, int] = {}
+    for d, ids in zip(train_docs, sample):
+        longest[d.kind] = max(longest.get(d.kind, 0), len(ids) + 1)
+    info = {"corpus_documents": len(train_docs), "corpus_tokens": int((data != PAD).sum()),
+            "heldout_tokens": int((heldout != PAD).sum()), "rows": int(data.shape[0]), "tokenizer_size": len(tokenizer),
+            "documents_per_kind": kinds, "longest_document_tokens_first_20000": longest,
+            "corpus_seconds": time.perf_counter() - started}
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(data, directory / "data.pt")
+    torch.save(heldout, directory / "heldout.pt")
+    (directory / "corpus.json").write_text(json.dumps(info, indent=2))
+    say(f"corpus: {info['corpus_tokens']:,} tokens in {info['rows']:,} rows, tokenizer {len(tokenizer)} tokens, "
+        f"longest documents {longest}; {info['corpus_seconds']:.1f} s")
+    return tokenizer, data, heldout, info
+
+
+def recalibration_rows(out: Path, tokenizer, recipe: Recipe, corpus_config: CorpusConfig, model_config: ToyModelConfig,
+                       train_config: TrainConfig, data: torch.Tensor, say: Callable[[str], None]) -> torch.Tensor:
+    """The rows a recipe recalibrates on: the pretraining rows, or the same documents repacked
+    into longer rows, or (``documents`` above the trained context) a fresh corpus of longer documents
+    (seed stream ``recal-<documents>``); cached under ``out/corpus``."""
+    rows = recipe.rows or model_config.context
+    documents = recipe.documents or model_config.context
+    if rows == model_config.context and documents == model_config.context:
+        return data
+    path = out / "corpus" / f"rows{rows}-docs{documents}.pt"
+    if path.is_file():
+        return torch.load(path)
+    started = time.perf_counter()
+    if documents == model_config.context:
+        texts = [d.text for d in training_documents(corpus_config, workers=train_config.workers)]
+    else:
+        from dataclasses import replace
+
+        longer = replace(corpus_config, context=documents)
+        n = max(1, corpus_config.n_train // 2)
+        texts = [d.text for d in training_documents(longer, f"recal-{documents}", n, workers=train_config.workers)]
+    packed = pack_parallel(tokenizer, texts, rows, train_config.workers)
+    torch.save(packed, path)
+    say(f"recalibration rows {rows} (documents up to {documents} tokens): {int((packed != PAD).sum()):,} tokens, "
+        f"{time.perf_counter() - started:.1f} s")
+    return packed
+
+
+def train_toy_pair(out: Path, corpus_config: CorpusConfig = CorpusConfig(), model_config: ToyModelConfig = ToyModelConfig(),
+                   train_config: TrainConfig = TrainConfig(), recipes: Sequence[Recipe] = (RECIPES["base"],),
+                   say: Callable[[str], None] = log.info) -> ToyRun:
+    """Corpus -> tokenizer -> RoPE pretraining -> ``to_drope`` -> recalibration (one DroPE model per
+    recipe) -> checkpoints, in stages that each checkpoint their result and are skipped when
+    ``out`` already holds it (rerun the same command to resume after an interruption).
+
+    Writes ``out/rope`` and ``out/drope-<recipe>`` (Hugging Face format, ``train_config.save_dtype``,
+    each with a ``toy.json`` recording the configs, token counts and recipe), ``out/drope`` (the
+    first recipe's, unless :func:`select` later replaces it) and ``out/training.json`` (configs,
     token counts, loss curves, held-out losses in nats/token, wall times in seconds).
     """
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not recipes:
+        raise ValueError("recipes: need at least one recalibration recipe.")
     started = time.perf_counter()
-    train_docs, heldout_docs = build_corpus(corpus_config)
-    tokenizer_docs = train_docs[: train_config.tokenizer_documents]
-    tokenizer = train_tokenizer((d.text for d in tokenizer_docs), out / "tokenizer", model_config.vocab_size)
-    data = pack(tokenizer, [d.text for d in train_docs], model_config.context)
-    heldout = pack(tokenizer, [d.text for d in heldout_docs], model_config.context)
-    corpus_seconds = time.perf_counter() - started
-    init_checkpoint(out / "init", model_config, tokenizer, train_config.seed)
-    rope = load_model(out / "init", device=train_config.device, requires_grad=True)
+    tokenizer, data, heldout, corpus_info = _stage_corpus(out, corpus_config, model_config, train_config, say)
     eos = tokenizer.eos_token_id
     kwargs = dict(batch_size=train_config.batch_size, weight_decay=train_config.weight_decay,
                   warmup=train_config.warmup, eos_token_id=eos)
-    t0 = time.perf_counter()
-    pretrain = train(rope, data, train_config.pretrain_steps, lr=train_config.lr, seed=train_config.seed,
-                     desc="pretrain (RoPE)", **kwargs)
-    pretrain_seconds = time.perf_counter() - t0
-    rope_heldout = evaluate_loss(rope, heldout, eos)
+    report = _json(out / "training.json") or {}
+    report.update({"corpus": asdict(corpus_config), "model": asdict(model_config), "training": asdict(train_config),
+                   **corpus_info})
+    report.setdefault("recipes", {})
+    # Every recipe's rows are made now, before any CUDA or torch thread pool exists in this process.
+    recipe_rows = {r.name: recalibration_rows(out, tokenizer, r, corpus_config, model_config, train_config, data, say)
+                   for r in recipes if not (out / f"drope-{r.name}" / "toy.json").is_file()}
 
-    drope = to_drope(rope)  # a deep copy: keeps which parameters train (the zero biases do not)
-    heldout_after_drop = evaluate_loss(drope, heldout, eos)
-    t0 = time.perf_counter()
-    recal = train(drope, data, train_config.recalibrate_steps, lr=train_config.recalibrate_lr,
-                  seed=train_config.seed + 1, desc="recalibrate (DroPE)", **kwargs)
-    recal_seconds = time.perf_counter() - t0
-    drope_heldout = evaluate_loss(drope, heldout, eos)
-    tokens = {
-        "corpus_documents": len(train_docs), "corpus_tokens": int((data != PAD).sum()),
-        "heldout_tokens": int((heldout != PAD).sum()),
-        "pretrain_tokens": pretrain.tokens, "recalibrate_tokens": recal.tokens,
-        "recalibrate_share": recal.tokens / pretrain.tokens,
-        "pretrain_epochs": pretrain.tokens / max(1, int((data != PAD).sum())),
-    }
-    save_model(rope, out / "rope", dtype=train_config.save_dtype)
-    save_model(drope, out / "drope", dtype=train_config.save_dtype)
-    _write_toy_meta(out / "rope", "pretrained with RoPE", corpus_config, model_config, train_config, tokens)
-    _write_toy_meta(out / "drope", "rotary dropped (to_drope), recalibrated", corpus_config, model_config,
-                    train_config, tokens)
-    report = {
-        "corpus": asdict(corpus_config), "model": asdict(model_config), "training": asdict(train_config),
-        **tokens,
-        "corpus_seconds": corpus_seconds, "pretrain_seconds": pretrain_seconds, "recalibrate_seconds": recal_seconds,
-        "total_seconds": time.perf_counter() - started,
-        "heldout_loss": {"rope": rope_heldout, "drope_before_recalibration": heldout_after_drop, "drope": drope_heldout},
-        "pretrain_losses": pretrain.losses, "recalibrate_losses": recal.losses,
-    }
+    if (out / "rope" / "toy.json").is_file():
+        say("pretraining: loaded the RoPE checkpoint from an earlier stage")
+        rope = load_model(out / "rope", device=train_config.device, requires_grad=True, dtype="float32")
+    else:
+        init_checkpoint(out / "init", model_config, tokenizer, train_config.seed)
+        rope = load_model(out / "init", device=train_config.device, requires_grad=True)
+        t0 = time.perf_counter()
+        pretrain = train(rope, data, train_config.pretrain_steps, lr=train_config.lr, seed=train_config.seed,
+                         desc="pretrain (RoPE)", **kwargs)
+        report["pretrain_seconds"] = time.perf_counter() - t0
+        report["pretrain_tokens"] = pretrain.tokens
+        report["pretrain_epochs"] = pretrain.tokens / max(1, corpus_info["corpus_tokens"])
+        report["pretrain_losses"] = pretrain.losses
+        report["heldout_loss"] = {"rope": evaluate_loss(rope, heldout, eos)}
+        tokens = {k: report[k] for k in ("corpus_documents", "corpus_tokens", "heldout_tokens", "pretrain_tokens")}
+        save_model(rope, out / "rope", dtype=train_config.save_dtype)
+        _write_toy_meta(out / "rope", "pretrained with RoPE", corpus_config, model_config, train_config, tokens)
+        (out / "training.json").write_text(json.dumps(report, indent=2))
+        say(f"pretraining: {pretrain.tokens:,} tokens in {report['pretrain_seconds']:.1f} s, "
+            f"held-out loss {report['heldout_loss']['rope']:.4f}")
+    for recipe in recipes:
+        directory = out / f"drope-{recipe.name}"
+        if (directory / "toy.json").is_file():
+            say(f"recalibration {recipe.name}: done in an earlier stage")
+            continue
+        rows = recipe_rows[recipe.name]
+        batch = max(1, train_config.batch_size * model_config.context // rows.shape[1])
+        drope = to_drope_recipe(rope, recipe)
+        before = evaluate_loss(drope, heldout, eos)
+        t0 = time.perf_counter()
+        steps = train_config.steps_of(recipe)
+        recal = train(drope, rows, steps, lr=recipe.lr, seed=train_config.seed + 1, desc=f"recalibrate {recipe.name}",
+                      **{**kwargs, "batch_size": batch})
+        seconds = time.perf_counter() - t0
+        after = evaluate_loss(drope, heldout, eos)
+        entry = {"recipe": asdict(recipe), "steps": steps, "batch_size": batch, "row_tokens": int(rows.shape[1]),
+                 "seconds": seconds, "tokens": recal.tokens, "share_of_pretraining": recal.tokens / report["pretrain_tokens"],
+                 "heldout_loss_before": before, "heldout_loss": after, "losses": recal.losses}
+        report["recipes"][recipe.name] = entry
+        tokens = {k: report[k] for k in ("corpus_documents", "corpus_tokens", "heldout_tokens", "pretrain_tokens")}
+        tokens["recalibrate_tokens"] = recal.tokens
+        save_model(drope, directory, dtype=train_config.save_dtype)
+        _write_toy_meta(directory, f"rotary dropped ({recipe.attention_type}), recalibrated: recipe {recipe.name}",
+                        corpus_config, model_config, train_config, tokens, recipe)
+        (out / "training.json").write_text(json.dumps(report, indent=2))
+        say(f"recalibration {recipe.name}: {steps} steps x {batch} rows of {rows.shape[1]}, {recal.tokens:,} tokens "
+            f"in {seconds:.1f} s; held-out loss {before:.4f} -> {after:.4f}")
+        del drope
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    first = out / f"drope-{recipes[0].name}"
+    if not (out / "drope").exists():
+        import shutil
+
+        shutil.copytree(first, out / "drope")
+        summarize(report, recipes[0].name)
+    report["total_seconds"] = report.get("total_seconds", 0.0) + time.perf_counter() - started
     (out / "training.json").write_text(json.dumps(report, indent=2))
     return ToyRun(out / "rope", out / "drope", report)
+
+
+def summarize(report: dict, recipe: str) -> dict:
+    """Record ``recipe`` as the pair's DroPE model in a training report: ``drope_recipe``,
+    ``recalibrate_tokens``, ``recalibrate_share`` and the DroPE held-out losses (nats/token)."""
+    entry = report["recipes"][recipe]
+    report["drope_recipe"] = recipe
+    report["recalibrate_tokens"] = entry["tokens"]
+    report["recalibrate_share"] = entry["share_of_pretraining"]
+    report["heldout_loss"].update(drope_before_recalibration=entry["heldout_loss_before"], drope=entry["heldout_loss"])
+    return report
+
+
+def _fair(recipe: dict, context: int) -> bool:
+    """Whether a recipe trained DroPE on no longer documents than RoPE (same trained length)."""
+    return (recipe.get("documents") or context) <= context
+
+
+def evaluate_and_select(out: Path, recipes: Sequence[Recipe], bars_config=None, device: Optional[str] = None,
+                        say: Callable[[str], None] = log.info) -> dict:
+    """Stage 4: issue 20's bars for every recalibrated DroPE model and for RoPE, then the choice.
+
+    Selection (never on the reported keys): Exp 10 seed 1 (:class:`~drope_lens.toy.bars.BarsConfig`
+    ``n`` keys per cell, simple and RULER, 2x and 4x, every scaling ``c`` including 0) decides which
+    recipe and which ``c``: most of the two simple-format DroPE bars met (2x >= 60%, 4x >= 30%),
+    then recipes whose documents were no longer than RoPE's, then the mean accuracy of those cells.
+    Among recipes that meet the seed-0 1x, perplexity and cities bars when any does. Reported: seed 0
+    (``measured``). ``out/drope`` becomes the chosen recipe's checkpoint; ``out/evaluation.json``
+    holds everything.
+    """
+    import shutil
+
+    from ..loading import load_model
+    from . import bars
+    from .evaluate import toy_metadata
+
+    out = Path(out)
+    config = bars_config or bars.BarsConfig()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    result = _json(out / "evaluation.json") or {}
+    result.update({"bars_config": asdict(config), "selection_seed": 1, "report_seed": config.seed})
+    corpus, context = toy_metadata(out / "rope")
+    n_ctx = 4 * context + 64
+    measured = result.setdefault("measured", {})
+    selection = result.setdefault("selection", {})
+
+    def save() -> None:
+        (out / "evaluation.json").write_text(json.dumps(result, indent=2))
+
+    if "rope" not in measured:
+        say("evaluating rope")
+        model = load_model(out / "rope", device=device, n_ctx=n_ctx)
+        measured["rope"] = bars.measure_model(model, corpus, context, config, say)
+        del model
+        save()
+    for recipe in recipes:
+        name = f"drope-{recipe.name}"
+        if name in measured or not (out / name / "toy.json").is_file():
+            continue
+        say(f"evaluating {name}")
+        model = load_model(out / name, device=device, n_ctx=n_ctx)
+        from dataclasses import replace
+
+        pick = replace(config, seed=1, multiples=tuple(m for m in config.multiples if m > 1), verify=False, quality=False)
+        selection[name] = bars.measure_model(model, corpus, context, pick, say)
+        measured[name] = bars.measure_model(model, corpus, context, config, say)
+        del model
+        save()
+
+    candidates = []
+    for recipe in recipes:
+        name = f"drope-{recipe.name}"
+        if name not in measured:
+            continue
+        for scaling in (0.0, *config.scalings):
+            picked = selection[name]
+            accs = {(f, m): (bars.cell(picked, f, m, scaling) or {"accuracy": 0.0})["accuracy"]
+                    for f in config.formats for m in (2, 4)}
+            met = int(accs.get(("simple", 2), 0) >= 0.6) + int(accs.get(("simple", 4), 0) >= 0.3)
+            report_bars = bars.check(measured["rope"], measured[name], scaling)
+            base_ok = all(v["met"] for k, v in report_bars.items() if " 2x" not in k and " 4x" not in k)
+            candidates.append({"recipe": recipe.name, "scaling": scaling, "selection_bars_met": met,
+                               "fair": _fair(asdict(recipe), context), "selection_mean": sum(accs.values()) / len(accs),
+                               "other_bars_met": base_ok})
+    if not candidates:
+        raise ValueError(f"{out}: no recalibrated DroPE checkpoint to evaluate.")
+    pool = [c for c in candidates if c["other_bars_met"]] or candidates
+    best = max(pool, key=lambda c: (c["selection_bars_met"], c["fair"], c["selection_mean"], -c["scaling"]))
+    result["candidates"] = candidates
+    result["chosen"] = best
+    chosen = measured[f"drope-{best['recipe']}"]
+    result["bars"] = {"scaling 0": bars.check(measured["rope"], chosen, 0.0, ("simple", "ruler"))}
+    if best["scaling"]:
+        result["bars"][f"scaling {best['scaling']}"] = bars.check(measured["rope"], chosen, best["scaling"],
+                                                                   ("simple", "ruler"))
+    result["table"] = bars.table(measured["rope"], chosen, config.scalings)
+    if (out / "drope").exists():
+        shutil.rmtree(out / "drope")
+    shutil.copytree(out / f"drope-{best['recipe']}", out / "drope")
+    save()
+    training = _json(out / "training.json")
+    if training is not None and best["recipe"] in training.get("recipes", {}):
+        (out / "training.json").write_text(json.dumps(summarize(training, best["recipe"]), indent=2))
+    say(f"chosen: recipe {best['recipe']}, scaling c={best['scaling']}\n{result['table']}")
+    for label, checks in result["bars"].items():
+        for key, value in checks.items():
+            say(f"  bar [{label}] {key}: {value['value']:.3f} ({value['bar']}) {'MET' if value['met'] else 'NOT MET'}")
+    return result
+
+
+TINY = dict(
+    corpus=CorpusConfig(n_train=3000, n_heldout=40, context=128),
+    model=ToyModelConfig(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_mlp=128, context=128, vocab_size=600),
+)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m drope_lens.toy.train OUT [--recipe NAME ...] [--evaluate] [--tiny]`` (see ``drope-lens train-toy``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="train the toy RoPE/DroPE pair (issue 20's recipe), in resumable stages")
+    add_arguments(parser, device=False)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", required=True)
+    return run_from_args(parser.parse_args(argv))
+
+
+def run_from_args(args) -> int:
+    import os
+    from dataclasses import replace
+
+    from . import bars
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    workers = args.workers or os.cpu_count() or 1
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    recipes = [RECIPES[name] for name in (args.recipe or ["base"])]
+    overrides = {k: v for k, v in (("fraction", args.recalibrate_fraction), ("lr", args.recalibrate_lr)) if v is not None}
+    if args.tiny:
+        corpus, model = TINY["corpus"], TINY["model"]
+        training = TrainConfig(pretrain_steps=args.steps or 30, batch_size=4, lr=5e-3, warmup=5, device=args.device,
+                               workers=workers, tokenizer_documents=2000)
+        recipes = [replace(r, rows=r.rows and r.rows // 2, documents=r.documents and r.documents // 2) for r in recipes]
+        bars_config = bars.BarsConfig(n=2, scalings=tuple(args.scalings[:1]), n_sentiment=4)
+    else:
+        corpus, model = CorpusConfig(n_train=args.documents), ToyModelConfig(n_layers=args.layers or ToyModelConfig.n_layers)
+        training = TrainConfig(pretrain_steps=args.steps or TrainConfig.pretrain_steps, device=args.device, workers=workers)
+        bars_config = bars.BarsConfig(n=args.trials, scalings=tuple(args.scalings))
+    recipes = [replace(r, **overrides) for r in recipes]
+    run = train_toy_pair(Path(args.out), corpus, model, training, recipes)
+    r = run.report
+    print(f"RoPE checkpoint:  {run.rope}\nDroPE checkpoints: {[str(Path(args.out) / ('drope-' + x.name)) for x in recipes]}")
+    print(f"pretraining: {r['pretrain_tokens']:,} tokens in {r.get('pretrain_seconds', 0):.1f} s")
+    if args.evaluate:
+        evaluate_and_select(Path(args.out), recipes, bars_config, args.device, say=print)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
