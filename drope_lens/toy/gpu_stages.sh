@@ -3,7 +3,7 @@
 # corpus + RoPE pretraining + the first recipe, then one more recipe per invocation (each resumes
 # from the checkpoints of the last), the checkpoints packed into $OUT as <= 15 MiB tar parts after
 # every stage (a timeout loses at most the stage it cut), then the evaluation within the time left.
-# usage: OUT=... scripts/toy_gpu.sh BUDGET_SECONDS RECIPE [RECIPE ...]
+# usage: OUT=... drope_lens/toy/gpu_stages.sh BUDGET_SECONDS RECIPE [RECIPE ...]
 #   PY: the python (default python3); TOY_WORK: work folder; TOY_ARGS: extra train arguments
 set -u
 BUDGET=$1; shift

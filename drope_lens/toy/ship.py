@@ -1,4 +1,4 @@
-"""Ship a pair trained by scripts/toy_gpu.sh: python scripts/toy_ship.py FILES_AT [--dest drope_lens/data/toy]
+"""Ship a pair trained by drope_lens/toy/gpu_stages.sh: python -m drope_lens.toy.ship FILES_AT [--dest drope_lens/data/toy]
 
 FILES_AT holds what the GPU call returned (ckpt.tar.part-*, evaluation.json, log.txt). Unpacks the
 checkpoints, copies rope/ and the chosen recipe's drope-<recipe>/ (as drope/), training.json (with the
