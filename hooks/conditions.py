@@ -33,7 +33,7 @@ import torch
 
 from drope_lens.generation import rows_of_group
 
-from .interventions import ablate_positions, replace_topk_with_mean, zero_dims
+from .interventions import _OnDevice, ablate_positions, replace_topk_with_mean, zero_dims
 from .names import Rotary
 
 HookPair = tuple[str, Callable]
@@ -133,9 +133,9 @@ def batched_conditions(conditions: Sequence[Sequence[HookPair]], rows: Sequence[
     hence no synchronisation, per hook call)."""
     if len(conditions) != len(rows):
         raise ValueError(f"{len(conditions)} conditions but {len(rows)} row groups.")
-    by_name: dict[str, list[tuple[_Rows, Callable]]] = {}
+    by_name: dict[str, list[tuple[_OnDevice, Callable]]] = {}
     for pairs, group in zip(conditions, rows):
-        index = _Rows(group)
+        index = _OnDevice(group)  # the group's row indices, one tensor per device
         for name, fn in pairs:
             if not isinstance(name, str):
                 raise ValueError("batched_conditions needs hook names, not filters.")
@@ -155,17 +155,3 @@ def batched_conditions(conditions: Sequence[Sequence[HookPair]], rows: Sequence[
         return fn
 
     return [(name, make(entries)) for name, entries in by_name.items()]
-
-
-class _Rows:
-    """A group's row indices, one tensor per device, made once."""
-
-    def __init__(self, rows: Sequence[int]):
-        self.rows = [int(r) for r in rows]
-        self._by_device: dict[str, torch.Tensor] = {}
-
-    def on(self, device) -> torch.Tensor:
-        key = str(device)
-        if key not in self._by_device:
-            self._by_device[key] = torch.tensor(self.rows, dtype=torch.long, device=device)
-        return self._by_device[key]
