@@ -8,10 +8,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Optional, Sequence
 
-from .engine.runner import DEVICE_HELP, device_arg, resolve_device
+# torch's CPU ops run on libgomp (OpenMP) threads that, by default, spin between parallel regions
+# instead of sleeping. On a CPU that other jobs share, the spinning worker takes the core that the
+# main thread needs next: on the 2-core development machine (1-minute load average 3 to 8 from
+# other jobs) one Exp 6 batch of 16 passkey prompts took 12-14 s of wall time with spinning workers
+# and 3.4-4.7 s with sleeping ones (2.4-3.5 s on one thread). Sleeping workers compute the same
+# numbers. libgomp reads the policy once, when torch is first imported, which in a `drope-lens`
+# process happens after this line (building the parser imports no torch); a value set by the
+# user is kept. See README "Speed on a CPU".
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .engine.runner import DEVICE_HELP, device_arg, resolve_device  # noqa: E402
 
 
 def model_summary(model) -> dict:
