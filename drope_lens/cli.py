@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 # user is kept. See README "Speed on a CPU".
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .engine.runner import DEVICE_HELP, device_arg, resolve_device  # noqa: E402
+from .engine.runner import DEVICE_HELP, device_arg, keep_models, resolve_device  # noqa: E402
 
 
 def model_summary(model) -> dict:
@@ -137,6 +137,23 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``drope-lens study --sizes smoke``: per experiment command, options that shrink it to seconds on
+#: the toy pair (a check that every experiment runs and reaches the report, e.g. in tests; its
+#: numbers mean nothing). ``--sizes study`` (the default) adds nothing: each experiment's defaults.
+SMOKE_SIZES: dict[str, list[str]] = {
+    "massive-values": ["--n-texts", "2", "--max-tokens", "48"],
+    "disruption": ["--seeds", "2", "--n-identification", "2", "--n-evaluation", "2", "--max-tokens", "48"],
+    "knowledge": ["--prompts", "2", "--new-tokens", "3", "--reference-tokens", "48"],
+    "bos-ablation": ["--prompts", "2", "--n-reference", "2", "--n-evaluation", "2", "--max-tokens", "48"],
+    "layer1-ablation": ["--prompts", "2", "--n-reference", "2", "--n-evaluation", "2", "--max-tokens", "48"],
+    "sinks": ["--n-texts", "2", "--max-tokens", "48"],
+    "bos-write": ["--n-texts", "2", "--max-tokens", "48"],
+    "attention-structure": ["--n-texts", "2", "--max-tokens", "48"],
+    "layer-balance": ["--n-texts", "2", "--max-tokens", "48"],
+    "context-length": ["--lengths", "200", "--trials", "2", "--max-new-tokens", "3"],
+}
+
+
 def _study(args: argparse.Namespace) -> int:
     """Every experiment of CLI_EXPERIMENTS on one pair, then the report of the results folder."""
     from drope_lens.experiments import CLI_EXPERIMENTS
@@ -149,18 +166,20 @@ def _study(args: argparse.Namespace) -> int:
     else:
         common += ["--pair", args.pair]
     failed = []
-    for command in CLI_EXPERIMENTS:
-        if command in args.skip:
-            continue
-        print(f"== drope-lens run {command} {' '.join(common)}", flush=True)
-        run_args = build_parser().parse_args(["run", command, *common])
-        try:
-            code = run_args.func(run_args)
-        except Exception as exc:  # one failing experiment does not lose the others' report
-            print(f"drope-lens study: {command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            code = 1
-        if code:
-            failed.append(command)
+    with keep_models():  # the small models (the toy pair) load once for all ten experiments
+        for command in CLI_EXPERIMENTS:
+            if command in args.skip:
+                continue
+            sizes = SMOKE_SIZES.get(command, []) if args.sizes == "smoke" else []
+            print(f"== drope-lens run {command} {' '.join(common + sizes)}", flush=True)
+            run_args = build_parser().parse_args(["run", command, *common, *sizes])
+            try:
+                code = run_args.func(run_args)
+            except Exception as exc:  # one failing experiment does not lose the others' report
+                print(f"drope-lens study: {command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                code = 1
+            if code:
+                failed.append(command)
     out = build_report(args.out, args.report)
     print(f"report: {out}" + (f"\nfailed experiments: {failed}" if failed else ""))
     return 1 if failed else 0
@@ -249,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--out", default="results", help="results root (default: results/)")
     study.add_argument("--report", default="report.html", help="HTML file to write (default: report.html)")
     study.add_argument("--skip", nargs="*", default=[], help="experiment commands not to run")
+    study.add_argument("--sizes", choices=["study", "smoke"], default="study",
+                       help="study: every experiment at its defaults (the study's sizes; default); smoke: tiny "
+                            "sizes that only check that every experiment runs and reaches the report")
     study.set_defaults(func=_study)
     return parser
 

@@ -29,3 +29,29 @@ def test_a_drope_lens_process_lets_idle_openmp_workers_sleep():
 
     assert spincount("import drope_lens.cli") == "0"
     assert spincount("import drope_lens.cli", OMP_WAIT_POLICY="ACTIVE") != "0"
+
+
+def test_study_runs_all_ten_experiments_on_the_toy_pair_and_reports_them(tmp_path, monkeypatch, capsys):
+    """`drope-lens study --sizes smoke`: every experiment command runs on the bundled pair (each
+    checkpoint loaded once for all of them) and the report has every experiment, none missing."""
+    import drope_lens.model.loading as loading
+    from drope_lens.experiments import CLI_EXPERIMENTS
+    from drope_lens.outputs.report import SECTIONS
+
+    loads = []
+    original = loading.load_model
+
+    def counting_load(source, *args, **kwargs):
+        loads.append(source)
+        return original(source, *args, **kwargs)
+
+    monkeypatch.setattr(loading, "load_model", counting_load)
+    results, out = tmp_path / "results", tmp_path / "report.html"
+    assert main(["study", "--sizes", "smoke", "--device", "cpu", "--out", str(results), "--report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert [line.split()[3] for line in printed.splitlines() if line.startswith("== drope-lens run ")] == list(CLI_EXPERIMENTS)
+    assert sorted(loads) == ["bundled:toy/drope", "bundled:toy/rope"]
+    page = out.read_text()
+    assert f"{len(SECTIONS)} of {len(SECTIONS)} experiments present, 0 missing." in page and len(SECTIONS) == 10
+    assert re.findall(r"<h2 id='([a-z0-9_]+)'>", page) == [*SECTIONS, "reproduction"]
+    assert len([p for p in results.iterdir() if any(p.glob("*/data.parquet"))]) == 10
