@@ -166,6 +166,7 @@ def _study(args: argparse.Namespace) -> int:
     else:
         common += ["--pair", args.pair]
     failed = []
+    clock = _StudyClock()
     with keep_models():  # the small models (the toy pair) load once for all ten experiments
         for command in CLI_EXPERIMENTS:
             if command in args.skip:
@@ -180,9 +181,38 @@ def _study(args: argparse.Namespace) -> int:
                 code = 1
             if code:
                 failed.append(command)
+            clock.lap(command)
     out = build_report(args.out, args.report)
+    clock.lap("report")
     print(f"report: {out}" + (f"\nfailed experiments: {failed}" if failed else ""))
+    clock.print()
     return 1 if failed else 0
+
+
+class _StudyClock:
+    """Wall and CPU time (user + system of this process, all its threads) of each step of ``study``,
+    and the machine's 1-minute load average before and after (other jobs slow a shared CPU)."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._time = time
+        self.load = os.getloadavg()[0]
+        self.start = self.last = (time.perf_counter(), time.process_time())
+        self.laps: list[tuple[str, float, float]] = []
+
+    def lap(self, name: str) -> None:
+        now = (self._time.perf_counter(), self._time.process_time())
+        self.laps.append((name, now[0] - self.last[0], now[1] - self.last[1]))
+        self.last = now
+
+    def print(self) -> None:
+        width = max(len(name) for name, _, _ in self.laps)
+        print(f"\nstudy time, seconds (wall, CPU = user + system of this process; 1-minute load average "
+              f"{self.load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end):")
+        for name, wall, cpu in self.laps:
+            print(f"  {name:<{width}}  {wall:8.1f}  {cpu:8.1f}")
+        print(f"  {'total':<{width}}  {self.last[0] - self.start[0]:8.1f}  {self.last[1] - self.start[1]:8.1f}")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -51,6 +51,8 @@ def test_study_runs_all_ten_experiments_on_the_toy_pair_and_reports_them(tmp_pat
     printed = capsys.readouterr().out
     assert [line.split()[3] for line in printed.splitlines() if line.startswith("== drope-lens run ")] == list(CLI_EXPERIMENTS)
     assert sorted(loads) == ["bundled:toy/drope", "bundled:toy/rope"]
+    table = printed[printed.index("study time, seconds"):].splitlines()[1:]
+    assert [line.split()[0] for line in table] == [*CLI_EXPERIMENTS, "report", "total"]
     page = out.read_text()
     assert f"{len(SECTIONS)} of {len(SECTIONS)} experiments present, 0 missing." in page and len(SECTIONS) == 10
     assert re.findall(r"<h2 id='([a-z0-9_]+)'>", page) == [*SECTIONS, "reproduction"]
