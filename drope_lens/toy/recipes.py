@@ -52,7 +52,7 @@ RECIPES: dict[str, Recipe] = {
     # issue 20, third run: the dilution augmentation (ln 8: up to 8 times the haystack)
     "dilute": Recipe("dilute", dilution=2.08),
     "dilute_qk": Recipe("dilute_qk", attention_type="qk_norm_nope", dilution=2.08),
-    "dilute_long": Recipe("dilute_long", fraction=0.8, dilution=2.77),
+    "dilute_long": Recipe("dilute_long", fraction=0.6, dilution=2.77),
 }
 
 
