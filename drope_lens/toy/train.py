@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 
 from ..model.convert import to_drope
@@ -230,8 +231,7 @@ def train(
     if dilution > 0 and (haystack is None or haystack.shape != data.shape):
         raise ValueError(f"dilution={dilution} needs a haystack mask of the data's shape {tuple(data.shape)}.")
     bias: list[torch.Tensor] = []
-    hooks = ([(lambda name: name.endswith("attn.hook_attn_scores"), lambda scores, hook: scores + bias[0])]
-             if dilution > 0 else [])
+    hooks = dilution_hooks(bias) if dilution > 0 else []
     losses, tokens = [], 0
     bar = tqdm(range(steps), desc=desc, leave=False)
     for step in bar:
@@ -242,7 +242,7 @@ def train(
         if hooks:
             log_m = torch.rand(batch_size, generator=generator) * dilution
             log_m = torch.where(torch.rand(batch_size, generator=generator) < 0.25, 0.0, log_m)
-            bias[:] = [(log_m[:, None] * haystack[rows].float())[:, None, None, :].to(device)]
+            bias[:] = [dilution_bias(log_m, haystack[rows]).to(device)]
         with autocast, model.hooks(fwd_hooks=hooks):
             loss = next_token_loss(model, batch, eos_token_id)
         optimizer.zero_grad(set_to_none=True)
@@ -258,6 +258,19 @@ def train(
                      min(100, len(losses)), recent)
     model.eval()
     return TrainLog([float(x) for x in torch.stack(losses).cpu()] if losses else [], tokens)
+
+
+def dilution_bias(log_m: Float[torch.Tensor, "batch"], haystack: Bool[torch.Tensor, "batch pos"]
+                  ) -> Float[torch.Tensor, "batch 1 1 pos"]:
+    """The additive attention-score bias of the dilution augmentation: ``ln m`` of each row on its
+    haystack keys, 0 elsewhere (broadcast over heads and queries)."""
+    return (log_m[:, None] * haystack.float())[:, None, None, :]
+
+
+def dilution_hooks(bias: list) -> list:
+    """Forward hooks adding ``bias[0]`` (see :func:`dilution_bias`; a list so that each step can
+    replace it) to the attention scores of every layer."""
+    return [(lambda name: name.endswith("attn.hook_attn_scores"), lambda scores, hook: scores + bias[0])]
 
 
 @dataclass
