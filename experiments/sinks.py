@@ -34,6 +34,7 @@ from jaxtyping import Float
 from drope_lens import analysis
 from drope_lens.hooks.capture import capture_bos_norms
 from drope_lens.results import RunStore
+from drope_lens.spectrum import symmetric_eigenvalues
 from drope_lens.texts import TextsLike
 
 from .common import BosPolicy, check_bos
@@ -69,21 +70,26 @@ class SinksConfig:
             raise ValueError(f"max_tokens={self.max_tokens}, batch_size={self.batch_size}: need >= 2 and >= 1.")
 
 
-def representation_entropy(
-    x: Float[torch.Tensor, "batch pos d_model"],
-) -> tuple[Float[torch.Tensor, "batch"], Float[torch.Tensor, "batch"]]:
-    """``(H with p = s^2/sum s^2 in nats, H with p = s/sum s divided by ln(rank))`` per row (float64).
-
-    s are the singular values of each ``[pos, d_model]`` matrix X. They are computed as the square
-    roots of the eigenvalues of the smaller Gram matrix (X X^T, ``[pos, pos]``, or X^T X) in float64,
-    batched: the same spectrum as an SVD (tested against ``torch.linalg.svdvals`` in float64 to 1e-6)
-    at a fraction of its cost (one GEMM and one symmetric eigenvalue problem of size min(pos, d)).
-    ``rank`` counts s above ``max(s) * max(pos, d_model) * eps_float32``, as for a float32 SVD.
-    """
+def gram_matrix(x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch m m"]:
+    """The smaller Gram matrix of each ``[pos, d_model]`` matrix X in float64: X X^T
+    (``m = pos``) or X^T X (``m = d_model``); its eigenvalues are the squared singular values of X."""
     x64 = x.double()
-    n_pos, width = x.shape[-2:]
-    gram = x64 @ x64.mT if n_pos <= width else x64.mT @ x64  # [batch, min(pos, d), min(pos, d)]
-    eig = torch.linalg.eigvalsh(gram).clamp(min=0)  # s^2, ascending; rounding can make zeros slightly negative
+    return x64 @ x64.mT if x.shape[-2] <= x.shape[-1] else x64.mT @ x64
+
+
+def entropies_from_gram(
+    gram: Float[torch.Tensor, "batch m m"], n_pos: int, width: int,
+) -> tuple[Float[torch.Tensor, "batch"], Float[torch.Tensor, "batch"]]:
+    """:func:`representation_entropy` of matrices of shape ``[n_pos, width]`` from their
+    :func:`gram_matrix` (any number at once: one batched eigenvalue computation)."""
+    return entropies_from_spectrum(symmetric_eigenvalues(gram), n_pos, width)
+
+
+def entropies_from_spectrum(
+    eig: Float[torch.Tensor, "batch m"], n_pos: int, width: int,
+) -> tuple[Float[torch.Tensor, "batch"], Float[torch.Tensor, "batch"]]:
+    """Both entropies of :func:`representation_entropy` from the Gram eigenvalues ``eig`` (= s^2)."""
+    eig = eig.double().clamp(min=0)  # rounding can make zeros slightly negative
     s = eig.sqrt()
     energy = eig / eig.sum(dim=-1, keepdim=True)
     h_energy = -torch.where(energy > 0, energy * energy.log(), torch.zeros_like(energy)).sum(dim=-1)
@@ -95,19 +101,48 @@ def representation_entropy(
     return h_energy, normalized
 
 
+def representation_entropy(
+    x: Float[torch.Tensor, "batch pos d_model"],
+) -> tuple[Float[torch.Tensor, "batch"], Float[torch.Tensor, "batch"]]:
+    """``(H with p = s^2/sum s^2 in nats, H with p = s/sum s divided by ln(rank))`` per row (float64).
+
+    s are the singular values of each ``[pos, d_model]`` matrix X. They are computed as the square
+    roots of the eigenvalues of the smaller Gram matrix (X X^T, ``[pos, pos]``, or X^T X) in float64,
+    batched: the same spectrum as an SVD (tested against ``torch.linalg.svdvals`` in float64 to 1e-6)
+    at a fraction of its cost (one GEMM and one symmetric eigenvalue problem of size min(pos, d);
+    on CUDA :func:`drope_lens.spectrum.symmetric_eigenvalues` solves a batch together).
+    ``rank`` counts s above ``max(s) * max(pos, d_model) * eps_float32``, as for a float32 SVD.
+    """
+    return entropies_from_gram(gram_matrix(x), *x.shape[-2:])
+
+
 def _resid_hooks(model, captured: dict):
+    # Each layer's hook keeps only the Gram matrix; :func:`_entropies` solves all layers' spectra in
+    # one batched call after the forward (one batch of 32 x 10 matrices, not 32 batches of 10).
     def fn(x, hook):
-        h_energy, h_norm = representation_entropy(x)
-        captured.setdefault(hook.layer(), {}).update({"repr_entropy": h_energy, "repr_entropy_norm": h_norm})
+        captured.setdefault(hook.layer(), {})["repr_gram"] = (gram_matrix(x), tuple(x.shape[-2:]))
         return None
 
     return capture_bos_norms(captured, model.cfg.n_layers) + [
         (f"blocks.{layer}.hook_resid_post", fn) for layer in range(model.cfg.n_layers)]
 
 
+def _entropies(captured: dict, n_layers: int) -> None:
+    """Fill ``repr_entropy`` / ``repr_entropy_norm`` of every layer from its kept Gram matrix."""
+    grams = [captured[layer].pop("repr_gram") for layer in range(n_layers)]
+    shapes = {shape for _, shape in grams}
+    if len(shapes) != 1:
+        raise RuntimeError(f"hook_resid_post shapes {sorted(shapes)} differ between layers of one forward.")
+    stacked = torch.cat([gram for gram, _ in grams])  # [layer * batch, m, m]
+    h_energy, h_norm = entropies_from_gram(stacked, *shapes.pop())
+    for layer, (energy, norm) in enumerate(zip(h_energy.chunk(n_layers), h_norm.chunk(n_layers))):
+        captured[layer].update({"repr_entropy": energy, "repr_entropy_norm": norm})
+
+
 def measurement(config: SinksConfig) -> Measurement:
     def rows(model, batch: Batch) -> pd.DataFrame:
         n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+        _entropies(batch.captured, n_layers)
         sink = torch.stack([batch.attention[layer].sink_score for layer in range(n_layers)])  # [layer, batch, head]
         columns = {"sink_score": sink}
         for name in ("bos_norm", "bos_norm_pre", "bos_ratio", "repr_entropy", "repr_entropy_norm"):

@@ -1,0 +1,198 @@
+"""Eigenvalues of many symmetric float64 matrices at once (the spectra of Gram matrices).
+
+``torch.linalg.eigvalsh`` on CUDA solves a batch one matrix at a time (cuSOLVER ``syevd`` in a
+loop; batched ``syevj`` only up to 32 x 32): about 4.5 ms per 512 x 512 float64 matrix on an
+H200, 1.4 s for the 320 Gram matrices of one Exp 4 forward (10 texts x 32 layers). Here the
+whole batch moves together:
+
+1. :func:`tridiagonalize`: Householder reduction to tridiagonal form (LAPACK ``dsytd2``'s
+   algorithm), one column for every matrix of the batch per step: a batched matrix-vector
+   product and a batched rank-2 update (``baddbmm``) of the trailing blocks, float64. Orthogonal
+   similarity transforms: backward stable, eigenvalue errors ~ n * eps_float64 * ||A||.
+2. :func:`tridiagonal_eigenvalues`: bisection on Sturm counts (LAPACK ``dlaebz``'s recurrence
+   with its pivot guard), every eigenvalue of every matrix independently, 64 halvings of the
+   Gershgorin interval (below float64 resolution). On CUDA a Triton kernel (one program per
+   matrix and block of eigenvalue indices); elsewhere the same recurrence vectorised in PyTorch
+   (for tests and small inputs).
+
+:func:`symmetric_eigenvalues` picks the path: CPU tensors go to LAPACK (``eigvalsh``), which is
+fast there; CUDA tensors to 1 + 2 when Triton is available.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Literal, Optional
+
+import torch
+from jaxtyping import Float
+
+Method = Literal["auto", "eigvalsh", "householder"]
+METHODS = ("auto", "eigvalsh", "householder")
+N_HALVINGS = 64
+BLOCK = 128
+
+
+def symmetric_eigenvalues(
+    a: Float[torch.Tensor, "batch n n"], *, method: Method = "auto",
+) -> Float[torch.Tensor, "batch n"]:
+    """Ascending eigenvalues (float64) of each symmetric ``[n, n]`` matrix of ``a`` (lower triangle
+    and upper are both read: ``a`` must be symmetric).
+
+    ``method``: ``"eigvalsh"`` (``torch.linalg.eigvalsh``), ``"householder"`` (module docstring),
+    ``"auto"``: householder on CUDA when Triton is importable, else eigvalsh.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: allowed values are {list(METHODS)}.")
+    if a.ndim != 3 or a.shape[-1] != a.shape[-2]:
+        raise ValueError(f"a has shape {tuple(a.shape)}: expected [batch, n, n].")
+    a = a.double()
+    if method == "auto":
+        method = "householder" if a.is_cuda and _kernel() is not None else "eigvalsh"
+    if method == "eigvalsh" or a.shape[-1] <= 2 or a.shape[0] == 0:
+        return torch.linalg.eigvalsh(a)
+    d, e = tridiagonalize(a)
+    return tridiagonal_eigenvalues(d, e)
+
+
+def tridiagonalize(
+    a: Float[torch.Tensor, "batch n n"],
+) -> tuple[Float[torch.Tensor, "batch n"], Float[torch.Tensor, "batch n_minus_1"]]:
+    """Diagonal ``d`` and off-diagonal ``e`` of a tridiagonal matrix orthogonally similar to each
+    symmetric matrix of ``a`` (float64; ``a`` is not modified)."""
+    a = a.double().clone()
+    batch, n, _ = a.shape
+    d = a.new_empty(batch, n)
+    e = a.new_zeros(batch, max(n - 1, 0))
+    for k in range(n - 2):
+        x = a[:, k + 1 :, k]  # [batch, m]: the column below the diagonal
+        x0 = x[:, 0]
+        norm = torch.linalg.vector_norm(x, dim=1)
+        alpha = torch.where(x0 >= 0, -norm, norm)  # H x = alpha e1, sign chosen against cancellation
+        v = x.clone()
+        v[:, 0] = x0 - alpha
+        vv = norm * (norm + x0.abs()) * 2.0  # v . v
+        tau = torch.where(vv > 0, 2.0 / vv.clamp(min=torch.finfo(torch.float64).tiny), torch.zeros_like(vv))
+        trailing = a[:, k + 1 :, k + 1 :]
+        p = torch.bmm(trailing, v.unsqueeze(-1)).squeeze(-1) * tau[:, None]  # tau A v
+        w = p - (0.5 * tau * (p * v).sum(dim=1))[:, None] * v
+        # A <- H A H = A - v w^T - w v^T
+        trailing.baddbmm_(torch.stack((v, w), dim=-1), torch.stack((w, v), dim=-2), alpha=-1.0)
+        d[:, k] = a[:, k, k]
+        e[:, k] = alpha
+    if n >= 2:
+        d[:, n - 2] = a[:, n - 2, n - 2]
+        e[:, n - 2] = a[:, n - 1, n - 2]
+    if n >= 1:
+        d[:, n - 1] = a[:, n - 1, n - 1]
+    return d, e
+
+
+def _bounds(d: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gershgorin interval (widened as LAPACK ``dstebz`` does) and the pivot guard, per matrix."""
+    n = d.shape[-1]
+    radius = torch.zeros_like(d)
+    radius[:, :-1] += e.abs()
+    radius[:, 1:] += e.abs()
+    low, high = (d - radius).amin(dim=-1), (d + radius).amax(dim=-1)
+    e2 = e * e
+    safe_min = torch.finfo(torch.float64).tiny
+    pivmin = safe_min * torch.clamp(e2.amax(dim=-1) if e2.shape[-1] else torch.ones_like(low), min=1.0)
+    norm = torch.maximum(low.abs(), high.abs())
+    pad = 2.1 * torch.finfo(torch.float64).eps * norm * n + 4.0 * pivmin
+    return low - pad, high + pad, pivmin
+
+
+def tridiagonal_eigenvalues(
+    d: Float[torch.Tensor, "batch n"], e: Float[torch.Tensor, "batch n_minus_1"],
+) -> Float[torch.Tensor, "batch n"]:
+    """Ascending eigenvalues of the symmetric tridiagonal matrices (diagonal ``d``, off-diagonal
+    ``e``) by bisection on Sturm counts; float64, absolute accuracy ~ eps_float64 * ||T||."""
+    d, e = d.double().contiguous(), e.double().contiguous()
+    batch, n = d.shape
+    if n == 0 or batch == 0:
+        return d.clone()
+    low, high, pivmin = _bounds(d, e)
+    e2 = torch.cat([e * e, e.new_zeros(batch, 1)], dim=1).contiguous()  # padded to n
+    kernel = _kernel() if (d.is_cuda or _interpreting()) else None
+    if kernel is not None:
+        out = torch.empty_like(d)
+        grid = (batch, kernel.triton.cdiv(n, BLOCK))
+        with torch.cuda.device(d.device) if d.is_cuda else _null():
+            kernel.bisect[grid](d, e2, low.contiguous(), high.contiguous(), pivmin.contiguous(), out, n,
+                                N_HALVINGS=N_HALVINGS, BLOCK=BLOCK, num_warps=4)
+        return out
+    return _bisect_torch(d, e2, low, high, pivmin)
+
+
+def _sturm_count(d, e2, x, pivmin):
+    """Number of eigenvalues <= x (``x``: [batch, k]) for each matrix, LAPACK ``dlaebz``'s recurrence."""
+    count = torch.zeros_like(x, dtype=torch.int64)
+    q = d[:, :1] - x
+    for j in range(d.shape[1]):
+        if j:
+            q = d[:, j : j + 1] - x - e2[:, j - 1 : j] / q
+        q = torch.where(q.abs() < pivmin[:, None], -pivmin[:, None].expand_as(q), q)
+        count += (q <= 0).long()
+    return count
+
+
+def _bisect_torch(d, e2, low, high, pivmin):
+    batch, n = d.shape
+    index = torch.arange(n, device=d.device)[None].expand(batch, n)
+    lo, hi = low[:, None].expand(batch, n).clone(), high[:, None].expand(batch, n).clone()
+    for _ in range(N_HALVINGS):
+        mid = 0.5 * (lo + hi)
+        left = _sturm_count(d, e2, mid, pivmin) > index  # eigenvalue `index` is <= mid
+        hi = torch.where(left, mid, hi)
+        lo = torch.where(left, lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel():
+    try:
+        import triton
+        import triton.language as tl
+    except Exception:  # CPU builds of torch ship no Triton
+        return None
+    from types import SimpleNamespace
+
+    @triton.jit
+    def bisect_kernel(d_ptr, e2_ptr, low_ptr, high_ptr, pivmin_ptr, out_ptr, n,
+                      N_HALVINGS: tl.constexpr, BLOCK: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        index = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        zero = tl.zeros([BLOCK], tl.float64)
+        lo = zero + tl.load(low_ptr + b)
+        hi = zero + tl.load(high_ptr + b)
+        pivmin = tl.load(pivmin_ptr + b)
+        base = b * n
+        for _ in range(N_HALVINGS):
+            mid = 0.5 * (lo + hi)
+            q = tl.load(d_ptr + base) - mid
+            q = tl.where(tl.abs(q) < pivmin, -pivmin + zero, q)
+            count = tl.where(q <= 0, 1, 0)
+            for j in range(1, n):
+                q = (tl.load(d_ptr + base + j) - mid) - tl.load(e2_ptr + base + j - 1) / q
+                q = tl.where(tl.abs(q) < pivmin, -pivmin + zero, q)
+                count += tl.where(q <= 0, 1, 0)
+            left = count > index
+            hi = tl.where(left, mid, hi)
+            lo = tl.where(left, lo, mid)
+        tl.store(out_ptr + base + index, 0.5 * (lo + hi), mask=index < n)
+
+    return SimpleNamespace(triton=triton, bisect=bisect_kernel)
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *args):
+        return False
