@@ -1,5 +1,5 @@
 """What the ablation conditions need from a model before they run: its BOS spike layer (Exp 4's
-BOS-norm profile under a named rule, :mod:`drope_lens.analysis`) and its massive Q/K entries
+BOS-norm profile under a named rule, :mod:`drope_lens.measurement.analysis`) and its massive Q/K entries
 (Exp 2's identification), computed on the first 512 tokens (as Exp 4-6 measure) of reference texts
 disjoint from the task prompts and evaluation texts.
 """
@@ -11,11 +11,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from drope_lens import analysis
-# the BOS profile and the massive-entry identification live in drope_lens.analysis (importable here as before)
-from drope_lens.analysis import bos_norm_profile, bos_norm_ratios, identify_massive  # noqa: F401
+from drope_lens.measurement import analysis
+# the BOS profile and the massive-entry identification live in drope_lens.measurement.analysis (importable here as before)
+from drope_lens.measurement.analysis import bos_norm_profile, bos_norm_ratios, identify_massive  # noqa: F401
 from drope_lens.hooks.conditions import NEEDS_MASSIVE, NEEDS_SPIKE, Condition, build_condition, check_conditions
-from drope_lens.texts import TextsLike
+from drope_lens.measurement.texts import TextsLike
 
 from .common import BosPolicy
 
@@ -24,7 +24,7 @@ SPIKE_THRESHOLD = analysis.SPIKE_THRESHOLD
 
 def spike_layer(ratios: Sequence[float], rule: str = analysis.DEFAULT_SPIKE_RULE, threshold: float = SPIKE_THRESHOLD,
                 resid_norms: Optional[Sequence[float]] = None) -> Optional[int]:
-    """The spike layer under ``rule``, or None for no spike (:func:`drope_lens.analysis.spike_layer`)."""
+    """The spike layer under ``rule``, or None for no spike (:func:`drope_lens.measurement.analysis.spike_layer`)."""
     return analysis.spike_layer(ratios, rule, threshold, resid_norms)
 
 
@@ -61,7 +61,7 @@ def prepare_conditions(
     """Build ``names`` for ``model``: the spike layer and massive masks are computed from the first
     ``max_tokens`` tokens of ``reference_texts`` only if a condition needs them.
 
-    The spike layer is ``spike_rule`` (:data:`drope_lens.analysis.SPIKE_RULES`) applied to the
+    The spike layer is ``spike_rule`` (:data:`drope_lens.measurement.analysis.SPIKE_RULES`) applied to the
     model's mean BOS profile over the reference texts; every rule's layer is recorded
     (``spike_layers``). No spike under the chosen rule is an error (never another layer).
     ``threshold``: Exp 2's massive-value threshold; ``spike_threshold``: the ``first_above`` ratio.

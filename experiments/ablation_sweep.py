@@ -15,11 +15,11 @@ from typing import Literal, Optional, Sequence
 
 import pandas as pd
 
-from drope_lens import analysis
+from drope_lens.measurement import analysis
 from drope_lens.hooks.conditions import check_conditions
-from drope_lens.results import RunStore, items_fingerprint, texts_fingerprint
-from drope_lens.tasks import check_tasks, load_task
-from drope_lens.texts import TextsLike, as_texts
+from drope_lens.engine.results import RunStore, items_fingerprint, texts_fingerprint
+from drope_lens.measurement.tasks import check_tasks, load_task
+from drope_lens.measurement.texts import TextsLike, as_texts
 
 from .ablation_setup import prepare_conditions
 from .common import BosPolicy, bind_store, check_bos, tokenize, unit_prefix
@@ -120,9 +120,9 @@ from .options import ablation as add_cli_arguments  # noqa: E402  (options impor
 
 
 def run_cli(ctx, experiment: str, title: str) -> int:
-    from drope_lens.results import model_identity
-    from drope_lens.runner import print_table
-    from drope_lens.texts import split_texts
+    from drope_lens.engine.results import model_identity
+    from drope_lens.engine.runner import print_table
+    from drope_lens.measurement.texts import split_texts
 
     args = ctx.args
     config = AblationConfig(tuple(s for s in args.conditions.split(",") if s),

@@ -1,7 +1,7 @@
 """Experiment 7: attention pattern structure per head, and head classes.
 
 Per text, layer and head, from the model's real attention (streamed, see
-:mod:`drope_lens.attention_stats`), averaged over query positions t >= 1:
+:mod:`drope_lens.measurement.attention_stats`), averaged over query positions t >= 1:
 
 * ``sink_score``: attention on position 0 (BOS);
 * ``entropy``: row entropy in nats;
@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from drope_lens.results import RunStore
-from drope_lens.texts import TextsLike
+from drope_lens.engine.results import RunStore
+from drope_lens.measurement.texts import TextsLike
 
 from .common import BosPolicy, check_bos
 from .measurement import Batch, Measurement, add_text_arguments, compare_variants, measure, per_head_frame, summarize
@@ -138,7 +138,7 @@ from .options import attention_structure as add_cli_arguments  # noqa: E402  (op
 
 
 def run_cli(ctx) -> int:
-    from drope_lens.runner import print_table
+    from drope_lens.engine.runner import print_table
 
     from .measurement import run_cli_measurement
 

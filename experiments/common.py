@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
-from drope_lens.texts import Text, TextInputError, TextsLike, as_texts
+from drope_lens.measurement.texts import Text, TextInputError, TextsLike, as_texts
 
 #: Where position 0 comes from. ``"checkpoint"``: the checkpoint's tokenizer decides, as in
 #: Hugging Face (Llama-2 prepends ``<s>``; SmolLM2 and Qwen prepend nothing, so position 0 is the
@@ -45,14 +45,14 @@ def model_variant(model) -> str:
 def bind_store(store, model, experiment: str, config, **content):
     """``store`` bound to this model's fingerprint (None stays None): ``experiment`` (a label),
     ``config`` (the experiment's config dataclass, every field), ``content`` (what the rows are
-    computed from, by content: :func:`~drope_lens.results.texts_fingerprint`,
-    :func:`~drope_lens.results.items_fingerprint`, other settings) and the model's
-    :func:`~drope_lens.results.model_fingerprint`. The scope is :func:`unit_prefix`; see
-    :meth:`drope_lens.results.RunStore.bind` (raises before any work when the directory holds
+    computed from, by content: :func:`~drope_lens.engine.results.texts_fingerprint`,
+    :func:`~drope_lens.engine.results.items_fingerprint`, other settings) and the model's
+    :func:`~drope_lens.engine.results.model_fingerprint`. The scope is :func:`unit_prefix`; see
+    :meth:`drope_lens.engine.results.RunStore.bind` (raises before any work when the directory holds
     another configuration)."""
     if store is None:
         return None
-    from drope_lens.results import model_fingerprint
+    from drope_lens.engine.results import model_fingerprint
 
     fields = {"experiment": experiment, "config": config, **content, "model": model_fingerprint(model)}
     return store.bind(unit_prefix(model), fields, device=model.cfg.device)
@@ -79,11 +79,11 @@ def tokenize(
 ) -> list[torch.Tensor]:
     """Each text tokenised by the model's tokenizer, position 0 as ``bos`` says, cut to ``max_tokens`` (CPU).
 
-    ``texts`` is anything :func:`drope_lens.texts.as_texts` accepts. ``bos="checkpoint"`` keeps the
+    ``texts`` is anything :func:`drope_lens.measurement.texts.as_texts` accepts. ``bos="checkpoint"`` keeps the
     tokenizer's own special tokens (warning once per call when position 0 is then not a special
     token, since the study's "BOS" measurements read position 0); ``bos="always"`` puts the
     tokenizer's BOS token first when the tokenizer did not. A text with fewer than
-    ``min_tokens`` tokens raises :class:`~drope_lens.texts.TextInputError` naming it.
+    ``min_tokens`` tokens raises :class:`~drope_lens.measurement.texts.TextInputError` naming it.
 
     Only a prefix of each text is tokenised: the text cut at a whitespace boundary after about
     ``6 * max_tokens`` characters. The prefix's tokens are used only if they run at least
@@ -209,7 +209,7 @@ class HostCopy:
 
 def progress(iterable, total: int, desc: str, enabled: bool = True):
     """A progress bar (shown on rank 0 only under torchrun: it counts rank 0's share)."""
-    from drope_lens.distributed import is_main
+    from drope_lens.engine.distributed import is_main
 
     return tqdm(iterable, total=total, desc=desc, disable=not (enabled and is_main()), leave=False)
 
@@ -251,7 +251,7 @@ def default_texts(model) -> list[Text]:
     """Texts that suit ``model``: the toy corpus's held-out text for the bundled toy pair (which
     never saw real English), the built-in English texts for any other model. The same choice as
     ``drope-lens run`` makes without ``--texts``."""
-    from drope_lens.texts import builtin_texts, toy_texts
+    from drope_lens.measurement.texts import builtin_texts, toy_texts
 
     source = str(getattr(getattr(model, "lens", None), "source", ""))
     return toy_texts() if source.startswith("bundled:toy/") else builtin_texts()
@@ -270,5 +270,5 @@ def warn_if_out_of_distribution(model, nll_per_text: Sequence[float]) -> None:
             f"{model_name(model)}: median perplexity {median_ppl:,.0f} over {len(nll_per_text)} texts is above its "
             f"vocabulary size {vocab:,} (a uniform guess): these texts are out of the model's distribution and its "
             "numbers on them mean little. Use texts like its training data (drope_lens.experiments.common."
-            "default_texts(model); for the toy pair drope_lens.texts.toy_texts()).",
+            "default_texts(model); for the toy pair drope_lens.measurement.texts.toy_texts()).",
             OutOfDistributionWarning, stacklevel=3)

@@ -1,6 +1,6 @@
 """Experiment 2: disrupting massive Q/K dims, measured by perplexity.
 
-1. Identification (:func:`drope_lens.analysis.identify_massive`): M (see :mod:`.massive_values`)
+1. Identification (:func:`drope_lens.measurement.analysis.identify_massive`): M (see :mod:`.massive_values`)
    of ``hook_q`` and ``hook_k`` averaged over the identification texts; entries above
    ``threshold`` x the layer mean are massive.
 2. Conditions on the evaluation texts (disjoint from the identification texts):
@@ -26,12 +26,12 @@ import torch
 from scipy import stats
 
 # identification is shared with the ablation conditions of Exp 3-6 (importable here as before)
-from drope_lens.analysis import Masks, identify_massive, massive_mask, sequence_norms  # noqa: F401
-from drope_lens.distributed import is_main
+from drope_lens.measurement.analysis import Masks, identify_massive, massive_mask, sequence_norms  # noqa: F401
+from drope_lens.engine.distributed import is_main
 from drope_lens.hooks import batched_zero_dims
-from drope_lens.placement import layer_device
-from drope_lens.results import RunStore, texts_fingerprint
-from drope_lens.texts import Text, TextsLike, as_texts
+from drope_lens.model.placement import layer_device
+from drope_lens.engine.results import RunStore, texts_fingerprint
+from drope_lens.measurement.texts import Text, TextsLike, as_texts
 
 from .common import (
     BosPolicy,
@@ -184,7 +184,7 @@ def run(
         raise ValueError("give both identification_texts and evaluation_texts, or neither (then 3 + 9 of "
                          "default_texts(model) are used).")
     if identification_texts is None:
-        from drope_lens.texts import split_texts
+        from drope_lens.measurement.texts import split_texts
 
         identification_texts, evaluation_texts = split_texts(default_texts(model), 3, 9)
     max_tokens = resolve_max_tokens(model, max_tokens)
@@ -388,15 +388,15 @@ def meta_for(config: DisruptionConfig, identification: Sequence[Text], evaluatio
 
 
 # ------------------------------------------------------------------------------------------
-# Command line: ``drope-lens run disruption`` (see drope_lens.runner).
+# Command line: ``drope-lens run disruption`` (see drope_lens.engine.runner).
 # ------------------------------------------------------------------------------------------
 from .options import disruption as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:
-    from drope_lens.results import model_identity
-    from drope_lens.runner import print_table
-    from drope_lens.texts import split_texts
+    from drope_lens.engine.results import model_identity
+    from drope_lens.engine.runner import print_table
+    from drope_lens.measurement.texts import split_texts
 
     args = ctx.args
     config = DisruptionConfig(args.threshold, args.seeds, args.max_tokens, args.rotary, args.seed, args.batch_size,

@@ -7,10 +7,10 @@ sweep was run:
    saves as one part: a text, a condition, ...; a planned batch lists the units its rows feed).
 2. :func:`plan_sweep` reads which units are finished (and which batches are checkpointed), keeps
    the batches that still feed an unfinished unit, and gives this rank its share of them
-   (:func:`drope_lens.distributed.shard`: whole planned batches, so every row is computed in the
+   (:func:`drope_lens.engine.distributed.shard`: whole planned batches, so every row is computed in the
    same batch, with the same batch mates, as in a single-process uninterrupted run: the same
    GEMM shapes, hence the same roundings on any GPU).
-3. Run ``plan.mine``; save parts (or :meth:`~drope_lens.results.RunStore.save_batch` checkpoints
+3. Run ``plan.mine``; save parts (or :meth:`~drope_lens.engine.results.RunStore.save_batch` checkpoints
    when a unit's rows come from several batches, which several ranks may compute).
 4. :func:`gather` the rows computed on every rank; units finished before this run come from the
    store. Every rank then holds, and ``run`` returns, the whole run's DataFrame.
@@ -25,8 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, TypeVar
 
-from drope_lens import distributed
-from drope_lens.results import RunStore
+from drope_lens.engine import distributed
+from drope_lens.engine.results import RunStore
 
 K = TypeVar("K")
 V = TypeVar("V")

@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from drope_lens.results import RunStore
-from drope_lens.texts import TextsLike
+from drope_lens.engine.results import RunStore
+from drope_lens.measurement.texts import TextsLike
 
 from . import ablation_sweep
 from .ablation_sweep import AblationConfig, perplexity_summary, task_summary, wide_table  # noqa: F401

@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 
 from drope_lens.hooks import capture_token_mean_norm
-from drope_lens.results import RunStore
-from drope_lens.texts import TextsLike
+from drope_lens.engine.results import RunStore
+from drope_lens.measurement.texts import TextsLike
 
 from .common import BosPolicy
 from .measurement import (
@@ -96,7 +96,7 @@ from .options import add_text_arguments as add_cli_arguments  # noqa: E402  (opt
 
 
 def run_cli(ctx) -> int:
-    from drope_lens.runner import print_table
+    from drope_lens.engine.runner import print_table
 
     from .measurement import run_cli_measurement
 

@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from drope_lens.analysis import massive_mask, sequence_norms  # noqa: F401  (shared with Exp 2-6; importable here as before)
-from drope_lens.distributed import is_main
-from drope_lens.results import RunStore, texts_fingerprint
-from drope_lens.texts import Text, TextsLike, as_texts
+from drope_lens.measurement.analysis import massive_mask, sequence_norms  # noqa: F401  (shared with Exp 2-6; importable here as before)
+from drope_lens.engine.distributed import is_main
+from drope_lens.engine.results import RunStore, texts_fingerprint
+from drope_lens.measurement.texts import Text, TextsLike, as_texts
 
 from .common import (
     BosPolicy,
@@ -142,8 +142,8 @@ def run(
 ) -> pd.DataFrame:
     """Massive-value counts per text, layer and tensor (see module docstring).
 
-    ``texts``: a string, a list of strings or :class:`~drope_lens.texts.Text`, a pandas Series or
-    a datasets column (:func:`~drope_lens.texts.as_texts`); default: the first 10 of
+    ``texts``: a string, a list of strings or :class:`~drope_lens.measurement.texts.Text`, a pandas Series or
+    a datasets column (:func:`~drope_lens.measurement.texts.as_texts`); default: the first 10 of
     :func:`~drope_lens.experiments.common.default_texts` (the toy corpus's held-out text for the
     toy pair, the built-in English texts otherwise). ``max_tokens``: tokens per text; default the
     study's 512 capped at the model's trained context (a larger value warns, naming the cap).
@@ -297,7 +297,7 @@ def _d_head_of(group: pd.DataFrame, model: str, d_head: Optional[int]) -> int:
 
 
 # ------------------------------------------------------------------------------------------
-# Command line: ``drope-lens run massive-values`` (see drope_lens.runner).
+# Command line: ``drope-lens run massive-values`` (see drope_lens.engine.runner).
 # ------------------------------------------------------------------------------------------
 from .options import massive_values as add_cli_arguments  # noqa: E402  (options importable without torch)
 
@@ -305,8 +305,8 @@ from .options import massive_values as add_cli_arguments  # noqa: E402  (options
 def run_cli(ctx) -> int:
     from dataclasses import asdict
 
-    from drope_lens.results import model_identity
-    from drope_lens.runner import print_table
+    from drope_lens.engine.results import model_identity
+    from drope_lens.engine.runner import print_table
 
     args = ctx.args
     config = MassiveValuesConfig(args.threshold, args.max_tokens, args.rotary, batch_size=args.batch_size, bos=args.bos)

@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 
 from drope_lens.hooks import capture_attention_stats
-from drope_lens.results import RunStore, texts_fingerprint
-from drope_lens.texts import Text, TextsLike, as_texts
+from drope_lens.engine.results import RunStore, texts_fingerprint
+from drope_lens.measurement.texts import Text, TextsLike, as_texts
 
 from .common import (BosPolicy, batches_by_length, bind_store, check_bos, model_name, model_variant, progress, tokenize,
                      unit_prefix)
@@ -65,7 +65,7 @@ class Measurement:
 
     ``hooks(model, captured)`` returns hook pairs that fill ``captured``; ``rows(model, batch)``
     returns the batch's rows with a ``sample`` column (index into the texts). ``attention`` =
-    ``(window, max_distance)`` asks for :class:`~drope_lens.attention_stats.AttentionStats` of
+    ``(window, max_distance)`` asks for :class:`~drope_lens.measurement.attention_stats.AttentionStats` of
     every layer in ``batch.attention``; :data:`ANY_WINDOW` for any window (sink score and entropy
     only), so that one streamed computation per layer serves several measurements.
     """
@@ -250,7 +250,7 @@ def run_cli_measurement(ctx, experiment: str, config, run_one: Callable) -> pd.D
     """
     from dataclasses import asdict
 
-    from drope_lens.results import model_identity
+    from drope_lens.engine.results import model_identity
 
     chosen = ctx.texts()[: ctx.args.n_texts]
     names = [t.name for t in chosen]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable, Sequence
 
-from drope_lens.passkey import FORMATS
+from drope_lens.measurement.passkey import FORMATS
 
 #: Options renamed because ``torchrun`` claims them: its parser reads every option up to the end of
 #: the command line, the script's included, and takes abbreviations of its own (``--n`` could be
@@ -23,7 +23,7 @@ RENAMED = {"--n": "--prompts (knowledge, bos-ablation, layer1-ablation) or --tri
 # Exp 3 (knowledge)
 KNOWLEDGE_TASKS = ("cities", "sports", "reviews", "passkey")
 KNOWLEDGE_CONDITIONS = ("baseline", "topk_mean_q_k")
-#: Spike-layer rules of :mod:`drope_lens.analysis` (repeated here so that options import no numpy;
+#: Spike-layer rules of :mod:`drope_lens.measurement.analysis` (repeated here so that options import no numpy;
 #: tests/test_first_contact.py checks that the two agree).
 SPIKE_RULES = ("argmax", "first_above", "jump")
 DEFAULT_SPIKE_RULE = "argmax"

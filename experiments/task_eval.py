@@ -18,10 +18,10 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from drope_lens.generation import greedy_generate, prompt_ids
+from drope_lens.measurement.generation import greedy_generate, prompt_ids
 from drope_lens.hooks.conditions import Condition, batched_conditions
-from drope_lens.scoring import answer_token_ids, generation_score, logit_score
-from drope_lens.tasks import TaskItem
+from drope_lens.measurement.scoring import answer_token_ids, generation_score, logit_score
+from drope_lens.measurement.tasks import TaskItem
 
 from .common import BosPolicy, HostCopy, batches_by_length, model_name, model_variant, progress, sequence_nll
 
@@ -236,7 +236,7 @@ def category_degradation(df: pd.DataFrame, baseline: str = "baseline", column: s
     ``excluded``.
     """
     if "kind" not in df.columns:  # results written before the column existed
-        from drope_lens.tasks import KIND
+        from drope_lens.measurement.tasks import KIND
 
         df = df.assign(kind=df["task"].map(lambda t: KIND.get(t, "unknown")))
     df = df.assign(**{column: df[column].astype(float)})
@@ -318,7 +318,7 @@ def perplexity_table(df: pd.DataFrame, baseline: str = "baseline", n_bootstrap: 
 def reference_texts_for(model):
     """Texts the conditions are prepared on (spike layer, massive dims): the toy corpus's held-out
     texts for the bundled toy pair, the builtin texts otherwise."""
-    from drope_lens.texts import builtin_texts, toy_texts
+    from drope_lens.measurement.texts import builtin_texts, toy_texts
 
     return toy_texts() if model_name(model).startswith("bundled:toy/") else builtin_texts()
 

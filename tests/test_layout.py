@@ -3,7 +3,7 @@
 Issue 21: a reader of one experiment must not have to read others. No module of
 ``drope_lens.experiments`` that is an experiment (a command of ``CLI_EXPERIMENTS``) imports
 another experiment, and the shared modules (common, engine, measurement, ...) import none; what
-several experiments need lives in :mod:`drope_lens.analysis`.
+several experiments need lives in :mod:`drope_lens.measurement.analysis`.
 """
 
 from __future__ import annotations
@@ -62,4 +62,4 @@ def test_no_experiment_imports_another_experiment(module):
     others = imported_modules(_modules()[module], module) & EXPERIMENTS
     kind = "the experiment" if module in EXPERIMENTS else "the shared module"
     assert not others, (f"{kind} {module} imports the experiment(s) {sorted(others)}: move what they share into "
-                        "drope_lens.analysis (or a shared module) and import it from there")
+                        "drope_lens.measurement.analysis (or a shared module) and import it from there")

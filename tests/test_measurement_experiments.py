@@ -15,8 +15,8 @@ from builders import plant_massive_qk, reference_model, save_checkpoint, tiny_co
 from drope_lens.experiments import attention_structure, bos_write, layer_balance, sinks
 from drope_lens.experiments.common import tokenize
 from drope_lens.experiments.measurement import bootstrap_ci, measure
-from drope_lens.results import RunStore
-from drope_lens.texts import Text, TextInputError
+from drope_lens.engine.results import RunStore
+from drope_lens.measurement.texts import Text, TextInputError
 
 VOCAB = "the city of paris is in france rome italy secret passkey remember this number grass green sky blue".split()
 MAX_TOKENS = 24

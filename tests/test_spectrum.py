@@ -1,11 +1,11 @@
-"""Batched symmetric eigenvalues (drope_lens.spectrum) against LAPACK's ``eigvalsh`` in float64."""
+"""Batched symmetric eigenvalues (drope_lens.measurement.spectrum) against LAPACK's ``eigvalsh`` in float64."""
 
 import os
 
 import pytest
 import torch
 
-from drope_lens import spectrum
+from drope_lens.measurement import spectrum
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 needs_kernel = pytest.mark.skipif(

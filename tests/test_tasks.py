@@ -13,7 +13,7 @@ from importlib import resources
 import pandas as pd
 import pytest
 
-from drope_lens import scoring, tasks
+from drope_lens.measurement import scoring, tasks
 
 
 def test_task_files_match_their_recorded_hashes():

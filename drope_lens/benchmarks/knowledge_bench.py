@@ -94,10 +94,10 @@ def sweep_part(model, hf, repeat: int = 1, prompts: Optional[int] = None) -> dic
     420 prompts (every task keeps its share), for a run that must end within minutes; None: all."""
     from drope_lens.experiments.ablation_setup import prepare_conditions
     from drope_lens.experiments.task_eval import task_rows
-    from drope_lens.generation import prompt_ids
-    from drope_lens.scoring import answer_token_ids
-    from drope_lens.tasks import load_task
-    from drope_lens.texts import builtin_texts
+    from drope_lens.measurement.generation import prompt_ids
+    from drope_lens.measurement.scoring import answer_token_ids
+    from drope_lens.measurement.tasks import load_task
+    from drope_lens.measurement.texts import builtin_texts
 
     from .generation_bench import cuda_median
 

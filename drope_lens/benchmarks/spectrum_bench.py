@@ -9,7 +9,7 @@ warm-up; largest |entropy - float64 LAPACK entropy| over all matrices, both norm
 
 * ``eigvalsh_cuda``: ``torch.linalg.eigvalsh`` on the batch (cuSOLVER, one matrix at a time);
 * ``eigvalsh_magma``: the same with ``torch.backends.cuda.preferred_linalg_library("magma")``;
-* ``householder``: :func:`drope_lens.spectrum.symmetric_eigenvalues` (batched tridiagonalisation
+* ``householder``: :func:`drope_lens.measurement.spectrum.symmetric_eigenvalues` (batched tridiagonalisation
   + Triton bisection), also split into its two stages;
 * ``cpu_lapack_threads``: the Gram matrices copied to the host and ``eigvalsh`` per matrix in a
   pool of one thread per core;
@@ -53,7 +53,7 @@ def grams(n_matrices: int, pos: int, width: int, seed: int = 0) -> torch.Tensor:
 
 
 def main() -> None:
-    from drope_lens import spectrum
+    from drope_lens.measurement import spectrum
     from drope_lens.experiments.sinks import entropies_from_gram, entropies_from_spectrum
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
