@@ -47,12 +47,21 @@ def test_householder_and_bisection_match_lapack():
 def test_bisection_kernel_matches_lapack():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for a in _matrices(1):
-        _check(spectrum.symmetric_eigenvalues(a.to(device), method="householder"), a)
+        for method in ("householder", "householder_fused"):
+            _check(spectrum.symmetric_eigenvalues(a.to(device), method=method), a)
     if torch.cuda.is_available():  # the study's size: 512 x 512, more than one block of eigenvalues
         x = torch.randn(4, 512, 1024, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
         x[:, 0] *= 100.0
         a = x @ x.mT
-        _check(spectrum.symmetric_eigenvalues(a.cuda()), a)
+        for method in ("auto", "householder_fused"):
+            _check(spectrum.symmetric_eigenvalues(a.cuda(), method=method), a)
+
+
+@pytest.mark.skipif(INTERPRET, reason="the interpreter runs the kernel on CPU tensors")
+def test_fused_tridiagonalization_needs_triton_on_cuda():
+    for a in (torch.eye(4, dtype=torch.float64)[None],):  # CPU tensors: no kernel outside the interpreter
+        with pytest.raises(RuntimeError, match="needs Triton"):
+            spectrum.tridiagonalize_fused(a)
 
 
 def test_bad_arguments():

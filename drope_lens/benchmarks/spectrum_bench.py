@@ -10,7 +10,8 @@ warm-up; largest |entropy - float64 LAPACK entropy| over all matrices, both norm
 * ``eigvalsh_cuda``: ``torch.linalg.eigvalsh`` on the batch (cuSOLVER, one matrix at a time);
 * ``eigvalsh_magma``: the same with ``torch.backends.cuda.preferred_linalg_library("magma")``;
 * ``householder``: :func:`drope_lens.measurement.spectrum.symmetric_eigenvalues` (batched tridiagonalisation
-  + Triton bisection), also split into its two stages;
+  + Triton bisection), also split into its two stages; ``householder_fused``: the same with
+  :func:`~drope_lens.measurement.spectrum.tridiagonalize_fused` (one pass per column);
 * ``cpu_lapack_threads``: the Gram matrices copied to the host and ``eigvalsh`` per matrix in a
   pool of one thread per core;
 * ``eigvalsh_float32``: cuSOLVER in float32 (cheaper, and the entropy error shows why it is not used).
@@ -84,6 +85,10 @@ def main() -> None:
     record("householder", t, eig)
     t, (d, e) = cuda_median(lambda: spectrum.tridiagonalize(a), args.repeat)
     record("  tridiagonalize", t)
+    t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_fused"), args.repeat)
+    record("householder_fused", t, eig)
+    t, _ = cuda_median(lambda: spectrum.tridiagonalize_fused(a), args.repeat)
+    record("  tridiagonalize_fused", t)
     t, _ = cuda_median(lambda: spectrum.tridiagonal_eigenvalues(d, e), args.repeat)
     record("  bisection (Triton)", t)
     t, eig = cuda_median(lambda: torch.linalg.eigvalsh(a), 1)
