@@ -116,27 +116,43 @@ def representation_entropy(
     return entropies_from_gram(gram_matrix(x), *x.shape[-2:])
 
 
+#: Gram matrices of one forward kept for a batched solve, at most this many bytes (10 texts x 512
+#: tokens x 32 layers: 0.67 GB); larger ones (long texts) are solved layer by layer as they come.
+DEFER_GRAM_BYTES = 2 * 2**30
+
+
 def _resid_hooks(model, captured: dict):
-    # Each layer's hook keeps only the Gram matrix; :func:`_entropies` solves all layers' spectra in
-    # one batched call after the forward (one batch of 32 x 10 matrices, not 32 batches of 10).
+    # On CUDA each layer's hook keeps only its Gram matrix and :func:`_entropies` solves all layers'
+    # spectra in one batched call after the forward (one batch of 32 x 10 matrices, not 32 batches
+    # of 10: the batched solver's cost is per step, not per matrix). On the CPU, where LAPACK
+    # solves matrix by matrix anyway, and for large matrices, each layer is solved at once.
+    n_layers = model.cfg.n_layers
+
     def fn(x, hook):
-        captured.setdefault(hook.layer(), {})["repr_gram"] = (gram_matrix(x), tuple(x.shape[-2:]))
+        gram, shape = gram_matrix(x), tuple(x.shape[-2:])
+        slot = captured.setdefault(hook.layer(), {})
+        if gram.is_cuda and gram.numel() * gram.element_size() * n_layers <= DEFER_GRAM_BYTES:
+            slot["repr_gram"] = (gram, shape)
+        else:
+            slot["repr_entropy"], slot["repr_entropy_norm"] = entropies_from_gram(gram, *shape)
         return None
 
-    return capture_bos_norms(captured, model.cfg.n_layers) + [
-        (f"blocks.{layer}.hook_resid_post", fn) for layer in range(model.cfg.n_layers)]
+    return capture_bos_norms(captured, n_layers) + [
+        (f"blocks.{layer}.hook_resid_post", fn) for layer in range(n_layers)]
 
 
 def _entropies(captured: dict, n_layers: int) -> None:
-    """Fill ``repr_entropy`` / ``repr_entropy_norm`` of every layer from its kept Gram matrix."""
-    grams = [captured[layer].pop("repr_gram") for layer in range(n_layers)]
-    shapes = {shape for _, shape in grams}
-    if len(shapes) != 1:
-        raise RuntimeError(f"hook_resid_post shapes {sorted(shapes)} differ between layers of one forward.")
-    stacked = torch.cat([gram for gram, _ in grams])  # [layer * batch, m, m]
-    h_energy, h_norm = entropies_from_gram(stacked, *shapes.pop())
-    for layer, (energy, norm) in enumerate(zip(h_energy.chunk(n_layers), h_norm.chunk(n_layers))):
-        captured[layer].update({"repr_entropy": energy, "repr_entropy_norm": norm})
+    """Fill ``repr_entropy`` / ``repr_entropy_norm`` of the layers that kept a Gram matrix, one
+    batched solve per (device, shape)."""
+    groups: dict = {}
+    for layer in range(n_layers):
+        if "repr_gram" in captured[layer]:
+            gram, shape = captured[layer].pop("repr_gram")
+            groups.setdefault((gram.device, shape), []).append((layer, gram))
+    for (_, shape), members in groups.items():
+        h_energy, h_norm = entropies_from_gram(torch.cat([gram for _, gram in members]), *shape)
+        for (layer, _), energy, norm in zip(members, h_energy.chunk(len(members)), h_norm.chunk(len(members))):
+            captured[layer].update({"repr_entropy": energy, "repr_entropy_norm": norm})
 
 
 def measurement(config: SinksConfig) -> Measurement:
