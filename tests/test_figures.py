@@ -246,8 +246,8 @@ def test_attention_view_policy_and_offline_html(tmp_path):
     assert 0 < view.outside_mass["drope"] <= 1 and "before the window" in view.note
     with pytest.raises(ValueError, match="more than max_tokens"):
         attention_heads(rope, drope, short, layer=1, window=(0, 30), max_tokens=20)
-    with pytest.raises(ValueError, match="layers 0..3"):
-        attention_heads(rope, drope, short, layer=7)
+    with pytest.raises(ValueError, match=rf"layers 0..{rope.cfg.n_layers - 1}\."):
+        attention_heads(rope, drope, short, layer=rope.cfg.n_layers + 1)
     page = view.save(tmp_path / "attn.html").read_text()
     assert "var CircuitsVis=" in page and "unpkg.com" not in page
     assert re.findall(r"<script[^>]*\bsrc=", page) == []

@@ -147,7 +147,7 @@ def test_disruption_defaults_and_the_out_of_distribution_warning(toy_pair):
     assert base["ppl"].median() < 20  # its own kind of text: a few nats at most
     english = builtin_texts()
     with pytest.warns(OutOfDistributionWarning, match=r"median perplexity [\d,]+ over 2 texts is above its "
-                                                      r"vocabulary size 3,935"):
+                                                      rf"vocabulary size {rope.cfg.d_vocab:,}"):
         disruption.run(rope, english[:1], english[1:3], seeds=1, max_tokens=64, show_progress=False)
     with pytest.raises(ValueError, match="give both identification_texts and evaluation_texts"):
         disruption.run(rope, english[:1], seeds=1)

@@ -120,3 +120,23 @@ def test_dilution_bias_is_the_haystack_repeated():
             torch.testing.assert_close(z["z"][row, i].double(), expected, atol=2e-4, rtol=1e-3)
     plain = drope.run_with_cache(tokens, names_filter=["blocks.0.attn.hook_z"])[1]["blocks.0.attn.hook_z"]
     assert (plain - z["z"]).abs().max() > 1e-2  # the bias changes the layer: the comparison above has teeth
+
+
+def test_dilution_recipe_trains_on_masked_rows(tmp_path):
+    """A dilution recipe recalibrates on a fresh stream packed with haystack masks (cached beside
+    the corpus) and records its ln m bound; a mask/data shape mismatch is refused."""
+    import pytest
+
+    from drope_lens.toy.train import train
+
+    model = ToyModelConfig(n_layers=1, d_model=32, n_heads=2, n_kv_heads=2, d_mlp=64, context=128, vocab_size=400)
+    training = TrainConfig(pretrain_steps=6, batch_size=4, warmup=1, device="cpu", save_dtype="float32")
+    run = train_toy_pair(tmp_path, MINI_CORPUS, model, training, recipes=[Recipe("dil", fraction=0.5, dilution=2.0)])
+    rows, mask = torch.load(tmp_path / "corpus" / "recal-masked.pt")
+    assert rows.shape == mask.shape and rows.shape[1] == 128 and 0 < mask.sum() < (rows != -1).sum()
+    entry = run.report["recipes"]["dil"]
+    assert entry["recipe"]["dilution"] == 2.0 and entry["heldout_loss"] != entry["heldout_loss_before"]
+    drope = dl.load_model(tmp_path / "drope-dil", requires_grad=True)
+    with pytest.raises(ValueError, match="haystack mask of the data's shape"):
+        train(drope, rows, 1, batch_size=2, lr=1e-3, warmup=1, weight_decay=0.0, seed=0, eos_token_id=2,
+              haystack=mask[:, :64], dilution=1.0)

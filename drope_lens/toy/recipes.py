@@ -65,7 +65,7 @@ def add_arguments(parser, device: bool = True) -> None:
     parser.add_argument("--mix", choices=("v1", "v2"), default="v2",
                         help="corpus mix: v2 (default) adds multi-question verification documents")
     parser.add_argument("--recipe", action="append", choices=sorted(RECIPES), default=None,
-                        help="recalibration recipe(s), the first is the default choice (default: base)")
+                        help="recalibration recipe(s), the first is the default choice (default: dilute, the bundled pair's)")
     parser.add_argument("--recalibrate-fraction", type=float, default=None,
                         help="recalibration steps as a share of pretraining steps, for every recipe")
     parser.add_argument("--recalibrate-lr", type=float, default=None, help="recalibration learning rate, every recipe")

@@ -661,7 +661,7 @@ def run_from_args(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     workers = args.workers or os.cpu_count() or 1
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    recipes = [RECIPES[name] for name in (args.recipe or ["base"])]
+    recipes = [RECIPES[name] for name in (args.recipe or ["dilute"])]
     overrides = {k: v for k, v in (("fraction", args.recalibrate_fraction), ("lr", args.recalibrate_lr)) if v is not None}
     if args.tiny:
         corpus, model = TINY["corpus"], TINY["model"]
