@@ -22,16 +22,37 @@ _warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", ca
 
 #: public name -> the submodule that defines it (imported on first access, see ``__getattr__``)
 _LAZY = {
-    "DROPE_ATTENTION_TYPES": "checkpoint",
-    "CheckpointError": "checkpoint",
-    "CheckpointSpec": "checkpoint",
-    "to_drope": "convert",
-    "load_model": "loading",
-    "save_model": "saving",
-    "DropeLensTransformer": "model",
-    "is_drope": "model",
-    "load_pair": "registry",
-    "register_pair": "registry",
+    "DROPE_ATTENTION_TYPES": "model.checkpoint",
+    "CheckpointError": "model.checkpoint",
+    "CheckpointSpec": "model.checkpoint",
+    "to_drope": "model.convert",
+    "load_model": "model.loading",
+    "save_model": "model.saving",
+    "DropeLensTransformer": "model.transformer",
+    "is_drope": "model.transformer",
+    "load_pair": "model.registry",
+    "register_pair": "model.registry",
+}
+
+#: ``dl.<name>`` for the modules a notebook reaches for, wherever they live in the layers
+_SUBMODULES = {
+    "figures": "outputs.figures",
+    "report": "outputs.report",
+    "reproduction": "outputs.reproduction",
+    "views": "outputs.views",
+    "static": "outputs.static",
+    "results": "engine.results",
+    "distributed": "engine.distributed",
+    "generation": "measurement.generation",
+    "analysis": "measurement.analysis",
+    "texts": "measurement.texts",
+    "tasks": "measurement.tasks",
+    "passkey": "measurement.passkey",
+    "scoring": "measurement.scoring",
+    "attention_stats": "measurement.attention_stats",
+    "loading": "model.loading",
+    "registry": "model.registry",
+    "checkpoint": "model.checkpoint",
 }
 
 __all__ = sorted(_LAZY)
@@ -42,7 +63,7 @@ def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:  # a submodule (dl.figures, dl.hooks, ...), imported on first access
         try:
-            return _importlib.import_module(f".{name}", __name__)
+            return _importlib.import_module(f".{_SUBMODULES.get(name, name)}", __name__)
         except ModuleNotFoundError as exc:
             if exc.name != f"{__name__}.{name}":
                 raise
@@ -53,4 +74,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from .runner import DEVICE_HELP, device_arg, resolve_device
+from .engine.runner import DEVICE_HELP, device_arg, resolve_device
 
 
 def model_summary(model) -> dict:
@@ -56,8 +56,8 @@ def model_summary(model) -> dict:
 def _info(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .loading import load_model
-    from .registry import pairs
+    from .model.loading import load_model
+    from .model.registry import pairs
 
     args.device = resolve_device(args.device)
     known = pairs()
@@ -86,7 +86,7 @@ def _random_checkpoint(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .benchmarks.random_checkpoint import SHAPES, write_drope_twin, write_random_checkpoint, write_tokenizer
-    from .texts import builtin_texts
+    from .measurement.texts import builtin_texts
 
     out = Path(args.out)
     shape = SHAPES[args.shape]
@@ -105,7 +105,7 @@ def _run_experiment(args: argparse.Namespace) -> int:
 
     from drope_lens.experiments import CLI_EXPERIMENTS
 
-    from .runner import RunContext
+    from .engine.runner import RunContext
 
     module = importlib.import_module(f"drope_lens.experiments.{CLI_EXPERIMENTS[args.experiment][0]}")
     return module.run_cli(RunContext.from_args(args))
@@ -119,7 +119,7 @@ def _train_toy(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from .outputs.report import build_report
 
     out = build_report(args.results_dir, args.out)
     print(f"report: {out}")
@@ -130,7 +130,7 @@ def _study(args: argparse.Namespace) -> int:
     """Every experiment of CLI_EXPERIMENTS on one pair, then the report of the results folder."""
     from drope_lens.experiments import CLI_EXPERIMENTS
 
-    from .report import build_report
+    from .outputs.report import build_report
 
     common = ["--out", args.out, "--dtype", args.dtype, "--device", resolve_device(args.device), "--bos", args.bos]
     if args.rope or args.drope:
@@ -162,7 +162,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
     def parse_known_args(self, args=None, namespace=None):
-        from drope_lens.cli_options import RENAMED
+        from drope_lens.engine.options import RENAMED
 
         for arg in sys.argv[1:] if args is None else args:
             flag = arg.split("=", 1)[0]
@@ -208,9 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     from drope_lens.experiments import CLI_EXPERIMENTS
-    from drope_lens.cli_options import OPTIONS
+    from drope_lens.engine.options import OPTIONS
 
-    from .runner import add_common_arguments
+    from .engine.runner import add_common_arguments
 
     for command, (module_name, help_text) in CLI_EXPERIMENTS.items():
         if command in OPTIONS:  # the usual case: options known without importing the experiment

@@ -3,10 +3,10 @@
 Each module is only its experiment's definition: a config dataclass, ``run(model, ...) ->
 pandas.DataFrame`` (its units, hooks and rows, run by the one engine, :mod:`drope_lens.engine`:
 planned batches, shared among ``torchrun`` ranks, resumable through a
-:class:`drope_lens.results.RunStore`), summaries that take that DataFrame, and ``run_cli``. No
-experiment imports another; what several need is in :mod:`drope_lens.analysis`,
-:mod:`drope_lens.tokens` and :mod:`drope_lens.summaries`; their command-line options are in
-:mod:`drope_lens.cli_options` (imported without torch, so that ``drope-lens --help`` is fast).
+:class:`drope_lens.engine.results.RunStore`), summaries that take that DataFrame, and ``run_cli``. No
+experiment imports another; what several need is in :mod:`drope_lens.measurement.analysis`,
+:mod:`drope_lens.measurement.tokens` and :mod:`drope_lens.measurement.summaries`; their command-line options are in
+:mod:`drope_lens.engine.options` (imported without torch, so that ``drope-lens --help`` is fast).
 
 - :mod:`.massive_values` (Exp 1), :mod:`.disruption` (Exp 2), :mod:`.knowledge` (Exp 3),
   :mod:`.bos_ablation` (Exp 4/5 ablations), :mod:`.layer1_ablation` (Exp 6), :mod:`.sinks`
@@ -15,7 +15,7 @@ experiment imports another; what several need is in :mod:`drope_lens.analysis`,
 """
 
 #: ``drope-lens run <command>`` -> (module of this package, one-line help). Each module defines
-#: ``add_cli_arguments(parser)`` and ``run_cli(ctx: drope_lens.runner.RunContext) -> int``.
+#: ``add_cli_arguments(parser)`` and ``run_cli(ctx: drope_lens.engine.runner.RunContext) -> int``.
 CLI_EXPERIMENTS: dict[str, tuple[str, str]] = {
     "massive-values": ("massive_values", "Exp 1: massive values in Q/K/V per layer"),
     "disruption": ("disruption", "Exp 2: zero massive Q/K dims, measure perplexity"),

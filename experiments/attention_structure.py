@@ -1,7 +1,7 @@
 """Experiment 7: attention pattern structure per head, and head classes.
 
 Per text, layer and head, from the model's real attention (streamed, see
-:mod:`drope_lens.attention_stats`), averaged over query positions t >= 1:
+:mod:`drope_lens.measurement.attention_stats`), averaged over query positions t >= 1:
 
 * ``sink_score``: attention on position 0 (BOS);
 * ``entropy``: row entropy in nats;
@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from drope_lens.results import RunStore
-from drope_lens.texts import TextsLike
+from drope_lens.engine.results import RunStore
+from drope_lens.measurement.texts import TextsLike
 
-from drope_lens.tokens import BosPolicy, check_bos
+from drope_lens.measurement.tokens import BosPolicy, check_bos
 from drope_lens.engine.measure import Batch, Measurement, measure, per_head_frame
-from drope_lens.summaries import compare_variants, summarize
+from drope_lens.measurement.summaries import compare_variants, summarize
 
 EXPERIMENT = "attention_structure"
 CLASSES = ("sink", "local", "distributed")
@@ -135,11 +135,11 @@ def compare(df: pd.DataFrame) -> pd.DataFrame:
     return compare_variants(class_shares(df))
 
 
-from drope_lens.cli_options import attention_structure as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import attention_structure as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:
-    from drope_lens.runner import print_table
+    from drope_lens.engine.runner import print_table
 
     from drope_lens.engine.measure import run_cli_measurement
 

@@ -2,7 +2,7 @@
 
 Conditions (:mod:`drope_lens.hooks.conditions`): ``baseline``; ``bos_mlp`` (``hook_mlp_out``
 zeroed at absolute position 0 in the model's own spike layer, chosen by ``spike_rule``
-(:mod:`drope_lens.analysis`: ``argmax`` of the BOS-norm ratio ||resid_post[0]|| /
+(:mod:`drope_lens.measurement.analysis`: ``argmax`` of the BOS-norm ratio ||resid_post[0]|| /
 mean_{t>=1} ||resid_post[t]|| by default, the study's; ``first_above`` 2; ``jump``, the block that
 raises ||resid[0]|| most) on the models' mean profile over reference texts, recorded in
 ``condition_layer`` / ``spike_rule`` of every row, the run's meta.json and ``conditions-*.parquet``
@@ -19,14 +19,14 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from drope_lens.results import RunStore
-from drope_lens.texts import TextsLike
+from drope_lens.engine.results import RunStore
+from drope_lens.measurement.texts import TextsLike
 
 from drope_lens.engine import ablation as ablation_sweep
 from drope_lens.engine.ablation import AblationConfig
-from drope_lens.summaries import perplexity_summary, task_summary, wide_table  # noqa: F401
-from drope_lens.tokens import BosPolicy
-from drope_lens.cli_options import BOS_ABLATION_CONDITIONS
+from drope_lens.measurement.summaries import perplexity_summary, task_summary, wide_table  # noqa: F401
+from drope_lens.measurement.tokens import BosPolicy
+from drope_lens.engine.options import BOS_ABLATION_CONDITIONS
 
 EXPERIMENT = "bos-ablation"
 DEFAULT_CONDITIONS = BOS_ABLATION_CONDITIONS
@@ -45,7 +45,7 @@ def run(model, reference_texts: TextsLike, evaluation_texts: TextsLike, *,
                                     show_progress=show_progress)
 
 
-from drope_lens.cli_options import bos_ablation as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import bos_ablation as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:

@@ -10,7 +10,7 @@ Per text, layer and head:
 
 Per text and layer also the BOS residual norms (``bos_norm`` = ||resid_post[0]||, ``bos_norm_pre``
 = ||resid_pre[0]||, ``bos_ratio`` = bos_norm / mean_{t>=1} ||resid_post[t]||), so that the spike
-layer is reported under every rule of :mod:`drope_lens.analysis` next to where BOS is written.
+layer is reported under every rule of :mod:`drope_lens.measurement.analysis` next to where BOS is written.
 
 Max-write layer of a text: the layer with the largest head-mean ``write``. Layers are categories:
 summarised by mode and distribution over texts (:func:`layer_table`), never by a mean.
@@ -24,14 +24,14 @@ from typing import Optional
 import pandas as pd
 import torch
 
-from drope_lens import analysis
+from drope_lens.measurement import analysis
 from drope_lens.hooks.capture import capture_bos_norms
-from drope_lens.results import RunStore
-from drope_lens.texts import TextsLike
+from drope_lens.engine.results import RunStore
+from drope_lens.measurement.texts import TextsLike
 
-from drope_lens.tokens import BosPolicy
+from drope_lens.measurement.tokens import BosPolicy
 from drope_lens.engine.measure import ANY_WINDOW, Batch, Measurement, measure, per_head_frame, TextMeasurementConfig
-from drope_lens.summaries import compare_variants, summarize
+from drope_lens.measurement.summaries import compare_variants, summarize
 
 EXPERIMENT = "bos_write"
 
@@ -111,7 +111,7 @@ def overall(df: pd.DataFrame) -> pd.DataFrame:
 
 def layer_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per model: the max-write layer and the spike layer under each rule as categories: mode and
-    distribution over texts (see :func:`drope_lens.analysis.layer_summary`)."""
+    distribution over texts (see :func:`drope_lens.measurement.analysis.layer_summary`)."""
     table = max_write_layers(df)
     columns = ["max_write_layer"] + [c for c in table.columns if c.startswith("spike_layer_")]
     return analysis.layer_summary(table, columns)
@@ -126,11 +126,11 @@ def compare_layers(df: pd.DataFrame) -> pd.DataFrame:
     return analysis.compare_layers(layer_table(df))
 
 
-from drope_lens.cli_options import add_text_arguments as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import add_text_arguments as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:
-    from drope_lens.runner import print_table
+    from drope_lens.engine.runner import print_table
 
     from drope_lens.engine.measure import run_cli_measurement
 

@@ -1,6 +1,6 @@
 """Experiment 10: passkey/RULER retrieval against context length, error types, verification.
 
-A cell is (length, format, depth); it holds ``n`` seeded trials (see :mod:`drope_lens.passkey`):
+A cell is (length, format, depth); it holds ``n`` seeded trials (see :mod:`drope_lens.measurement.passkey`):
 prompts of ``length`` tokens (+-1%, the model's own tokens), the needle at ``depth`` of the filler
 (a grid value, or uniform in the middle half when ``depths=None``).
 
@@ -11,9 +11,9 @@ prompts of ``length`` tokens (+-1%, the model's own tokens), the needle at ``dep
   (one digit changed); P(Yes) = softmax over the logits of the first tokens of " Yes" and " No" at
   the last prompt position (of "Yes"/"No" if the space is a token of its own: :func:`yes_no_tokens`). ``rank_correct``: the key has the highest P(Yes) (a tie is wrong).
 
-``run`` returns one row per trial. Long prompts go through :func:`drope_lens.generation.greedy_generate`
+``run`` returns one row per trial. Long prompts go through :func:`drope_lens.measurement.generation.greedy_generate`
 (KV cache, SDPA attention: no ``[T, T]`` tensor unless a pattern hook asks for one); the 4 verification
-prompts of a trial share their context, which runs once (:func:`drope_lens.generation.score_shared_prefix`); a RoPE model past
+prompts of a trial share their context, which runs once (:func:`drope_lens.measurement.generation.score_shared_prefix`); a RoPE model past
 its trained context warns once and runs. Optional ``scaling``: the attention logits of ``scaling_layers``
 multiplied by ``1 + scaling * ln(max(1, L / trained_context))`` for a prompt of L tokens (log-length
 softmax scaling at inference; identity within the trained context).
@@ -29,15 +29,15 @@ from typing import Optional, Sequence
 import pandas as pd
 import torch
 
-from drope_lens.generation import greedy_generate, prompt_ids, score_shared_prefix
-from drope_lens.passkey import (CATEGORIES, FORMATS, PromptError, Trial, answer_token, categorize,  # noqa: F401
+from drope_lens.measurement.generation import greedy_generate, prompt_ids, score_shared_prefix
+from drope_lens.measurement.passkey import (CATEGORIES, FORMATS, PromptError, Trial, answer_token, categorize,  # noqa: F401
                                 check_format, extract_answer, make_trials, mean_interval, token_counter, wilson_interval,
                                 yes_no_tokens)
-from drope_lens.results import RunStore
+from drope_lens.engine.results import RunStore
 
-from drope_lens.cli_options import DEPTH_GRID, REAL_MODEL_LENGTHS  # noqa: F401  (the defaults of the CLI options)
+from drope_lens.engine.options import DEPTH_GRID, REAL_MODEL_LENGTHS  # noqa: F401  (the defaults of the CLI options)
 from drope_lens.engine.sweep import Planned, bind_store, run_sweep, unit_prefix
-from drope_lens.tokens import BosPolicy, check_bos, model_name, model_variant
+from drope_lens.measurement.tokens import BosPolicy, check_bos, model_name, model_variant
 
 EXPERIMENT = "context_length"
 CLI_TAKES_TEXTS = False
@@ -247,12 +247,12 @@ def compare(df: pd.DataFrame) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------
 # Command line: ``drope-lens run context-length``.
 # ------------------------------------------------------------------------------------------
-from drope_lens.cli_options import context_length as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import context_length as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:
-    from drope_lens.results import model_identity
-    from drope_lens.runner import print_table, trained_context
+    from drope_lens.engine.results import model_identity
+    from drope_lens.engine.runner import print_table, trained_context
 
     args = ctx.args
     lengths = args.lengths

@@ -1,6 +1,6 @@
 """Experiment 2: disrupting massive Q/K dims, measured by perplexity.
 
-1. Identification (:func:`drope_lens.analysis.identify_massive`): M (see :mod:`.massive_values`)
+1. Identification (:func:`drope_lens.measurement.analysis.identify_massive`): M (see :mod:`.massive_values`)
    of ``hook_q`` and ``hook_k`` averaged over the identification texts; entries above
    ``threshold`` x the layer mean are massive.
 2. Conditions on the evaluation texts (disjoint from the identification texts):
@@ -25,17 +25,17 @@ import pandas as pd
 from scipy import stats
 
 # identification is shared with the ablation conditions of Exp 3-6 (importable here as before)
-from drope_lens.analysis import (Masks, identification_frame, identify_massive, massive_mask,  # noqa: F401
+from drope_lens.measurement.analysis import (Masks, identification_frame, identify_massive, massive_mask,  # noqa: F401
                                  random_masks, sequence_norms)
-from drope_lens.distributed import is_main
+from drope_lens.engine.distributed import is_main
 from drope_lens.hooks import batched_zero_dims
-from drope_lens.placement import layer_device
-from drope_lens.results import RunStore, texts_fingerprint
-from drope_lens.texts import Text, TextsLike, as_texts
+from drope_lens.model.placement import layer_device
+from drope_lens.engine.results import RunStore, texts_fingerprint
+from drope_lens.measurement.texts import Text, TextsLike, as_texts
 
 from drope_lens.engine.perplexity import balanced_batch_size, condition_perplexity  # noqa: F401
 from drope_lens.engine.sweep import bind_store, unit_prefix
-from drope_lens.tokens import (BosPolicy, check_bos, default_texts, model_name, model_variant, resolve_max_tokens,
+from drope_lens.measurement.tokens import (BosPolicy, check_bos, default_texts, model_name, model_variant, resolve_max_tokens,
                                tokenize, warn_if_out_of_distribution)
 
 EXPERIMENT = "disruption"
@@ -118,11 +118,11 @@ def run(
     condition alone (one forward per condition and batch of texts), the reference loop.
 
     Without texts, 3 identification and 9 evaluation texts are drawn (:func:`split_texts`, seed 0)
-    from :func:`~drope_lens.tokens.default_texts` (the toy corpus's held-out text for
+    from :func:`~drope_lens.measurement.tokens.default_texts` (the toy corpus's held-out text for
     the toy pair, the built-in English texts otherwise). ``max_tokens``: default the study's 512
     capped at the model's trained context (a larger value warns, naming the cap). When the median
     baseline perplexity is above the vocabulary size (worse than a uniform guess) an
-    :class:`~drope_lens.tokens.OutOfDistributionWarning` says the texts are not the
+    :class:`~drope_lens.measurement.tokens.OutOfDistributionWarning` says the texts are not the
     model's kind of text.
 
     Under ``torchrun`` each rank runs whole planned batches (see :mod:`.engine`; identification
@@ -133,7 +133,7 @@ def run(
         raise ValueError("give both identification_texts and evaluation_texts, or neither (then 3 + 9 of "
                          "default_texts(model) are used).")
     if identification_texts is None:
-        from drope_lens.texts import split_texts
+        from drope_lens.measurement.texts import split_texts
 
         identification_texts, evaluation_texts = split_texts(default_texts(model), 3, 9)
     max_tokens = resolve_max_tokens(model, max_tokens)
@@ -270,15 +270,15 @@ def meta_for(config: DisruptionConfig, identification: Sequence[Text], evaluatio
 
 
 # ------------------------------------------------------------------------------------------
-# Command line: ``drope-lens run disruption`` (see drope_lens.runner).
+# Command line: ``drope-lens run disruption`` (see drope_lens.engine.runner).
 # ------------------------------------------------------------------------------------------
-from drope_lens.cli_options import disruption as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import disruption as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:
-    from drope_lens.results import model_identity
-    from drope_lens.runner import print_table
-    from drope_lens.texts import split_texts
+    from drope_lens.engine.results import model_identity
+    from drope_lens.engine.runner import print_table
+    from drope_lens.measurement.texts import split_texts
 
     args = ctx.args
     config = DisruptionConfig(args.threshold, args.seeds, args.max_tokens, args.rotary, args.seed, args.batch_size,

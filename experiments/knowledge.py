@@ -1,6 +1,6 @@
 """Experiment 3: parametric vs contextual knowledge under disruption of the top Q/K dims.
 
-Tasks (:mod:`drope_lens.tasks`): cities and sports (parametric: facts in the weights), IMDB
+Tasks (:mod:`drope_lens.measurement.tasks`): cities and sports (parametric: facts in the weights), IMDB
 (the study's; from a local ``datasets`` cache or ``imdb_file``) or the package's own written
 ``reviews`` (not IMDB, reported under their own name), and passkey (contextual: read from the
 prompt). Conditions
@@ -8,7 +8,7 @@ prompt). Conditions
 and head, the top-1 dim of Q and K replaced by its mean over the prompt, pre-rotary as in the
 study; ``rotary="post"`` for Jin et al.'s variant); any other condition name may be added.
 
-Scoring (:mod:`drope_lens.scoring`): logit comparison of the answers' first tokens (primary for
+Scoring (:mod:`drope_lens.measurement.scoring`): logit comparison of the answers' first tokens (primary for
 two-choice tasks), greedy 20-token generation (primary for passkey; unparseable answers counted
 and kept in the denominator). Degradation = (baseline - disrupted) / baseline of the primary
 accuracy, with bootstrap CIs over prompts and an exact McNemar test per task; the study's headline
@@ -26,18 +26,18 @@ from typing import Literal, Optional, Sequence
 
 import pandas as pd
 
-from drope_lens import analysis
-from drope_lens.analysis import prepare_conditions
-from drope_lens.cli_options import KNOWLEDGE_CONDITIONS, KNOWLEDGE_TASKS
-from drope_lens.distributed import is_main
+from drope_lens.measurement import analysis
+from drope_lens.measurement.analysis import prepare_conditions
+from drope_lens.engine.options import KNOWLEDGE_CONDITIONS, KNOWLEDGE_TASKS
+from drope_lens.engine.distributed import is_main
 from drope_lens.engine.sweep import bind_store, unit_prefix
 from drope_lens.engine.tasks import condition_meta, reference_texts_for, run_units, task_rows
 from drope_lens.hooks.conditions import check_conditions
-from drope_lens.results import RunStore, items_fingerprint, texts_fingerprint
-from drope_lens.summaries import accuracy_table, category_degradation, condition_layers, degradation
-from drope_lens.tasks import check_tasks, load_task
-from drope_lens.texts import as_texts
-from drope_lens.tokens import BosPolicy, check_bos, model_variant
+from drope_lens.engine.results import RunStore, items_fingerprint, texts_fingerprint
+from drope_lens.measurement.summaries import accuracy_table, category_degradation, condition_layers, degradation
+from drope_lens.measurement.tasks import check_tasks, load_task
+from drope_lens.measurement.texts import as_texts
+from drope_lens.measurement.tokens import BosPolicy, check_bos, model_variant
 
 EXPERIMENT = "knowledge"
 DEFAULT_TASKS = KNOWLEDGE_TASKS
@@ -100,11 +100,11 @@ def run(
 ) -> pd.DataFrame:
     """Every prompt of every task under every condition (columns: ``task_eval.TASK_COLUMNS``).
 
-    ``n``: prompts per task (default: the study's, see ``drope_lens.tasks.DEFAULT_N``).
+    ``n``: prompts per task (default: the study's, see ``drope_lens.measurement.tasks.DEFAULT_N``).
     ``reference_texts``: texts the spike layer / massive dims are computed on, when a condition
     needs them (default: builtin texts; the toy corpus for the toy pair), on their first
     ``reference_tokens`` tokens (capped at the model's context ``n_ctx``). ``spike_rule``: how
-    ``bos_mlp`` / ``bos_v_spike`` choose their layer (:data:`drope_lens.analysis.SPIKE_RULES`).
+    ``bos_mlp`` / ``bos_v_spike`` choose their layer (:data:`drope_lens.measurement.analysis.SPIKE_RULES`).
     ``imdb_file``: IMDB rows for task ``imdb`` (default: the local ``datasets`` cache).
     Resumable per task; under ``torchrun`` the tasks are shared among ranks.
     """
@@ -157,7 +157,7 @@ def study_categories() -> pd.DataFrame:
     (``drope_lens/data/study_numbers.json``, Exp 3 rows): per model, ``parametric`` and
     ``contextual`` = mean over the category's tasks of (baseline - disrupted) / baseline
     (fractions), ``ratio`` = contextual / parametric (RoPE: 0.943, 0.245, 3.8x)."""
-    from drope_lens.reproduction import study_numbers
+    from drope_lens.measurement.study import study_numbers
 
     numbers = study_numbers()
     numbers = numbers[numbers.experiment == EXPERIMENT].set_index(["key", "variant"])["value"]
@@ -200,12 +200,12 @@ def category_table(df: pd.DataFrame, n_bootstrap: int = 2000) -> pd.DataFrame:
 CLI_TAKES_TEXTS = False
 
 
-from drope_lens.cli_options import knowledge as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import knowledge as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def config_from_args(ctx) -> KnowledgeConfig:
     args = ctx.args
-    from drope_lens.runner import trained_context
+    from drope_lens.engine.runner import trained_context
 
     source = args.source or ("toy" if ctx.is_toy else "study")
     reference_tokens = args.reference_tokens
@@ -217,8 +217,8 @@ def config_from_args(ctx) -> KnowledgeConfig:
 
 
 def run_cli(ctx) -> int:
-    from drope_lens.results import model_identity
-    from drope_lens.runner import print_table
+    from drope_lens.engine.results import model_identity
+    from drope_lens.engine.runner import print_table
 
     config = config_from_args(ctx)
     store = ctx.store(EXPERIMENT, config, {"task_items": {task: items_fingerprint(load_task(

@@ -15,14 +15,14 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from drope_lens.results import RunStore
-from drope_lens.texts import TextsLike
+from drope_lens.engine.results import RunStore
+from drope_lens.measurement.texts import TextsLike
 
 from drope_lens.engine import ablation as ablation_sweep
 from drope_lens.engine.ablation import AblationConfig
-from drope_lens.summaries import perplexity_summary, task_summary, wide_table  # noqa: F401
-from drope_lens.tokens import BosPolicy
-from drope_lens.cli_options import LAYER1_ABLATION_CONDITIONS
+from drope_lens.measurement.summaries import perplexity_summary, task_summary, wide_table  # noqa: F401
+from drope_lens.measurement.tokens import BosPolicy
+from drope_lens.engine.options import LAYER1_ABLATION_CONDITIONS
 
 EXPERIMENT = "layer1-ablation"
 DEFAULT_CONDITIONS = LAYER1_ABLATION_CONDITIONS
@@ -41,7 +41,7 @@ def run(model, reference_texts: TextsLike, evaluation_texts: TextsLike, *,
                                     show_progress=show_progress)
 
 
-from drope_lens.cli_options import layer1_ablation as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import layer1_ablation as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:

@@ -19,12 +19,12 @@ import pandas as pd
 import torch
 
 from drope_lens.hooks import capture_token_mean_norm
-from drope_lens.results import RunStore
-from drope_lens.texts import TextsLike
+from drope_lens.engine.results import RunStore
+from drope_lens.measurement.texts import TextsLike
 
-from drope_lens.tokens import BosPolicy
+from drope_lens.measurement.tokens import BosPolicy
 from drope_lens.engine.measure import Batch, Measurement, TextMeasurementConfig, measure, per_layer_frame
-from drope_lens.summaries import compare_variants, summarize
+from drope_lens.measurement.summaries import compare_variants, summarize
 
 EXPERIMENT = "layer_balance"
 #: column -> hook name pattern
@@ -84,11 +84,11 @@ def compare(df: pd.DataFrame, quantity: str = "attn_fraction") -> pd.DataFrame:
     return compare_variants(layers[layers["quantity"] == quantity], by=["layer"])
 
 
-from drope_lens.cli_options import add_text_arguments as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import add_text_arguments as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:
-    from drope_lens.runner import print_table
+    from drope_lens.engine.runner import print_table
 
     from drope_lens.engine.measure import run_cli_measurement
 

@@ -19,13 +19,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from drope_lens.analysis import massive_mask, sequence_norms  # noqa: F401  (shared with Exp 2-6; importable here as before)
-from drope_lens.results import RunStore, texts_fingerprint
-from drope_lens.texts import Text, TextsLike, as_texts
+from drope_lens.measurement.analysis import massive_mask, sequence_norms  # noqa: F401  (shared with Exp 2-6; importable here as before)
+from drope_lens.engine.results import RunStore, texts_fingerprint
+from drope_lens.measurement.texts import Text, TextsLike, as_texts
 
-from drope_lens.distributed import is_main
+from drope_lens.engine.distributed import is_main
 from drope_lens.engine.sweep import HostCopy, Planned, bind_store, run_sweep, unit_prefix
-from drope_lens.tokens import (BosPolicy, batches_by_length, check_bos, default_texts, model_name, model_variant,
+from drope_lens.measurement.tokens import (BosPolicy, batches_by_length, check_bos, default_texts, model_name, model_variant,
                                resolve_max_tokens, tokenize)
 
 EXPERIMENT = "massive_values"
@@ -130,12 +130,12 @@ def run(
 ) -> pd.DataFrame:
     """Massive-value counts per text, layer and tensor (see module docstring).
 
-    ``texts``: a string, a list of strings or :class:`~drope_lens.texts.Text`, a pandas Series or
-    a datasets column (:func:`~drope_lens.texts.as_texts`); default: the first 10 of
-    :func:`~drope_lens.tokens.default_texts` (the toy corpus's held-out text for the
+    ``texts``: a string, a list of strings or :class:`~drope_lens.measurement.texts.Text`, a pandas Series or
+    a datasets column (:func:`~drope_lens.measurement.texts.as_texts`); default: the first 10 of
+    :func:`~drope_lens.measurement.tokens.default_texts` (the toy corpus's held-out text for the
     toy pair, the built-in English texts otherwise). ``max_tokens``: tokens per text; default the
     study's 512 capped at the model's trained context (a larger value warns, naming the cap).
-    ``bos``: the position-0 policy (:data:`~drope_lens.tokens.BosPolicy`).
+    ``bos``: the position-0 policy (:data:`~drope_lens.measurement.tokens.BosPolicy`).
 
     Columns: ``model``, ``variant``, ``sample`` (index into ``texts``), ``text``, ``register``,
     ``n_tokens``, ``layer``, ``tensor``, ``count``, ``heads`` and ``dims`` (lists: where each
@@ -259,16 +259,16 @@ def _d_head_of(group: pd.DataFrame, model: str, d_head: Optional[int]) -> int:
 
 
 # ------------------------------------------------------------------------------------------
-# Command line: ``drope-lens run massive-values`` (see drope_lens.runner).
+# Command line: ``drope-lens run massive-values`` (see drope_lens.engine.runner).
 # ------------------------------------------------------------------------------------------
-from drope_lens.cli_options import massive_values as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import massive_values as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:
     from dataclasses import asdict
 
-    from drope_lens.results import model_identity
-    from drope_lens.runner import print_table
+    from drope_lens.engine.results import model_identity
+    from drope_lens.engine.runner import print_table
 
     args = ctx.args
     config = MassiveValuesConfig(args.threshold, args.max_tokens, args.rotary, batch_size=args.batch_size, bos=args.bos)

@@ -10,7 +10,7 @@ Per text and layer (``hook_resid_post``, float32):
 
 * ``bos_norm`` = ||resid_post[0]||_2; ``bos_norm_pre`` = ||resid_pre[0]||_2 (entering the block);
   ``bos_ratio`` = bos_norm / mean over t >= 1 of ||resid_post[t]||.
-  Spike layer of a text under each rule of :mod:`drope_lens.analysis` (``argmax`` of the ratio, the
+  Spike layer of a text under each rule of :mod:`drope_lens.measurement.analysis` (``argmax`` of the ratio, the
   study's and the default; ``first_above`` ``spike_ratio`` (2); ``jump``, the block that raises the
   BOS norm most), all three reported per text and on each model's mean profile; a layer is
   summarised by its mode and distribution over texts, never a mean ("none": no spike).
@@ -31,14 +31,14 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
-from drope_lens import analysis
+from drope_lens.measurement import analysis
 from drope_lens.hooks.capture import capture_bos_norms
-from drope_lens.results import RunStore
-from drope_lens.texts import TextsLike
+from drope_lens.engine.results import RunStore
+from drope_lens.measurement.texts import TextsLike
 
-from drope_lens.tokens import BosPolicy, check_bos
+from drope_lens.measurement.tokens import BosPolicy, check_bos
 from drope_lens.engine.measure import ANY_WINDOW, Batch, Measurement, measure, per_head_frame
-from drope_lens.summaries import compare_variants, summarize
+from drope_lens.measurement.summaries import compare_variants, summarize
 
 EXPERIMENT = "sinks"
 
@@ -128,7 +128,7 @@ def run(
 
     Columns: ``model``, ``variant``, ``sample``, ``text``, ``register``, ``n_tokens``, ``layer``,
     ``head``, ``sink_score``, ``is_sink``, ``bos_norm``, ``bos_norm_pre``, ``bos_ratio``, ``repr_entropy``,
-    ``repr_entropy_norm``. Texts are anything :func:`~drope_lens.texts.as_texts` accepts.
+    ``repr_entropy_norm``. Texts are anything :func:`~drope_lens.measurement.texts.as_texts` accepts.
     """
     config = SinksConfig(tau, spike_ratio, max_tokens, batch_size, bos)
     return measure(model, texts, [measurement(config)], max_tokens=max_tokens, bos=bos, batch_size=batch_size,
@@ -161,7 +161,7 @@ def per_layer(df: pd.DataFrame) -> pd.DataFrame:
 def spike_layers(df: pd.DataFrame, spike_ratio: float = analysis.SPIKE_THRESHOLD) -> pd.DataFrame:
     """Per text: the spike layer under each rule (``spike_layer_argmax``, ``spike_layer_first_above``
     with threshold ``spike_ratio``, ``spike_layer_jump``; nullable integers, ``<NA>`` = no spike, see
-    :func:`drope_lens.analysis.spike_layer`), the peak BOS norm and its layer, the minimum
+    :func:`drope_lens.measurement.analysis.spike_layer`), the peak BOS norm and its layer, the minimum
     repr_entropy and its layer."""
     layers = layer_rows(df)
     table = analysis.spike_table(layers, threshold=spike_ratio)
@@ -224,11 +224,11 @@ def compare_layers(df: pd.DataFrame, spike_ratio: float = analysis.SPIKE_THRESHO
 # ------------------------------------------------------------------------------------------
 # Command line: ``drope-lens run sinks``.
 # ------------------------------------------------------------------------------------------
-from drope_lens.cli_options import sinks as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import sinks as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:
-    from drope_lens.runner import print_table
+    from drope_lens.engine.runner import print_table
 
     from drope_lens.engine.measure import run_cli_measurement
 

@@ -2,8 +2,8 @@
 
 :func:`capture_attention_stats` keeps each layer's post-rotary queries from ``hook_rot_q`` and,
 when ``hook_rot_k`` fires (right after it in the same attention forward), computes the statistics
-of :mod:`drope_lens.attention_stats` from q, k and the layer's ``scale``: the chunked PyTorch path,
-or the Triton kernel of :mod:`drope_lens.attention_stats_triton` on CUDA. Nothing is returned to
+of :mod:`drope_lens.measurement.attention_stats` from q, k and the layer's ``scale``: the chunked PyTorch path,
+or the Triton kernel of :mod:`drope_lens.measurement.attention_stats_triton` on CUDA. Nothing is returned to
 the forward (the hooks return None), so the model's output is untouched and attention itself may
 run through SDPA.
 """
@@ -14,13 +14,7 @@ from typing import Callable, Literal, Optional, Sequence
 
 import torch
 
-from drope_lens.attention_stats import (
-    DEFAULT_MAX_DISTANCE,
-    DEFAULT_WINDOW,
-    AttentionStats,
-    attention_stats,
-    check_parameters,
-)
+from drope_lens.measurement.attention_stats import DEFAULT_MAX_DISTANCE, DEFAULT_WINDOW, AttentionStats, attention_stats, check_parameters
 
 HookPair = tuple[str, Callable]
 StatsBackend = Literal["auto", "torch", "triton"]
@@ -36,12 +30,12 @@ def layer_scale(model, layer: int) -> float:
 
 
 def compute_stats(q, k, scale, *, backend: StatsBackend = "auto", **kwargs) -> AttentionStats:
-    """:func:`drope_lens.attention_stats.attention_stats` or its Triton twin, as ``backend`` says
+    """:func:`drope_lens.measurement.attention_stats.attention_stats` or its Triton twin, as ``backend`` says
     (``"auto"``: Triton on CUDA when it is importable)."""
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"backend={backend!r}: allowed values are 'auto', 'torch', 'triton'.")
     if backend != "torch":
-        from drope_lens import attention_stats_triton
+        from drope_lens.measurement import attention_stats_triton
 
         if backend == "triton" or attention_stats_triton.usable(q, k):
             kwargs.pop("block_bytes", None)
@@ -60,7 +54,7 @@ def capture_attention_stats(
     attention_mask: Optional[torch.Tensor] = None,
     backend: StatsBackend = "auto",
 ) -> list[HookPair]:
-    """Hook pairs that put ``store[layer]`` = :class:`~drope_lens.attention_stats.AttentionStats`
+    """Hook pairs that put ``store[layer]`` = :class:`~drope_lens.measurement.attention_stats.AttentionStats`
     (float32, on the model's device, one row per batch element) for every layer in ``layers``
     (default: all).
 

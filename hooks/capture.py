@@ -81,7 +81,7 @@ def capture_positions(store: dict, names: Sequence[str], positions: Sequence[int
     With ``model``, positions are absolute per row: under left padding each row's own position
     (not the padded slot), during KV-cache generation the forward that contains it (rows whose
     position has not come yet hold NaN until it does). Rows are the forward's batch rows
-    (:func:`~drope_lens.generation.greedy_generate` batches prompts longest first; its
+    (:func:`~drope_lens.measurement.generation.greedy_generate` batches prompts longest first; its
     ``batch_hooks(indices)`` says which prompts a batch holds). Without ``model``, positions are
     indices into each forward's own input.
     """
@@ -93,7 +93,7 @@ def capture_positions(store: dict, names: Sequence[str], positions: Sequence[int
         if model is None:
             pos = torch.arange(x.shape[1], device=x.device)[None]
         else:
-            from drope_lens.generation import absolute_positions
+            from drope_lens.measurement.generation import absolute_positions
 
             pos = absolute_positions(model, x.shape[1], x.device)
         pos = pos.expand(x.shape[0], -1)
@@ -115,7 +115,7 @@ def capture_positions(store: dict, names: Sequence[str], positions: Sequence[int
 
 
 def capture_bos_norms(store: dict, n_layers: int) -> list[HookPair]:
-    """BOS residual norms of every layer, for the spike-layer rules of :mod:`drope_lens.analysis`.
+    """BOS residual norms of every layer, for the spike-layer rules of :mod:`drope_lens.measurement.analysis`.
 
     ``store[layer]`` = dict of ``[batch]`` float32 tensors: ``bos_norm`` = ||resid_post[0]||_2,
     ``bos_norm_pre`` = ||resid_pre[0]||_2 (what enters the block), ``bos_ratio`` = bos_norm /

@@ -1,7 +1,7 @@
 """The ablation conditions of Exp 3-6 as hook sets, by name.
 
 Each condition is a list of ``(hook_name, fn)`` pairs (:class:`Condition` ``.hooks``), usable with
-``run_with_hooks``, ``model.hooks`` and :func:`drope_lens.generation.greedy_generate`, and
+``run_with_hooks``, ``model.hooks`` and :func:`drope_lens.measurement.generation.greedy_generate`, and
 combinable per group of batch rows with :func:`batched_conditions`.
 
 Names (:data:`CONDITIONS`):
@@ -12,13 +12,13 @@ Names (:data:`CONDITIONS`):
   ``rotary="pre"`` (``hook_q``/``hook_k``, the study) or ``"post"`` (``hook_rot_q``/``hook_rot_k``).
 - ``massive_zero``: Exp 2's massive Q/K entries zeroed at every position (masks passed in).
 - ``bos_mlp``: ``hook_mlp_out`` zeroed at absolute position 0 in the spike layer (passed in;
-  chosen by :func:`drope_lens.analysis.spike_layer` under a named rule, by
-  :func:`drope_lens.analysis.prepare_conditions`).
+  chosen by :func:`drope_lens.measurement.analysis.spike_layer` under a named rule, by
+  :func:`drope_lens.measurement.analysis.prepare_conditions`).
 - ``bos_v_spike`` / ``bos_v_all``: ``hook_v`` zeroed at position 0 in the spike layer / in all layers.
 - ``l1_mlp`` / ``l1_attn`` / ``l1_both``: ``blocks.1.hook_mlp_out`` / ``hook_attn_out`` / both
   zeroed at every position (generated tokens included); ``l1_both_bos``: both at position 0 only.
 
-Positions are absolute (:func:`drope_lens.generation.absolute_positions`): "position 0" is each
+Positions are absolute (:func:`drope_lens.measurement.generation.absolute_positions`): "position 0" is each
 prompt's first token, also under left padding and during KV-cache generation, never a new token.
 The hooks are the public ones of :mod:`drope_lens.hooks` (``ablate_positions``,
 ``replace_topk_with_mean`` with ``model=``, ``zero_dims``): one implementation of each.
@@ -31,7 +31,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 
-from drope_lens.generation import rows_of_group
+from drope_lens.measurement.generation import rows_of_group
 
 from .interventions import _OnDevice, ablate_positions, replace_topk_with_mean, zero_dims
 from .names import Rotary
@@ -93,7 +93,7 @@ def build_condition(
     check_conditions([name])
     n_layers = model.cfg.n_layers
     if name in NEEDS_SPIKE and spike_layer is None:
-        raise ValueError(f"condition {name!r} needs spike_layer (see drope_lens.analysis.spike_layer).")
+        raise ValueError(f"condition {name!r} needs spike_layer (see drope_lens.measurement.analysis.spike_layer).")
     if name in NEEDS_SPIKE and not 0 <= spike_layer < n_layers:
         raise ValueError(f"spike_layer={spike_layer}: the model has layers 0..{n_layers - 1}.")
     if name.startswith("l1_") and n_layers < 2:
@@ -105,7 +105,7 @@ def build_condition(
                          {"rotary": rotary, "k": 1})
     if name == "massive_zero":
         if massive_masks is None:
-            raise ValueError("condition 'massive_zero' needs massive_masks (see drope_lens.analysis.identify_massive).")
+            raise ValueError("condition 'massive_zero' needs massive_masks (see drope_lens.measurement.analysis.identify_massive).")
         device = model.cfg.device
         pairs: list[HookPair] = []
         for tensor in ("q", "k"):

@@ -3,8 +3,8 @@ each: the experiments' conditions (:mod:`.conditions`) are built from these.
 
 Every factory returns ``(hook_name, fn)`` pairs. Positions are ABSOLUTE token indices: pass the
 model and "position 0" is each row's first prompt token (its BOS) only, under left padding
-(:func:`drope_lens.generation.padded_forward`), during KV-cache generation
-(:func:`drope_lens.generation.greedy_generate`, or TransformerLens's ``generate``, through
+(:func:`drope_lens.measurement.generation.padded_forward`), during KV-cache generation
+(:func:`drope_lens.measurement.generation.greedy_generate`, or TransformerLens's ``generate``, through
 ``model.position_offset``) and inside a condition's row group
 (:func:`~.conditions.batched_conditions`), never a padding slot or a generated token. Without a
 model, positions are indices into each forward's own input.
@@ -49,7 +49,7 @@ def _positions(model, n_pos: int, device) -> torch.Tensor:
     """``[batch|1, pos]`` absolute positions of the current forward (-1 on left padding)."""
     if model is None:
         return torch.arange(n_pos, device=device)[None]
-    from drope_lens.generation import absolute_positions
+    from drope_lens.measurement.generation import absolute_positions
 
     return absolute_positions(model, n_pos, device)
 
@@ -73,7 +73,7 @@ def prompt_slots(model, n_pos: int, name: str, device) -> Optional[torch.Tensor]
     (padding excluded); None when none are (a decode forward of a KV cache)."""
     if model is None:
         return torch.ones(1, n_pos, dtype=torch.bool, device=device)
-    from drope_lens.generation import generation_state
+    from drope_lens.measurement.generation import generation_state
 
     state = generation_state(model)
     if state is not None:
@@ -81,7 +81,7 @@ def prompt_slots(model, n_pos: int, name: str, device) -> Optional[torch.Tensor]
     if getattr(model, "position_offset", 0) == 0:
         return torch.ones(1, n_pos, dtype=torch.bool, device=device)  # a plain forward: all prompt
     if name.endswith("hook_rot_k"):
-        raise RuntimeError(f"{name}: post-rotary prompt conditions under a KV cache need drope_lens.generation."
+        raise RuntimeError(f"{name}: post-rotary prompt conditions under a KV cache need drope_lens.measurement.generation."
                            "greedy_generate (it records which cached keys are prompt tokens).")
     return None  # a decode forward of a cache: new tokens only
 
@@ -102,7 +102,7 @@ def replace_topk_with_mean(
     ``model`` (needed under left padding and KV-cache generation): pre-rotary hooks see the prompt
     only in the prefill forward (later forwards hold new tokens, left alone; the modified keys are
     already cached); ``hook_rot_k`` sees every cached key in each forward, so under
-    :func:`~drope_lens.generation.greedy_generate` the same replacement is recomputed on the
+    :func:`~drope_lens.measurement.generation.greedy_generate` the same replacement is recomputed on the
     prompt's keys at every step (same values, same result). Without ``model`` every position of
     each forward is a prompt position.
     """

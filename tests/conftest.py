@@ -23,16 +23,16 @@ def _models_on_test_device(request, monkeypatch):
     if TEST_DEVICE == "cpu" or request.node.get_closest_marker("gpu"):
         return
     import drope_lens
-    import drope_lens.loading
+    import drope_lens.model.loading
 
-    original = drope_lens.loading.load_model
+    original = drope_lens.model.loading.load_model
 
     def load_model(*args, **kwargs):
         kwargs.setdefault("device", TEST_DEVICE)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(drope_lens, "load_model", load_model)
-    monkeypatch.setattr(drope_lens.loading, "load_model", load_model)
+    monkeypatch.setattr(drope_lens.model.loading, "load_model", load_model)
 
 
 def pytest_collection_modifyitems(config, items):

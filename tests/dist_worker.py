@@ -73,9 +73,9 @@ def run_all(directory, *, only=None, before_each=None) -> list[int]:
 def batch_shape_dependent():
     """Numbers that depend on the batch shape, as GPU GEMMs may (CPU ones here do not): the
     comparisons then fail if any row is computed with other batch mates than in one process."""
-    from drope_lens import analysis
+    from drope_lens.measurement import analysis
     from drope_lens.experiments import massive_values
-    from drope_lens.model import DropeLensTransformer
+    from drope_lens.model.transformer import DropeLensTransformer
 
     original_forward, original_norms = DropeLensTransformer.run_with_hooks, analysis.sequence_norms
 
@@ -96,7 +96,7 @@ def batch_shape_dependent():
 
 
 def texts():
-    from drope_lens.texts import toy_texts
+    from drope_lens.measurement.texts import toy_texts
 
     all_texts = toy_texts()
     return all_texts[:N_TEXTS_MV], all_texts[:2], all_texts[2:6]
@@ -104,7 +104,7 @@ def texts():
 
 def run_mv(models, store_root):
     from drope_lens.experiments import massive_values
-    from drope_lens.results import RunStore
+    from drope_lens.engine.results import RunStore
 
     mv_texts, _, _ = texts()
     store = RunStore(store_root, "massive_values", "run") if store_root else None
@@ -113,7 +113,7 @@ def run_mv(models, store_root):
 
 def run_dis(models, store_root):
     from drope_lens.experiments import disruption
-    from drope_lens.results import RunStore
+    from drope_lens.engine.results import RunStore
 
     _, ident, evaluation = texts()
     store = RunStore(store_root, "disruption", "run") if store_root else None
@@ -122,7 +122,7 @@ def run_dis(models, store_root):
 
 def _die_after(count: int) -> None:
     """Make this process exit abruptly after ``count`` more store writes."""
-    from drope_lens.results import RunStore
+    from drope_lens.engine.results import RunStore
 
     written = [0]
     for name in ("save_part", "save_batch"):
@@ -147,7 +147,7 @@ def main() -> int:
     parser.add_argument("--die-exp", default=None)
     args = parser.parse_args()
 
-    from drope_lens import distributed
+    from drope_lens.engine import distributed
 
     me = distributed.init_from_env("cpu", timeout=datetime.timedelta(seconds=120))
     with batch_shape_dependent():
@@ -156,7 +156,7 @@ def main() -> int:
 
 def _jobs(args, me) -> int:
     import drope_lens as dl
-    from drope_lens import distributed
+    from drope_lens.engine import distributed
 
     assert me.size == int(os.environ["WORLD_SIZE"]) and torch.distributed.get_backend() == "gloo"
     models = None

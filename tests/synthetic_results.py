@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from drope_lens.results import RunStore
+from drope_lens.engine.results import RunStore
 
 MODELS = {"rope": "synthetic/rope", "drope": "synthetic/drope"}
 

@@ -1,4 +1,4 @@
-"""drope_lens.analysis: the spike layer under each named rule, on the study's own numbers and on a
+"""drope_lens.measurement.analysis: the spike layer under each named rule, on the study's own numbers and on a
 model against Hugging Face hidden states; layers summarised as categories, never means."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import drope_lens as dl
-from drope_lens import analysis
-from drope_lens.analysis import spike_layer
+from drope_lens.measurement import analysis
+from drope_lens.measurement.analysis import spike_layer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 PHASE_METRICS = SHARED / "reference" / "seed-study" / "rope_vs_drope_phase_metrics.json"
@@ -128,7 +128,7 @@ def test_sinks_spike_layers_match_hugging_face(checkpoint_factory):
     without the embedding's norm (bos_norm_pre of layer 0 taken as 0), or first_above coding
     'none' as -1."""
     from drope_lens.experiments import sinks
-    from drope_lens.analysis import prepare_conditions
+    from drope_lens.measurement.analysis import prepare_conditions
 
     path, ref = checkpoint_factory(num_hidden_layers=3)
     model = dl.load_model(path)
@@ -193,10 +193,10 @@ def test_bos_write_layers_are_categories(checkpoint_factory):
 
 
 def test_cli_spike_rules_are_the_analysis_rules():
-    """Planted bug: a rule added to drope_lens.analysis but not to the CLI's choices (options.py
+    """Planted bug: a rule added to drope_lens.measurement.analysis but not to the CLI's choices (options.py
     repeats them so that --help imports no numpy)."""
-    from drope_lens import analysis
-    from drope_lens import cli_options as options
+    from drope_lens.measurement import analysis
+    from drope_lens.engine import options
 
     assert tuple(options.SPIKE_RULES) == tuple(analysis.SPIKE_RULES)
     assert options.DEFAULT_SPIKE_RULE == analysis.DEFAULT_SPIKE_RULE

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import drope_lens as dl
-from drope_lens import attention_stats_triton
-from drope_lens.attention_stats import attention_stats, stats_from_pattern
+from drope_lens.measurement import attention_stats_triton
+from drope_lens.measurement.attention_stats import attention_stats, stats_from_pattern
 from drope_lens.hooks import capture_attention_stats
 
 ROWS = [[1, 5, 9, 17, 33, 40, 2, 61, 70, 88, 12, 3, 44, 45, 46, 90, 91, 7, 8, 20],

@@ -6,7 +6,7 @@ import torch
 from transformer_lens.components import TransformerBlock
 
 import drope_lens as dl
-from drope_lens.block import LensTransformerBlock
+from drope_lens.model.block import LensTransformerBlock
 
 
 def _count_calls(module, counter):

@@ -61,7 +61,7 @@ def render(page: Path, tmp_path: Path) -> str:
 
 
 def test_report_renders_in_chromium(toy_results, tmp_path):
-    from drope_lens.report import build_report
+    from drope_lens.outputs.report import build_report
 
     page = build_report(toy_results, tmp_path / "report.html")
     dom = render(page, tmp_path)
@@ -76,8 +76,8 @@ def test_report_renders_in_chromium(toy_results, tmp_path):
 
 def test_attention_view_renders_in_chromium(tmp_path):
     import drope_lens as dl
-    from drope_lens.texts import toy_texts
-    from drope_lens.views import attention_heads
+    from drope_lens.measurement.texts import toy_texts
+    from drope_lens.outputs.views import attention_heads
 
     rope, drope = dl.load_pair("toy")
     text = " ".join(toy_texts(1)[0].text.split()[:30])
@@ -108,7 +108,7 @@ def test_png_export_with_kaleido(tmp_path):
     pytest.importorskip("kaleido", reason="kaleido (the optional png extra) is not installed: PNG export not tested")
     browser()  # kaleido >= 1 draws with a local Chrome/Chromium
     import synthetic_results as S
-    from drope_lens import figures
+    from drope_lens.outputs import figures
 
     written = figures.save(figures.layer_balance(S.layer_balance()), tmp_path / "balance", png=True)
     assert [p.name for p in written] == ["balance.html", "balance.png"]

@@ -12,7 +12,7 @@ import pytest
 from safetensors import safe_open
 
 import drope_lens as dl
-from drope_lens import bundled
+from drope_lens.model import bundled
 from drope_lens.toy.evaluate import EvalConfig, evaluate_model, toy_metadata
 
 

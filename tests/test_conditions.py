@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import drope_lens as dl
-from drope_lens.analysis import bos_norm_ratios, prepare_conditions, spike_layer
-from drope_lens.generation import greedy_generate, padded_forward
+from drope_lens.measurement.analysis import bos_norm_ratios, prepare_conditions, spike_layer
+from drope_lens.measurement.generation import greedy_generate, padded_forward
 from drope_lens.hooks.conditions import CONDITIONS, batched_conditions, build_condition, check_conditions
 
 TOKENS = torch.tensor([[1, 5, 9, 17, 33, 40, 61, 70, 12, 3]])

@@ -11,9 +11,9 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 import drope_lens as dl
-from drope_lens import passkey as pk
+from drope_lens.measurement import passkey as pk
 from drope_lens.experiments import context_length as cl
-from drope_lens.results import RunStore
+from drope_lens.engine.results import RunStore
 
 CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,?:!'-\n"
 
@@ -108,7 +108,7 @@ def test_wilson_values():
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", pk.FORMATS)
 def test_prompt_length_within_one_percent(checkpoint_factory, char_checkpoint, fmt):
-    from drope_lens.bundled import root
+    from drope_lens.model.bundled import root
 
     path, _ = checkpoint_factory()
     tokenizers = {"word-level": AutoTokenizer.from_pretrained(path),
@@ -179,7 +179,7 @@ def test_deterministic_and_resumable(char_checkpoint, tmp_path, monkeypatch):
     naming both fields with both values); (3) a part of another seed, planted under a cell's name,
     read back on resume, or a finished cell recomputed; (4) ``overwrite`` that keeps old parts, or a
     meta.json of the first configuration."""
-    from drope_lens.results import RunMismatchError, load_run
+    from drope_lens.engine.results import RunMismatchError, load_run
 
     directory, ref = char_checkpoint
     model = dl.load_model(directory)

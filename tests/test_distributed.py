@@ -27,10 +27,10 @@ import torch
 
 import dist_worker as W
 import drope_lens as dl
-from drope_lens import distributed
+from drope_lens.engine import distributed
 from drope_lens.engine.sweep import progress
 from drope_lens.engine.sweep import gather, plan_sweep
-from drope_lens.results import RunStore
+from drope_lens.engine.results import RunStore
 
 WORKER = Path(__file__).parent / "dist_worker.py"
 
@@ -80,7 +80,7 @@ def test_shard_is_a_deterministic_balanced_partition(size, weighted):
 
 
 def test_progress_and_tables_on_rank_zero_only(monkeypatch, capsys):
-    from drope_lens.runner import print_table
+    from drope_lens.engine.runner import print_table
 
     _torchrun_env(monkeypatch, 1, 2, 1)
     assert progress(range(3), 3, "x").disable

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import drope_lens as dl
-from drope_lens.checkpoint import CheckpointError
+from drope_lens.model.checkpoint import CheckpointError
 
 
 def _copy(path, tmp_path):

@@ -10,9 +10,9 @@ import torch
 import drope_lens as dl
 from builders import plant_massive_dims, reference_model, save_checkpoint, tiny_config
 from drope_lens.experiments import disruption, massive_values
-from drope_lens.tokens import tokenize
-from drope_lens.results import RunStore, load_run
-from drope_lens.texts import REGISTERS, Text, builtin_texts, load_texts, split_texts
+from drope_lens.measurement.tokens import tokenize
+from drope_lens.engine.results import RunStore, load_run
+from drope_lens.measurement.texts import REGISTERS, Text, builtin_texts, load_texts, split_texts
 
 PLANTED = {(0, "q"): [(1, 3), (2, 11)], (1, "q"): [(0, 7)], (1, "k"): [(3, 2), (0, 5)], (0, "v"): [(2, 0)]}
 
@@ -173,7 +173,7 @@ def test_determinism_and_resume(planted, tmp_path, monkeypatch):
     assert resumed.equals(first)
     # identification (1 forward) + the one planned batch (all 15 rows) that holds the missing rows
     assert len(forwards) == 2
-    from drope_lens.results import model_identity
+    from drope_lens.engine.results import model_identity
 
     meta = disruption.meta_for(disruption.DisruptionConfig(seeds=3, max_tokens=24), texts[:2], texts[2:])
     store.finalize(resumed, meta | {"models": [model_identity(model)]})
@@ -309,7 +309,7 @@ def test_reliance_ratio_is_undefined_not_huge_when_drope_difference_is_zero():
 
 def test_massive_values_early_stop_leaves_the_model_clean(planted):
     from drope_lens.experiments import massive_values
-    from drope_lens.texts import builtin_texts
+    from drope_lens.measurement.texts import builtin_texts
 
     model = dl.load_model(planted["rope"][0])
     tokens = torch.tensor([[1, 5, 9, 13, 17, 21]])
@@ -322,8 +322,8 @@ def test_massive_values_early_stop_leaves_the_model_clean(planted):
 @pytest.mark.parametrize("max_tokens", [16, 100, 512])
 def test_prefix_tokenisation_equals_whole_text_tokenisation(planted, max_tokens):
     """tokenize() reads only a prefix of each text; the tokens kept are those of the whole text."""
-    from drope_lens.tokens import tokenize
-    from drope_lens.texts import Text, builtin_texts, toy_texts
+    from drope_lens.measurement.tokens import tokenize
+    from drope_lens.measurement.texts import Text, builtin_texts, toy_texts
 
     texts = builtin_texts() + toy_texts()[:4] + [Text("short", "x", "a few words only")]
     for source in (planted["rope"][0], "bundled:toy/rope"):

@@ -17,14 +17,8 @@ from safetensors.torch import load_file, save_file
 
 import drope_lens as dl
 from builders import WORDS, relative_error
-from drope_lens.attention import rope_inv_freq
-from drope_lens.checkpoint import (
-    FAMILIES,
-    SUPPORTED_ARCHITECTURES,
-    CheckpointError,
-    detect_variant,
-    parse_config,
-)
+from drope_lens.model.attention import rope_inv_freq
+from drope_lens.model.checkpoint import FAMILIES, SUPPORTED_ARCHITECTURES, CheckpointError, detect_variant, parse_config
 from family_builders import CASES, LLAMA3_ROPE, edit_config, family_reference, save_family_checkpoint
 
 BOUND = 1e-5
@@ -383,9 +377,9 @@ def test_save_model_round_trips_every_family(family_checkpoint, tmp_path, case, 
 
 # -- registry --------------------------------------------------------------------------------
 def test_registry_has_every_upstream_pair_with_its_provenance():
-    from drope_lens.registry import pairs
+    from drope_lens.model.registry import pairs
 
-    raw = json.loads((__import__("importlib").resources.files("drope_lens") / "registry.json").read_text())
+    raw = json.loads((__import__("importlib").resources.files("drope_lens") / "data" / "registry.json").read_text())
     expected_rope = {
         "llama2-7b": "meta-llama/Llama-2-7b-hf", "smollm-360m": "HuggingFaceTB/SmolLM-360M",
         "smollm-1.7b": "HuggingFaceTB/SmolLM-1.7B", "smollm2-360m-instruct": "HuggingFaceTB/SmolLM2-360M-Instruct",

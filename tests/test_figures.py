@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import synthetic_results as S
-from drope_lens import figures as F
+from drope_lens.outputs import figures as F
 from drope_lens.experiments.disruption import summary
 from drope_lens.experiments.massive_values import per_layer
 
@@ -214,7 +214,7 @@ def test_named_errors(tmp_path):
 def test_attention_pattern_is_the_real_attention(checkpoint_factory):
     """Our hook_pattern equals HF's eager attention probabilities, for RoPE (rotary applied) and DroPE."""
     import drope_lens as dl
-    from drope_lens.views import attention_pattern
+    from drope_lens.outputs.views import attention_pattern
 
     for attention_type in (None, "nope"):
         path, ref = checkpoint_factory(attention_type=attention_type)
@@ -230,8 +230,8 @@ def test_attention_pattern_is_the_real_attention(checkpoint_factory):
 
 def test_attention_view_policy_and_offline_html(tmp_path):
     import drope_lens as dl
-    from drope_lens.texts import toy_texts
-    from drope_lens.views import attention_heads
+    from drope_lens.measurement.texts import toy_texts
+    from drope_lens.outputs.views import attention_heads
 
     rope, drope = dl.load_pair("toy")
     text = toy_texts(1)[0].text

@@ -28,11 +28,11 @@ def test_the_cli_parser_and_the_package_import_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "[]"
     import drope_lens as dl
-    import drope_lens.loading
-    import drope_lens.registry
+    import drope_lens.model.loading
+    import drope_lens.model.registry
 
-    assert dl.load_model is drope_lens.loading.load_model and dl.load_pair is drope_lens.registry.load_pair
-    assert "load_model" in dir(dl) and dl.figures.__name__ == "drope_lens.figures"
+    assert dl.load_model is drope_lens.model.loading.load_model and dl.load_pair is drope_lens.model.registry.load_pair
+    assert "load_model" in dir(dl) and dl.figures.__name__ == "drope_lens.outputs.figures"
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         dl.nothing_here
 
@@ -96,7 +96,7 @@ def test_massive_values_defaults_suit_the_toy_pair(toy_pair):
     import warnings
 
     from drope_lens.experiments import massive_values
-    from drope_lens.tokens import OutOfDistributionWarning
+    from drope_lens.measurement.tokens import OutOfDistributionWarning
 
     rope, _ = toy_pair
     with warnings.catch_warnings():
@@ -135,8 +135,8 @@ def test_disruption_defaults_and_the_out_of_distribution_warning(toy_pair):
     import warnings
 
     from drope_lens.experiments import disruption
-    from drope_lens.tokens import OutOfDistributionWarning
-    from drope_lens.texts import builtin_texts
+    from drope_lens.measurement.tokens import OutOfDistributionWarning
+    from drope_lens.measurement.texts import builtin_texts
 
     rope, _ = toy_pair
     with warnings.catch_warnings():
@@ -177,7 +177,7 @@ def _passkey_results():
 
 
 def test_exp10_legend_has_every_category_that_appears_and_ticks_at_the_lengths():
-    from drope_lens import figures as F
+    from drope_lens.outputs import figures as F
 
     df = _passkey_results()
     errors = F.context_errors(df)
@@ -194,8 +194,8 @@ def test_exp10_legend_has_every_category_that_appears_and_ticks_at_the_lengths()
 
 
 def test_exp10_tables_one_per_format_never_averaged():
-    from drope_lens import report
-    from drope_lens.reproduction import headline_context_length
+    from drope_lens.outputs import report
+    from drope_lens.outputs.reproduction import headline_context_length
 
     df = _passkey_results()
     tables = report._context_tables(df, {})
@@ -217,7 +217,7 @@ def test_exp1_error_bars_are_a_ci_over_texts_never_below_zero():
     is 27/4 = 6.75."""
     import pandas as pd
 
-    from drope_lens import figures as F
+    from drope_lens.outputs import figures as F
 
     rows = [{"model": f"m-{v}", "variant": v, "sample": s, "layer": 0, "tensor": "q", "count": c,
              "heads": [], "dims": []} for v in ("rope", "drope") for s, c in enumerate((0, 0, 0, 9))]
@@ -234,7 +234,7 @@ def test_exp2_figure_says_which_interval_is_which():
     import numpy as np
     import pandas as pd
 
-    from drope_lens import figures as F
+    from drope_lens.outputs import figures as F
 
     rng = np.random.default_rng(0)
     rows = []
@@ -256,8 +256,8 @@ def test_wilson_bounds_are_exactly_0_and_1_at_the_ends():
     import numpy as np
     from scipy.stats import binomtest
 
-    from drope_lens import figures as F
-    from drope_lens.passkey import wilson_interval
+    from drope_lens.outputs import figures as F
+    from drope_lens.measurement.passkey import wilson_interval
 
     for n in (1, 5, 20, 37):
         assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
@@ -272,7 +272,7 @@ def test_wilson_bounds_are_exactly_0_and_1_at_the_ends():
 def test_run_metadata_records_the_softmax_scale_the_model_uses(toy_pair):
     import math
 
-    from drope_lens.results import model_identity
+    from drope_lens.engine.results import model_identity
 
     for model in toy_pair:
         identity = model_identity(model)
@@ -292,7 +292,7 @@ def test_shipped_study_sources_match_their_provenance():
     import hashlib
     import json
 
-    from drope_lens import reproduction
+    from drope_lens.outputs import reproduction
 
     files = reproduction.provenance()
     cited = {s["file"] for s in reproduction.study_numbers()["source"] if "file" in s} | {"METHODS.md"}
@@ -322,7 +322,7 @@ def test_shipped_study_sources_match_their_provenance():
 def test_a_toy_pair_run_is_shown_as_a_different_model_without_ratios():
     import pandas as pd
 
-    from drope_lens import reproduction
+    from drope_lens.outputs import reproduction
 
     ours = {"massive_values": pd.DataFrame([{"key": "total_q", "variant": "rope", "value": 0.23}])}
     toy = reproduction.reproduction_table(ours, models={"massive_values": ["bundled:toy/rope", "bundled:toy/drope"]})
@@ -337,7 +337,7 @@ def test_a_toy_pair_run_is_shown_as_a_different_model_without_ratios():
 def test_report_of_other_models_says_different_model(tmp_path):
     import synthetic_results as S
 
-    from drope_lens import report
+    from drope_lens.outputs import report
 
     S.write_run(tmp_path, "layer_balance", S.layer_balance())
     page = report.build_report(tmp_path, tmp_path / "r.html").read_text()
@@ -351,8 +351,8 @@ def test_report_of_other_models_says_different_model(tmp_path):
 # Point 8: the attention view's note says one true thing.
 # ------------------------------------------------------------------------------------------
 def test_truncated_attention_view_says_what_the_models_ran_on(toy_pair):
-    from drope_lens.texts import toy_texts
-    from drope_lens.views import attention_heads
+    from drope_lens.measurement.texts import toy_texts
+    from drope_lens.outputs.views import attention_heads
 
     rope, drope = toy_pair
     text = " ".join(t.text for t in toy_texts(2))
@@ -367,15 +367,15 @@ def test_truncated_attention_view_says_what_the_models_ran_on(toy_pair):
 
 
 def test_static_svg_draws_the_figure_data():
-    """drope_lens.static.to_svg (what the notebook's HTML export shows): tick labels at the lengths
+    """drope_lens.outputs.static.to_svg (what the notebook's HTML export shows): tick labels at the lengths
     run, every legend name, one cell per heatmap value coloured by plotly's own colour scale."""
     import re
 
     import plotly.colors as pc
     import plotly.graph_objects as go
 
-    from drope_lens import figures as F
-    from drope_lens.static import to_svg
+    from drope_lens.outputs import figures as F
+    from drope_lens.outputs.static import to_svg
 
     df = _passkey_results()
     svg = to_svg(F.context_length(df))

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from drope_lens import fused
-from drope_lens.attention import RotaryTable, apply_rotary
+from drope_lens.model import fused
+from drope_lens.model.attention import RotaryTable, apply_rotary
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"

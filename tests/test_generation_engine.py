@@ -1,4 +1,4 @@
-"""drope_lens.generation: batched greedy decoding equals Hugging Face ``generate`` under hooks."""
+"""drope_lens.measurement.generation: batched greedy decoding equals Hugging Face ``generate`` under hooks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import drope_lens as dl
-from drope_lens.generation import absolute_positions, greedy_generate, padded_forward
+from drope_lens.measurement.generation import absolute_positions, greedy_generate, padded_forward
 
 ROWS = [[1, 5, 9, 17, 33, 40, 61, 70, 12], [1, 44, 45, 46], [1, 7, 8, 20, 21, 22, 23], [1, 30, 31]]
 VARIANTS = [pytest.param(None, id="rope"), pytest.param("qk_norm_nope", id="drope")]
@@ -148,7 +148,7 @@ def test_strings_and_bad_arguments(checkpoint_factory):
 def test_generation_first_then_autograd(checkpoint_factory):
     """Rotary tables first built inside greedy_generate (inference mode) serve a later forward that
     autograd records (regression: they were inference tensors, and training then failed)."""
-    from drope_lens.attention import RotaryTable
+    from drope_lens.model.attention import RotaryTable
 
     path, _ = checkpoint_factory()
     model = dl.load_model(path)
@@ -164,7 +164,7 @@ def test_generation_first_then_autograd(checkpoint_factory):
 def test_shared_prefix_scores_equal_whole_prompts(checkpoint_factory, attention_type):
     """score_shared_prefix (prefix once, members' own tokens on shared keys/values) gives the logits
     of scoring each prompt whole, also under a position-0 ablation and a scaling hook."""
-    from drope_lens.generation import score_shared_prefix
+    from drope_lens.measurement.generation import score_shared_prefix
 
     path, _ = checkpoint_factory(attention_type=attention_type)
     model = dl.load_model(path)

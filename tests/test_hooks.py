@@ -164,7 +164,7 @@ def test_public_interventions_under_left_padding(rope_model, name):
     """Each public intervention on a left-padded batch gives every row the logits of that row run
     alone, unpadded. Planted bug (the old public hooks): positions counted from the padded slot 0,
     so a short row's padding is zeroed instead of its BOS, and padding enters means and norms."""
-    from drope_lens.generation import padded_forward
+    from drope_lens.measurement.generation import padded_forward
 
     model = rope_model
     padded, mask = padded_forward(model, ROWS, fwd_hooks=INTERVENTIONS[name](model))
@@ -181,7 +181,7 @@ def test_public_interventions_during_generation(rope_model, name):
     forward over that row's prompt + generated tokens, unpadded and without a cache, with the
     intervention on the prompt's positions only. Planted bug: 'position 0 of every forward' (hits
     each new token) or the top-k mean recomputed over generated tokens."""
-    from drope_lens.generation import greedy_generate
+    from drope_lens.measurement.generation import greedy_generate
 
     model = rope_model
     out = greedy_generate(model, ROWS, 6, fwd_hooks=INTERVENTIONS[name](model), batch_size=3)
@@ -206,7 +206,7 @@ def test_capture_positions_under_padding_and_generation(rope_model):
     """capture_positions reads each row's absolute position: under left padding the value of the
     row run alone; during generation a generated token's position comes from the forward that
     holds it, per row. Planted bug: the padded slot index used as the position."""
-    from drope_lens.generation import greedy_generate, padded_forward
+    from drope_lens.measurement.generation import greedy_generate, padded_forward
 
     model = rope_model
     name = "blocks.0.hook_resid_post"
@@ -247,8 +247,8 @@ def test_jaxtyping_shapes_are_checked():
     from beartype import beartype
     from jaxtyping import TypeCheckError, jaxtyped
 
-    from drope_lens.attention import apply_rotary
-    from drope_lens.linear import head_projection
+    from drope_lens.model.attention import apply_rotary
+    from drope_lens.model.linear import head_projection
 
     norm = jaxtyped(typechecker=beartype)(hooks.sequence_axis_norm)
     assert norm(torch.randn(2, 5, 3, 4)).shape == (2, 3, 4)

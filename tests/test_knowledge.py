@@ -13,12 +13,12 @@ import torch
 
 import drope_lens as dl
 from drope_lens.experiments import bos_ablation, knowledge, layer1_ablation
-from drope_lens.analysis import prepare_conditions
+from drope_lens.measurement.analysis import prepare_conditions
 from drope_lens.engine.tasks import TASK_COLUMNS, task_rows
-from drope_lens.summaries import degradation
-from drope_lens.results import RunStore
-from drope_lens.scoring import answer_token_ids
-from drope_lens.tasks import TaskItem
+from drope_lens.measurement.summaries import degradation
+from drope_lens.engine.results import RunStore
+from drope_lens.measurement.scoring import answer_token_ids
+from drope_lens.measurement.tasks import TaskItem
 
 PROMPTS = ["the city of paris is in france ? answer", "is rome in germany ? answer", "the sky is blue", "was it a movie"]
 TEXTS = ["the city of paris is in france and rome is in italy . the sky is blue and the grass is green . " * 3,
@@ -64,14 +64,14 @@ def test_knowledge_run_columns_and_resume(checkpoint_factory, tmp_path, monkeypa
     """Rows against the task data read on its own, and a resume that never mixes configurations.
 
     Planted bugs this catches: (1) prompts or labels of other items or another seed (compared with
-    :func:`drope_lens.tasks.load_task`); ``correct_logit`` not the sign of the margin; (2) parts
+    :func:`drope_lens.measurement.tasks.load_task`); ``correct_logit`` not the sign of the margin; (2) parts
     found by task name only: the issue's run (baseline, n=4) then (baseline + topk_mean_q_k, n=3,
     seed 7) in one directory silently reused the first run's baseline rows (now refused before any
     forward, naming conditions, n and seed with both values); (3) a part of another configuration
     planted under a task's name read back on resume, or a finished task recomputed (the resumed
     rows must equal a store-less run exactly, with one task recomputed)."""
-    from drope_lens.results import RunMismatchError
-    from drope_lens.tasks import load_task
+    from drope_lens.engine.results import RunMismatchError
+    from drope_lens.measurement.tasks import load_task
 
     model = dl.load_model("bundled:toy/drope")  # its tokenizer has " Yes"/" Positive" (the tiny one has not)
     kwargs = dict(tasks=("cities", "reviews"), conditions=("baseline", "topk_mean_q_k"), n=4, new_tokens=4,
@@ -315,7 +315,7 @@ def test_category_ci_is_a_bootstrap_over_items():
 def test_conditions_are_prepared_on_512_tokens_like_exp_4_to_6(checkpoint_factory, monkeypatch):
     """Exp 3 prepares the spike layer / massive dims on the same first 512 tokens as Exp 4-6
     (capped at the model's n_ctx). Planted bug: the old default of 256 tokens."""
-    from drope_lens import analysis as ablation_setup
+    from drope_lens.measurement import analysis as ablation_setup
 
     seen = {}
     original = ablation_setup.bos_norm_profile

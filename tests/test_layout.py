@@ -3,8 +3,9 @@
 Issue 21: a reader of one experiment must not have to read others. No module of
 ``drope_lens.experiments`` that is an experiment (a command of ``CLI_EXPERIMENTS``) imports
 another experiment; ``experiments/`` holds those modules and ``__init__.py`` only; what several
-experiments need lives in :mod:`drope_lens.analysis` (and the engine, tokens, summaries, cli_options
-modules of ``drope_lens``), none of which imports ``drope_lens.experiments``.
+experiments need lives below them (:mod:`drope_lens.measurement.analysis`, ``.tokens``,
+``.summaries``; the engine, :mod:`drope_lens.engine`), which tests/test_layers.py keeps from
+importing ``drope_lens.experiments``.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def test_no_experiment_imports_another_experiment(module):
     others = imported_modules(_modules()[module], module) & EXPERIMENTS
     kind = "the experiment" if module in EXPERIMENTS else "the shared module"
     assert not others, (f"{kind} {module} imports the experiment(s) {sorted(others)}: move what they share into "
-                        "drope_lens.analysis (or a shared module) and import it from there")
+                        "drope_lens.measurement.analysis (or a shared module) and import it from there")
 
 
 def test_experiments_folder_holds_one_module_per_experiment_and_nothing_else():
@@ -71,32 +72,4 @@ def test_experiments_folder_holds_one_module_per_experiment_and_nothing_else():
     allowed = {"__init__.py"} | {f"{module}.py" for module in EXPERIMENTS}
     assert files == allowed, (f"experiments/ must hold one module per experiment of CLI_EXPERIMENTS and __init__.py; "
                               f"extra: {sorted(files - allowed)}, missing: {sorted(allowed - files)}. Shared code "
-                              "belongs in drope_lens (engine, analysis, tokens, summaries, cli_options).")
-
-
-PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "drope_lens"
-
-
-def _imports_experiments(path: Path) -> list[str]:
-    found = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found += [a.name for a in node.names if a.name.startswith(PACKAGE)]
-        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith(PACKAGE):
-            found.append(node.module)
-    return found
-
-
-@pytest.mark.parametrize("name", ["analysis.py", "tokens.py", "summaries.py", "cli_options.py", "engine"])
-def test_shared_modules_do_not_import_the_experiments(name):
-    """Imports go downwards: the engine and the shared analysis serve the experiments, never the reverse."""
-    paths = sorted((PACKAGE_ROOT / name).rglob("*.py")) if (PACKAGE_ROOT / name).is_dir() else [PACKAGE_ROOT / name]
-    assert paths and all(p.is_file() for p in paths), paths
-    for path in paths:
-        assert not _imports_experiments(path), f"{path} imports {_imports_experiments(path)} (an upward import)"
-
-
-def test_the_layout_reader_sees_an_upward_import(tmp_path):
-    bad = tmp_path / "m.py"
-    bad.write_text("def f():\n    from drope_lens.experiments.common import tokenize\n")
-    assert _imports_experiments(bad) == ["drope_lens.experiments.common"]
+                              "belongs in drope_lens.engine or drope_lens.measurement (analysis, tokens, summaries).")

@@ -167,7 +167,7 @@ def test_use_attn_result_hook(checkpoint_factory):
 
 
 def test_registry_and_load_pair(checkpoint_factory, tmp_path, monkeypatch):
-    from drope_lens import registry
+    from drope_lens.model import registry
 
     assert registry.lookup("llama2-7b").drope == "SakanaAI/Llama-2-7b-hf-DroPE"
     assert registry.lookup("llama2-7b").rope == "meta-llama/Llama-2-7b-hf"
@@ -265,7 +265,7 @@ def test_saved_rope_and_to_drope_checkpoints_load_elsewhere(checkpoint_factory, 
 
 
 def test_prefetched_reads_keep_order_and_bytes(checkpoint_factory):
-    from drope_lens.safetensors_stream import index_checkpoint, read_tensor, read_tensors_prefetched
+    from drope_lens.model.safetensors_stream import index_checkpoint, read_tensor, read_tensors_prefetched
 
     path, _ = checkpoint_factory()
     entries = sorted(index_checkpoint(path).values(), key=lambda e: e.start)

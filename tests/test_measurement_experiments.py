@@ -13,11 +13,11 @@ import torch
 import drope_lens as dl
 from builders import plant_massive_qk, reference_model, save_checkpoint, tiny_config
 from drope_lens.experiments import attention_structure, bos_write, layer_balance, sinks
-from drope_lens.tokens import tokenize
+from drope_lens.measurement.tokens import tokenize
 from drope_lens.engine.measure import measure
-from drope_lens.summaries import bootstrap_ci
-from drope_lens.results import RunStore
-from drope_lens.texts import Text, TextInputError
+from drope_lens.measurement.summaries import bootstrap_ci
+from drope_lens.engine.results import RunStore
+from drope_lens.measurement.texts import Text, TextInputError
 
 VOCAB = "the city of paris is in france rome italy secret passkey remember this number grass green sky blue".split()
 MAX_TOKENS = 24

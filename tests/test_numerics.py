@@ -103,7 +103,7 @@ def test_bf16_rope_matches_hf_rounding(checkpoint_factory, device):
 
 def test_rotary_inference_and_training_paths_round_identically():
     """The copy-saving inference path of apply_rotary and the autograd path give the same bits."""
-    from drope_lens.attention import apply_rotary
+    from drope_lens.model.attention import apply_rotary
 
     x = torch.randn(2, 37, 4, 64, dtype=torch.bfloat16)
     with torch.no_grad():
@@ -115,7 +115,7 @@ def test_rotary_inference_and_training_paths_round_identically():
 def test_rotary_table_built_under_inference_mode_serves_training():
     """The shared rotary table is cached; one first built inside torch.inference_mode() must
     still work in a later autograd forward (toy training after an analysis run)."""
-    from drope_lens.attention import RotaryTable, apply_rotary
+    from drope_lens.model.attention import RotaryTable, apply_rotary
 
     RotaryTable._tables.clear()
     with torch.inference_mode():

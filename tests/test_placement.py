@@ -17,7 +17,7 @@ from transformer_lens.utilities.multi_gpu import get_device_for_block_index
 
 import drope_lens as dl
 from builders import relative_error
-from drope_lens.placement import Placement, plan_placement
+from drope_lens.model.placement import Placement, plan_placement
 
 TOKENS = torch.randint(3, 90, (3, 40), generator=torch.Generator().manual_seed(0))
 TOKENS[:, 0] = 1
@@ -107,7 +107,7 @@ def test_split_model_computes_what_one_gpu_computes(checkpoint_factory, kwargs):
 def test_experiments_on_a_split_model_equal_one_gpu(source):
     """Hooks with per-layer tensors (captured norms, zeroing masks) on layers on two GPUs."""
     from drope_lens.experiments import disruption, massive_values
-    from drope_lens.texts import toy_texts
+    from drope_lens.measurement.texts import toy_texts
 
     texts = toy_texts()[:6]
     settings = dict(max_tokens=64, show_progress=False)

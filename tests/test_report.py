@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 import synthetic_results as S
-from drope_lens import report as R
-from drope_lens import reproduction
+from drope_lens.outputs import report as R
+from drope_lens.outputs import reproduction
 from drope_lens.cli import main
-from drope_lens.figures import SchemaError
+from drope_lens.outputs.figures import SchemaError
 
 SHARED = Path("/work/shared")
 PLOTLY_MARKER = "plotly.js v"  # the banner at the top of the inlined plotly.js bundle

@@ -40,8 +40,8 @@ from drope_lens.experiments import (
     massive_values,
     sinks,
 )
-from drope_lens.results import RunMismatchError, RunStore, canonical, load_run, texts_fingerprint
-from drope_lens.texts import Text
+from drope_lens.engine.results import RunMismatchError, RunStore, canonical, load_run, texts_fingerprint
+from drope_lens.measurement.texts import Text
 
 sys.path.insert(0, str(Path(__file__).parent))
 from builders import WORDS  # noqa: E402

@@ -13,7 +13,7 @@ from importlib import resources
 import pandas as pd
 import pytest
 
-from drope_lens import scoring, tasks
+from drope_lens.measurement import scoring, tasks
 
 
 def test_task_files_match_their_recorded_hashes():
@@ -168,7 +168,7 @@ def test_logit_and_generation_scores():
 
 
 def test_unparseable_answers_stay_in_the_denominator():
-    from drope_lens.summaries import accuracy_table
+    from drope_lens.measurement.summaries import accuracy_table
 
     df = pd.DataFrame({
         "variant": "rope", "task": "sports", "condition": "baseline", "sample": range(4),

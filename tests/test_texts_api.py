@@ -10,8 +10,8 @@ import pytest
 
 import drope_lens as dl
 from drope_lens.experiments import disruption, massive_values
-from drope_lens.tokens import tokenize
-from drope_lens.texts import Text, TextInputError, as_texts, load_texts
+from drope_lens.measurement.tokens import tokenize
+from drope_lens.measurement.texts import Text, TextInputError, as_texts, load_texts
 
 SENTENCES = [
     "the city of paris is in france",

@@ -31,7 +31,7 @@ import torch
 from pandas.testing import assert_frame_equal
 
 import dist_worker as W
-from drope_lens.results import RunStore
+from drope_lens.engine.results import RunStore
 
 WORKER = Path(__file__).parent / "dist_worker.py"
 KILLED = "sinks"  # the experiment in which rank 1 is killed

@@ -68,10 +68,10 @@ def test_config_validation():
 
 
 def test_retrieval_documents_teach_the_exp10_formats_with_training_keys_only(tmp_path):
-    """Simple and RULER prompts and the verification question, verbatim from drope_lens.passkey,
+    """Simple and RULER prompts and the verification question, verbatim from drope_lens.measurement.passkey,
     with haystacks from short to the whole context; no number a training document asks about or
     offers as a candidate is a multiple of 7 (every evaluation key is)."""
-    from drope_lens import passkey as pk
+    from drope_lens.measurement import passkey as pk
 
     config = corpus.CorpusConfig(n_train=3000, n_heldout=10)
     train, _ = corpus.build_corpus(config)

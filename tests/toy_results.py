@@ -8,8 +8,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from drope_lens.results import RunStore, model_identity
-from drope_lens.texts import toy_texts
+from drope_lens.engine.results import RunStore, model_identity
+from drope_lens.measurement.texts import toy_texts
 
 
 @pytest.fixture(scope="session")

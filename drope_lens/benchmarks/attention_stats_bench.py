@@ -90,7 +90,7 @@ def long_context(model, lengths, repeat: int) -> list[dict]:
 
 def agreement(model, length: int) -> dict:
     """Max |Triton - chunked PyTorch| and max |Triton - hook_pattern| per statistic over all layers."""
-    from drope_lens.attention_stats import stats_from_pattern
+    from drope_lens.measurement.attention_stats import stats_from_pattern
     from drope_lens.hooks import capture_attention_stats
 
     tokens = torch.randint(3, model.cfg.d_vocab, (1, length), generator=torch.Generator().manual_seed(1))
@@ -118,7 +118,7 @@ def agreement(model, length: int) -> dict:
 
 def study_size(model, texts, repeat: int) -> dict:
     from drope_lens.experiments import attention_structure, bos_write, layer_balance, sinks
-    from drope_lens.tokens import tokenize
+    from drope_lens.measurement.tokens import tokenize
     from drope_lens.engine.measure import measure
 
     parts = [sinks.measurement(sinks.SinksConfig()), bos_write.measurement(bos_write.BosWriteConfig()),
@@ -161,7 +161,7 @@ def main() -> None:
     from .random_checkpoint import SHAPES
 
     import drope_lens as dl
-    from drope_lens.texts import builtin_texts
+    from drope_lens.measurement.texts import builtin_texts
 
     texts = builtin_texts()[:10]
     shape = SHAPES[args.shape]

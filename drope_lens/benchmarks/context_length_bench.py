@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import drope_lens as dl
-    from drope_lens import passkey
+    from drope_lens.measurement import passkey
     from drope_lens.experiments import context_length as cl
     from transformers import LlamaForCausalLM
 

@@ -40,7 +40,7 @@ from .random_checkpoint import SHAPES, massive_checkpoint, write_drope_twin, wri
 
 def _pair(workdir: Path, shape: str) -> tuple[Path, Path]:
     """Write (once) the RoPE checkpoint with planted massive dims, its tokenizer and DroPE twin."""
-    from drope_lens.texts import builtin_texts
+    from drope_lens.measurement.texts import builtin_texts
 
     if shape == "llama2-7b":
         rope = massive_checkpoint(workdir)
@@ -63,7 +63,7 @@ def _synchronize(device: str) -> None:
 
 def _wall(fn, repeat: int, device: str):
     """Median wall seconds of ``fn()`` over ``repeat`` runs, every rank synchronised at both ends."""
-    from drope_lens import distributed
+    from drope_lens.engine import distributed
 
     times, result = [], None
     for _ in range(repeat):
@@ -79,10 +79,10 @@ def _wall(fn, repeat: int, device: str):
 
 def sweep(args) -> None:
     import drope_lens as dl
-    from drope_lens import distributed
+    from drope_lens.engine import distributed
     from drope_lens.experiments import disruption
-    from drope_lens.results import RunStore
-    from drope_lens.texts import builtin_texts, split_texts
+    from drope_lens.engine.results import RunStore
+    from drope_lens.measurement.texts import builtin_texts, split_texts
 
     me = distributed.init_from_env(args.device)
     pair = _pair(args.workdir, args.shape) if distributed.is_main() else None  # rank 0 writes, once

@@ -3,7 +3,7 @@
     python -m drope_lens.benchmarks.generation_bench --workdir /tmp/bench --out generation_bench.json
 
 Part ``generation``: 8 prompts x 256 tokens -> 32 new tokens, batched, no stop token.
-:func:`drope_lens.generation.greedy_generate` (no hooks, and under a BOS-only MLP ablation) vs
+:func:`drope_lens.measurement.generation.greedy_generate` (no hooks, and under a BOS-only MLP ablation) vs
 ``transformers`` ``generate(do_sample=False)`` on the same token rows, sdpa attention, in the
 same process. Medians of CUDA-event timings after a warm-up; the ratio ours / HF is printed
 (target: at most 1.1). The new tokens are compared too (bf16: the two implementations round
@@ -35,7 +35,7 @@ def checkpoint(workdir: Path) -> Path:
 
 
 def generation_part(model, hf, repeat: int) -> dict:
-    from drope_lens.generation import greedy_generate
+    from drope_lens.measurement.generation import greedy_generate
     from drope_lens.hooks.conditions import build_condition
 
     gen = torch.Generator().manual_seed(0)

@@ -88,12 +88,12 @@ def _hf_run(hf, model, rows, condition, prepared, score_ids):
 
 
 def sweep_part(model, hf, repeat: int = 1) -> dict:
-    from drope_lens.analysis import prepare_conditions
+    from drope_lens.measurement.analysis import prepare_conditions
     from drope_lens.engine.tasks import task_rows
-    from drope_lens.generation import prompt_ids
-    from drope_lens.scoring import answer_token_ids
-    from drope_lens.tasks import load_task
-    from drope_lens.texts import builtin_texts
+    from drope_lens.measurement.generation import prompt_ids
+    from drope_lens.measurement.scoring import answer_token_ids
+    from drope_lens.measurement.tasks import load_task
+    from drope_lens.measurement.texts import builtin_texts
 
     from .timing import cuda_median
 

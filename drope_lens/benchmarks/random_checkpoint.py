@@ -131,8 +131,8 @@ def bench_pair(workdir: Path) -> tuple[Path, Path]:
     """The Llama-2-7B-shaped random pair every GPU benchmark shares (13.5 GB, written once under
     ``workdir``): :func:`massive_checkpoint` with a tokenizer trained on the built-in texts and the
     passkey fillers and templates, and its DroPE twin (symlinked weights, ``attention_type`` nope)."""
-    from drope_lens import passkey
-    from drope_lens.texts import builtin_texts
+    from drope_lens.measurement import passkey
+    from drope_lens.measurement.texts import builtin_texts
 
     rope_dir, drope_dir = massive_checkpoint(workdir), workdir / "drope_massive"
     if not (rope_dir / "tokenizer.json").exists():

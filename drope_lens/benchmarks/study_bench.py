@@ -104,7 +104,7 @@ def hf_work(hf, calls, vocab: int) -> float:
 def run_experiment(name: str, model, args, texts) -> object:
     from drope_lens.experiments import (attention_structure, bos_ablation, bos_write, context_length, disruption,
                                         knowledge, layer1_ablation, layer_balance, massive_values, sinks)
-    from drope_lens.texts import split_texts
+    from drope_lens.measurement.texts import split_texts
 
     ident, evaluation = split_texts(texts, 3, 9)
     quiet = {"show_progress": False}
@@ -131,7 +131,7 @@ def _warm_up(model, texts) -> None:
     """Compile what the first use would: Triton kernels (each statistics request), cuSOLVER and
     cuBLAS handles, the decode path; 2 texts x 64 tokens, not timed."""
     from drope_lens.experiments import attention_structure, massive_values, sinks
-    from drope_lens.generation import greedy_generate
+    from drope_lens.measurement.generation import greedy_generate
 
     for module in (massive_values, sinks, attention_structure):
         module.run(model, texts[:2], max_tokens=64, show_progress=False)
@@ -144,8 +144,8 @@ def _sync() -> None:
 
 
 def _tiny_pair(workdir: Path) -> tuple[Path, Path]:
-    from drope_lens import passkey
-    from drope_lens.texts import builtin_texts
+    from drope_lens.measurement import passkey
+    from drope_lens.measurement.texts import builtin_texts
 
     from .random_checkpoint import SHAPES, write_drope_twin, write_random_checkpoint, write_tokenizer
 
@@ -173,7 +173,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import drope_lens as dl
-    from drope_lens.texts import builtin_texts
+    from drope_lens.measurement.texts import builtin_texts
     from transformers import LlamaForCausalLM
 
     from .random_checkpoint import bench_pair

@@ -15,15 +15,15 @@ from typing import Literal, Optional, Sequence
 
 import pandas as pd
 
-from drope_lens import analysis
-from drope_lens.analysis import prepare_conditions
-from drope_lens.distributed import is_main
+from drope_lens.measurement import analysis
+from drope_lens.measurement.analysis import prepare_conditions
+from drope_lens.engine.distributed import is_main
 from drope_lens.hooks.conditions import check_conditions
-from drope_lens.results import RunStore, items_fingerprint, texts_fingerprint
-from drope_lens.summaries import condition_layers, perplexity_summary, wide_table
-from drope_lens.tasks import check_tasks, load_task
-from drope_lens.texts import TextsLike, as_texts
-from drope_lens.tokens import BosPolicy, check_bos, model_variant, tokenize
+from drope_lens.engine.results import RunStore, items_fingerprint, texts_fingerprint
+from drope_lens.measurement.summaries import condition_layers, perplexity_summary, wide_table
+from drope_lens.measurement.tasks import check_tasks, load_task
+from drope_lens.measurement.texts import TextsLike, as_texts
+from drope_lens.measurement.tokens import BosPolicy, check_bos, model_variant, tokenize
 
 from .sweep import bind_store, unit_prefix
 from .tasks import condition_meta, perplexity_rows, run_units, task_rows
@@ -95,9 +95,9 @@ def run_sweep(model, reference_texts: TextsLike, evaluation_texts: TextsLike, co
 
 
 def run_cli(ctx, experiment: str, title: str) -> int:
-    from drope_lens.results import model_identity
-    from drope_lens.runner import print_table
-    from drope_lens.texts import split_texts
+    from drope_lens.engine.results import model_identity
+    from drope_lens.engine.runner import print_table
+    from drope_lens.measurement.texts import split_texts
 
     args = ctx.args
     config = AblationConfig(tuple(s for s in args.conditions.split(",") if s),

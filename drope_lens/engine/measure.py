@@ -9,8 +9,8 @@ and skips texts already saved. Several measurements therefore share one forward.
 ``batch_size`` texts are the planned batches of :func:`drope_lens.engine.sweep.run_sweep`: shared
 among ranks under ``torchrun``, each text always measured in the same batch.
 
-Summaries over texts live in :mod:`drope_lens.summaries` (:func:`~drope_lens.summaries.summarize`,
-:func:`~drope_lens.summaries.compare_variants`).
+Summaries over texts live in :mod:`drope_lens.measurement.summaries` (:func:`~drope_lens.measurement.summaries.summarize`,
+:func:`~drope_lens.measurement.summaries.compare_variants`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import pandas as pd
 import torch
 
 from drope_lens.hooks import capture_attention_stats
-from drope_lens.results import RunStore, texts_fingerprint
-from drope_lens.texts import Text, TextsLike, as_texts
-from drope_lens.tokens import BosPolicy, batches_by_length, check_bos, model_name, model_variant, tokenize
+from drope_lens.engine.results import RunStore, texts_fingerprint
+from drope_lens.measurement.texts import Text, TextsLike, as_texts
+from drope_lens.measurement.tokens import BosPolicy, batches_by_length, check_bos, model_name, model_variant, tokenize
 
 from .sweep import Planned, bind_store, run_sweep, unit_prefix
 
@@ -67,7 +67,7 @@ class Measurement:
 
     ``hooks(model, captured)`` returns hook pairs that fill ``captured``; ``rows(model, batch)``
     returns the batch's rows with a ``sample`` column (index into the texts). ``attention`` =
-    ``(window, max_distance)`` asks for :class:`~drope_lens.attention_stats.AttentionStats` of
+    ``(window, max_distance)`` asks for :class:`~drope_lens.measurement.attention_stats.AttentionStats` of
     every layer in ``batch.attention``; :data:`ANY_WINDOW` for any window (sink score and entropy
     only), so that one streamed computation per layer serves several measurements.
     """
@@ -186,7 +186,7 @@ def run_cli_measurement(ctx, experiment: str, config, run_one: Callable) -> pd.D
     """
     from dataclasses import asdict
 
-    from drope_lens.results import model_identity
+    from drope_lens.engine.results import model_identity
 
     chosen = ctx.texts()[: ctx.args.n_texts]
     names = [t.name for t in chosen]

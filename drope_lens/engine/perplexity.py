@@ -17,8 +17,8 @@ from typing import Callable, Optional, Sequence
 import pandas as pd
 import torch
 
-from drope_lens.results import RunStore
-from drope_lens.tokens import batches_by_length, sequence_nll
+from drope_lens.engine.results import RunStore
+from drope_lens.measurement.tokens import batches_by_length, sequence_nll
 
 from .sweep import HostCopy, Planned, run_sweep, unit_prefix
 

@@ -7,10 +7,10 @@ sweep was run:
    saves as one part: a text, a condition, ...; a planned batch lists the units its rows feed).
 2. :func:`plan_sweep` reads which units are finished (and which batches are checkpointed), keeps
    the batches that still feed an unfinished unit, and gives this rank its share of them
-   (:func:`drope_lens.distributed.shard`: whole planned batches, so every row is computed in the
+   (:func:`drope_lens.engine.distributed.shard`: whole planned batches, so every row is computed in the
    same batch, with the same batch mates, as in a single-process uninterrupted run: the same
    GEMM shapes, hence the same roundings on any GPU).
-3. Run ``plan.mine``; save parts (or :meth:`~drope_lens.results.RunStore.save_batch` checkpoints
+3. Run ``plan.mine``; save parts (or :meth:`~drope_lens.engine.results.RunStore.save_batch` checkpoints
    when a unit's rows come from several batches, which several ranks may compute).
 4. :func:`gather` the rows computed on every rank; units finished before this run come from the
    store. Every rank then holds, and ``run`` returns, the whole run's DataFrame.
@@ -28,9 +28,9 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from drope_lens import distributed
-from drope_lens.results import RunStore
-from drope_lens.tokens import model_name, model_variant
+from drope_lens.engine import distributed
+from drope_lens.engine.results import RunStore
+from drope_lens.measurement.tokens import model_name, model_variant
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -212,14 +212,14 @@ def run_sweep(
 def bind_store(store, model, experiment: str, config, **content):
     """``store`` bound to this model's fingerprint (None stays None): ``experiment`` (a label),
     ``config`` (the experiment's config dataclass, every field), ``content`` (what the rows are
-    computed from, by content: :func:`~drope_lens.results.texts_fingerprint`,
-    :func:`~drope_lens.results.items_fingerprint`, other settings) and the model's
-    :func:`~drope_lens.results.model_fingerprint`. The scope is :func:`unit_prefix`; see
-    :meth:`drope_lens.results.RunStore.bind` (raises before any work when the directory holds
+    computed from, by content: :func:`~drope_lens.engine.results.texts_fingerprint`,
+    :func:`~drope_lens.engine.results.items_fingerprint`, other settings) and the model's
+    :func:`~drope_lens.engine.results.model_fingerprint`. The scope is :func:`unit_prefix`; see
+    :meth:`drope_lens.engine.results.RunStore.bind` (raises before any work when the directory holds
     another configuration)."""
     if store is None:
         return None
-    from drope_lens.results import model_fingerprint
+    from drope_lens.engine.results import model_fingerprint
 
     fields = {"experiment": experiment, "config": config, **content, "model": model_fingerprint(model)}
     return store.bind(unit_prefix(model), fields, device=model.cfg.device)

@@ -6,7 +6,7 @@ continuation (the same forwards continued with the KV cache), conditions mixed i
 :func:`perplexity_rows`: per evaluation text and condition, mean next-token NLL.
 :func:`run_units`: units computed whole by one planned batch each (a task's prompts under every
 condition, the perplexity of every text under every condition), shared among ranks and resumed
-through :func:`drope_lens.engine.sweep.run_sweep`. Their statistics are in :mod:`drope_lens.summaries`.
+through :func:`drope_lens.engine.sweep.run_sweep`. Their statistics are in :mod:`drope_lens.measurement.summaries`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from drope_lens.generation import greedy_generate, prompt_ids
+from drope_lens.measurement.generation import greedy_generate, prompt_ids
 from drope_lens.hooks.conditions import Condition, batched_conditions
-from drope_lens.scoring import answer_token_ids, generation_score, logit_score
-from drope_lens.tasks import TaskItem
+from drope_lens.measurement.scoring import answer_token_ids, generation_score, logit_score
+from drope_lens.measurement.tasks import TaskItem
 
-from drope_lens.results import RunStore
-from drope_lens.tokens import BosPolicy, batches_by_length, model_name, model_variant, sequence_nll
+from drope_lens.engine.results import RunStore
+from drope_lens.measurement.tokens import BosPolicy, batches_by_length, model_name, model_variant, sequence_nll
 
 from .sweep import HostCopy, Planned, progress, run_sweep
 
@@ -37,7 +37,7 @@ TASK_COLUMNS = ("model", "variant", "task", "kind", "condition", "condition_laye
 
 def _condition_layer(condition: Condition) -> int:
     """The layer a condition acts on (-1: every layer or none in particular; never "no spike",
-    which :func:`drope_lens.analysis.prepare_conditions` refuses)."""
+    which :func:`drope_lens.measurement.analysis.prepare_conditions` refuses)."""
     layer = condition.info.get("layer")
     return int(layer) if layer is not None else -1
 
@@ -177,7 +177,7 @@ def perplexity_rows(
 def reference_texts_for(model):
     """Texts the conditions are prepared on (spike layer, massive dims): the toy corpus's held-out
     texts for the bundled toy pair, the builtin texts otherwise."""
-    from drope_lens.texts import builtin_texts, toy_texts
+    from drope_lens.measurement.texts import builtin_texts, toy_texts
 
     return toy_texts() if model_name(model).startswith("bundled:toy/") else builtin_texts()
 

@@ -10,11 +10,11 @@ Seeded and deterministic. Documents mix:
 - ``passkey``: the study's simple passkey format, the issue-4 layout (``filler_repeats`` whole
   filler sentences; the corpus of the issue-4 pair, no longer in the default mix);
 - ``simple_passkey``: the study's simple passkey format (filler, needle, question, answer), laid out as
-  Exp 10 lays it out (:func:`drope_lens.passkey.render`), with haystacks of any length up to the
+  Exp 10 lays it out (:func:`drope_lens.measurement.passkey.render`), with haystacks of any length up to the
   whole context and the needle at any depth; a quarter of them with a prose haystack instead;
-- ``ruler``: the RULER template (:data:`drope_lens.passkey.RULER_TEMPLATE`) with 1-4 needles under
+- ``ruler``: the RULER template (:data:`drope_lens.measurement.passkey.RULER_TEMPLATE`) with 1-4 needles under
   distinct names in RULER's noise (or prose), asking for one of them: retrieval by content;
-- ``verify``: the verification question (:data:`drope_lens.passkey.VERIFY_TEMPLATE`) around a simple
+- ``verify``: the verification question (:data:`drope_lens.measurement.passkey.VERIFY_TEMPLATE`) around a simple
   or RULER haystack, about the key or a near-miss of it (one digit changed), answered Yes/No;
 - ``review``: a movie review with its label in the study's IMDB prompt;
 - ``copy`` / ``copy_digits``: a random word (digit-group) sequence followed by its repetition
@@ -32,13 +32,15 @@ generated for training (disjoint key sets and seed streams).
 from __future__ import annotations
 
 import functools
+import json
 import random
 import re
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Iterator
 
-from .. import passkey as pk
+from ..measurement import passkey as pk
 
 YES_NO_PROMPT = "Answer with only 'Yes' or 'No'.\n\nQuestion: {question}\nAnswer:"
 REVIEW_PROMPT = "Read this movie review and answer: Is it Positive or Negative?\n\nReview: {text}\n\nSentiment (Positive/Negative):"
@@ -564,3 +566,16 @@ def evaluation_sets(config: CorpusConfig = CorpusConfig(), n_sentiment: int = 10
         prompt = passkey_prompt(key_rng, key, passkey_repeats, depth=key_rng.uniform(0.25, 0.75))
         out["passkey"].append(EvalItem("passkey", prompt, key))
     return out
+
+
+def toy_metadata(checkpoint: Path) -> tuple[CorpusConfig, int]:
+    """The corpus config and trained context recorded in ``toy.json`` of a toy checkpoint."""
+    path = Path(checkpoint) / "toy.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a toy checkpoint written by train_toy_pair (no toy.json).")
+    meta = json.loads(path.read_text())
+    return corpus_config_from_dict(meta["corpus"]), int(meta["model"]["context"])
+
+
+def corpus_config_from_dict(raw: dict) -> CorpusConfig:
+    return CorpusConfig(**{k: (tuple(v) if k == "filler_repeats" else v) for k, v in raw.items()})

@@ -27,6 +27,7 @@ from jaxtyping import Int
 from tqdm.auto import tqdm
 
 from .corpus import FILLER, CorpusConfig, EvalItem, evaluation_sets, heldout_documents
+from .corpus import corpus_config_from_dict, toy_metadata  # noqa: F401  (re-exported)
 from .train import PAD, evaluate_loss, pack
 
 ANSWER_TOKENS_RESERVED = 8  # room left for the answer when a prompt must fit a context
@@ -162,7 +163,7 @@ def evaluate_pair(rope_dir: Path, drope_dir: Path, *, device: Optional[str] = No
                   config: EvalConfig = EvalConfig()) -> dict:
     """Load both checkpoints (float32) and evaluate them on the corpus recorded in ``toy.json``
     beside them (or the default corpus), with ``heldout_ppl_ratio`` = DroPE / RoPE."""
-    from ..loading import load_model
+    from ..model.loading import load_model
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     corpus, context = toy_metadata(Path(rope_dir))
@@ -174,19 +175,6 @@ def evaluate_pair(rope_dir: Path, drope_dir: Path, *, device: Optional[str] = No
         del model
     out["heldout_ppl_ratio"] = out["drope"]["heldout_ppl"] / out["rope"]["heldout_ppl"]
     return out
-
-
-def toy_metadata(checkpoint: Path) -> tuple[CorpusConfig, int]:
-    """The corpus config and trained context recorded in ``toy.json`` of a toy checkpoint."""
-    path = Path(checkpoint) / "toy.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not a toy checkpoint written by train_toy_pair (no toy.json).")
-    meta = json.loads(path.read_text())
-    return corpus_config_from_dict(meta["corpus"]), int(meta["model"]["context"])
-
-
-def corpus_config_from_dict(raw: dict) -> CorpusConfig:
-    return CorpusConfig(**{k: (tuple(v) if k == "filler_repeats" else v) for k, v in raw.items()})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -34,7 +34,7 @@ def main() -> int:
         for part in parts:
             out.write(part.read_bytes())
     subprocess.run(["tar", "-xf", str(work / "ckpt.tar"), "-C", str(work)], check=True)
-    from drope_lens.bundled import write_hashes
+    from drope_lens.model.bundled import write_hashes
     from drope_lens.toy.train import summarize
 
     for name in ("rope", "drope"):

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..convert import to_drope
-from ..loading import load_model
-from ..saving import save_model
+from ..model.convert import to_drope
+from ..model.loading import load_model
+from ..model.saving import save_model
 from .corpus import CorpusConfig, heldout_documents, training_documents
 from .recipes import ATTENTION_TYPES, RECIPES, Recipe, add_arguments  # noqa: F401 (re-exported)
 from .tokenizer import train_tokenizer
@@ -266,8 +266,8 @@ def to_drope_recipe(rope, recipe: Recipe):
     """``to_drope(rope)``, then for ``qk_norm_nope`` full-width q/k RMSNorms (unit weights, trained)."""
     from dataclasses import replace
 
-    from ..attention import FullWidthRMSNorm
-    from ..model import attention_settings
+    from ..model.attention import FullWidthRMSNorm
+    from ..model.transformer import attention_settings
 
     drope = to_drope(rope)
     if recipe.attention_type == "nope":
@@ -476,7 +476,7 @@ def evaluate_and_select(out: Path, recipes: Sequence[Recipe], bars_config=None, 
     """
     import shutil
 
-    from ..loading import load_model
+    from ..model.loading import load_model
     from . import bars
     from .evaluate import toy_metadata
 
