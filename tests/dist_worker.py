@@ -6,7 +6,7 @@ returned on this rank to ``<out>/<tag>-rank<r>.pkl``:
 - ``mv:DIR`` / ``dis:DIR``: Exp 1 / Exp 2 through the Python API with a RunStore under DIR;
   ``mv:-`` / ``dis:-`` without a store;
 - ``cli:DIR``: ``drope-lens run massive-values`` and ``... disruption`` with ``--out DIR``;
-- ``all:DIR``: every experiment of ``drope-lens run`` at the tiny sizes of :data:`ALL_CLI`, with
+- ``all:DIR``: every experiment of ``drope-lens run`` at the tiny sizes of :data:`ALL_CLI` (toy DroPE), with
   ``--out DIR --run-id t`` (tests/test_torchrun_all.py); ``--die-exp X``: rank 1 is killed after
   its first write in experiment X.
 
@@ -35,17 +35,19 @@ CLI_MV = ["run", "massive-values", "--n-texts", "6", "--batch-size", "2", *CLI_C
 CLI_DIS = ["run", "disruption", "--seeds", "2", "--n-identification", "2", "--n-evaluation", "4",
            "--batch-size", "3", *CLI_COMMON]
 
-#: Every ``drope-lens run`` command at tiny sizes, each with several planned batches per model.
+#: Every ``drope-lens run`` command at tiny sizes (the toy DroPE model only), each with several
+#: planned batches (or units) to share between two ranks.
 _TEXTS = ["--n-texts", "3", "--batch-size", "2", "--max-tokens", "32"]
-_ABLATION = ["--prompts", "2", "--tasks", "cities,passkey", "--n-reference", "2", "--n-evaluation", "2",
-             "--batch-size", "2", "--max-tokens", "32"]
+_ABLATION = ["--prompts", "2", "--tasks", "cities", "--n-reference", "2", "--n-evaluation", "2", "--batch-size", "4",
+             "--max-tokens", "32"]
 ALL_CLI = {
     "massive-values": _TEXTS,
     "disruption": ["--seeds", "1", "--n-identification", "2", "--n-evaluation", "3", "--batch-size", "2",
                    "--max-tokens", "32"],
-    "knowledge": ["--prompts", "2", "--new-tokens", "2", "--batch-size", "2", "--reference-tokens", "32"],
-    "bos-ablation": _ABLATION,
-    "layer1-ablation": _ABLATION,
+    "knowledge": ["--tasks", "cities,passkey", "--prompts", "2", "--new-tokens", "2", "--batch-size", "2",
+                  "--reference-tokens", "32"],
+    "bos-ablation": [*_ABLATION, "--conditions", "baseline,bos_mlp"],
+    "layer1-ablation": [*_ABLATION, "--conditions", "baseline,l1_mlp"],
     "sinks": _TEXTS,
     "bos-write": _TEXTS,
     "attention-structure": _TEXTS,
@@ -64,8 +66,8 @@ def run_all(directory, *, only=None, before_each=None) -> list[int]:
             continue
         if before_each is not None:
             before_each(command)
-        codes.append(cli_main(["run", command, "--device", "cpu", "--out", str(directory), "--run-id", "t",
-                               *options]))
+        codes.append(cli_main(["run", command, "--drope", "bundled:toy/drope", "--device", "cpu", "--out",
+                               str(directory), "--run-id", "t", *options]))
     return codes
 
 
