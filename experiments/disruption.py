@@ -125,7 +125,7 @@ def run(
     :class:`~drope_lens.measurement.tokens.OutOfDistributionWarning` says the texts are not the
     model's kind of text.
 
-    Under ``torchrun`` each rank runs whole planned batches (see :mod:`.engine`; identification
+    Under ``torchrun`` each rank runs whole planned batches (see :mod:`drope_lens.engine.sweep`; identification
     runs on every rank) and every rank returns the whole DataFrame, equal to a single-process
     run's; with ``store``, rank 0 writes the condition parts.
     """

@@ -145,7 +145,7 @@ def run(
     Batches are pipelined: a batch's rows are built while the next batch runs on the GPU.
 
     Under ``torchrun`` each rank runs whole planned chunks of ``batch_size`` texts (see
-    :mod:`.engine`) and every rank returns the whole DataFrame, equal to a single-process run's.
+    :mod:`drope_lens.engine.sweep`) and every rank returns the whole DataFrame, equal to a single-process run's.
     """
     max_tokens = resolve_max_tokens(model, max_tokens)
     config = MassiveValuesConfig(threshold, max_tokens, rotary, tuple(tensors), batch_size, bos)
