@@ -31,13 +31,13 @@ from drope_lens.measurement.analysis import prepare_conditions
 from drope_lens.engine.options import KNOWLEDGE_CONDITIONS, KNOWLEDGE_TASKS
 from drope_lens.engine.distributed import is_main
 from drope_lens.engine.sweep import bind_store, unit_prefix
-from drope_lens.engine.tasks import condition_meta, reference_texts_for, run_units, task_rows
+from drope_lens.engine.tasks import condition_meta, reference_texts_for, task_rows
 from drope_lens.hooks.conditions import check_conditions
 from drope_lens.engine.results import RunStore, items_fingerprint, texts_fingerprint
 from drope_lens.measurement.summaries import accuracy_table, category_degradation, condition_layers, degradation
 from drope_lens.measurement.tasks import check_tasks, load_task
 from drope_lens.measurement.texts import as_texts
-from drope_lens.measurement.tokens import BosPolicy, check_bos, model_variant
+from drope_lens.measurement.tokens import BosPolicy, check_bos
 
 EXPERIMENT = "knowledge"
 DEFAULT_TASKS = KNOWLEDGE_TASKS
@@ -106,7 +106,7 @@ def run(
     ``reference_tokens`` tokens (capped at the model's context ``n_ctx``). ``spike_rule``: how
     ``bos_mlp`` / ``bos_v_spike`` choose their layer (:data:`drope_lens.measurement.analysis.SPIKE_RULES`).
     ``imdb_file``: IMDB rows for task ``imdb`` (default: the local ``datasets`` cache).
-    Resumable per task; under ``torchrun`` the tasks are shared among ranks.
+    Resumable per generation batch; under ``torchrun`` the batches are shared among ranks.
     """
     config = KnowledgeConfig(tuple(tasks), tuple(conditions), n, seed, source, rotary, new_tokens, batch_size,
                              max_tokens, bos, spike_rule, reference_tokens, imdb_file)
@@ -121,15 +121,12 @@ def run(
     if store is not None and is_main():
         store.save_extra(f"conditions-{unit_prefix(model)}", pd.DataFrame([condition_meta(prepared)]).astype(str))
 
-    def task(name: str):
-        return lambda: task_rows(model, items[name], prepared.conditions, new_tokens=config.new_tokens,
-                                 batch_size=config.batch_size, bos=config.bos, max_tokens=config.max_tokens,
-                                 show_progress=show_progress)
-
-    work = {f"{unit_prefix(model)}-{name}": task(name) for name in config.tasks}
-    costs = [len(items[name]) * len(config.conditions) for name in config.tasks]
-    parts = run_units(model, store, work, costs, label=f"knowledge {model_variant(model)}", show_progress=show_progress)
-    frames = [parts[unit] for unit in work]
+    frames = []
+    for name in config.tasks:  # a finished task is read back; the others' batches are shared among ranks
+        unit = f"{unit_prefix(model)}-{name}"
+        frames.append(store.load_part(unit) if store is not None and store.has(unit) else task_rows(
+            model, items[name], prepared.conditions, new_tokens=config.new_tokens, batch_size=config.batch_size,
+            bos=config.bos, max_tokens=config.max_tokens, show_progress=show_progress, store=store, unit=unit))
     return pd.concat(frames, ignore_index=True)
 
 

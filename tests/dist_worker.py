@@ -38,7 +38,7 @@ CLI_DIS = ["run", "disruption", "--seeds", "2", "--n-identification", "2", "--n-
 #: Every ``drope-lens run`` command at tiny sizes (the toy DroPE model only), each with several
 #: planned batches (or units) to share between two ranks.
 _TEXTS = ["--n-texts", "3", "--batch-size", "2", "--max-tokens", "32"]
-_ABLATION = ["--prompts", "2", "--tasks", "cities", "--n-reference", "2", "--n-evaluation", "2", "--batch-size", "4",
+_ABLATION = ["--prompts", "2", "--tasks", "cities", "--n-reference", "2", "--n-evaluation", "2", "--batch-size", "2",
              "--max-tokens", "32"]
 ALL_CLI = {
     "massive-values": _TEXTS,

@@ -3,7 +3,7 @@ Exp 4/5 (:mod:`drope_lens.experiments.bos_ablation`) and Exp 6 (:mod:`drope_lens
 
 For each model: the conditions are prepared on reference texts (spike layer from the BOS-norm
 ratio, recorded), then (1) perplexity of every evaluation text under every condition and (2) the
-tasks under every condition (:func:`.tasks.task_rows`), each a unit of :func:`.tasks.run_units`. One DataFrame, ``measure`` =
+tasks under every condition (:func:`.tasks.task_rows`, its generation batches shared among ranks). One DataFrame, ``measure`` =
 ``"perplexity"`` rows (``text``, ``nll``, ``ppl``) or ``"task"`` rows (the task columns).
 Reference and evaluation texts must be disjoint.
 """
@@ -79,18 +79,14 @@ def run_sweep(model, reference_texts: TextsLike, evaluation_texts: TextsLike, co
         return perplexity_rows(model, tokens, [t.name for t in evaluation], prepared.conditions,
                                batch_size=config.batch_size, show_progress=show_progress).assign(measure="perplexity")
 
-    def task(name: str):
-        return lambda: task_rows(model, items[name], prepared.conditions, new_tokens=config.new_tokens,
-                                 batch_size=config.batch_size, bos=config.bos,
-                                 show_progress=show_progress).assign(measure="task")
-
-    n_conditions = len(prepared.conditions)
-    work = {f"{prefix}-perplexity": perplexity, **{f"{prefix}-task-{name}": task(name) for name in config.tasks}}
-    costs = [len(evaluation) * n_conditions] + [len(items[name]) * n_conditions * config.new_tokens
-                                                for name in config.tasks]
-    parts = run_units(model, store, work, costs, label=f"ablation sweep {model_variant(model)}",
-                      show_progress=show_progress)
-    frames = [parts[unit] for unit in work]
+    unit = f"{prefix}-perplexity"  # one unit, computed whole (by one rank under torchrun)
+    frames = [run_units(model, store, {unit: perplexity}, [len(evaluation) * len(prepared.conditions)],
+                        label=f"perplexity {model_variant(model)}", show_progress=False)[unit]]
+    for name in config.tasks:  # a finished task is read back; the others' batches are shared among ranks
+        unit = f"{prefix}-task-{name}"
+        frames.append((store.load_part(unit) if store is not None and store.has(unit) else task_rows(
+            model, items[name], prepared.conditions, new_tokens=config.new_tokens, batch_size=config.batch_size,
+            bos=config.bos, show_progress=show_progress, store=store, unit=unit)).assign(measure="task"))
     return pd.concat(frames, ignore_index=True)
 
 

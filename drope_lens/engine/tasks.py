@@ -57,8 +57,16 @@ def task_rows(
     bos: BosPolicy = "checkpoint",
     max_tokens: int = 2048,
     show_progress: bool = True,
+    store: Optional[RunStore] = None,
+    unit: str = "tasks",
 ) -> pd.DataFrame:
     """One row per (item, condition) with the columns :data:`TASK_COLUMNS`.
+
+    The rows run in batches of ``batch_size`` (longest prompts first, as
+    :func:`~drope_lens.measurement.generation.greedy_generate` batches them), each a planned batch
+    of :func:`~drope_lens.engine.sweep.run_sweep` feeding the store unit ``unit``: shared among
+    ranks under ``torchrun``, checkpointed in ``store`` as they finish (a rerun loads the finished
+    unit, or runs only the batches not checkpointed yet).
 
     ``correct_logit``: the label's first answer token has the larger logit at the last prompt
     position (NaN for passkey); ``correct_generation``: the parsed greedy continuation of
@@ -87,18 +95,51 @@ def task_rows(
         return batched_conditions([h for h, _ in used], [g for _, g in used]) if used else []
 
     eos = getattr(model.tokenizer, "eos_token_id", None)
-    out = greedy_generate(model, prompts, new_tokens, batch_size=batch_size, batch_hooks=hooks_for,
-                          stop_token_ids=[eos] if eos is not None else None,
-                          score_ids=score_ids or None,
-                          progress=f"tasks {model_variant(model)}" if show_progress else None)
+    order = sorted(range(len(prompts)), key=lambda r: (-len(prompts[r]), r))  # greedy_generate's batches
+    chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+    def step(k: int, done: frozenset):
+        chunk = chunks[k]  # one batch of greedy_generate, rows in the same order (it sorts them the same way)
+        out = greedy_generate(model, [prompts[r] for r in chunk], new_tokens, batch_size=len(chunk),
+                              batch_hooks=lambda local: hooks_for([chunk[j] for j in local]),
+                              stop_token_ids=[eos] if eos is not None else None, score_ids=score_ids or None)
+        frame = pd.DataFrame({"row": chunk, "tokens": out.tokens})
+        if out.logits is not None:
+            frame["scores"] = out.logits.tolist()
+        yield lambda: frame
+
+    def assemble(batch_frames: dict, todo) -> dict:
+        tokens: dict[int, list[int]] = {}
+        scores: dict[int, list[float]] = {}
+        for k, frame in batch_frames.items():
+            if frame["row"].tolist() != chunks[k]:
+                raise RuntimeError(f"{unit}: checkpoint of batch {k} holds other rows than planned (was the run id "
+                                   "reused with another configuration?); delete it to recompute that batch.")
+            for j, r in enumerate(chunks[k]):
+                tokens[r] = [int(t) for t in frame["tokens"].iloc[j]]
+                if "scores" in frame:
+                    scores[r] = [float(v) for v in frame["scores"].iloc[j]]
+        return {unit: _task_frame(model, items, conditions, names, ids, rows, tokens, scores, choice_ids, column)}
+
+    keys = [f"{unit}-batch-{k}-of-{len(chunks)}" for k in range(len(chunks))]
+    parts = run_sweep([Planned((unit,), len(chunk) * (len(prompts[chunk[0]]) + new_tokens), keys[k])
+                       for k, chunk in enumerate(chunks)], store, step, label=f"tasks {model_variant(model)}",
+                      device=model.cfg.device, assemble=assemble, show_progress=show_progress)
+    return parts[unit]
+
+
+def _task_frame(model, items, conditions, names, ids, rows, tokens, scores, choice_ids, column) -> pd.DataFrame:
+    """The rows of :func:`task_rows` from each row's generated tokens and prefill scores."""
+    texts = ([model.tokenizer.decode(tokens[r], skip_special_tokens=True) for r in range(len(rows))]
+             if model.tokenizer is not None else [""] * len(rows))
+    logits = torch.tensor([scores[r] for r in range(len(rows))], dtype=torch.float32) if scores else None
     records = []
     for r, (i, c) in enumerate(rows):
         item, condition = items[i], conditions[names[c]]
-        text = out.texts[r]
+        text = texts[r]
         gen = generation_score(text, item.label, item.choices)
         if item.choices is not None:
-            logits = out.logits[r, [column[t] for t in choice_ids[item.choices]]]
-            lg = logit_score(logits, item.choices, item.label)
+            lg = logit_score(logits[r, [column[t] for t in choice_ids[item.choices]]], item.choices, item.label)
             correct_logit, margin, answer_logit = float(lg.correct), lg.margin, lg.answer
         else:
             correct_logit, margin, answer_logit = math.nan, math.nan, ""
