@@ -1,7 +1,11 @@
 """The engine: planned batches over a run's units, resumed from its RunStore, shared among ranks.
 
-Every experiment plans its forwards the same way, so that its numbers never depend on how the
-sweep was run:
+Every experiment runs through :func:`run_sweep` (the one execution path, as TransformerLens runs
+every analysis through ``run_with_hooks``): it declares its planned batches (:class:`Planned`:
+the store units each feeds, a cost, a checkpoint key when a unit's rows span batches) and a step
+that runs one batch (its forward or generation with its hooks) and yields how the captures become
+rows. The engine then does the same for every experiment, so that its numbers never depend on how
+the sweep was run:
 
 1. Plan the batches over ALL units of the run, finished or not (a *unit* is what the RunStore
    saves as one part: a text, a condition, ...; a planned batch lists the units its rows feed).
