@@ -2,7 +2,8 @@
 
     python -m drope_lens.benchmarks.context_length_bench --workdir /tmp/bench --out ctx_bench.json
 
-1. Prefill throughput (tokens/s, median of ``--repeat`` runs, CUDA synchronised) of one Exp 10
+1. Prefill throughput (tokens/s, median of ``--repeat`` CUDA-event timings, ours and HF run
+   alternately after a warm-up of both, see :func:`timed_pair`) of one Exp 10
    prompt (simple format, batch 1) at each length, drope_lens RoPE forward vs Hugging Face
    ``LlamaForCausalLM`` (``attn_implementation="sdpa"``, bf16) on the same token row, both
    returning logits for every position; the ratio is drope_lens / HF (target >= 0.9), with the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -28,19 +30,35 @@ from .random_checkpoint import bench_pair
 LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
 
 
-def timed(fn, repeat: int) -> tuple[float, float]:
-    """Median wall seconds of ``fn`` over ``repeat`` runs after one warm-up, and peak GiB allocated."""
-    fn()
-    times = []
-    torch.cuda.reset_peak_memory_stats()
-    for _ in range(repeat):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
+def timed_pair(ours, theirs, repeat: int, warm_s: float = 1.0) -> tuple[float, float, float, float]:
+    """Median seconds (CUDA events) of ``ours`` and ``theirs``, run alternately ``repeat`` times each
+    after both have run for at least ``warm_s`` seconds (first-use work, and GPU clocks that ramp up
+    from idle: measured first and alone, the first length's forward once looked 1.7x slower than
+    the next, longer one); and the peak GiB allocated by each."""
+
+    def one(fn) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         fn()
+        end.record()
         torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2], torch.cuda.max_memory_allocated() / 2**30
+        return start.elapsed_time(end) / 1e3
+
+    torch.cuda.synchronize()
+    begin, warm = time.perf_counter(), 0
+    while warm < 3 or time.perf_counter() - begin < warm_s:
+        one(ours), one(theirs)
+        warm += 1
+    times: dict = {ours: [], theirs: []}
+    peaks = {}
+    for fn in (ours, theirs):
+        torch.cuda.reset_peak_memory_stats()
+        times[fn].append(one(fn))
+        peaks[fn] = torch.cuda.max_memory_allocated() / 2**30
+    for _ in range(repeat - 1):
+        for fn in (ours, theirs):
+            times[fn].append(one(fn))
+    return (statistics.median(times[ours]), statistics.median(times[theirs]), peaks[ours], peaks[theirs])
 
 
 def checkpoints(workdir: Path) -> tuple[Path, Path]:
@@ -77,8 +95,7 @@ def main() -> None:
         trial = passkey.make_trial("simple", length, None, 0, 0, count)
         tokens = torch.tensor([ours.tokenizer(trial.prompt)["input_ids"]], device="cuda")
         with torch.inference_mode():
-            ours_s, ours_gib = timed(lambda: ours(tokens), args.repeat)
-            hf_s, hf_gib = timed(lambda: hf(tokens).logits, args.repeat)
+            ours_s, hf_s, ours_gib, hf_gib = timed_pair(lambda: ours(tokens), lambda: hf(tokens).logits, args.repeat)
         row = {"length": length, "tokens": int(tokens.shape[1]), "drope_lens_s": ours_s, "hf_sdpa_s": hf_s,
                "drope_lens_tok_per_s": tokens.shape[1] / ours_s, "hf_tok_per_s": tokens.shape[1] / hf_s,
                "throughput_ratio": hf_s / ours_s, "drope_lens_peak_gib": ours_gib, "hf_peak_gib": hf_gib}

@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="timed runs of the generation part")
     parser.add_argument("--sweep-repeat", type=int, default=1,
                         help="timed runs of the Exp 3 sweep (each is 420 prompts x 3 conditions, ours and HF)")
+    parser.add_argument("--sweep-prompts", type=int, default=None,
+                        help="time the sweep on an evenly spaced subset of this many prompts (default: all 420)")
     args = parser.parse_args()
 
     import drope_lens as dl
@@ -94,7 +96,7 @@ def main() -> None:
     if args.part in ("sweep", "all"):
         from .knowledge_bench import sweep_part
 
-        report["sweep"] = sweep_part(model, hf, args.sweep_repeat)
+        report["sweep"] = sweep_part(model, hf, args.sweep_repeat, args.sweep_prompts)
         args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 

@@ -12,6 +12,8 @@ Conditions are prepared once (not timed) and shared.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 CONDITIONS = ("baseline", "topk_mean_q_k", "massive_zero")
@@ -87,9 +89,11 @@ def _hf_run(hf, model, rows, condition, prepared, score_ids):
     return out
 
 
-def sweep_part(model, hf, repeat: int = 1) -> dict:
-    from drope_lens.measurement.analysis import prepare_conditions
+def sweep_part(model, hf, repeat: int = 1, prompts: Optional[int] = None) -> dict:
+    """Times the sweep (module docstring). ``prompts``: an evenly spaced subset of that many of the
+    420 prompts (every task keeps its share), for a run that must end within minutes; None: all."""
     from drope_lens.engine.tasks import task_rows
+    from drope_lens.measurement.analysis import prepare_conditions
     from drope_lens.measurement.generation import prompt_ids
     from drope_lens.measurement.scoring import answer_token_ids
     from drope_lens.measurement.tasks import load_task
@@ -98,6 +102,10 @@ def sweep_part(model, hf, repeat: int = 1) -> dict:
     from .timing import cuda_median
 
     items = [item for task in TASKS for item in load_task(task)]
+    if prompts is not None:
+        if not 1 <= prompts <= len(items):
+            raise ValueError(f"prompts={prompts}: allowed 1..{len(items)}.")
+        items = [items[round(i * len(items) / prompts)] for i in range(prompts)]
     prepared = prepare_conditions(model, CONDITIONS, builtin_texts()[:3], max_tokens=512)
     choice_ids = sorted({i for c in {it.choices for it in items if it.choices} for i in answer_token_ids(model.tokenizer, c)})
     rows = prompt_ids(model, [it.prompt for it in items])

@@ -45,6 +45,12 @@ from .attention_stats import (
 BLOCK_M = 64
 BLOCK_N = 64
 NO_WINDOW = 2**62
+#: Triton's floating-point contraction (``a * b + c`` as one FMA). Off: the received pass must
+#: rebuild each score bitwise as the row pass made it (``p = exp(s - lse)`` with the row's own
+#: ``lse``); a contracted ``dot * scale - lse`` in one kernel and a rounded ``dot * scale`` in the
+#: other differ by up to half an ulp of |s| (5e-4 at |s| ~ 1e4), i.e. that much relative error in
+#: every near-one-hot row's probability, summed over rows by ``received``.
+FP_FUSION = False
 
 
 @functools.lru_cache(maxsize=None)
@@ -238,7 +244,8 @@ def attention_stats(
     lse = torch.empty(batch, n_heads, n_q, dtype=torch.float32, device=q.device)
     partial = torch.empty(batch, n_heads, n_blocks, 4 + g_pad, dtype=torch.float32, device=q.device)
     common = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, D_HEAD=max(16, kernels.triton.next_power_of_2(d_head)),
-                  IEEE=q.dtype == torch.float32, num_warps=4)
+                  IEEE=q.dtype == torch.float32, num_warps=4,
+                  **({} if _interpreting() else {"enable_fp_fusion": FP_FUSION}))
     sliding = NO_WINDOW if sliding_window is None else int(sliding_window)
     with torch.cuda.device(q.device) if q.is_cuda else _null():
         kernels.rows[grid](q, k, start, end, lse, partial, *q.stride(), *k.stride(), n_q, n_k, offset, n_heads,

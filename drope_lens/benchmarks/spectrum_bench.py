@@ -1,0 +1,129 @@
+"""Ways to get the spectra of one Exp 4 forward's Gram matrices on a GPU, timed and checked.
+
+    python -m drope_lens.benchmarks.spectrum_bench --out spectrum_bench.json
+
+One forward of Exp 4 (10 texts x 512 tokens, 32 layers, d_model 4096) has 320 Gram matrices
+``X X^T`` of 512 x 512 (float64). Inputs here: bf16 rows with a massive position-0 row, as hidden
+states have. Methods (each: median seconds of CUDA-event timings over ``--repeat`` runs after a
+warm-up; largest |entropy - float64 LAPACK entropy| over all matrices, both normalisations):
+
+* ``eigvalsh_cuda``: ``torch.linalg.eigvalsh`` on the batch (cuSOLVER, one matrix at a time);
+* ``eigvalsh_magma``: the same with ``torch.backends.cuda.preferred_linalg_library("magma")``;
+* ``householder``: :func:`drope_lens.measurement.spectrum.symmetric_eigenvalues` (batched tridiagonalisation
+  + Triton bisection), also split into its two stages; ``householder_fused``: the same with
+  :func:`~drope_lens.measurement.spectrum.tridiagonalize_fused` (one pass per column);
+* ``cpu_lapack_threads``: the Gram matrices copied to the host and ``eigvalsh`` per matrix in a
+  pool of one thread per core;
+* ``eigvalsh_float32``: cuSOLVER in float32 (cheaper, and the entropy error shows why it is not used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+
+def cuda_median(fn, repeat: int) -> tuple[float, object]:
+    result = fn()  # warm-up (kernel compilation, handles)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        result = fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times), result
+
+
+def grams(n_matrices: int, pos: int, width: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(n_matrices, pos, width, device="cuda", generator=g)
+    x = x * torch.logspace(0, -3, pos, device="cuda")[None, :, None]  # a decaying spectrum
+    x[:, 0] *= 300.0  # massive position-0 row
+    x = x.bfloat16().double()
+    return x @ x.mT
+
+
+def main() -> None:
+    from drope_lens.measurement import spectrum
+    from drope_lens.experiments.sinks import entropies_from_gram, entropies_from_spectrum
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("spectrum_bench.json"))
+    parser.add_argument("--matrices", type=int, default=320)
+    parser.add_argument("--pos", type=int, default=512)
+    parser.add_argument("--width", type=int, default=4096)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-slow", action="store_true",
+                        help="only householder and cuSOLVER eigvalsh (no MAGMA, host threads or float32)")
+    args = parser.parse_args()
+
+    a = grams(args.matrices, args.pos, args.width)
+    want = entropies_from_gram(a.cpu(), args.pos, args.width)  # LAPACK float64 on the host
+    rows = []
+
+    def record(name, seconds, eig=None, note=""):
+        row = {"method": name, "seconds": seconds, "per_matrix_ms": seconds / args.matrices * 1e3, "note": note}
+        if eig is not None:
+            got = entropies_from_spectrum(eig, args.pos, args.width)
+            row["max_entropy_error"] = max(float((g.cpu().double() - w).abs().max()) for g, w in zip(got, want))
+        rows.append(row)
+        err = f", max |entropy error| {row['max_entropy_error']:.1e}" if "max_entropy_error" in row else ""
+        print(f"{name:>22}: {seconds * 1e3:9.1f} ms for {args.matrices} matrices ({row['per_matrix_ms']:.3f} ms each)"
+              f"{err} {note}", flush=True)
+
+    t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder"), args.repeat)
+    record("householder", t, eig)
+    t, (d, e) = cuda_median(lambda: spectrum.tridiagonalize(a), args.repeat)
+    record("  tridiagonalize", t)
+    t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_fused"), args.repeat)
+    record("householder_fused", t, eig)
+    t, _ = cuda_median(lambda: spectrum.tridiagonalize_fused(a), args.repeat)
+    record("  tridiagonalize_fused", t)
+    t, _ = cuda_median(lambda: spectrum.tridiagonal_eigenvalues(d, e), args.repeat)
+    record("  bisection (Triton)", t)
+    t, eig = cuda_median(lambda: torch.linalg.eigvalsh(a), 1)
+    record("eigvalsh_cuda", t, eig)
+    if args.skip_slow:
+        rows_out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "matrices": args.matrices,
+                    "pos": args.pos, "width": args.width, "rows": rows}
+        args.out.write_text(json.dumps(rows_out, indent=2))
+        return
+    try:
+        torch.backends.cuda.preferred_linalg_library("magma")
+        t, eig = cuda_median(lambda: torch.linalg.eigvalsh(a), 1)
+        record("eigvalsh_magma", t, eig)
+    except Exception as error:  # noqa: BLE001 - a build without MAGMA
+        rows.append({"method": "eigvalsh_magma", "error": repr(error)})
+        print(f"eigvalsh_magma: {error!r}")
+    finally:
+        torch.backends.cuda.preferred_linalg_library("default")
+    threads = os.cpu_count() or 1
+
+    def cpu_pool():
+        host = a.cpu()
+        with ThreadPoolExecutor(threads) as pool:
+            return torch.stack(list(pool.map(torch.linalg.eigvalsh, host)))
+
+    torch.set_num_threads(1)
+    begin = time.perf_counter()
+    eig = cpu_pool()
+    record("cpu_lapack_threads", time.perf_counter() - begin, eig, f"({threads} threads, wall time)")
+    t, eig = cuda_median(lambda: torch.linalg.eigvalsh(a.float()), 1)
+    record("eigvalsh_float32", t, eig)
+    args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                    "matrices": args.matrices, "pos": args.pos, "width": args.width,
+                                    "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

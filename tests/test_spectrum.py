@@ -1,0 +1,71 @@
+"""Batched symmetric eigenvalues (drope_lens.measurement.spectrum) against LAPACK's ``eigvalsh`` in float64."""
+
+import os
+
+import pytest
+import torch
+
+from drope_lens.measurement import spectrum
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+needs_kernel = pytest.mark.skipif(
+    not (INTERPRET or torch.cuda.is_available()) or spectrum._kernel() is None,
+    reason="the bisection kernel needs CUDA and Triton, or TRITON_INTERPRET=1 with Triton installed",
+)
+
+
+def _matrices(seed: int) -> list[torch.Tensor]:
+    """Gram matrices with a dominant (massive) row, a rank-deficient one, an indefinite one, zeros, tiny n."""
+    g = torch.Generator().manual_seed(seed)
+    spiky = torch.randn(3, 48, 64, generator=g, dtype=torch.float64)
+    spiky[:, 0] *= 50.0
+    low = torch.randn(2, 40, 5, generator=g, dtype=torch.float64)
+    indefinite = torch.randn(2, 30, 30, generator=g, dtype=torch.float64)
+    out = [spiky @ spiky.mT, low @ low.mT, indefinite + indefinite.mT, torch.zeros(2, 9, 9, dtype=torch.float64)]
+    for n in (1, 2, 3):
+        x = torch.randn(2, n, 4, generator=g, dtype=torch.float64)
+        out.append(x @ x.mT)
+    return out
+
+
+def _check(got: torch.Tensor, a: torch.Tensor) -> None:
+    want = torch.linalg.eigvalsh(a)
+    scale = a.flatten(1).abs().amax(dim=1).clamp(min=1e-200)[:, None]  # zero matrices: absolute
+    torch.testing.assert_close((got.cpu() - want) / scale, torch.zeros_like(want), rtol=0, atol=1e-13 * a.shape[-1])
+
+
+def test_householder_and_bisection_match_lapack():
+    for a in _matrices(0):
+        _check(spectrum.symmetric_eigenvalues(a, method="householder"), a)
+        d, e = spectrum.tridiagonalize(a)
+        if a.shape[-1] > 1:  # the tridiagonal matrix is orthogonally similar: same spectrum
+            t = torch.diag_embed(d) + torch.diag_embed(e, offset=1) + torch.diag_embed(e, offset=-1)
+            _check(torch.linalg.eigvalsh(t), a)
+
+
+@needs_kernel
+def test_bisection_kernel_matches_lapack():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for a in _matrices(1):
+        for method in ("householder", "householder_fused"):
+            _check(spectrum.symmetric_eigenvalues(a.to(device), method=method), a)
+    if torch.cuda.is_available():  # the study's size: 512 x 512, more than one block of eigenvalues
+        x = torch.randn(4, 512, 1024, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        x[:, 0] *= 100.0
+        a = x @ x.mT
+        for method in ("auto", "householder_fused"):
+            _check(spectrum.symmetric_eigenvalues(a.cuda(), method=method), a)
+
+
+@pytest.mark.skipif(INTERPRET, reason="the interpreter runs the kernel on CPU tensors")
+def test_fused_tridiagonalization_needs_triton_on_cuda():
+    for a in (torch.eye(4, dtype=torch.float64)[None],):  # CPU tensors: no kernel outside the interpreter
+        with pytest.raises(RuntimeError, match="needs Triton"):
+            spectrum.tridiagonalize_fused(a)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="method='svd'"):
+        spectrum.symmetric_eigenvalues(torch.eye(3)[None], method="svd")
+    with pytest.raises(ValueError, match=r"shape \(3, 4\)"):
+        spectrum.symmetric_eigenvalues(torch.zeros(3, 4))
