@@ -26,7 +26,7 @@ from drope_lens.measurement.texts import TextsLike, as_texts
 from drope_lens.measurement.tokens import BosPolicy, check_bos, model_variant, tokenize
 
 from .sweep import bind_store, unit_prefix
-from .tasks import condition_meta, perplexity_rows, run_units, task_rows
+from .tasks import condition_meta, perplexity_rows, task_rows
 
 
 @dataclass(frozen=True)
@@ -74,14 +74,14 @@ def run_sweep(model, reference_texts: TextsLike, evaluation_texts: TextsLike, co
     if store is not None and is_main():
         store.save_extra(f"conditions-{prefix}", pd.DataFrame([condition_meta(prepared)]).astype(str))
 
-    def perplexity() -> pd.DataFrame:
+    unit = f"{prefix}-perplexity"  # a finished sweep is read back; otherwise its batches are shared among ranks
+    if store is not None and store.has(unit):
+        frames = [store.load_part(unit).assign(measure="perplexity")]
+    else:
         tokens = tokenize(model, evaluation, config.max_tokens, bos=config.bos)
-        return perplexity_rows(model, tokens, [t.name for t in evaluation], prepared.conditions,
-                               batch_size=config.batch_size, show_progress=show_progress).assign(measure="perplexity")
-
-    unit = f"{prefix}-perplexity"  # one unit, computed whole (by one rank under torchrun)
-    frames = [run_units(model, store, {unit: perplexity}, [len(evaluation) * len(prepared.conditions)],
-                        label=f"perplexity {model_variant(model)}", show_progress=False)[unit]]
+        frames = [perplexity_rows(model, tokens, [t.name for t in evaluation], prepared.conditions,
+                                  batch_size=config.batch_size, show_progress=show_progress, store=store,
+                                  unit=unit).assign(measure="perplexity")]
     for name in config.tasks:  # a finished task is read back; the others' batches are shared among ranks
         unit = f"{prefix}-task-{name}"
         frames.append((store.load_part(unit) if store is not None and store.has(unit) else task_rows(

@@ -4,16 +4,16 @@
 continuation (the same forwards continued with the KV cache), conditions mixed in batches
 (each row's condition acts on its rows only, see :func:`drope_lens.hooks.conditions.batched_conditions`).
 :func:`perplexity_rows`: per evaluation text and condition, mean next-token NLL.
-:func:`run_units`: units computed whole by one planned batch each (a task's prompts under every
-condition, the perplexity of every text under every condition), shared among ranks and resumed
-through :func:`drope_lens.engine.sweep.run_sweep`. Their statistics are in :mod:`drope_lens.measurement.summaries`.
+Both run their batches as planned batches of :func:`drope_lens.engine.sweep.run_sweep` (shared
+among ranks, checkpointed, resumed), one store unit per call. Their statistics are in
+:mod:`drope_lens.measurement.summaries`.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,7 @@ from drope_lens.measurement.tasks import TaskItem
 from drope_lens.engine.results import RunStore
 from drope_lens.measurement.tokens import BosPolicy, batches_by_length, model_name, model_variant, sequence_nll
 
-from .sweep import HostCopy, Planned, progress, run_sweep
+from .sweep import HostCopy, Planned, run_sweep
 
 TASK_COLUMNS = ("model", "variant", "task", "kind", "condition", "condition_layer", "spike_rule", "sample", "prompt",
                 "label",
@@ -171,7 +171,6 @@ def warn_without_bos(model, names: Sequence[str], ids: Sequence[Sequence[int]]) 
             "the BOS token there.", UserWarning, stacklevel=3)
 
 
-@torch.inference_mode()
 def perplexity_rows(
     model,
     tokens: Sequence[torch.Tensor],
@@ -180,39 +179,55 @@ def perplexity_rows(
     *,
     batch_size: int = 8,
     show_progress: bool = True,
+    store: Optional[RunStore] = None,
+    unit: str = "perplexity",
 ) -> pd.DataFrame:
     """One row per (text, condition): ``nll`` (mean next-token NLL, nats/token, first token not
-    predicted), ``ppl`` = exp(nll), ``n_tokens``; conditions mixed in batches of equal length."""
+    predicted), ``ppl`` = exp(nll), ``n_tokens``; conditions mixed in batches of equal length.
+
+    Each batch is a planned batch of :func:`~drope_lens.engine.sweep.run_sweep` feeding the store
+    unit ``unit``: shared among ranks under ``torchrun``, checkpointed in ``store`` as it finishes."""
     names = list(conditions)
     rows = [(s, c) for s in range(len(tokens)) for c in range(len(names))]
     batches = list(batches_by_length([tokens[s] for s, _ in rows], batch_size))
-    results: dict[int, float] = {}
-    pending = None
-    for local, batch in progress(batches, len(batches), f"perplexity {model_variant(model)}", show_progress):
-        members = [rows[k] for k in local]
+
+    def step(k: int, done: frozenset):
+        local, batch = batches[k]
+        members = [rows[r] for r in local]
         used = []
         for c, name in enumerate(names):
             group = [j for j, (_, cc) in enumerate(members) if cc == c]
             if group and conditions[name].hooks:
                 used.append((conditions[name].hooks, group))
         hooks = batched_conditions([h for h, _ in used], [g for _, g in used]) if used else []
-        model.position_offset = 0
-        logits = model.run_with_hooks(batch.to(model.cfg.device), fwd_hooks=hooks)
-        current = (local, HostCopy(sequence_nll(logits, batch)))
-        del logits
-        if pending is not None:
-            results.update(zip(pending[0], pending[1].host().tolist()))
-        pending = current
-    if pending is not None:
-        results.update(zip(pending[0], pending[1].host().tolist()))
-    records = []
-    for k, (s, c) in enumerate(rows):
-        records.append({"model": model_name(model), "variant": model_variant(model), "condition": names[c],
-                        "condition_layer": _condition_layer(conditions[names[c]]),
-                        "spike_rule": _spike_rule(conditions[names[c]]), "sample": s,
-                        "text": text_names[s], "n_tokens": int(len(tokens[s])), "nll": results[k],
-                        "ppl": float(np.exp(results[k]))})
-    return pd.DataFrame(records)
+        with torch.inference_mode():
+            model.position_offset = 0
+            logits = model.run_with_hooks(batch.to(model.cfg.device), fwd_hooks=hooks)
+            nll = HostCopy(sequence_nll(logits, batch))
+            del logits
+        yield lambda: pd.DataFrame({"row": list(local), "nll": nll.host().tolist()})
+
+    def assemble(batch_frames: dict, todo) -> dict:
+        results: dict[int, float] = {}
+        for k, frame in batch_frames.items():
+            if frame["row"].tolist() != list(batches[k][0]):
+                raise RuntimeError(f"{unit}: checkpoint of batch {k} holds other rows than planned (was the run id "
+                                   "reused with another configuration?); delete it to recompute that batch.")
+            results.update(zip(batches[k][0], frame["nll"].tolist()))
+        records = []
+        for r, (s, c) in enumerate(rows):
+            records.append({"model": model_name(model), "variant": model_variant(model), "condition": names[c],
+                            "condition_layer": _condition_layer(conditions[names[c]]),
+                            "spike_rule": _spike_rule(conditions[names[c]]), "sample": s,
+                            "text": text_names[s], "n_tokens": int(len(tokens[s])), "nll": results[r],
+                            "ppl": float(np.exp(results[r]))})
+        return {unit: pd.DataFrame(records)}
+
+    keys = [f"{unit}-batch-{k}-of-{len(batches)}" for k in range(len(batches))]
+    parts = run_sweep([Planned((unit,), batch.numel(), keys[k]) for k, (_, batch) in enumerate(batches)], store, step,
+                      label=f"perplexity {model_variant(model)}", device=model.cfg.device, assemble=assemble,
+                      show_progress=show_progress)
+    return parts[unit]
 
 
 def reference_texts_for(model):
@@ -229,18 +244,3 @@ def condition_meta(prepared) -> dict:
             "spike_threshold": prepared.spike_threshold, "spike_layers_by_rule": prepared.spike_layers,
             "bos_norm_ratios": prepared.bos_ratios, "bos_norms": prepared.bos_norms,
             "conditions": {name: c.info for name, c in prepared.conditions.items()}}
-
-
-def run_units(model, store: Optional[RunStore], work: Mapping[str, Callable[[], pd.DataFrame]],
-              costs: Sequence[float], *, label: str, show_progress: bool = True) -> dict[str, pd.DataFrame]:
-    """``{unit: rows}``: each unit of ``work`` computed whole (``work[unit]()``) by one planned
-    batch of :func:`~drope_lens.engine.sweep.run_sweep` (``costs``: per unit, for balancing ranks),
-    units saved before loaded instead; every rank returns every unit."""
-    names = list(work)
-
-    def step(k: int, done: frozenset):
-        frame = work[names[k]]()
-        yield lambda: {names[k]: frame}
-
-    return run_sweep([Planned((name,), float(cost)) for name, cost in zip(names, costs)], store, step, label=label,
-                     device=model.cfg.device, show_progress=show_progress)
