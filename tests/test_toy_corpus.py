@@ -108,3 +108,42 @@ def test_retrieval_documents_teach_the_exp10_formats_with_training_keys_only(tmp
     # needles anywhere: the simple key's share of the haystack before it spans (almost) 0..1
     depths = [t.index("passkey is") / t.index("\n\nWhat is") for t in by_kind["simple_passkey"] if "grass" in t]
     assert min(depths) < 0.1 and max(depths) > 0.9
+
+
+def test_verify_multi_answers_and_haystack_masks(tmp_path):
+    """Multi-question verification documents answer Yes exactly for the key; the haystack mask of
+    the dilution augmentation covers filler/prose tokens only: never BOS, needle, template,
+    question or answer tokens (read back from the decoded tokens)."""
+    import random
+
+    from drope_lens.measurement import passkey as pk
+    from drope_lens.toy.tokenizer import train_tokenizer
+    from drope_lens.toy.train import PAD, pack_masked
+
+    config = corpus.CorpusConfig(n_train=1500, n_heldout=10, weights=dict(corpus.WEIGHTS_V2))
+    train = corpus.training_documents(config)
+    multi = [d.text for d in train if d.kind == "verify_multi"]
+    assert len(multi) > 50
+    head = pk.VERIFY_TEMPLATE.split("{context}")[0]
+    answers = []
+    for text in multi:
+        assert text.startswith(head)
+        key = re.search(r"(?:passkey is|is:) (\d+)\.", text).group(1)
+        asked = re.findall(r"\n\nIs (\d+) the magic number from the text\? Answer Yes or No: (Yes|No)", text)
+        assert 2 <= len(asked) <= 3 and text.endswith(asked[-1][1])
+        assert all((answer == "Yes") == (candidate == key) and int(candidate) % 7 for candidate, answer in asked)
+        answers += [a for _, a in asked]
+    assert 0.35 < answers.count("Yes") / len(answers) < 0.65
+    rng = random.Random(0)
+    split = corpus.fact_split(config)
+    assert corpus.haystack_spans(corpus._GENERATORS["prose"](rng, config, split, "train")) == []
+    tokenizer = train_tokenizer((d.text for d in train), tmp_path, 2000)
+    kinds = ("simple_passkey", "ruler", "verify", "verify_multi", "prose", "city_qa")
+    texts = [d.text for d in train if d.kind in kinds][:400]
+    data, mask = pack_masked(tokenizer, texts, 256)
+    assert mask.shape == data.shape and not mask[data == PAD].any() and not mask[:, 0].any()
+    assert 0.2 < mask.sum() / (data != PAD).sum() < 0.8
+    masked = tokenizer.decode(data[mask].tolist())
+    assert not re.search(r"\d|passkey|magic|Answer|Remember the|What is", masked)
+    unmasked_words = set(tokenizer.decode(data[~mask & (data != PAD)].tolist()).split())
+    assert {"passkey", "magic", "Yes", "No"} <= unmasked_words and "grass" in masked

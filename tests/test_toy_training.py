@@ -81,3 +81,42 @@ def test_evaluation_runs_on_a_trained_pair_and_scores_in_the_study_way(tmp_path)
         for length, multiple in (("1x", 1), ("2x", 2)):
             assert r["passkey"][length]["prompt_tokens"] <= 64 * multiple or r["passkey"][length]["filler_repeats"] == 1
     assert result["heldout_ppl_ratio"] == result["drope"]["heldout_ppl"] / result["rope"]["heldout_ppl"]
+
+
+def test_dilution_bias_is_the_haystack_repeated():
+    """The dilution augmentation's premise, checked against attention computed by hand (float64,
+    from the layer's own q, k, v) on the shipped DroPE model's first layer: ``+ ln m`` on a haystack key's score is that key
+    (and its value) present ``m`` times. Fails if the bias lands on queries, the wrong rows or
+    keys, or with the wrong sign."""
+    import math
+
+    from drope_lens.toy.train import dilution_bias, dilution_hooks
+
+    drope = dl.load_model("bundled:toy/drope")
+    assert drope.lens.attention_type == "nope"
+    tokens = drope.to_tokens(["The grass is green. The secret passkey is 12345. Remember",
+                              "Some sky is blue. The sun is yellow. Here we go again and"], truncate=False)
+    tokens = tokens[:, :12]
+    haystack = torch.zeros(tokens.shape, dtype=torch.bool)
+    haystack[0, 2:6] = True
+    haystack[1, 4:9] = True
+    m = torch.tensor([3.0, 2.0])
+    bias = [dilution_bias(m.log(), haystack)]
+    _, cache = drope.run_with_cache(tokens, names_filter=[f"blocks.0.attn.hook_{x}" for x in "qkv"])
+    z = {}
+    hooks = dilution_hooks(bias) + [("blocks.0.attn.hook_z", lambda value, hook: z.setdefault("z", value.detach()))]
+    with torch.no_grad():
+        drope.run_with_hooks(tokens, fwd_hooks=hooks)
+    attn = drope.blocks[0].attn
+    q, k, v = (cache[f"blocks.0.attn.hook_{x}"].double() for x in "qkv")  # the bias acts after these
+    scale = 1 / math.sqrt(attn.cfg.d_head)
+    for row in range(2):
+        copies = [int(m[row]) if haystack[row, j] else 1 for j in range(tokens.shape[1])]
+        for i in range(tokens.shape[1]):
+            keys = torch.cat([k[row, j : j + 1].expand(copies[j], -1, -1) for j in range(i + 1)])  # [n, head, e]
+            values = torch.cat([v[row, j : j + 1].expand(copies[j], -1, -1) for j in range(i + 1)])
+            pattern = torch.softmax(torch.einsum("he,nhe->hn", q[row, i], keys) * scale, dim=-1)
+            expected = torch.einsum("hn,nhe->he", pattern, values)
+            torch.testing.assert_close(z["z"][row, i].double(), expected, atol=2e-4, rtol=1e-3)
+    plain = drope.run_with_cache(tokens, names_filter=["blocks.0.attn.hook_z"])[1]["blocks.0.attn.hook_z"]
+    assert (plain - z["z"]).abs().max() > 1e-2  # the bias changes the layer: the comparison above has teeth

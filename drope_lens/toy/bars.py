@@ -153,3 +153,32 @@ def table(rope: dict, drope: dict, scalings: Sequence[float]) -> str:
 
 def config_dict(config: BarsConfig) -> dict:
     return asdict(config)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m drope_lens.toy.bars CHECKPOINT --out MEASURED.json [--n 50] [--scalings 0.1] [--device cuda]``:
+    :func:`measure_model` of one toy checkpoint (its corpus and context from its ``toy.json``)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from ..model.loading import load_model
+    from .corpus import toy_metadata
+
+    parser = argparse.ArgumentParser(description="issue 20's measurements of one toy checkpoint")
+    parser.add_argument("checkpoint")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--n", type=int, default=50)
+    parser.add_argument("--scalings", type=float, nargs="*", default=[0.1])
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    corpus, context = toy_metadata(Path(args.checkpoint))
+    model = load_model(args.checkpoint, device=args.device, n_ctx=4 * context + 64)
+    measured = measure_model(model, corpus, context, BarsConfig(n=args.n, scalings=tuple(args.scalings)),
+                             lambda line: print(line, flush=True))
+    Path(args.out).write_text(json.dumps(measured, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -16,6 +16,8 @@ Seeded and deterministic. Documents mix:
   distinct names in RULER's noise (or prose), asking for one of them: retrieval by content;
 - ``verify``: the verification question (:data:`drope_lens.measurement.passkey.VERIFY_TEMPLATE`) around a simple
   or RULER haystack, about the key or a near-miss of it (one digit changed), answered Yes/No;
+- ``verify_multi``: one verification context followed by 2-3 questions, each answered (the key, a
+  near-miss, or another key): three times the supervision of the comparison per haystack;
 - ``review``: a movie review with its label in the study's IMDB prompt;
 - ``copy`` / ``copy_digits``: a random word (digit-group) sequence followed by its repetition
   (induction).
@@ -152,6 +154,9 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "prose": 0.24, "city_fact": 0.12, "sport_fact": 0.05, "city_qa": 0.10, "sport_qa": 0.04,
     "simple_passkey": 0.10, "ruler": 0.10, "verify": 0.08, "review": 0.07, "copy": 0.07, "copy_digits": 0.03,
 }
+#: Issue 20's second mix: ``verify_multi`` added (the models never learned the comparison from
+#: ``verify`` alone: discrimination 0.000 on the H200 run), prose cut to make room.
+WEIGHTS_V2: dict[str, float] = {**DEFAULT_WEIGHTS, "prose": 0.18, "verify_multi": 0.08}
 
 
 @dataclass(frozen=True)
@@ -447,6 +452,60 @@ def _verify(rng, config, split, stream) -> str:
     return f"{pk.VERIFY_TEMPLATE.format(context=text, candidate=candidate)} {'Yes' if truthful else 'No'}"
 
 
+def _verify_multi(rng, config, split, stream) -> str:
+    """One verification context, then 2-3 questions about candidates (the key, a near-miss or another
+    training key), each with its Yes/No answer: ``... Answer Yes or No: Yes\n\nIs ... No``."""
+    budget = _budget(rng, config) - 60
+    if rng.random() < 0.5:
+        key = passkey_key(rng, stream)
+        text = _simple_text(rng, config, key, max(24, budget - 10))
+    else:
+        text, asked = _ruler_text(rng, config, max(48, budget), single=True)
+        key = asked.key
+    head, question = pk.VERIFY_TEMPLATE.split("{context}")
+    parts = [head + text]
+    for _ in range(rng.randint(2, 3)):
+        roll = rng.random()
+        if roll < 0.5:
+            candidate = key
+        elif roll < 0.85:
+            candidate = _near_miss(rng, key)
+        else:
+            candidate = passkey_key(rng, "train", len(key))
+        parts.append(f"{question.format(candidate=candidate)} {'Yes' if candidate == key else 'No'}")
+    return "".join(parts)
+
+
+_HAYSTACK = (  # (start marker, end marker) of the text around which needles are hidden, per template
+    ("", "\n\nWhat is the secret passkey"),
+    (pk.RULER_TEMPLATE.split("{context}")[0], "\n\nWhat is the special magic number"),
+    (pk.VERIFY_TEMPLATE.split("{context}")[0], "\n\nIs "),
+)
+_NEEDLES = re.compile(r"The secret passkey is \d+\. Remember this number\.|The special magic number for \S+ is: \d+\.?")
+
+
+def haystack_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of a retrieval document's haystack: the filler (or prose) around its needles,
+    needles, template and question excluded; ``[]`` for a document of any other kind. Used by
+    the dilution augmentation of DroPE recalibration (:mod:`drope_lens.toy.train`)."""
+    for head, tail in _HAYSTACK[1:] + _HAYSTACK[:1]:
+        end = text.find(tail)
+        if end < 0 or not text.startswith(head):
+            continue
+        start = len(head)
+        if not head and not _NEEDLES.search(text[:end]):
+            return []
+        spans, cursor = [], start
+        for match in _NEEDLES.finditer(text, start, end):
+            if match.start() > cursor:
+                spans.append((cursor, match.start()))
+            cursor = match.end()
+        if end > cursor:
+            spans.append((cursor, end))
+        return spans
+    return []
+
+
 def review_text(rng: random.Random, positive: bool) -> str:
     words = _POSITIVE if positive else _NEGATIVE
     title = rng.choice(_TITLES)
@@ -477,6 +536,7 @@ def _copy_digits(rng, config, split, stream) -> str:
 _GENERATORS = {
     "prose": _prose, "city_fact": _city_fact, "sport_fact": _sport_fact, "city_qa": _city_qa,
     "sport_qa": _sport_qa, "passkey": _passkey, "simple_passkey": _simple_passkey, "ruler": _ruler, "verify": _verify,
+    "verify_multi": _verify_multi,
     "review": _review, "copy": _copy, "copy_digits": _copy_digits,
 }
 

@@ -27,8 +27,12 @@ for recipe in "$@"; do
   pack
 done
 left=$((BUDGET - SECONDS))
-echo "== $(date -u +%T) evaluate with ${left}s left" | tee -a "$LOG"
-timeout "$left" $PY -m drope_lens.toy.train --out "$W" --evaluate "${args[@]}" ${TOY_ARGS:-} 2>&1 \
+done_args=()  # only recipes whose stage finished: evaluation must not train a cut one again (run 3 did)
+for recipe in "$@"; do
+  [ -f "$W/drope-$recipe/toy.json" ] && done_args+=(--recipe "$recipe")
+done
+echo "== $(date -u +%T) evaluate ${done_args[*]} with ${left}s left" | tee -a "$LOG"
+timeout "$left" $PY -m drope_lens.toy.train --out "$W" --evaluate "${done_args[@]}" ${TOY_ARGS:-} 2>&1 \
   | grep -v "^pretrain\|^recalibrat\|^corpus" | tee -a "$LOG"
 cp "$W"/evaluation.json "$OUT"/ 2>/dev/null
 echo "== $(date -u +%T) done after ${SECONDS}s" | tee -a "$LOG"

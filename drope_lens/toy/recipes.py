@@ -19,7 +19,10 @@ class Recipe:
     same). ``documents``: the longest document (corpus ``context``); above the trained context only
     for recipes that train retrieval over longer spans, which then is DroPE's trained length.
     ``attention_type``: ``nope`` (plain DroPE) or ``qk_norm_nope`` (full-width q/k RMSNorms, unit
-    weights at the start, trained).
+    weights at the start, trained). ``dilution``: the largest ``ln m`` of the dilution augmentation
+    (:func:`drope_lens.toy.train.train`; 0: none): haystack keys' attention scores get ``+ ln m``,
+    as if every haystack token were repeated ``m`` times; rows from a fresh document stream
+    (``recal``, half the pretraining corpus' size) with their haystack masks.
     """
 
     name: str = "base"
@@ -28,8 +31,12 @@ class Recipe:
     rows: Optional[int] = None  # None: the trained context
     documents: Optional[int] = None  # None: the trained context
     attention_type: str = "nope"
+    dilution: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.dilution < 0 or (self.dilution and (self.rows or self.documents)):
+            raise ValueError(f"recipe {self.name}: dilution={self.dilution} must be >= 0, and is only for rows and "
+                             "documents of the trained context (rows=None, documents=None).")
         if not 0 < self.fraction <= 2:
             raise ValueError(f"recipe {self.name}: fraction={self.fraction} must be in (0, 2].")
         if self.attention_type not in ATTENTION_TYPES:
@@ -42,6 +49,10 @@ RECIPES: dict[str, Recipe] = {
     "qknorm": Recipe("qknorm", attention_type="qk_norm_nope"),
     "rows512": Recipe("rows512", rows=512),
     "long512": Recipe("long512", rows=512, documents=512),
+    # issue 20, third run: the dilution augmentation (ln 8: up to 8 times the haystack)
+    "dilute": Recipe("dilute", dilution=2.08),
+    "dilute_qk": Recipe("dilute_qk", attention_type="qk_norm_nope", dilution=2.08),
+    "dilute_long": Recipe("dilute_long", fraction=0.6, dilution=2.77),
 }
 
 
@@ -51,6 +62,8 @@ def add_arguments(parser, device: bool = True) -> None:
     parser.add_argument("--documents", type=int, default=1_000_000,
                         help="training documents to generate (default 1,000,000)")
     parser.add_argument("--layers", type=int, default=None, help="layers (default 6)")
+    parser.add_argument("--mix", choices=("v1", "v2"), default="v2",
+                        help="corpus mix: v2 (default) adds multi-question verification documents")
     parser.add_argument("--recipe", action="append", choices=sorted(RECIPES), default=None,
                         help="recalibration recipe(s), the first is the default choice (default: base)")
     parser.add_argument("--recalibrate-fraction", type=float, default=None,

@@ -18,12 +18,13 @@ from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 
 from ..model.convert import to_drope
 from ..model.loading import load_model
 from ..model.saving import save_model
-from .corpus import CorpusConfig, heldout_documents, training_documents
+from .corpus import DEFAULT_WEIGHTS, WEIGHTS_V2, CorpusConfig, heldout_documents, training_documents
 from .recipes import ATTENTION_TYPES, RECIPES, Recipe, add_arguments  # noqa: F401 (re-exported)
 from .tokenizer import train_tokenizer
 
@@ -74,32 +75,47 @@ class TrainConfig:
 PAD = -1  # marks padding in packed rows: replaced by EOS as input, ignored as a target
 
 
-def pack_ids(documents: Sequence[Sequence[int]], context: int, eos: int, open_rows: int = 64) -> torch.Tensor:
+def pack_ids(documents: Sequence[Sequence[int]], context: int, eos: int, open_rows: int = 64,
+             masks: Optional[Sequence[Sequence[bool]]] = None):
     """Token-id documents (BOS included; EOS appended here) packed whole into ``[n, context]`` rows,
-    first fit (see :func:`pack`)."""
+    first fit (see :func:`pack`). With ``masks`` (one flag per token of each document), also returns
+    the flags packed the same way (``[n, context]`` bool, False for EOS and padding)."""
     rows: list[list[int]] = []
     pool: list[list[int]] = []
-    for encoded in documents:
+    flag_rows: list[list[bool]] = []
+    flag_pool: list[list[bool]] = []
+    for index, encoded in enumerate(documents):
         doc = list(encoded) + [eos]
+        flags = (list(masks[index]) if masks is not None else [False] * len(encoded)) + [False]
         while len(doc) > context:
             rows.append(doc[:context])
-            doc = doc[context:]
-        for row in pool:
+            flag_rows.append(flags[:context])
+            doc, flags = doc[context:], flags[context:]
+        for row, flag_row in zip(pool, flag_pool):
             if len(row) + len(doc) <= context:
                 row.extend(doc)
+                flag_row.extend(flags)
                 break
         else:
             pool.append(doc)
+            flag_pool.append(flags)
             if len(pool) > open_rows:
                 fullest = max(range(len(pool)), key=lambda i: len(pool[i]))
                 rows.append(pool.pop(fullest))
+                flag_rows.append(flag_pool.pop(fullest))
     rows.extend(pool)
+    flag_rows.extend(flag_pool)
     if not rows:
         raise ValueError("no documents to pack.")
     data = torch.full((len(rows), context), PAD, dtype=torch.long)
     for i, row in enumerate(rows):
         data[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return data
+    if masks is None:
+        return data
+    mask = torch.zeros((len(rows), context), dtype=torch.bool)
+    for i, flag_row in enumerate(flag_rows):
+        mask[i, : len(flag_row)] = torch.tensor(flag_row, dtype=torch.bool)
+    return data, mask
 
 
 def pack(tokenizer, texts: Sequence[str], context: int, open_rows: int = 64) -> torch.Tensor:
@@ -113,27 +129,47 @@ def pack(tokenizer, texts: Sequence[str], context: int, open_rows: int = 64) -> 
                     open_rows)
 
 
+def pack_masked(tokenizer, texts: Sequence[str], context: int, open_rows: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pack`, plus a ``[n, context]`` bool mask of haystack tokens: tokens lying wholly inside a
+    :func:`~drope_lens.toy.corpus.haystack_spans` span of their document (filler or prose around
+    the needles of a retrieval document; never BOS, EOS, needles, template or question)."""
+    from .corpus import haystack_spans
+
+    encoded = tokenizer(list(texts), add_special_tokens=True, return_offsets_mapping=True)
+    masks = []
+    for text, offsets in zip(texts, encoded["offset_mapping"]):
+        spans = haystack_spans(text)
+        masks.append([b > a and any(s <= a and b <= e for s, e in spans) for a, b in offsets] if spans
+                     else [False] * len(offsets))
+    return pack_ids(encoded["input_ids"], context, tokenizer.eos_token_id, open_rows, masks)
+
+
 PACK_CHUNK = 50_000  # documents per packing job (rows never mix chunks)
 
 
-def _pack_chunk(args) -> torch.Tensor:
-    tokenizer, texts, context = args
-    return pack(tokenizer, texts, context)
+def _pack_chunk(args):
+    tokenizer, texts, context, masked = args
+    return pack_masked(tokenizer, texts, context) if masked else pack(tokenizer, texts, context)
 
 
-def pack_parallel(tokenizer, texts: Sequence[str], context: int, workers: int = 1) -> torch.Tensor:
-    """:func:`pack` of chunks of :data:`PACK_CHUNK` documents, concatenated; ``workers`` processes
-    (the result does not depend on ``workers``)."""
-    jobs = [(tokenizer, list(texts[i : i + PACK_CHUNK]), context) for i in range(0, len(texts), PACK_CHUNK)]
+def pack_parallel(tokenizer, texts: Sequence[str], context: int, workers: int = 1, masked: bool = False):
+    """:func:`pack` (``masked``: :func:`pack_masked`, returning ``(data, mask)``) of chunks of
+    :data:`PACK_CHUNK` documents, concatenated; ``workers`` processes (the result does not depend
+    on ``workers``)."""
+    jobs = [(tokenizer, list(texts[i : i + PACK_CHUNK]), context, masked) for i in range(0, len(texts), PACK_CHUNK)]
     # processes are spawned, not forked: a fork after torch or tokenizers started their thread pools
     # can hang (it did on the GPU machine, issue 20's first run)
     if workers <= 1 or len(jobs) == 1:
-        return torch.cat([_pack_chunk(job) for job in jobs])
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+        parts = [_pack_chunk(job) for job in jobs]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return torch.cat(list(pool.map(_pack_chunk, jobs)))
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(_pack_chunk, jobs))
+    if masked:
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return torch.cat(parts)
 
 
 def next_token_loss(model, batch: torch.Tensor, eos_token_id: int, reduction: str = "mean") -> torch.Tensor:
@@ -158,11 +194,20 @@ def train(
     seed: int,
     eos_token_id: int,
     desc: str = "train",
+    haystack: Optional[torch.Tensor] = None,
+    dilution: float = 0.0,
 ) -> "TrainLog":
     """AdamW with linear warmup and cosine decay over ``steps`` batches drawn from ``data``.
 
     Returns the loss of every step and the count of non-padding tokens trained on. Batches are
     sampled with a seeded generator.
+
+    Dilution augmentation (``dilution > 0``, ``haystack``: the bool mask of :func:`pack_masked`):
+    in every layer, the attention scores of each row's haystack keys get ``+ ln m`` (the row's
+    ``ln m`` drawn uniformly from ``[0, dilution]``, and 0 for a quarter of the rows). Without
+    positional encodings that is exactly what a haystack with every token repeated ``m`` times
+    would do to attention: a model trained so sees the dilution of a longer haystack within its
+    trained context.
     """
     device = next(model.parameters()).device
     model.train()
@@ -183,6 +228,10 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     generator = torch.Generator().manual_seed(seed)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    if dilution > 0 and (haystack is None or haystack.shape != data.shape):
+        raise ValueError(f"dilution={dilution} needs a haystack mask of the data's shape {tuple(data.shape)}.")
+    bias: list[torch.Tensor] = []
+    hooks = dilution_hooks(bias) if dilution > 0 else []
     losses, tokens = [], 0
     bar = tqdm(range(steps), desc=desc, leave=False)
     for step in bar:
@@ -190,7 +239,11 @@ def train(
         batch = data[rows]
         tokens += int((batch != PAD).sum())
         batch = batch.to(device, non_blocking=True)
-        with autocast:
+        if hooks:
+            log_m = torch.rand(batch_size, generator=generator) * dilution
+            log_m = torch.where(torch.rand(batch_size, generator=generator) < 0.25, 0.0, log_m)
+            bias[:] = [dilution_bias(log_m, haystack[rows]).to(device)]
+        with autocast, model.hooks(fwd_hooks=hooks):
             loss = next_token_loss(model, batch, eos_token_id)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -205,6 +258,19 @@ def train(
                      min(100, len(losses)), recent)
     model.eval()
     return TrainLog([float(x) for x in torch.stack(losses).cpu()] if losses else [], tokens)
+
+
+def dilution_bias(log_m: Float[torch.Tensor, "batch"], haystack: Bool[torch.Tensor, "batch pos"]
+                  ) -> Float[torch.Tensor, "batch 1 1 pos"]:
+    """The additive attention-score bias of the dilution augmentation: ``ln m`` of each row on its
+    haystack keys, 0 elsewhere (broadcast over heads and queries)."""
+    return (log_m[:, None] * haystack.float())[:, None, None, :]
+
+
+def dilution_hooks(bias: list) -> list:
+    """Forward hooks adding ``bias[0]`` (see :func:`dilution_bias`; a list so that each step can
+    replace it) to the attention scores of every layer."""
+    return [(lambda name: name.endswith("attn.hook_attn_scores"), lambda scores, hook: scores + bias[0])]
 
 
 @dataclass
@@ -329,12 +395,25 @@ def _stage_corpus(out: Path, corpus_config: CorpusConfig, model_config: ToyModel
 
 
 def recalibration_rows(out: Path, tokenizer, recipe: Recipe, corpus_config: CorpusConfig, model_config: ToyModelConfig,
-                       train_config: TrainConfig, data: torch.Tensor, say: Callable[[str], None]) -> torch.Tensor:
+                       train_config: TrainConfig, data: torch.Tensor, say: Callable[[str], None]):
     """The rows a recipe recalibrates on: the pretraining rows, or the same documents repacked
     into longer rows, or (``documents`` above the trained context) a fresh corpus of longer documents
-    (seed stream ``recal-<documents>``); cached under ``out/corpus``."""
+    (seed stream ``recal-<documents>``); cached under ``out/corpus``. A dilution recipe gets
+    ``(rows, haystack mask)`` of a fresh corpus of the trained context (seed stream ``recal``)."""
     rows = recipe.rows or model_config.context
     documents = recipe.documents or model_config.context
+    if recipe.dilution:
+        path = out / "corpus" / "recal-masked.pt"
+        if path.is_file():
+            return torch.load(path)
+        started = time.perf_counter()
+        n = max(1, corpus_config.n_train // 2)
+        texts = [d.text for d in training_documents(corpus_config, "recal", n, workers=train_config.workers)]
+        packed = pack_parallel(tokenizer, texts, rows, train_config.workers, masked=True)
+        torch.save(packed, path)
+        say(f"recalibration rows with haystack masks: {int((packed[0] != PAD).sum()):,} tokens, "
+            f"{int(packed[1].sum()):,} of them haystack; {time.perf_counter() - started:.1f} s")
+        return packed
     if rows == model_config.context and documents == model_config.context:
         return data
     path = out / "corpus" / f"rows{rows}-docs{documents}.pt"
@@ -410,14 +489,16 @@ def train_toy_pair(out: Path, corpus_config: CorpusConfig = CorpusConfig(), mode
         if (directory / "toy.json").is_file():
             say(f"recalibration {recipe.name}: done in an earlier stage")
             continue
-        rows = recipe_rows[recipe.name]
+        rows, haystack = recipe_rows[recipe.name], None
+        if isinstance(rows, tuple):
+            rows, haystack = rows
         batch = max(1, train_config.batch_size * model_config.context // rows.shape[1])
         drope = to_drope_recipe(rope, recipe)
         before = evaluate_loss(drope, heldout, eos)
         t0 = time.perf_counter()
         steps = train_config.steps_of(recipe)
         recal = train(drope, rows, steps, lr=recipe.lr, seed=train_config.seed + 1, desc=f"recalibrate {recipe.name}",
-                      **{**kwargs, "batch_size": batch})
+                      haystack=haystack, dilution=recipe.dilution, **{**kwargs, "batch_size": batch})
         seconds = time.perf_counter() - t0
         after = evaluate_loss(drope, heldout, eos)
         entry = {"recipe": asdict(recipe), "steps": steps, "batch_size": batch, "row_tokens": int(rows.shape[1]),
@@ -584,12 +665,15 @@ def run_from_args(args) -> int:
     overrides = {k: v for k, v in (("fraction", args.recalibrate_fraction), ("lr", args.recalibrate_lr)) if v is not None}
     if args.tiny:
         corpus, model = TINY["corpus"], TINY["model"]
+        if getattr(args, "mix", "v2") == "v2":
+            corpus = replace(corpus, weights=dict(WEIGHTS_V2))
         training = TrainConfig(pretrain_steps=args.steps or 30, batch_size=4, lr=5e-3, warmup=5, device=args.device,
                                workers=workers, tokenizer_documents=2000)
         recipes = [replace(r, rows=r.rows and r.rows // 2, documents=r.documents and r.documents // 2) for r in recipes]
         bars_config = bars.BarsConfig(n=2, scalings=tuple(args.scalings[:1]), n_sentiment=4)
     else:
-        corpus, model = CorpusConfig(n_train=args.documents), ToyModelConfig(n_layers=args.layers or ToyModelConfig.n_layers)
+        corpus = CorpusConfig(n_train=args.documents, weights=dict(WEIGHTS_V2 if args.mix == "v2" else DEFAULT_WEIGHTS))
+        model = ToyModelConfig(n_layers=args.layers or ToyModelConfig.n_layers)
         training = TrainConfig(pretrain_steps=args.steps or TrainConfig.pretrain_steps, device=args.device, workers=workers)
         bars_config = bars.BarsConfig(n=args.trials, scalings=tuple(args.scalings))
     recipes = [replace(r, **overrides) for r in recipes]
