@@ -222,7 +222,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
     def parse_known_args(self, args=None, namespace=None):
-        from drope_lens.experiments.options import RENAMED
+        from drope_lens.engine.options import RENAMED
 
         for arg in sys.argv[1:] if args is None else args:
             flag = arg.split("=", 1)[0]
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     from drope_lens.experiments import CLI_EXPERIMENTS
-    from drope_lens.experiments.options import OPTIONS
+    from drope_lens.engine.options import OPTIONS
 
     from .engine.runner import add_common_arguments
 

@@ -1,13 +1,17 @@
-"""drope_lens.experiments: one module per experiment of the study (see METHODS.md).
+"""drope_lens.experiments: one module per experiment of the study (see METHODS.md), nothing else.
 
-Each module has a config dataclass, ``run(model, ...) -> pandas.DataFrame`` (tidy rows, resumable
-through a :class:`drope_lens.engine.results.RunStore`) and summaries that take that DataFrame:
+Each module is only its experiment's definition: a config dataclass, ``run(model, ...) ->
+pandas.DataFrame`` (its units, hooks and rows, run by the one engine, :mod:`drope_lens.engine`:
+planned batches, shared among ``torchrun`` ranks, resumable through a
+:class:`drope_lens.engine.results.RunStore`), summaries that take that DataFrame, and ``run_cli``. No
+experiment imports another; what several need is in :mod:`drope_lens.measurement.analysis`,
+:mod:`drope_lens.measurement.tokens` and :mod:`drope_lens.measurement.summaries`; their command-line options are in
+:mod:`drope_lens.engine.options` (imported without torch, so that ``drope-lens --help`` is fast).
 
-- :mod:`.massive_values` — Exp 1, massive values in Q/K/V per layer;
-- :mod:`.disruption` — Exp 2, zeroing massive Q/K dims vs random dims, perplexity;
-- :mod:`.sinks` — Exp 4 (statistics), :mod:`.bos_write` — Exp 5 (statistics),
-  :mod:`.attention_structure` — Exp 7, :mod:`.layer_balance` — Exp 8-9, all on :mod:`.engine`
-  (one forward per batch shared by any of them, streamed attention statistics).
+- :mod:`.massive_values` (Exp 1), :mod:`.disruption` (Exp 2), :mod:`.knowledge` (Exp 3),
+  :mod:`.bos_ablation` (Exp 4/5 ablations), :mod:`.layer1_ablation` (Exp 6), :mod:`.sinks`
+  (Exp 4 statistics), :mod:`.bos_write` (Exp 5 statistics), :mod:`.attention_structure` (Exp 7),
+  :mod:`.layer_balance` (Exp 8-9), :mod:`.context_length` (Exp 10).
 """
 
 #: ``drope-lens run <command>`` -> (module of this package, one-line help). Each module defines

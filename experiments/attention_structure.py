@@ -24,8 +24,9 @@ import torch
 from drope_lens.engine.results import RunStore
 from drope_lens.measurement.texts import TextsLike
 
-from .common import BosPolicy, check_bos
-from .measurement import Batch, Measurement, add_text_arguments, compare_variants, measure, per_head_frame, summarize
+from drope_lens.measurement.tokens import BosPolicy, check_bos
+from drope_lens.engine.measure import Batch, Measurement, measure, per_head_frame
+from drope_lens.measurement.summaries import compare_variants, summarize
 
 EXPERIMENT = "attention_structure"
 CLASSES = ("sink", "local", "distributed")
@@ -134,13 +135,13 @@ def compare(df: pd.DataFrame) -> pd.DataFrame:
     return compare_variants(class_shares(df))
 
 
-from .options import attention_structure as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import attention_structure as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:
     from drope_lens.engine.runner import print_table
 
-    from .measurement import run_cli_measurement
+    from drope_lens.engine.measure import run_cli_measurement
 
     a = ctx.args
     config = AttentionStructureConfig(a.window, a.max_distance, a.sink_tau, a.local_tau, a.local_counts_bos,

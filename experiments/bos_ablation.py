@@ -9,7 +9,7 @@ raises ||resid[0]|| most) on the models' mean profile over reference texts, reco
 (with every rule's layer); no spike under the rule is an error); ``bos_v_spike`` / ``bos_v_all`` (``hook_v`` zeroed at position 0 in the
 spike layer / every layer). Under generation only the prompt's position 0 is touched.
 
-``run`` returns perplexity rows and task rows (see :mod:`.ablation_sweep`); the study's headline
+``run`` returns perplexity rows and task rows (see :mod:`drope_lens.engine.ablation`); the study's headline
 is the perplexity ratio to baseline (RoPE 1249x vs DroPE 1.00x for ``bos_mlp``).
 """
 
@@ -22,10 +22,11 @@ import pandas as pd
 from drope_lens.engine.results import RunStore
 from drope_lens.measurement.texts import TextsLike
 
-from . import ablation_sweep
-from .ablation_sweep import AblationConfig, perplexity_summary, task_summary, wide_table  # noqa: F401
-from .common import BosPolicy
-from .options import BOS_ABLATION_CONDITIONS
+from drope_lens.engine import ablation as ablation_sweep
+from drope_lens.engine.ablation import AblationConfig
+from drope_lens.measurement.summaries import perplexity_summary, task_summary, wide_table  # noqa: F401
+from drope_lens.measurement.tokens import BosPolicy
+from drope_lens.engine.options import BOS_ABLATION_CONDITIONS
 
 EXPERIMENT = "bos-ablation"
 DEFAULT_CONDITIONS = BOS_ABLATION_CONDITIONS
@@ -44,7 +45,7 @@ def run(model, reference_texts: TextsLike, evaluation_texts: TextsLike, *,
                                     show_progress=show_progress)
 
 
-from .options import bos_ablation as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import bos_ablation as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:

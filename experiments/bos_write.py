@@ -29,18 +29,9 @@ from drope_lens.hooks.capture import capture_bos_norms
 from drope_lens.engine.results import RunStore
 from drope_lens.measurement.texts import TextsLike
 
-from .common import BosPolicy
-from .measurement import (
-    ANY_WINDOW,
-    Batch,
-    Measurement,
-    add_text_arguments,
-    compare_variants,
-    measure,
-    per_head_frame,
-    summarize,
-    TextMeasurementConfig,
-)
+from drope_lens.measurement.tokens import BosPolicy
+from drope_lens.engine.measure import ANY_WINDOW, Batch, Measurement, measure, per_head_frame, TextMeasurementConfig
+from drope_lens.measurement.summaries import compare_variants, summarize
 
 EXPERIMENT = "bos_write"
 
@@ -135,13 +126,13 @@ def compare_layers(df: pd.DataFrame) -> pd.DataFrame:
     return analysis.compare_layers(layer_table(df))
 
 
-from .options import add_text_arguments as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import add_text_arguments as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:
     from drope_lens.engine.runner import print_table
 
-    from .measurement import run_cli_measurement
+    from drope_lens.engine.measure import run_cli_measurement
 
     args = ctx.args
     config = BosWriteConfig(args.max_tokens, args.batch_size, args.bos)

@@ -30,11 +30,14 @@ import pandas as pd
 import torch
 
 from drope_lens.measurement.generation import greedy_generate, prompt_ids, score_shared_prefix
-from drope_lens.measurement.passkey import CATEGORIES, FORMATS, PromptError, Trial, categorize, check_format, extract_answer, make_trial, mean_interval, wilson_interval
+from drope_lens.measurement.passkey import (CATEGORIES, FORMATS, PromptError, Trial, answer_token, categorize,  # noqa: F401
+                                check_format, extract_answer, make_trials, mean_interval, token_counter, wilson_interval,
+                                yes_no_tokens)
 from drope_lens.engine.results import RunStore
 
-from .common import BosPolicy, bind_store, check_bos, model_name, model_variant, progress, unit_prefix
-from .options import DEPTH_GRID, REAL_MODEL_LENGTHS  # noqa: F401  (the defaults of the CLI options)
+from drope_lens.engine.options import DEPTH_GRID, REAL_MODEL_LENGTHS  # noqa: F401  (the defaults of the CLI options)
+from drope_lens.engine.sweep import Planned, bind_store, run_sweep, unit_prefix
+from drope_lens.measurement.tokens import BosPolicy, check_bos, model_name, model_variant
 
 EXPERIMENT = "context_length"
 CLI_TAKES_TEXTS = False
@@ -76,25 +79,6 @@ class ContextLengthConfig:
             raise ValueError(f"key_divisor={self.key_divisor}: must be a positive integer or None.")
 
 
-def answer_token(tokenizer, word: str, prompt: str = "Answer Yes or No:", space: bool = True) -> int:
-    """First token of `` word`` (``space=False``: of ``word``) as it follows ``prompt``."""
-    head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    text = (" " if space else "") + word
-    full = tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
-    if full[: len(head)] == head and len(full) > len(head):
-        return int(full[len(head)])
-    return int(tokenizer(text, add_special_tokens=False)["input_ids"][0])
-
-
-def yes_no_tokens(tokenizer) -> tuple[int, int]:
-    """The first tokens of " Yes" and " No"; of "Yes" and "No" when a tokenizer makes the space a
-    token of its own (both answers would then start with it)."""
-    pair = answer_token(tokenizer, "Yes"), answer_token(tokenizer, "No")
-    if pair[0] == pair[1]:
-        pair = answer_token(tokenizer, "Yes", space=False), answer_token(tokenizer, "No", space=False)
-    return pair
-
-
 def scaling_hooks(model, length: int, beta: float, layers: Optional[Sequence[int]]) -> list:
     """Log-length softmax scaling: ``hook_rot_q`` (q as it enters q.k, every variant) of ``layers``
     times ``1 + beta * ln(max(1, length / trained_context))``; no hooks when that factor is 1."""
@@ -107,19 +91,6 @@ def scaling_hooks(model, length: int, beta: float, layers: Optional[Sequence[int
     if bad:
         raise ValueError(f"scaling_layers {bad}: the model has layers 0..{model.cfg.n_layers - 1}.")
     return [(f"blocks.{layer}.attn.hook_rot_q", lambda q, hook: q * factor) for layer in chosen]
-
-
-def _counter(model, bos: str):
-    tokenizer = model.tokenizer
-    if tokenizer is None:
-        raise ValueError(f"{model_name(model)} has no tokenizer; Exp 10 builds prompts from text.")
-    extra = bos == "always" and tokenizer.bos_token_id is not None
-
-    def count(text: str) -> int:
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-        return len(ids) + (1 if extra and (not ids or ids[0] != tokenizer.bos_token_id) else 0)
-
-    return count
 
 
 def _cell_rows(model, trials: list[Trial], config: ContextLengthConfig, yes_no: tuple[int, int]) -> pd.DataFrame:
@@ -151,21 +122,6 @@ def _cell_rows(model, trials: list[Trial], config: ContextLengthConfig, yes_no: 
         frame["p_yes_candidates"] = p_yes.tolist()
         frame["rank_correct"] = (p_yes[:, 0] > p_yes[:, 1:].max(dim=1).values).tolist()
     return frame
-
-
-def _make_trials(fmt, length, depth, n, seed, count, key_divisor, verify) -> list[Trial]:
-    """The cell's ``n`` trials. Fitting a prompt to its length tokenises it about ten times (the
-    host's share of Exp 10 at long lengths); trials are independent (each seeded by itself), so
-    they are built on threads: the fast tokenizer releases the GIL while it encodes."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    workers = min(n, os.cpu_count() or 1)
-    build = lambda i: make_trial(fmt, length, depth, i, seed, count, key_divisor, verify)  # noqa: E731
-    if workers < 2:
-        return [build(i) for i in range(n)]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(build, range(n)))
 
 
 def run(
@@ -203,31 +159,40 @@ def run(
                                  verify, key_divisor, batch_tokens, float(scaling),
                                  None if scaling_layers is None else tuple(scaling_layers), bos)
     store = bind_store(store, model, EXPERIMENT, config, skip_too_short=bool(skip_too_short))
-    count = _counter(model, bos)
+    count = token_counter(model, bos)
     yes_no = yes_no_tokens(model.tokenizer)
     if verify and yes_no[0] == yes_no[1]:
         raise ValueError(f"' Yes' and ' No' begin with the same token ({yes_no[0]}) for {model_name(model)}; "
                          "verification cannot tell them apart (pass verify=False).")
     cells = [(length, fmt, depth) for length in config.lengths for fmt in config.formats
              for depth in (config.depths or (None,))]
-    frames = []
-    bar = progress(cells, len(cells), f"context length {model_variant(model)}", show_progress)
-    for length, fmt, depth in bar:
-        unit = f"{unit_prefix(model)}-{length}-{fmt}-{'uniform' if depth is None else depth}"
-        if store is not None and store.has(unit):
-            frames.append(store.load_part(unit))
+    # Every cell is one unit and one planned batch of the engine (drope_lens.engine.sweep): cells
+    # are shared among ranks under torchrun (balanced by prompt tokens) and resumed from the store.
+    # Trials are made for every cell first (cheap), so that a too-short cell is left out on every rank.
+    unit = lambda length, fmt, depth: f"{unit_prefix(model)}-{length}-{fmt}-{'uniform' if depth is None else depth}"  # noqa: E731
+    planned: dict[str, list[Trial]] = {}
+    for length, fmt, depth in cells:
+        if store is not None and store.has(unit(length, fmt, depth)):
+            planned[unit(length, fmt, depth)] = []  # loaded, not rerun: its trials are not needed
             continue
         try:
-            trials = _make_trials(fmt, length, depth, n, seed, count, key_divisor, verify)
+            planned[unit(length, fmt, depth)] = make_trials(fmt, length, depth, n, seed, count, key_divisor, verify)
         except PromptError as error:
             if skip_too_short and "shorter than the prompt without filler" in str(error):
                 warnings.warn(f"length {length}, format {fmt!r} skipped: {error}", UserWarning, stacklevel=2)
                 continue
             raise PromptError(f"length {length}, format {fmt!r}: {error}") from None
-        frame = _cell_rows(model, trials, config, yes_no)
-        if store is not None:
-            store.save_part(unit, frame)
-        frames.append(frame)
+    names = list(planned)
+
+    def step(k: int, done: frozenset):
+        frame = _cell_rows(model, planned[names[k]], config, yes_no)
+        yield lambda: {names[k]: frame}
+
+    costs = [float(length * n) for length, fmt, depth in cells if unit(length, fmt, depth) in planned]
+    parts = run_sweep([Planned((name,), cost) for name, cost in zip(names, costs)], store, step,
+                      label=f"context length {model_variant(model)}", device=model.cfg.device,
+                      show_progress=show_progress)
+    frames = [parts[name] for name in names]
     df = pd.concat(frames, ignore_index=True)
     if "p_yes_candidates" in df:
         df["p_yes_candidates"] = [list(map(float, v)) for v in df["p_yes_candidates"]]
@@ -282,7 +247,7 @@ def compare(df: pd.DataFrame) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------
 # Command line: ``drope-lens run context-length``.
 # ------------------------------------------------------------------------------------------
-from .options import context_length as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import context_length as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:

@@ -22,34 +22,21 @@ from typing import Literal, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import stats
 
 # identification is shared with the ablation conditions of Exp 3-6 (importable here as before)
-from drope_lens.measurement.analysis import Masks, identify_massive, massive_mask, sequence_norms  # noqa: F401
+from drope_lens.measurement.analysis import (Masks, identification_frame, identify_massive, massive_mask,  # noqa: F401
+                                 random_masks, sequence_norms)
 from drope_lens.engine.distributed import is_main
 from drope_lens.hooks import batched_zero_dims
 from drope_lens.model.placement import layer_device
 from drope_lens.engine.results import RunStore, texts_fingerprint
 from drope_lens.measurement.texts import Text, TextsLike, as_texts
 
-from .common import (
-    BosPolicy,
-    HostCopy,
-    batches_by_length,
-    bind_store,
-    check_bos,
-    default_texts,
-    model_name,
-    model_variant,
-    progress,
-    resolve_max_tokens,
-    sequence_nll,
-    tokenize,
-    unit_prefix,
-    warn_if_out_of_distribution,
-)
-from .engine import gather, plan_sweep
+from drope_lens.engine.perplexity import balanced_batch_size, condition_perplexity  # noqa: F401
+from drope_lens.engine.sweep import bind_store, unit_prefix
+from drope_lens.measurement.tokens import (BosPolicy, check_bos, default_texts, model_name, model_variant, resolve_max_tokens,
+                               tokenize, warn_if_out_of_distribution)
 
 EXPERIMENT = "disruption"
 
@@ -83,24 +70,6 @@ class DisruptionConfig:
         return [self.seed + i for i in range(self.seeds)]
 
 
-def random_masks(massive: Masks, seed: int, pool: str = "non_massive") -> Masks:
-    """Per layer and tensor, as many random entries as ``massive`` has, drawn with ``seed``."""
-    out: Masks = {}
-    for t_index, (tensor, layers) in enumerate(sorted(massive.items())):
-        out[tensor] = {}
-        for layer, mask in sorted(layers.items()):
-            rng = np.random.default_rng([seed, layer, t_index])
-            candidates = np.flatnonzero(~mask.numpy().ravel()) if pool == "non_massive" else np.arange(mask.numel())
-            count = int(mask.sum())
-            if count > candidates.size:
-                raise ValueError(f"layer {layer} {tensor}: {count} massive entries but only {candidates.size} to draw from.")
-            chosen = rng.choice(candidates, size=count, replace=False)
-            flat = torch.zeros(mask.numel(), dtype=torch.bool)
-            flat[torch.from_numpy(chosen)] = True
-            out[tensor][layer] = flat.view(mask.shape)
-    return out
-
-
 def _conditions(massive: Masks, config: DisruptionConfig) -> list[tuple[str, int, Optional[Masks]]]:
     conditions: list[tuple[str, int, Optional[Masks]]] = [("baseline", -1, None), ("massive", -1, massive)]
     conditions += [("random", s, random_masks(massive, s, config.random_pool)) for s in config.seed_list]
@@ -113,26 +82,6 @@ def _on_device(model, masks: Optional[Masks]) -> Optional[Masks]:
         return None
     return {t: {layer: m.to(layer_device(model, layer)) for layer, m in per_layer.items()}
             for t, per_layer in masks.items()}
-
-
-def _checkpointed(store: RunStore, key: str, batch_rows: list[tuple[int, int]]) -> list[float]:
-    """A planned batch's NLLs from its checkpoint, after checking that it holds the planned rows."""
-    frame = store.load_batch(key)
-    if list(zip(frame["condition"].tolist(), frame["sample"].tolist())) != list(batch_rows):
-        raise RuntimeError(
-            f"{store.batch_path(key)}: holds other rows than planned batch {key} (was the run id reused "
-            "with another configuration?); delete it to recompute that batch."
-        )
-    return frame["nll"].tolist()
-
-
-def balanced_batch_size(n_rows: int, batch_size: int) -> int:
-    """The smallest batch size that needs as few batches as ``batch_size`` does: rows spread
-    evenly (111 rows at 27 -> 5 batches of at most 23, not four of 27 and one of 3)."""
-    if n_rows <= 0:
-        return batch_size
-    n_batches = -(-n_rows // batch_size)
-    return -(-n_rows // n_batches)
 
 
 def _hooks_for_rows(row_masks: list[Optional[Masks]], rotary: str) -> list:
@@ -169,14 +118,14 @@ def run(
     condition alone (one forward per condition and batch of texts), the reference loop.
 
     Without texts, 3 identification and 9 evaluation texts are drawn (:func:`split_texts`, seed 0)
-    from :func:`~drope_lens.experiments.common.default_texts` (the toy corpus's held-out text for
+    from :func:`~drope_lens.measurement.tokens.default_texts` (the toy corpus's held-out text for
     the toy pair, the built-in English texts otherwise). ``max_tokens``: default the study's 512
     capped at the model's trained context (a larger value warns, naming the cap). When the median
     baseline perplexity is above the vocabulary size (worse than a uniform guess) an
-    :class:`~drope_lens.experiments.common.OutOfDistributionWarning` says the texts are not the
+    :class:`~drope_lens.measurement.tokens.OutOfDistributionWarning` says the texts are not the
     model's kind of text.
 
-    Under ``torchrun`` each rank runs whole planned batches (see :mod:`.engine`; identification
+    Under ``torchrun`` each rank runs whole planned batches (see :mod:`drope_lens.engine.sweep`; identification
     runs on every rank) and every rank returns the whole DataFrame, equal to a single-process
     run's; with ``store``, rank 0 writes the condition parts.
     """
@@ -199,7 +148,7 @@ def run(
                        evaluation_texts=texts_fingerprint(evaluation_texts), batched=bool(batched))
     massive = identify_massive(model, identification_texts, threshold=config.threshold, max_tokens=config.max_tokens,
                                rotary=config.rotary, batch_size=config.batch_size, bos=config.bos)
-    if store is not None:
+    if store is not None and is_main():
         store.save_extra(f"identification-{unit_prefix(model)}", identification_frame(model, massive))
     conditions = _conditions(massive, config)
     device_masks = [_on_device(model, c[2]) for c in conditions]  # no host->device copy inside hooks
@@ -207,67 +156,11 @@ def run(
     prefix = unit_prefix(model)
     unit_of = lambda ci: f"{prefix}-{conditions[ci][0]}-{conditions[ci][1]}"  # noqa: E731
 
-    # Every (condition, text) pair is one row; rows of equal length share forwards. The batches
-    # are planned over all conditions, finished or not, and a rerun runs every planned batch that
-    # holds a row of an unfinished condition: each row's NLL always comes from the same batch, so
-    # a resumed (or torchrun-shared, see .engine) sweep equals an uninterrupted single-process one
-    # bit for bit, also on GPUs whose GEMMs round differently for different batch shapes. A
-    # condition's rows span batches, which several ranks may run: each batch's NLLs are
-    # checkpointed as they finish, and the conditions are saved as parts when all are in.
-    rows = [(ci, sample) for ci in range(len(conditions)) for sample in range(len(evaluation_texts))]
-    groups = [rows] if batched else [[r for r in rows if r[0] == ci] for ci in range(len(conditions))]
-    planned = []
-    for group in groups:
-        for local, batch in batches_by_length([tokens[sample] for _, sample in group],
-                                              balanced_batch_size(len(group), config.batch_size)):
-            planned.append(([group[i] for i in local], batch))
-    mode = "mixed" if batched else "alone"
-    keys = [f"{prefix}-{mode}-batch-{k}-of-{len(planned)}" for k in range(len(planned))]
-    plan = plan_sweep([[unit_of(ci) for ci, _ in batch_rows] for batch_rows, _ in planned], store,
-                      costs=[batch.numel() for _, batch in planned], checkpoints=keys, device=model.cfg.device)
-    done = [unit_of(ci) in plan.done for ci in range(len(conditions))]
-    nlls: dict[int, list[float]] = {}  # planned batch -> NLL per row
-
-    def finish(pending) -> None:
-        k, nll = pending
-        nlls[k] = nll.host().tolist()
-        if store is not None:
-            store.save_batch(keys[k], pd.DataFrame({"condition": [ci for ci, _ in planned[k][0]],
-                                                    "sample": [s for _, s in planned[k][0]], "nll": nlls[k]}))
-
-    # Pipelined: a batch's NLLs are copied to the host while the next batch runs.
-    pending = None
-    for k in progress(plan.mine, len(plan.mine), f"disruption {model_variant(model)}", show_progress):
-        batch_rows, batch = planned[k]
-        hooks = _hooks_for_rows([device_masks[ci] for ci, _ in batch_rows], config.rotary)
-        with torch.inference_mode():
-            logits = model.run_with_hooks(batch.to(model.cfg.device), fwd_hooks=hooks)
-            current = (k, HostCopy(sequence_nll(logits, batch)))
-            del logits
-        if pending is not None:
-            finish(pending)
-        pending = current
-    if pending is not None:
-        finish(pending)
-    # Batches checkpointed by an earlier, interrupted run: every rank reads them, before the gather
-    # (rank 0 deletes them after it, once the conditions are saved).
-    saved = {k: _checkpointed(store, keys[k], planned[k][0]) for k in plan.saved}
-    nlls = gather(nlls) | saved  # every rank's batches (one rank: these)
-    results: dict[int, dict[int, float]] = {ci: {} for ci in range(len(conditions)) if not done[ci]}
-    for k in plan.needed:
-        for (ci, sample), value in zip(planned[k][0], nlls[k]):
-            if not done[ci]:  # a finished condition's rows recomputed only for their batch mates
-                results[ci][sample] = value
-    frames = []
-    for ci, condition in enumerate(conditions):
-        if done[ci]:
-            frames.append(store.load_part(unit_of(ci)))
-        else:
-            frames.append(_frame(model, condition, results[ci], evaluation_texts, tokens))
-            if store is not None and is_main():
-                store.save_part(unit_of(ci), frames[-1])
-    if store is not None and is_main():
-        store.drop_batches(keys)  # every rank has read them: they were loaded before the gather
+    hooks_for = lambda rows: _hooks_for_rows([device_masks[ci] for ci in rows], config.rotary)  # noqa: E731
+    rows_of = lambda ci, nlls: _frame(model, conditions[ci], nlls, evaluation_texts, tokens)  # noqa: E731
+    frames = condition_perplexity(model, tokens, [unit_of(ci) for ci in range(len(conditions))], hooks_for, rows_of,
+                                  store=store, batch_size=config.batch_size, batched=batched,
+                                  label=f"disruption {model_variant(model)}", show_progress=show_progress)
     warn_if_out_of_distribution(model, frames[0]["nll"].tolist())  # conditions[0] is the baseline
     return pd.concat(frames, ignore_index=True)
 
@@ -369,17 +262,6 @@ def statistics(df: pd.DataFrame, n_bootstrap: int = 10_000, seed: int = 0) -> pd
     return pd.DataFrame(rows)
 
 
-def identification_frame(model, masks: Masks) -> pd.DataFrame:
-    """The identified massive entries as a tidy frame: model, layer, tensor, count, heads, dims."""
-    rows = []
-    for tensor, layers in sorted(masks.items()):
-        for layer, mask in sorted(layers.items()):
-            heads, dims = torch.nonzero(mask, as_tuple=True)
-            rows.append({"model": model_name(model), "variant": model_variant(model), "layer": layer,
-                         "tensor": tensor, "count": int(mask.sum()), "heads": heads.tolist(), "dims": dims.tolist()})
-    return pd.DataFrame(rows)
-
-
 def meta_for(config: DisruptionConfig, identification: Sequence[Text], evaluation: Sequence[Text]) -> dict:
     """meta.json content of a run (the caller adds the models' identities)."""
     return {"config": asdict(config), "seed": config.seed, "seeds": config.seed_list,
@@ -390,7 +272,7 @@ def meta_for(config: DisruptionConfig, identification: Sequence[Text], evaluatio
 # ------------------------------------------------------------------------------------------
 # Command line: ``drope-lens run disruption`` (see drope_lens.engine.runner).
 # ------------------------------------------------------------------------------------------
-from .options import disruption as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import disruption as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:

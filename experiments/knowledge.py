@@ -27,23 +27,17 @@ from typing import Literal, Optional, Sequence
 import pandas as pd
 
 from drope_lens.measurement import analysis
+from drope_lens.measurement.analysis import prepare_conditions
+from drope_lens.engine.options import KNOWLEDGE_CONDITIONS, KNOWLEDGE_TASKS
+from drope_lens.engine.distributed import is_main
+from drope_lens.engine.sweep import bind_store, unit_prefix
+from drope_lens.engine.tasks import condition_meta, reference_texts_for, task_rows
 from drope_lens.hooks.conditions import check_conditions
 from drope_lens.engine.results import RunStore, items_fingerprint, texts_fingerprint
+from drope_lens.measurement.summaries import accuracy_table, category_degradation, condition_layers, degradation
 from drope_lens.measurement.tasks import check_tasks, load_task
 from drope_lens.measurement.texts import as_texts
-
-from .ablation_setup import prepare_conditions
-from .common import BosPolicy, bind_store, check_bos, unit_prefix
-from .options import KNOWLEDGE_CONDITIONS, KNOWLEDGE_TASKS
-from .task_eval import (
-    accuracy_table,
-    category_degradation,
-    condition_layers,
-    condition_meta,
-    degradation,
-    reference_texts_for,
-    task_rows,
-)
+from drope_lens.measurement.tokens import BosPolicy, check_bos
 
 EXPERIMENT = "knowledge"
 DEFAULT_TASKS = KNOWLEDGE_TASKS
@@ -112,7 +106,7 @@ def run(
     ``reference_tokens`` tokens (capped at the model's context ``n_ctx``). ``spike_rule``: how
     ``bos_mlp`` / ``bos_v_spike`` choose their layer (:data:`drope_lens.measurement.analysis.SPIKE_RULES`).
     ``imdb_file``: IMDB rows for task ``imdb`` (default: the local ``datasets`` cache).
-    Resumable per task.
+    Resumable per generation batch; under ``torchrun`` the batches are shared among ranks.
     """
     config = KnowledgeConfig(tuple(tasks), tuple(conditions), n, seed, source, rotary, new_tokens, batch_size,
                              max_tokens, bos, spike_rule, reference_tokens, imdb_file)
@@ -124,20 +118,15 @@ def run(
     prepared = prepare_conditions(model, config.conditions, reference, rotary=config.rotary, bos=config.bos,
                                   spike_rule=config.spike_rule,
                                   max_tokens=min(config.reference_tokens, int(model.cfg.n_ctx)))
-    if store is not None:
+    if store is not None and is_main():
         store.save_extra(f"conditions-{unit_prefix(model)}", pd.DataFrame([condition_meta(prepared)]).astype(str))
+
     frames = []
-    for task in config.tasks:
-        unit = f"{unit_prefix(model)}-{task}"
-        if store is not None and store.has(unit):
-            frames.append(store.load_part(unit))
-            continue
-        frame = task_rows(model, items[task], prepared.conditions, new_tokens=config.new_tokens,
-                          batch_size=config.batch_size, bos=config.bos, max_tokens=config.max_tokens,
-                          show_progress=show_progress)
-        if store is not None:
-            store.save_part(unit, frame)
-        frames.append(frame)
+    for name in config.tasks:  # a finished task is read back; the others' batches are shared among ranks
+        unit = f"{unit_prefix(model)}-{name}"
+        frames.append(store.load_part(unit) if store is not None and store.has(unit) else task_rows(
+            model, items[name], prepared.conditions, new_tokens=config.new_tokens, batch_size=config.batch_size,
+            bos=config.bos, max_tokens=config.max_tokens, show_progress=show_progress, store=store, unit=unit))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -208,7 +197,7 @@ def category_table(df: pd.DataFrame, n_bootstrap: int = 2000) -> pd.DataFrame:
 CLI_TAKES_TEXTS = False
 
 
-from .options import knowledge as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import knowledge as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def config_from_args(ctx) -> KnowledgeConfig:

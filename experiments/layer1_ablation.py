@@ -6,7 +6,7 @@ Five conditions (:mod:`drope_lens.hooks.conditions`): ``baseline``; ``l1_mlp``
 the prompt's first token, never a generated one). The study reports RoPE 10.26 / 18,630 / 25.8 /
 13,824 / 14,422 and DroPE 17.65 / 3,563 / 3,557 / 3,603 / 3,018 perplexity.
 
-``run`` returns perplexity rows and task rows (see :mod:`.ablation_sweep`).
+``run`` returns perplexity rows and task rows (see :mod:`drope_lens.engine.ablation`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import pandas as pd
 from drope_lens.engine.results import RunStore
 from drope_lens.measurement.texts import TextsLike
 
-from . import ablation_sweep
-from .ablation_sweep import AblationConfig, perplexity_summary, task_summary, wide_table  # noqa: F401
-from .common import BosPolicy
-from .options import LAYER1_ABLATION_CONDITIONS
+from drope_lens.engine import ablation as ablation_sweep
+from drope_lens.engine.ablation import AblationConfig
+from drope_lens.measurement.summaries import perplexity_summary, task_summary, wide_table  # noqa: F401
+from drope_lens.measurement.tokens import BosPolicy
+from drope_lens.engine.options import LAYER1_ABLATION_CONDITIONS
 
 EXPERIMENT = "layer1-ablation"
 DEFAULT_CONDITIONS = LAYER1_ABLATION_CONDITIONS
@@ -40,7 +41,7 @@ def run(model, reference_texts: TextsLike, evaluation_texts: TextsLike, *,
                                     show_progress=show_progress)
 
 
-from .options import layer1_ablation as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import layer1_ablation as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:

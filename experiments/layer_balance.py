@@ -22,17 +22,9 @@ from drope_lens.hooks import capture_token_mean_norm
 from drope_lens.engine.results import RunStore
 from drope_lens.measurement.texts import TextsLike
 
-from .common import BosPolicy
-from .measurement import (
-    Batch,
-    Measurement,
-    TextMeasurementConfig,
-    add_text_arguments,
-    compare_variants,
-    measure,
-    per_layer_frame,
-    summarize,
-)
+from drope_lens.measurement.tokens import BosPolicy
+from drope_lens.engine.measure import Batch, Measurement, TextMeasurementConfig, measure, per_layer_frame
+from drope_lens.measurement.summaries import compare_variants, summarize
 
 EXPERIMENT = "layer_balance"
 #: column -> hook name pattern
@@ -92,13 +84,13 @@ def compare(df: pd.DataFrame, quantity: str = "attn_fraction") -> pd.DataFrame:
     return compare_variants(layers[layers["quantity"] == quantity], by=["layer"])
 
 
-from .options import add_text_arguments as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import add_text_arguments as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:
     from drope_lens.engine.runner import print_table
 
-    from .measurement import run_cli_measurement
+    from drope_lens.engine.measure import run_cli_measurement
 
     args = ctx.args
     config = LayerBalanceConfig(args.max_tokens, args.batch_size, args.bos)

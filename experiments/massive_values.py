@@ -20,25 +20,13 @@ import pandas as pd
 import torch
 
 from drope_lens.measurement.analysis import massive_mask, sequence_norms  # noqa: F401  (shared with Exp 2-6; importable here as before)
-from drope_lens.engine.distributed import is_main
 from drope_lens.engine.results import RunStore, texts_fingerprint
 from drope_lens.measurement.texts import Text, TextsLike, as_texts
 
-from .common import (
-    BosPolicy,
-    HostCopy,
-    batches_by_length,
-    bind_store,
-    check_bos,
-    default_texts,
-    model_name,
-    model_variant,
-    progress,
-    resolve_max_tokens,
-    tokenize,
-    unit_prefix,
-)
-from .engine import gather, plan_sweep
+from drope_lens.engine.distributed import is_main
+from drope_lens.engine.sweep import HostCopy, Planned, bind_store, run_sweep, unit_prefix
+from drope_lens.measurement.tokens import (BosPolicy, batches_by_length, check_bos, default_texts, model_name, model_variant,
+                               resolve_max_tokens, tokenize)
 
 EXPERIMENT = "massive_values"
 
@@ -144,10 +132,10 @@ def run(
 
     ``texts``: a string, a list of strings or :class:`~drope_lens.measurement.texts.Text`, a pandas Series or
     a datasets column (:func:`~drope_lens.measurement.texts.as_texts`); default: the first 10 of
-    :func:`~drope_lens.experiments.common.default_texts` (the toy corpus's held-out text for the
+    :func:`~drope_lens.measurement.tokens.default_texts` (the toy corpus's held-out text for the
     toy pair, the built-in English texts otherwise). ``max_tokens``: tokens per text; default the
     study's 512 capped at the model's trained context (a larger value warns, naming the cap).
-    ``bos``: the position-0 policy (:data:`~drope_lens.experiments.common.BosPolicy`).
+    ``bos``: the position-0 policy (:data:`~drope_lens.measurement.tokens.BosPolicy`).
 
     Columns: ``model``, ``variant``, ``sample`` (index into ``texts``), ``text``, ``register``,
     ``n_tokens``, ``layer``, ``tensor``, ``count``, ``heads`` and ``dims`` (lists: where each
@@ -157,68 +145,42 @@ def run(
     Batches are pipelined: a batch's rows are built while the next batch runs on the GPU.
 
     Under ``torchrun`` each rank runs whole planned chunks of ``batch_size`` texts (see
-    :mod:`.engine`) and every rank returns the whole DataFrame, equal to a single-process run's.
+    :mod:`drope_lens.engine.sweep`) and every rank returns the whole DataFrame, equal to a single-process run's.
     """
     max_tokens = resolve_max_tokens(model, max_tokens)
     config = MassiveValuesConfig(threshold, max_tokens, rotary, tuple(tensors), batch_size, bos)
     texts = as_texts(default_texts(model)[:10] if texts is None else texts)
     store = bind_store(store, model, EXPERIMENT, config, texts=texts_fingerprint(texts))
     unit = lambda i: f"{unit_prefix(model)}-sample-{i}"  # noqa: E731
-    # The batches are planned over all texts, finished or not, and a rerun runs every planned
-    # batch that holds a missing text: each text's numbers always come from the same batch, so
-    # a resumed sweep equals an uninterrupted one bit for bit, also on GPUs whose GEMMs round
-    # differently for different batch shapes. A planned chunk of ``batch_size`` texts (split into
-    # equal-length batches) is the unit of sharing under torchrun (see .engine), and is
-    # tokenised only when it runs, so that tokenising the next chunk and turning the previous
-    # batch into rows both overlap the running forward.
+    # A planned chunk of ``batch_size`` texts (split into equal-length batches) is the unit of
+    # planning and sharing (see drope_lens.engine.sweep): each text's numbers always come from the
+    # same batch, so a resumed or torchrun-shared sweep equals an uninterrupted one bit for bit.
+    # A chunk is tokenised only when it runs; a batch's rows are built while the next one runs.
     chunks = [list(range(i, min(i + config.batch_size, len(texts)))) for i in range(0, len(texts), config.batch_size)]
-    plan = plan_sweep([[unit(i) for i in chunk] for chunk in chunks], store,
-                      costs=[len(chunk) for chunk in chunks], device=model.cfg.device)
-    done = {i for i in range(len(texts)) if unit(i) in plan.done}
-    frames: dict[int, pd.DataFrame] = {}
 
-    def finish(pending) -> None:
-        samples, n_tokens, statistics = pending
-        batch_frame = _batch_rows(model, texts, samples, n_tokens, statistics.host())
-        for sample, frame in batch_frame.groupby("sample", sort=False):
-            if sample in done:  # recomputed only because it shares a batch with a missing text
-                continue
-            frames[sample] = frame.reset_index(drop=True)
-            if store is not None:
-                store.save_part(unit(sample), frames[sample])
-
-    mine = [chunks[k] for k in plan.mine]
-    n_mine = sum(1 for chunk in mine for i in chunk if i not in done)
-    pending = None
-    bar = progress(range(n_mine), n_mine, f"massive values {model_variant(model)}", show_progress)
-
-    def advance(samples) -> None:
-        bar.update(sum(1 for i in samples if i not in done))
-
-    for chunk in mine:
+    def step(k: int, done: frozenset):
+        chunk = chunks[k]
         tokens = tokenize(model, [texts[i] for i in chunk], config.max_tokens, bos=config.bos)
         for local, batch in batches_by_length(tokens, config.batch_size):
             samples = [chunk[i] for i in local]
-            if done.issuperset(samples):
+            if done.issuperset(unit(i) for i in samples):
                 continue
             norms = sequence_norms(model, batch, config.tensors, config.rotary)
             statistics = _BatchStatistics(norms, config.tensors, model.cfg.n_layers, config.threshold)
-            if pending is not None:
-                finish(pending)
-                advance(pending[0])
-            pending = (samples, int(batch.shape[1]), statistics)
-    if pending is not None:
-        finish(pending)
-        advance(pending[0])
-    bar.close()
-    frames = gather(frames)  # every rank's texts (one rank: these)
-    for i in range(len(texts)):
-        if i not in frames:  # finished in an earlier run; parquet gives arrays back, keep lists
-            frame = store.load_part(unit(i))
-            for column in ("heads", "dims"):
-                frame[column] = [list(map(int, v)) for v in frame[column]]
-            frames[i] = frame
-    return pd.concat([frames[i] for i in range(len(texts))], ignore_index=True)
+            yield lambda samples=samples, n=int(batch.shape[1]), statistics=statistics: {
+                unit(sample): frame.reset_index(drop=True) for sample, frame in
+                _batch_rows(model, texts, samples, n, statistics.host()).groupby("sample", sort=False)}
+
+    def load(name: str) -> pd.DataFrame:  # parquet gives arrays back: keep lists
+        frame = store.load_part(name)
+        for column in ("heads", "dims"):
+            frame[column] = [list(map(int, v)) for v in frame[column]]
+        return frame
+
+    frames = run_sweep([Planned(tuple(unit(i) for i in chunk), len(chunk)) for chunk in chunks], store, step,
+                       label=f"massive values {model_variant(model)}", device=model.cfg.device, load=load,
+                       weights=[len(chunk) for chunk in chunks], show_progress=show_progress)
+    return pd.concat([frames[unit(i)] for i in range(len(texts))], ignore_index=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -299,7 +261,7 @@ def _d_head_of(group: pd.DataFrame, model: str, d_head: Optional[int]) -> int:
 # ------------------------------------------------------------------------------------------
 # Command line: ``drope-lens run massive-values`` (see drope_lens.engine.runner).
 # ------------------------------------------------------------------------------------------
-from .options import massive_values as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import massive_values as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:

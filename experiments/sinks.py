@@ -37,17 +37,9 @@ from drope_lens.engine.results import RunStore
 from drope_lens.measurement.spectrum import symmetric_eigenvalues
 from drope_lens.measurement.texts import TextsLike
 
-from .common import BosPolicy, check_bos
-from .measurement import (
-    ANY_WINDOW,
-    Batch,
-    Measurement,
-    add_text_arguments,
-    compare_variants,
-    measure,
-    per_head_frame,
-    summarize,
-)
+from drope_lens.measurement.tokens import BosPolicy, check_bos
+from drope_lens.engine.measure import ANY_WINDOW, Batch, Measurement, measure, per_head_frame
+from drope_lens.measurement.summaries import compare_variants, summarize
 
 EXPERIMENT = "sinks"
 
@@ -283,13 +275,13 @@ def compare_layers(df: pd.DataFrame, spike_ratio: float = analysis.SPIKE_THRESHO
 # ------------------------------------------------------------------------------------------
 # Command line: ``drope-lens run sinks``.
 # ------------------------------------------------------------------------------------------
-from .options import sinks as add_cli_arguments  # noqa: E402  (options importable without torch)
+from drope_lens.engine.options import sinks as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx) -> int:
     from drope_lens.engine.runner import print_table
 
-    from .measurement import run_cli_measurement
+    from drope_lens.engine.measure import run_cli_measurement
 
     args = ctx.args
     config = SinksConfig(args.tau, args.spike_ratio, args.max_tokens, args.batch_size, args.bos)

@@ -13,7 +13,7 @@ Names (:data:`CONDITIONS`):
 - ``massive_zero``: Exp 2's massive Q/K entries zeroed at every position (masks passed in).
 - ``bos_mlp``: ``hook_mlp_out`` zeroed at absolute position 0 in the spike layer (passed in;
   chosen by :func:`drope_lens.measurement.analysis.spike_layer` under a named rule, by
-  :func:`drope_lens.experiments.ablation_setup.prepare_conditions`).
+  :func:`drope_lens.measurement.analysis.prepare_conditions`).
 - ``bos_v_spike`` / ``bos_v_all``: ``hook_v`` zeroed at position 0 in the spike layer / in all layers.
 - ``l1_mlp`` / ``l1_attn`` / ``l1_both``: ``blocks.1.hook_mlp_out`` / ``hook_attn_out`` / both
   zeroed at every position (generated tokens included); ``l1_both_bos``: both at position 0 only.
@@ -93,7 +93,7 @@ def build_condition(
     check_conditions([name])
     n_layers = model.cfg.n_layers
     if name in NEEDS_SPIKE and spike_layer is None:
-        raise ValueError(f"condition {name!r} needs spike_layer (see experiments.ablation_setup.spike_layer).")
+        raise ValueError(f"condition {name!r} needs spike_layer (see drope_lens.measurement.analysis.spike_layer).")
     if name in NEEDS_SPIKE and not 0 <= spike_layer < n_layers:
         raise ValueError(f"spike_layer={spike_layer}: the model has layers 0..{n_layers - 1}.")
     if name.startswith("l1_") and n_layers < 2:

@@ -5,7 +5,10 @@ returned on this rank to ``<out>/<tag>-rank<r>.pkl``:
 
 - ``mv:DIR`` / ``dis:DIR``: Exp 1 / Exp 2 through the Python API with a RunStore under DIR;
   ``mv:-`` / ``dis:-`` without a store;
-- ``cli:DIR``: ``drope-lens run massive-values`` and ``... disruption`` with ``--out DIR``.
+- ``cli:DIR``: ``drope-lens run massive-values`` and ``... disruption`` with ``--out DIR``;
+- ``all:DIR``: every experiment of ``drope-lens run`` at the tiny sizes of :data:`ALL_CLI` (toy DroPE), with
+  ``--out DIR --run-id t`` (tests/test_torchrun_all.py); ``--die-exp X``: rank 1 is killed after
+  its first write in experiment X.
 
 ``--die-after N``: rank 1 exits at once (``os._exit``, no cleanup: a killed process) after
 writing N parts or batch checkpoints in the job named by ``--die-in``.
@@ -31,6 +34,41 @@ CLI_COMMON = ["--device", "cpu", "--max-tokens", "48"]
 CLI_MV = ["run", "massive-values", "--n-texts", "6", "--batch-size", "2", *CLI_COMMON]
 CLI_DIS = ["run", "disruption", "--seeds", "2", "--n-identification", "2", "--n-evaluation", "4",
            "--batch-size", "3", *CLI_COMMON]
+
+#: Every ``drope-lens run`` command at tiny sizes (the toy DroPE model only), each with several
+#: planned batches (or units) to share between two ranks.
+_TEXTS = ["--n-texts", "3", "--batch-size", "2", "--max-tokens", "32"]
+_ABLATION = ["--prompts", "2", "--tasks", "cities", "--n-reference", "2", "--n-evaluation", "2", "--batch-size", "2",
+             "--max-tokens", "32"]
+ALL_CLI = {
+    "massive-values": _TEXTS,
+    "disruption": ["--seeds", "1", "--n-identification", "2", "--n-evaluation", "3", "--batch-size", "2",
+                   "--max-tokens", "32"],
+    "knowledge": ["--tasks", "cities,passkey", "--prompts", "2", "--new-tokens", "2", "--batch-size", "2",
+                  "--reference-tokens", "32"],
+    "bos-ablation": [*_ABLATION, "--conditions", "baseline,bos_mlp"],
+    "layer1-ablation": [*_ABLATION, "--conditions", "baseline,l1_mlp"],
+    "sinks": _TEXTS,
+    "bos-write": _TEXTS,
+    "attention-structure": _TEXTS,
+    "layer-balance": _TEXTS,
+    "context-length": ["--lengths", "128", "--trials", "2", "--max-new-tokens", "3"],
+}
+
+
+def run_all(directory, *, only=None, before_each=None) -> list[int]:
+    """``drope-lens run X ... --out directory --run-id t`` for every X of :data:`ALL_CLI` (or ``only``)."""
+    from drope_lens.cli import main as cli_main
+
+    codes = []
+    for command, options in ALL_CLI.items():
+        if only is not None and command not in only:
+            continue
+        if before_each is not None:
+            before_each(command)
+        codes.append(cli_main(["run", command, "--drope", "bundled:toy/drope", "--device", "cpu", "--out",
+                               str(directory), "--run-id", "t", *options]))
+    return codes
 
 
 @contextlib.contextmanager
@@ -108,6 +146,7 @@ def main() -> int:
     parser.add_argument("--job", action="append", default=[])
     parser.add_argument("--die-after", type=int, default=0)
     parser.add_argument("--die-in", default=None)
+    parser.add_argument("--die-exp", default=None)
     args = parser.parse_args()
 
     from drope_lens.engine import distributed
@@ -126,9 +165,13 @@ def _jobs(args, me) -> int:
     for job in args.job:
         kind, _, directory = job.partition(":")
         store_root = None if directory == "-" else directory
-        if args.die_after and job == args.die_in and me.rank == 1:
+        if args.die_after and job == args.die_in and me.rank == 1 and kind != "all":
             _die_after(args.die_after)
-        if kind == "cli":
+        if kind == "all":
+            arm = lambda command: _die_after(1) if (job == args.die_in and me.rank == 1  # noqa: E731
+                                                     and command == args.die_exp) else None
+            result = run_all(directory, before_each=arm)
+        elif kind == "cli":
             from drope_lens.cli import main as cli_main
 
             result = [cli_main([*CLI_MV, "--out", directory]), cli_main([*CLI_DIS, "--out", directory])]

@@ -128,7 +128,7 @@ def test_sinks_spike_layers_match_hugging_face(checkpoint_factory):
     without the embedding's norm (bos_norm_pre of layer 0 taken as 0), or first_above coding
     'none' as -1."""
     from drope_lens.experiments import sinks
-    from drope_lens.experiments.ablation_setup import prepare_conditions
+    from drope_lens.measurement.analysis import prepare_conditions
 
     path, ref = checkpoint_factory(num_hidden_layers=3)
     model = dl.load_model(path)
@@ -196,7 +196,7 @@ def test_cli_spike_rules_are_the_analysis_rules():
     """Planted bug: a rule added to drope_lens.measurement.analysis but not to the CLI's choices (options.py
     repeats them so that --help imports no numpy)."""
     from drope_lens.measurement import analysis
-    from drope_lens.experiments import options
+    from drope_lens.engine import options
 
     assert tuple(options.SPIKE_RULES) == tuple(analysis.SPIKE_RULES)
     assert options.DEFAULT_SPIKE_RULE == analysis.DEFAULT_SPIKE_RULE

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import drope_lens as dl
-from drope_lens.experiments.ablation_setup import bos_norm_ratios, prepare_conditions, spike_layer
+from drope_lens.measurement.analysis import bos_norm_ratios, prepare_conditions, spike_layer
 from drope_lens.measurement.generation import greedy_generate, padded_forward
 from drope_lens.hooks.conditions import CONDITIONS, batched_conditions, build_condition, check_conditions
 

@@ -28,8 +28,8 @@ import torch
 import dist_worker as W
 import drope_lens as dl
 from drope_lens.engine import distributed
-from drope_lens.experiments.common import progress
-from drope_lens.experiments.engine import gather, plan_sweep
+from drope_lens.engine.sweep import progress
+from drope_lens.engine.sweep import gather, plan_sweep
 from drope_lens.engine.results import RunStore
 
 WORKER = Path(__file__).parent / "dist_worker.py"

@@ -10,7 +10,7 @@ import torch
 import drope_lens as dl
 from builders import plant_massive_dims, reference_model, save_checkpoint, tiny_config
 from drope_lens.experiments import disruption, massive_values
-from drope_lens.experiments.common import tokenize
+from drope_lens.measurement.tokens import tokenize
 from drope_lens.engine.results import RunStore, load_run
 from drope_lens.measurement.texts import REGISTERS, Text, builtin_texts, load_texts, split_texts
 
@@ -322,7 +322,7 @@ def test_massive_values_early_stop_leaves_the_model_clean(planted):
 @pytest.mark.parametrize("max_tokens", [16, 100, 512])
 def test_prefix_tokenisation_equals_whole_text_tokenisation(planted, max_tokens):
     """tokenize() reads only a prefix of each text; the tokens kept are those of the whole text."""
-    from drope_lens.experiments.common import tokenize
+    from drope_lens.measurement.tokens import tokenize
     from drope_lens.measurement.texts import Text, builtin_texts, toy_texts
 
     texts = builtin_texts() + toy_texts()[:4] + [Text("short", "x", "a few words only")]

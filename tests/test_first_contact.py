@@ -96,7 +96,7 @@ def test_massive_values_defaults_suit_the_toy_pair(toy_pair):
     import warnings
 
     from drope_lens.experiments import massive_values
-    from drope_lens.experiments.common import OutOfDistributionWarning
+    from drope_lens.measurement.tokens import OutOfDistributionWarning
 
     rope, _ = toy_pair
     with warnings.catch_warnings():
@@ -135,7 +135,7 @@ def test_disruption_defaults_and_the_out_of_distribution_warning(toy_pair):
     import warnings
 
     from drope_lens.experiments import disruption
-    from drope_lens.experiments.common import OutOfDistributionWarning
+    from drope_lens.measurement.tokens import OutOfDistributionWarning
     from drope_lens.measurement.texts import builtin_texts
 
     rope, _ = toy_pair

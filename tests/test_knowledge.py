@@ -13,8 +13,9 @@ import torch
 
 import drope_lens as dl
 from drope_lens.experiments import bos_ablation, knowledge, layer1_ablation
-from drope_lens.experiments.ablation_setup import prepare_conditions
-from drope_lens.experiments.task_eval import TASK_COLUMNS, degradation, task_rows
+from drope_lens.measurement.analysis import prepare_conditions
+from drope_lens.engine.tasks import TASK_COLUMNS, task_rows
+from drope_lens.measurement.summaries import degradation
 from drope_lens.engine.results import RunStore
 from drope_lens.measurement.scoring import answer_token_ids
 from drope_lens.measurement.tasks import TaskItem
@@ -314,7 +315,7 @@ def test_category_ci_is_a_bootstrap_over_items():
 def test_conditions_are_prepared_on_512_tokens_like_exp_4_to_6(checkpoint_factory, monkeypatch):
     """Exp 3 prepares the spike layer / massive dims on the same first 512 tokens as Exp 4-6
     (capped at the model's n_ctx). Planted bug: the old default of 256 tokens."""
-    from drope_lens.experiments import ablation_setup
+    from drope_lens.measurement import analysis as ablation_setup
 
     seen = {}
     original = ablation_setup.bos_norm_profile

@@ -2,8 +2,10 @@
 
 Issue 21: a reader of one experiment must not have to read others. No module of
 ``drope_lens.experiments`` that is an experiment (a command of ``CLI_EXPERIMENTS``) imports
-another experiment, and the shared modules (common, engine, measurement, ...) import none; what
-several experiments need lives in :mod:`drope_lens.measurement.analysis`.
+another experiment; ``experiments/`` holds those modules and ``__init__.py`` only; what several
+experiments need lives below them (:mod:`drope_lens.measurement.analysis`, ``.tokens``,
+``.summaries``; the engine, :mod:`drope_lens.engine`), which tests/test_layers.py keeps from
+importing ``drope_lens.experiments``.
 """
 
 from __future__ import annotations
@@ -63,3 +65,11 @@ def test_no_experiment_imports_another_experiment(module):
     kind = "the experiment" if module in EXPERIMENTS else "the shared module"
     assert not others, (f"{kind} {module} imports the experiment(s) {sorted(others)}: move what they share into "
                         "drope_lens.measurement.analysis (or a shared module) and import it from there")
+
+
+def test_experiments_folder_holds_one_module_per_experiment_and_nothing_else():
+    files = {p.name for p in EXPERIMENTS_DIR.iterdir() if p.name != "__pycache__"}
+    allowed = {"__init__.py"} | {f"{module}.py" for module in EXPERIMENTS}
+    assert files == allowed, (f"experiments/ must hold one module per experiment of CLI_EXPERIMENTS and __init__.py; "
+                              f"extra: {sorted(files - allowed)}, missing: {sorted(allowed - files)}. Shared code "
+                              "belongs in drope_lens.engine or drope_lens.measurement (analysis, tokens, summaries).")

@@ -13,8 +13,9 @@ import torch
 import drope_lens as dl
 from builders import plant_massive_qk, reference_model, save_checkpoint, tiny_config
 from drope_lens.experiments import attention_structure, bos_write, layer_balance, sinks
-from drope_lens.experiments.common import tokenize
-from drope_lens.experiments.measurement import bootstrap_ci, measure
+from drope_lens.measurement.tokens import tokenize
+from drope_lens.engine.measure import measure
+from drope_lens.measurement.summaries import bootstrap_ci
 from drope_lens.engine.results import RunStore
 from drope_lens.measurement.texts import Text, TextInputError
 
@@ -194,7 +195,7 @@ def test_layer_balance_matches_cache(pair, variant):
 
 
 def test_one_forward_serves_every_measurement_and_runs_resume(pair, tmp_path, monkeypatch):
-    from drope_lens.experiments import measurement as engine
+    from drope_lens.engine import measure as engine
 
     path, ref, model = pair["qk_norm_nope"]
     texts = _texts(5)

@@ -29,8 +29,8 @@ import pytest
 import torch
 
 import drope_lens as dl
+from drope_lens.engine import ablation as ablation_sweep
 from drope_lens.experiments import (
-    ablation_sweep,
     attention_structure,
     bos_write,
     context_length,

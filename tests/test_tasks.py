@@ -168,7 +168,7 @@ def test_logit_and_generation_scores():
 
 
 def test_unparseable_answers_stay_in_the_denominator():
-    from drope_lens.experiments.task_eval import accuracy_table
+    from drope_lens.measurement.summaries import accuracy_table
 
     df = pd.DataFrame({
         "variant": "rope", "task": "sports", "condition": "baseline", "sample": range(4),

@@ -10,7 +10,7 @@ import pytest
 
 import drope_lens as dl
 from drope_lens.experiments import disruption, massive_values
-from drope_lens.experiments.common import tokenize
+from drope_lens.measurement.tokens import tokenize
 from drope_lens.measurement.texts import Text, TextInputError, as_texts, load_texts
 
 SENTENCES = [

@@ -84,7 +84,7 @@ def test_no_option_is_claimed_by_torchrun():
 
 def test_the_old_spelling_names_the_new_one(capsys):
     from drope_lens.cli import main
-    from drope_lens.experiments.options import RENAMED
+    from drope_lens.engine.options import RENAMED
 
     assert set(RENAMED) == {"--n"}
     for argv in (["run", "context-length", "--n", "3"], ["run", "knowledge", "--n=3"]):

@@ -8,7 +8,7 @@
    score, entropy, local masses, distance profile, attention received): CUDA-event medians and peak
    GPU memory, the ratios printed. At 4k the Triton path is also compared with the chunked PyTorch
    path (max |difference| per statistic, all layers) and with statistics from ``hook_pattern``.
-2. Study size: Exp 4 + 5 + 7 + 8-9 together (one :func:`drope_lens.experiments.measurement.measure`
+2. Study size: Exp 4 + 5 + 7 + 8-9 together (one :func:`drope_lens.engine.measure.measure`
    call, 10 texts x 512 tokens, one batch) against bare forwards over the same token rows.
 
 Random weights: speed and memory do not depend on the values (DESIGN.md).
@@ -118,8 +118,8 @@ def agreement(model, length: int) -> dict:
 
 def study_size(model, texts, repeat: int) -> dict:
     from drope_lens.experiments import attention_structure, bos_write, layer_balance, sinks
-    from drope_lens.experiments.common import tokenize
-    from drope_lens.experiments.measurement import measure
+    from drope_lens.measurement.tokens import tokenize
+    from drope_lens.engine.measure import measure
 
     parts = [sinks.measurement(sinks.SinksConfig()), bos_write.measurement(bos_write.BosWriteConfig()),
              attention_structure.measurement(attention_structure.AttentionStructureConfig()),

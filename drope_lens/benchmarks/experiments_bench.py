@@ -74,7 +74,7 @@ def main() -> None:
 
     import drope_lens as dl
     from drope_lens.experiments import disruption, massive_values
-    from drope_lens.experiments.common import batches_by_length, tokenize
+    from drope_lens.measurement.tokens import batches_by_length, tokenize
     from drope_lens.measurement.texts import builtin_texts, split_texts
     from transformers import LlamaForCausalLM
 

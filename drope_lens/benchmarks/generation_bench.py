@@ -19,28 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import torch
 
 from .random_checkpoint import bench_pair
+from .timing import cuda_median
 
 N_PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 8, 256, 32
-
-
-def cuda_median(fn, repeat: int) -> tuple[float, object]:
-    """Median seconds of ``fn`` over ``repeat`` runs, timed with CUDA events, and its last result."""
-    times, result = [], None
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        result = fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times), result
 
 
 def checkpoint(workdir: Path) -> Path:

@@ -3,7 +3,7 @@
 
 420 prompts (cities 200, sports 100, reviews 100, passkey 20) x 3 conditions (baseline,
 topk_mean_q_k pre-rotary, massive_zero), logit scoring at the last prompt position plus 20 greedy
-new tokens (stop at EOS). Ours: :func:`drope_lens.experiments.task_eval.task_rows` with the
+new tokens (stop at EOS). Ours: :func:`drope_lens.engine.tasks.task_rows` with the
 conditions mixed in batches. HF: per condition, ``generate`` over the same prompts in batches of
 the same size (left padding), the condition as forward hooks on ``q_proj``/``k_proj`` (the
 pre-rotary projections, what ``hook_q``/``hook_k`` see), prefill logits from ``output_scores``.
@@ -92,14 +92,14 @@ def _hf_run(hf, model, rows, condition, prepared, score_ids):
 def sweep_part(model, hf, repeat: int = 1, prompts: Optional[int] = None) -> dict:
     """Times the sweep (module docstring). ``prompts``: an evenly spaced subset of that many of the
     420 prompts (every task keeps its share), for a run that must end within minutes; None: all."""
-    from drope_lens.experiments.ablation_setup import prepare_conditions
-    from drope_lens.experiments.task_eval import task_rows
+    from drope_lens.engine.tasks import task_rows
+    from drope_lens.measurement.analysis import prepare_conditions
     from drope_lens.measurement.generation import prompt_ids
     from drope_lens.measurement.scoring import answer_token_ids
     from drope_lens.measurement.tasks import load_task
     from drope_lens.measurement.texts import builtin_texts
 
-    from .generation_bench import cuda_median
+    from .timing import cuda_median
 
     items = [item for task in TASKS for item in load_task(task)]
     if prompts is not None:

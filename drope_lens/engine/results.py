@@ -313,7 +313,7 @@ class RunStore:
         with other values (every differing field is named with both values). With
         ``overwrite=True`` the directory is first deleted (once per store object). Under
         ``torchrun``, rank 0 reads and writes and every rank gets its verdict. ``device``: where
-        the model computes (for creating the process group, as :func:`~drope_lens.experiments.engine.plan_sweep`).
+        the model computes (for creating the process group, as :func:`~drope_lens.engine.sweep.plan_sweep`).
         """
         fields = canonical(dict(fields))
         fields.setdefault("schema_version", RESULT_SCHEMA_VERSION)

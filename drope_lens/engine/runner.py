@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 # Imported where used, not here: `drope-lens --help` and argument errors must not wait for
-# torch, pandas or TransformerLens (see drope_lens.experiments.options).
+# torch, pandas or TransformerLens (see drope_lens.engine.options).
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 

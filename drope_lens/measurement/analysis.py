@@ -30,13 +30,17 @@ category of its own, never a number.
   is massive when ``M[h, i] > threshold * mean(M)`` over all heads x dims of its layer and tensor.
 - :func:`bos_norm_profile`, :func:`bos_norm_ratios`: the BOS-norm profile (ratios and norms) that
   the spike-layer rules above take, for the ablation conditions of Exp 3-6.
+- :func:`prepare_conditions`: what the ablation conditions of Exp 3-6 need from a model before
+  they run (its spike layer, its massive Q/K entries, computed on reference texts disjoint from
+  the task prompts and evaluation texts), and the conditions built from them.
 
-They tokenise with :func:`drope_lens.experiments.common.tokenize` (imported when called).
+They tokenise with :func:`drope_lens.measurement.tokens.tokenize` (imported when called).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Optional, Sequence
 
 import numpy as np
@@ -48,6 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from jaxtyping import Bool, Float
 
+    from drope_lens.hooks.conditions import Condition
     from drope_lens.measurement.texts import TextsLike
 
 SpikeRule = Literal["argmax", "first_above", "jump"]
@@ -236,10 +241,10 @@ def identify_massive(
     bos: str = "checkpoint",
 ) -> Masks:
     """Massive (head, dim) entries of q and k per layer, from M averaged over ``texts`` (Exp 2's
-    identification; ``bos``: ``"checkpoint"`` or ``"always"``, see ``experiments.common.tokenize``)."""
+    identification; ``bos``: ``"checkpoint"`` or ``"always"``, see ``drope_lens.measurement.tokens.tokenize``)."""
     import torch
 
-    from drope_lens.experiments.common import batches_by_length, tokenize
+    from drope_lens.measurement.tokens import batches_by_length, tokenize
     from drope_lens.measurement.texts import as_texts
 
     texts = as_texts(texts, name_prefix="identification")
@@ -259,6 +264,42 @@ def identify_massive(
     return masks
 
 
+def random_masks(massive: Masks, seed: int, pool: str = "non_massive") -> Masks:
+    """Per layer and tensor, as many random entries as ``massive`` has, drawn with ``seed`` (Exp 2's
+    random control; ``pool="all"`` draws from all entries, massive ones included)."""
+    import torch
+
+    out: Masks = {}
+    for t_index, (tensor, layers) in enumerate(sorted(massive.items())):
+        out[tensor] = {}
+        for layer, mask in sorted(layers.items()):
+            rng = np.random.default_rng([seed, layer, t_index])
+            candidates = np.flatnonzero(~mask.numpy().ravel()) if pool == "non_massive" else np.arange(mask.numel())
+            count = int(mask.sum())
+            if count > candidates.size:
+                raise ValueError(f"layer {layer} {tensor}: {count} massive entries but only {candidates.size} to draw from.")
+            chosen = rng.choice(candidates, size=count, replace=False)
+            flat = torch.zeros(mask.numel(), dtype=torch.bool)
+            flat[torch.from_numpy(chosen)] = True
+            out[tensor][layer] = flat.view(mask.shape)
+    return out
+
+
+def identification_frame(model, masks: Masks) -> pd.DataFrame:
+    """The identified massive entries as a tidy frame: model, layer, tensor, count, heads, dims."""
+    import torch
+
+    from drope_lens.measurement.tokens import model_name, model_variant
+
+    rows = []
+    for tensor, layers in sorted(masks.items()):
+        for layer, mask in sorted(layers.items()):
+            heads, dims = torch.nonzero(mask, as_tuple=True)
+            rows.append({"model": model_name(model), "variant": model_variant(model), "layer": layer,
+                         "tensor": tensor, "count": int(mask.sum()), "heads": heads.tolist(), "dims": dims.tolist()})
+    return pd.DataFrame(rows)
+
+
 # ------------------------------------------------------------------------------------------
 # BOS-norm profile (the spike layer of the ablation conditions, Exp 3-6)
 # ------------------------------------------------------------------------------------------
@@ -273,7 +314,7 @@ def bos_norm_profile(model, texts: "TextsLike", *, max_tokens: int = 512, bos: s
     """
     import torch
 
-    from drope_lens.experiments.common import batches_by_length, tokenize
+    from drope_lens.measurement.tokens import batches_by_length, tokenize
     from drope_lens.hooks.capture import capture_bos_norms
     from drope_lens.measurement.texts import as_texts
 
@@ -297,3 +338,75 @@ def bos_norm_ratios(model, texts: "TextsLike", *, max_tokens: int = 512, bos: st
     """Per layer: ||resid_post[0]|| / mean_{t>=1} ||resid_post[t]||, averaged over ``texts``
     (float64 array of length n_layers; see :func:`bos_norm_profile`)."""
     return bos_norm_profile(model, texts, max_tokens=max_tokens, bos=bos, batch_size=batch_size)[0]
+
+
+# ------------------------------------------------------------------------------------------
+# Condition preparation (the ablation conditions of Exp 3-6)
+# ------------------------------------------------------------------------------------------
+@dataclass
+class ConditionSet:
+    """The conditions of one model, built, plus what they were built from."""
+
+    conditions: dict[str, Condition]
+    spike_layer: Optional[int] = None
+    spike_rule: Optional[str] = None
+    spike_threshold: Optional[float] = None
+    spike_layers: dict = field(default_factory=dict)  # every rule's layer (None: no spike)
+    bos_ratios: list[float] = field(default_factory=list)
+    bos_norms: list[float] = field(default_factory=list)
+    massive_masks: Optional[dict] = None
+
+    def info(self, name: str) -> dict:
+        return self.conditions[name].info
+
+
+def prepare_conditions(
+    model,
+    names: Sequence[str],
+    reference_texts: "TextsLike",
+    *,
+    rotary: str = "pre",
+    max_tokens: int = 512,
+    bos: str = "checkpoint",
+    threshold: float = 5.0,
+    batch_size: int = 8,
+    spike_rule: str = DEFAULT_SPIKE_RULE,
+    spike_threshold: float = SPIKE_THRESHOLD,
+) -> ConditionSet:
+    """Build ``names`` for ``model``: the spike layer and massive masks are computed from the first
+    ``max_tokens`` tokens of ``reference_texts`` only if a condition needs them.
+
+    The spike layer is ``spike_rule`` (:data:`SPIKE_RULES`) applied to the
+    model's mean BOS profile over the reference texts; every rule's layer is recorded
+    (``spike_layers``). No spike under the chosen rule is an error (never another layer).
+    ``threshold``: Exp 2's massive-value threshold; ``spike_threshold``: the ``first_above`` ratio.
+    """
+    from drope_lens.hooks.conditions import NEEDS_MASSIVE, NEEDS_SPIKE, build_condition, check_conditions
+
+    names = check_conditions(names)
+    check_spike_rule(spike_rule)
+    out = ConditionSet({})
+    if any(n in NEEDS_SPIKE for n in names):
+        ratios, norms = bos_norm_profile(model, reference_texts, max_tokens=max_tokens, bos=bos,
+                                         batch_size=batch_size)
+        out.spike_layers = spike_layers_all(ratios, spike_threshold, norms)
+        out.spike_rule, out.spike_threshold = spike_rule, spike_threshold
+        out.spike_layer = out.spike_layers[spike_rule]
+        out.bos_ratios = [float(r) for r in ratios]
+        out.bos_norms = [float(r) for r in norms]
+        if out.spike_layer is None:
+            needing = [n for n in names if n in NEEDS_SPIKE]
+            raise ValueError(f"conditions {needing} need a spike layer, but under spike rule {spike_rule!r} the model "
+                             f"has none (mean BOS ratios per layer {np.round(ratios, 3).tolist()}; threshold "
+                             f"{spike_threshold:g}); other rules give {out.spike_layers}. Choose another "
+                             f"--spike-rule (allowed: {list(SPIKE_RULES)}).")
+    if any(n in NEEDS_MASSIVE for n in names):
+        out.massive_masks = identify_massive(model, reference_texts, threshold=threshold, max_tokens=max_tokens,
+                                             rotary=rotary, batch_size=batch_size, bos=bos)
+    for name in names:
+        condition = build_condition(model, name, rotary=rotary, spike_layer=out.spike_layer,
+                                    massive_masks=out.massive_masks)
+        if name in NEEDS_SPIKE:
+            condition.info["spike_rule"] = out.spike_rule
+        out.conditions[name] = condition
+    return out

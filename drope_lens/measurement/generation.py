@@ -174,7 +174,7 @@ class _Cache:
 # ------------------------------------------------------------------------------------------
 def prompt_ids(model, prompts: Sequence[Prompt], *, bos: str = "checkpoint") -> list[list[int]]:
     """Token ids of each prompt: strings through the model's tokenizer (position 0 as ``bos``
-    says, see :func:`drope_lens.experiments.common.tokenize`), token lists and tensors as given."""
+    says, see :func:`drope_lens.measurement.tokens.tokenize`), token lists and tensors as given."""
     if isinstance(prompts, (str, torch.Tensor)):
         prompts = [prompts] if isinstance(prompts, str) or prompts.ndim == 1 else list(prompts)
     if bos not in ("checkpoint", "always"):

@@ -305,3 +305,56 @@ def make_trial(fmt: str, length: int, depth: Optional[float], trial: int, seed: 
                                    if verification else (0, 0))
     return Trial(fmt, length, drawn, trial, needle, words, render(needle, words, drawn), tokens, candidates,
                  verify_words, verify_tokens)
+
+
+# ------------------------------------------------------------------------------------------
+# A model's side of the trials: its token counter, the answer tokens, a cell's trials
+# ------------------------------------------------------------------------------------------
+def token_counter(model, bos: str = "checkpoint") -> Counter:
+    """Tokens of a text as ``model`` reads it (with its special tokens, and a BOS when ``bos="always"``
+    and the tokenizer adds none): the length measure of :func:`fit_words`."""
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise ValueError(f"{getattr(getattr(model, 'lens', None), 'source', 'the model')} has no tokenizer; Exp 10 builds prompts from text.")
+    extra = bos == "always" and tokenizer.bos_token_id is not None
+
+    def count(text: str) -> int:
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        return len(ids) + (1 if extra and (not ids or ids[0] != tokenizer.bos_token_id) else 0)
+
+    return count
+
+
+def answer_token(tokenizer, word: str, prompt: str = "Answer Yes or No:", space: bool = True) -> int:
+    """First token of `` word`` (``space=False``: of ``word``) as it follows ``prompt``."""
+    head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    text = (" " if space else "") + word
+    full = tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
+    if full[: len(head)] == head and len(full) > len(head):
+        return int(full[len(head)])
+    return int(tokenizer(text, add_special_tokens=False)["input_ids"][0])
+
+
+def yes_no_tokens(tokenizer) -> tuple[int, int]:
+    """The first tokens of " Yes" and " No"; of "Yes" and "No" when a tokenizer makes the space a
+    token of its own (both answers would then start with it)."""
+    pair = answer_token(tokenizer, "Yes"), answer_token(tokenizer, "No")
+    if pair[0] == pair[1]:
+        pair = answer_token(tokenizer, "Yes", space=False), answer_token(tokenizer, "No", space=False)
+    return pair
+
+
+def make_trials(fmt: str, length: int, depth: Optional[float], n: int, seed: int, count: Counter,
+                key_divisor: Optional[int] = None, verify: bool = True) -> list[Trial]:
+    """The cell's ``n`` trials. Fitting a prompt to its length tokenises it about ten times (the
+    host's share of Exp 10 at long lengths); trials are independent (each seeded by itself), so
+    they are built on threads: the fast tokenizer releases the GIL while it encodes."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(n, os.cpu_count() or 1)
+    build = lambda i: make_trial(fmt, length, depth, i, seed, count, key_divisor, verify)  # noqa: E731
+    if workers < 2:
+        return [build(i) for i in range(n)]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(build, range(n)))

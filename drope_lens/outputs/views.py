@@ -150,7 +150,7 @@ def attention_heads(
     subset of head indices to draw (default all). ``prepend_bos``: as the models' defaults unless given.
     A text longer than a model's ``n_ctx`` is an error unless ``truncate=True`` (then cut, and said so).
     """
-    from drope_lens.experiments.common import model_name, model_variant
+    from drope_lens.measurement.tokens import model_name, model_variant
 
     tokens = []
     for model in (rope, drope):

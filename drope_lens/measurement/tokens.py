@@ -1,4 +1,6 @@
-"""Shared pieces of the experiments: tokenising texts, batching, perplexity, progress bars."""
+"""Texts into model inputs, as every experiment takes them: the position-0 (BOS) policy,
+tokenising and cutting texts, batching equal lengths, next-token NLL, model names, and the
+defaults that suit a model (its texts, tokens per text, the out-of-distribution warning)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ from typing import Iterator, Literal, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from tqdm.auto import tqdm
 
 from drope_lens.measurement.texts import Text, TextInputError, TextsLike, as_texts
 
@@ -40,29 +41,6 @@ def model_name(model) -> str:
 def model_variant(model) -> str:
     spec = getattr(model, "lens", None)
     return spec.variant if spec is not None else "unknown"
-
-
-def bind_store(store, model, experiment: str, config, **content):
-    """``store`` bound to this model's fingerprint (None stays None): ``experiment`` (a label),
-    ``config`` (the experiment's config dataclass, every field), ``content`` (what the rows are
-    computed from, by content: :func:`~drope_lens.engine.results.texts_fingerprint`,
-    :func:`~drope_lens.engine.results.items_fingerprint`, other settings) and the model's
-    :func:`~drope_lens.engine.results.model_fingerprint`. The scope is :func:`unit_prefix`; see
-    :meth:`drope_lens.engine.results.RunStore.bind` (raises before any work when the directory holds
-    another configuration)."""
-    if store is None:
-        return None
-    from drope_lens.engine.results import model_fingerprint
-
-    fields = {"experiment": experiment, "config": config, **content, "model": model_fingerprint(model)}
-    return store.bind(unit_prefix(model), fields, device=model.cfg.device)
-
-
-def unit_prefix(model) -> str:
-    """Names a model's units in a run store: variant plus a short hash of its source."""
-    import hashlib
-
-    return f"{model_variant(model)}-{hashlib.sha256(model_name(model).encode()).hexdigest()[:6]}"
 
 
 PREFIX_CHARS_PER_TOKEN = 6  # generous: English BPE averages about 4 characters per token
@@ -170,50 +148,6 @@ def sequence_nll(
     return torch.stack(rows)
 
 
-class HostCopy:
-    """Tensors (a tensor or a nested dict of them) copied from the device into pinned host memory
-    without blocking; ``host()`` waits for those copies only, so the next forward can already be
-    queued. CPU tensors are passed through."""
-
-    def __init__(self, tree):
-        self.tree = self._copy(tree)
-        # one event per device the copies run on (the tensors' devices: a model split over GPUs,
-        # or on a GPU other than the current one), recorded on that device's current stream
-        self.events = []
-        for device in sorted(self._cuda_devices(tree), key=str):
-            event = torch.cuda.Event()
-            event.record(torch.cuda.current_stream(device))
-            self.events.append(event)
-
-    @classmethod
-    def _copy(cls, tree):
-        if isinstance(tree, dict):
-            return {k: cls._copy(v) for k, v in tree.items()}
-        if not tree.is_cuda:
-            return tree
-        out = torch.empty(tree.shape, dtype=tree.dtype, pin_memory=True)
-        out.copy_(tree, non_blocking=True)
-        return out
-
-    @classmethod
-    def _cuda_devices(cls, tree) -> set:
-        if isinstance(tree, dict):
-            return set().union(*(cls._cuda_devices(v) for v in tree.values()))
-        return {tree.device} if tree.is_cuda else set()
-
-    def host(self):
-        for event in self.events:
-            event.synchronize()
-        return self.tree
-
-
-def progress(iterable, total: int, desc: str, enabled: bool = True):
-    """A progress bar (shown on rank 0 only under torchrun: it counts rank 0's share)."""
-    from drope_lens.engine.distributed import is_main
-
-    return tqdm(iterable, total=total, desc=desc, disable=not (enabled and is_main()), leave=False)
-
-
 # ------------------------------------------------------------------------------------------
 # Defaults of the Python API that suit the model (what the CLI does: texts, max_tokens) and
 # the warning when a model's perplexity says the texts are not its kind of text.
@@ -269,6 +203,6 @@ def warn_if_out_of_distribution(model, nll_per_text: Sequence[float]) -> None:
         warnings.warn(
             f"{model_name(model)}: median perplexity {median_ppl:,.0f} over {len(nll_per_text)} texts is above its "
             f"vocabulary size {vocab:,} (a uniform guess): these texts are out of the model's distribution and its "
-            "numbers on them mean little. Use texts like its training data (drope_lens.experiments.common."
+            "numbers on them mean little. Use texts like its training data (drope_lens.measurement.tokens."
             "default_texts(model); for the toy pair drope_lens.measurement.texts.toy_texts()).",
             OutOfDistributionWarning, stacklevel=3)

@@ -1,9 +1,9 @@
-"""Ablation sweeps measured by perplexity and task accuracy: the shared body of Exp 4/5
-(:mod:`.bos_ablation`) and Exp 6 (:mod:`.layer1_ablation`).
+"""The engine's ablation-sweep mode, measured by perplexity and task accuracy: the shared body of
+Exp 4/5 (:mod:`drope_lens.experiments.bos_ablation`) and Exp 6 (:mod:`drope_lens.experiments.layer1_ablation`).
 
 For each model: the conditions are prepared on reference texts (spike layer from the BOS-norm
 ratio, recorded), then (1) perplexity of every evaluation text under every condition and (2) the
-tasks under every condition (:func:`.task_eval.task_rows`). One DataFrame, ``measure`` =
+tasks under every condition (:func:`.tasks.task_rows`, its generation batches shared among ranks). One DataFrame, ``measure`` =
 ``"perplexity"`` rows (``text``, ``nll``, ``ppl``) or ``"task"`` rows (the task columns).
 Reference and evaluation texts must be disjoint.
 """
@@ -16,14 +16,17 @@ from typing import Literal, Optional, Sequence
 import pandas as pd
 
 from drope_lens.measurement import analysis
+from drope_lens.measurement.analysis import prepare_conditions
+from drope_lens.engine.distributed import is_main
 from drope_lens.hooks.conditions import check_conditions
 from drope_lens.engine.results import RunStore, items_fingerprint, texts_fingerprint
+from drope_lens.measurement.summaries import condition_layers, perplexity_summary, wide_table
 from drope_lens.measurement.tasks import check_tasks, load_task
 from drope_lens.measurement.texts import TextsLike, as_texts
+from drope_lens.measurement.tokens import BosPolicy, check_bos, model_variant, tokenize
 
-from .ablation_setup import prepare_conditions
-from .common import BosPolicy, bind_store, check_bos, tokenize, unit_prefix
-from .task_eval import accuracy_table, condition_layers, condition_meta, perplexity_rows, perplexity_table, task_rows
+from .sweep import bind_store, unit_prefix
+from .tasks import condition_meta, perplexity_rows, task_rows
 
 
 @dataclass(frozen=True)
@@ -68,55 +71,23 @@ def run_sweep(model, reference_texts: TextsLike, evaluation_texts: TextsLike, co
     prepared = prepare_conditions(model, config.conditions, reference, max_tokens=config.max_tokens, bos=config.bos,
                                   spike_rule=config.spike_rule)
     prefix = unit_prefix(model)
-    if store is not None:
+    if store is not None and is_main():
         store.save_extra(f"conditions-{prefix}", pd.DataFrame([condition_meta(prepared)]).astype(str))
-    frames = []
-    unit = f"{prefix}-perplexity"
+
+    unit = f"{prefix}-perplexity"  # a finished sweep is read back; otherwise its batches are shared among ranks
     if store is not None and store.has(unit):
-        frames.append(store.load_part(unit))
+        frames = [store.load_part(unit).assign(measure="perplexity")]
     else:
         tokens = tokenize(model, evaluation, config.max_tokens, bos=config.bos)
-        frame = perplexity_rows(model, tokens, [t.name for t in evaluation], prepared.conditions,
-                                batch_size=config.batch_size, show_progress=show_progress).assign(measure="perplexity")
-        if store is not None:
-            store.save_part(unit, frame)
-        frames.append(frame)
-    for task in config.tasks:
-        unit = f"{prefix}-task-{task}"
-        if store is not None and store.has(unit):
-            frames.append(store.load_part(unit))
-            continue
-        frame = task_rows(model, items[task], prepared.conditions,
-                          new_tokens=config.new_tokens, batch_size=config.batch_size, bos=config.bos,
-                          show_progress=show_progress).assign(measure="task")
-        if store is not None:
-            store.save_part(unit, frame)
-        frames.append(frame)
+        frames = [perplexity_rows(model, tokens, [t.name for t in evaluation], prepared.conditions,
+                                  batch_size=config.batch_size, show_progress=show_progress, store=store,
+                                  unit=unit).assign(measure="perplexity")]
+    for name in config.tasks:  # a finished task is read back; the others' batches are shared among ranks
+        unit = f"{prefix}-task-{name}"
+        frames.append((store.load_part(unit) if store is not None and store.has(unit) else task_rows(
+            model, items[name], prepared.conditions, new_tokens=config.new_tokens, batch_size=config.batch_size,
+            bos=config.bos, show_progress=show_progress, store=store, unit=unit)).assign(measure="task"))
     return pd.concat(frames, ignore_index=True)
-
-
-def perplexity_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean PPL per model and condition, ratio to baseline with bootstrap CI and Wilcoxon p."""
-    return perplexity_table(df[df.measure == "perplexity"])
-
-
-def task_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy per model, task and condition (empty when no task ran)."""
-    tasks = df[df.measure == "task"]
-    return accuracy_table(tasks) if len(tasks) and "task" in tasks.columns else pd.DataFrame()
-
-
-def wide_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per model and condition: PPL, PPL ratio and each task's primary accuracy."""
-    ppl = perplexity_summary(df)[["variant", "condition", "layer", "spike_rule", "ppl", "ppl_ratio"]]
-    tasks = task_summary(df)
-    if tasks.empty:
-        return ppl
-    acc = tasks.pivot_table(index=["variant", "condition"], columns="task", values="accuracy").reset_index()
-    return ppl.merge(acc, on=["variant", "condition"], how="left")
-
-
-from .options import ablation as add_cli_arguments  # noqa: E402  (options importable without torch)
 
 
 def run_cli(ctx, experiment: str, title: str) -> int:

@@ -1,14 +1,16 @@
-"""Measurement forwards shared by Exp 4, 5, 7 and 8-9: texts in, one tidy frame per measurement out.
+"""The engine's measurement mode (Exp 4, 5, 7 and 8-9): texts in, one tidy frame per measurement out.
 
 A :class:`Measurement` names the hooks it needs (capture hooks writing into a per-batch dict), the
 attention statistics it needs (window, distances), and how to turn one batch's captures into rows.
 :func:`measure` tokenises the texts, runs one forward per batch of equal-length texts with the
 union of every measurement's hooks (attention statistics are computed once per distinct request,
 by :func:`drope_lens.hooks.capture_attention_stats`), saves each text's rows as a RunStore unit,
-and skips texts already saved. Several measurements therefore share one forward.
+and skips texts already saved. Several measurements therefore share one forward. Chunks of
+``batch_size`` texts are the planned batches of :func:`drope_lens.engine.sweep.run_sweep`: shared
+among ranks under ``torchrun``, each text always measured in the same batch.
 
-Summaries: :func:`summarize` (mean, std and a bootstrap 95% CI over texts) and
-:func:`compare_variants` (RoPE vs DroPE side by side).
+Summaries over texts live in :mod:`drope_lens.measurement.summaries` (:func:`~drope_lens.measurement.summaries.summarize`,
+:func:`~drope_lens.measurement.summaries.compare_variants`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import torch
 from drope_lens.hooks import capture_attention_stats
 from drope_lens.engine.results import RunStore, texts_fingerprint
 from drope_lens.measurement.texts import Text, TextsLike, as_texts
+from drope_lens.measurement.tokens import BosPolicy, batches_by_length, check_bos, model_name, model_variant, tokenize
 
-from .common import (BosPolicy, batches_by_length, bind_store, check_bos, model_name, model_variant, progress, tokenize,
-                     unit_prefix)
+from .sweep import Planned, bind_store, run_sweep, unit_prefix
 
 HookPair = tuple[str, Callable]
 #: ``Measurement.attention`` for measurements that read only statistics independent of the window
@@ -103,36 +105,24 @@ def measure(
                        {m.name: {"config": m.config, "attention": m.attention, "options": m.options} for m in measurements},
                        max_tokens=max_tokens, bos=bos, batch_size=batch_size, texts=texts_fingerprint(texts))
     unit = lambda name, i: f"{unit_prefix(model)}-{name}-sample-{i}"  # noqa: E731
-    saved = lambda i: store is not None and all(store.has(unit(n, i)) for n in names)  # noqa: E731
-    done = {i for i in range(len(texts)) if saved(i)}
-    frames: dict[str, dict[int, pd.DataFrame]] = {name: {} for name in names}
     chunks = [list(range(i, min(i + batch_size, len(texts)))) for i in range(0, len(texts), batch_size)]
-    bar = progress(range(len(texts) - len(done)), len(texts) - len(done), f"{'+'.join(names)} {model_variant(model)}",
-                   show_progress)
-    for chunk in chunks:
-        if done.issuperset(chunk):
-            continue
+
+    def step(k: int, done: frozenset):
+        chunk = chunks[k]
         tokens = tokenize(model, [texts[i] for i in chunk], max_tokens, bos=bos)
         for local, batch_tokens in batches_by_length(tokens, batch_size):
             samples = [chunk[i] for i in local]
-            if done.issuperset(samples):
+            if done.issuperset(unit(n, i) for n in names for i in samples):
                 continue
-            for name, frame in _forward(model, texts, samples, batch_tokens, measurements).items():
-                for sample, rows in frame.groupby("sample", sort=False):
-                    if sample in done:
-                        continue
-                    frames[name][sample] = rows.reset_index(drop=True)
-                    if store is not None:
-                        store.save_part(unit(name, sample), frames[name][sample])
-            bar.update(sum(1 for i in samples if i not in done))
-    bar.close()
-    out = {}
-    for name in names:
-        for i in range(len(texts)):
-            if i not in frames[name]:
-                frames[name][i] = store.load_part(unit(name, i))
-        out[name] = pd.concat([frames[name][i] for i in range(len(texts))], ignore_index=True)
-    return out
+            result = {unit(name, sample): rows.reset_index(drop=True)
+                      for name, frame in _forward(model, texts, samples, batch_tokens, measurements).items()
+                      for sample, rows in frame.groupby("sample", sort=False)}
+            yield lambda result=result: result
+
+    parts = run_sweep([Planned(tuple(unit(n, i) for i in chunk for n in names), len(chunk)) for chunk in chunks],
+                      store, step, label=f"{'+'.join(names)} {model_variant(model)}", device=model.cfg.device,
+                      weights=[len(chunk) for chunk in chunks], show_progress=show_progress)
+    return {name: pd.concat([parts[unit(name, i)] for i in range(len(texts))], ignore_index=True) for name in names}
 
 
 def _forward(model, texts, samples, tokens, measurements) -> dict[str, pd.DataFrame]:
@@ -189,60 +179,6 @@ def per_layer_frame(samples: Sequence[int], columns: dict[str, torch.Tensor]) ->
     return pd.DataFrame(frame)
 
 
-# ------------------------------------------------------------------------------------------
-# Summaries over texts
-# ------------------------------------------------------------------------------------------
-def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of ``values`` (resampling texts); NaN for < 2 values."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(n_boot, values.size))].mean(axis=1)
-    tail = (1 - level) / 2
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
-
-
-def summarize(df: pd.DataFrame, values: Sequence[str], by: Sequence[str] = ()) -> pd.DataFrame:
-    """Per ``model, variant`` (+ ``by``) and value: mean, std, 95% bootstrap CI and n over texts.
-
-    Rows of one text within a group (e.g. the heads of a layer) are averaged first, so every text
-    counts once.
-    """
-    keys = ["model", "variant", *by]
-    per_text = df.groupby([*keys, "sample"])[list(values)].mean().reset_index()
-    rows = []
-    for group, frame in per_text.groupby(keys, sort=True):
-        group = group if isinstance(group, tuple) else (group,)
-        for value in values:
-            column = frame[value].to_numpy(dtype=np.float64)
-            low, high = bootstrap_ci(column)
-            rows.append({**dict(zip(keys, group)), "quantity": value, "mean": float(np.nanmean(column)),
-                         "std": float(np.nanstd(column, ddof=1)) if column.size > 1 else float("nan"),
-                         "ci_low": low, "ci_high": high, "n_texts": int(np.isfinite(column).sum())})
-    return pd.DataFrame(rows)
-
-
-def compare_variants(summary: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
-    """A :func:`summarize` table with RoPE and DroPE side by side: ``rope``/``drope`` as
-    ``mean [ci_low, ci_high]`` strings plus ``mean_rope``, ``mean_drope`` and ``drope_minus_rope``."""
-    keys = ["quantity", *by]
-    frame = summary.copy()
-    frame["cell"] = [f"{m:.4g} [{lo:.4g}, {hi:.4g}]" for m, lo, hi in zip(frame["mean"], frame["ci_low"], frame["ci_high"])]
-    wide = frame.pivot_table(index=keys, columns="variant", values=["mean", "cell"], aggfunc="first")
-    wide.columns = [f"{stat}_{variant}" for stat, variant in wide.columns]
-    wide = wide.reset_index()
-    out = wide[keys].copy()
-    for variant in ("rope", "drope"):
-        if f"cell_{variant}" in wide:
-            out[variant] = wide[f"cell_{variant}"]
-            out[f"mean_{variant}"] = wide[f"mean_{variant}"].astype(float)
-    if {"mean_rope", "mean_drope"} <= set(out.columns):
-        out["drope_minus_rope"] = out["mean_drope"] - out["mean_rope"]
-    return out
-
-
 def run_cli_measurement(ctx, experiment: str, config, run_one: Callable) -> pd.DataFrame:
     """The shared body of a measurement experiment's ``run_cli``: texts, store, models, meta.json.
 
@@ -262,5 +198,3 @@ def run_cli_measurement(ctx, experiment: str, config, run_one: Callable) -> pd.D
     ctx.finalize(store, frames, {"config": asdict(config), "seed": 0, "texts": names}, identities)
     return pd.concat(frames, ignore_index=True)
 
-
-from .options import add_text_arguments  # noqa: E402,F401  (options importable without torch)

@@ -1,0 +1,246 @@
+"""Statistics over experiment results, shared by several experiments: DataFrame in, DataFrame out.
+
+Nothing here touches a model. Intervals are over the units the study samples (texts, prompts),
+never over repetitions:
+
+- texts: :func:`bootstrap_ci`, :func:`summarize` (mean, std, bootstrap 95% CI over texts) and
+  :func:`compare_variants` (RoPE vs DroPE side by side), for the measurements of Exp 4/5/7/8-9;
+- prompts: :func:`accuracy_table`, :func:`degradation` (bootstrap CI, exact McNemar test),
+  :func:`category_degradation` (Exp 3's parametric vs contextual headline);
+- perplexity under conditions: :func:`perplexity_table` and the ablation tables
+  :func:`perplexity_summary`, :func:`task_summary`, :func:`wide_table` (Exp 4-6);
+  :func:`condition_layers` (what meta.json records of the conditions).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``values`` (resampling texts); NaN for < 2 values."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(n_boot, values.size))].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def summarize(df: pd.DataFrame, values: Sequence[str], by: Sequence[str] = ()) -> pd.DataFrame:
+    """Per ``model, variant`` (+ ``by``) and value: mean, std, 95% bootstrap CI and n over texts.
+
+    Rows of one text within a group (e.g. the heads of a layer) are averaged first, so every text
+    counts once.
+    """
+    keys = ["model", "variant", *by]
+    per_text = df.groupby([*keys, "sample"])[list(values)].mean().reset_index()
+    rows = []
+    for group, frame in per_text.groupby(keys, sort=True):
+        group = group if isinstance(group, tuple) else (group,)
+        for value in values:
+            column = frame[value].to_numpy(dtype=np.float64)
+            low, high = bootstrap_ci(column)
+            rows.append({**dict(zip(keys, group)), "quantity": value, "mean": float(np.nanmean(column)),
+                         "std": float(np.nanstd(column, ddof=1)) if column.size > 1 else float("nan"),
+                         "ci_low": low, "ci_high": high, "n_texts": int(np.isfinite(column).sum())})
+    return pd.DataFrame(rows)
+
+
+def compare_variants(summary: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
+    """A :func:`summarize` table with RoPE and DroPE side by side: ``rope``/``drope`` as
+    ``mean [ci_low, ci_high]`` strings plus ``mean_rope``, ``mean_drope`` and ``drope_minus_rope``."""
+    keys = ["quantity", *by]
+    frame = summary.copy()
+    frame["cell"] = [f"{m:.4g} [{lo:.4g}, {hi:.4g}]" for m, lo, hi in zip(frame["mean"], frame["ci_low"], frame["ci_high"])]
+    wide = frame.pivot_table(index=keys, columns="variant", values=["mean", "cell"], aggfunc="first")
+    wide.columns = [f"{stat}_{variant}" for stat, variant in wide.columns]
+    wide = wide.reset_index()
+    out = wide[keys].copy()
+    for variant in ("rope", "drope"):
+        if f"cell_{variant}" in wide:
+            out[variant] = wide[f"cell_{variant}"]
+            out[f"mean_{variant}"] = wide[f"mean_{variant}"].astype(float)
+    if {"mean_rope", "mean_drope"} <= set(out.columns):
+        out["drope_minus_rope"] = out["mean_drope"] - out["mean_rope"]
+    return out
+
+
+def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model, task and condition: n, accuracy (primary), logit and generation accuracy,
+    unparseable count (all over every prompt: unparseable answers are in the denominator)."""
+    grouped = df.groupby(["variant", "task", "condition"], sort=False)
+    out = grouped.agg(n=("sample", "size"), accuracy=("correct", "mean"), logit_accuracy=("correct_logit", "mean"),
+                      generation_accuracy=("correct_generation", "mean"), unparseable=("unparseable", "sum"))
+    return out.reset_index()
+
+
+def _mcnemar_p(base: np.ndarray, other: np.ndarray) -> float:
+    """Exact two-sided McNemar test on paired 0/1 outcomes (binomial test on the discordant pairs)."""
+    b = int(((base == 1) & (other == 0)).sum())
+    c = int(((base == 0) & (other == 1)).sum())
+    if b + c == 0:
+        return 1.0
+    return float(stats.binomtest(b, b + c, 0.5).pvalue)
+
+
+def degradation(df: pd.DataFrame, baseline: str = "baseline", n_bootstrap: int = 5000, seed: int = 0) -> pd.DataFrame:
+    """Per model, task and non-baseline condition: degradation = (baseline - condition) / baseline
+    of the primary accuracy (a fraction; NaN when the baseline accuracy is 0), with a 95%
+    percentile-bootstrap CI over prompts (resampled jointly, paired) and an exact McNemar p-value."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (variant, task), group in df.groupby(["variant", "task"], sort=False):
+        base = group[group.condition == baseline].sort_values("sample")
+        if base.empty:
+            continue
+        b = base["correct"].to_numpy(dtype=float)
+        for condition in [c for c in group.condition.unique() if c != baseline]:
+            other = group[group.condition == condition].sort_values("sample")
+            o = other["correct"].to_numpy(dtype=float)
+            if len(o) != len(b) or not np.array_equal(other["sample"].to_numpy(), base["sample"].to_numpy()):
+                raise ValueError(f"{variant}/{task}/{condition}: prompts differ from the baseline's; cannot pair them.")
+            n = len(b)
+            idx = rng.integers(0, n, size=(n_bootstrap, n))
+            bb, oo = b[idx].mean(axis=1), o[idx].mean(axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                boot = np.where(bb > 0, (bb - oo) / bb, np.nan)
+            boot = boot[~np.isnan(boot)]
+            point = (b.mean() - o.mean()) / b.mean() if b.mean() > 0 else math.nan
+            low, high = (np.percentile(boot, [2.5, 97.5]).tolist() if boot.size else (math.nan, math.nan))
+            rows.append({"variant": variant, "task": task, "kind": group["kind"].iloc[0], "condition": condition,
+                         "n": n, "baseline_accuracy": b.mean(), "condition_accuracy": o.mean(),
+                         "degradation": point, "ci_low": low, "ci_high": high, "mcnemar_p": _mcnemar_p(b, o)})
+    return pd.DataFrame(rows)
+
+
+def category_degradation(df: pd.DataFrame, baseline: str = "baseline", column: str = "correct",
+                         n_bootstrap: int = 5000, seed: int = 0) -> pd.DataFrame:
+    """Exp 3's headline, per model and non-baseline condition: the degradation of each knowledge
+    category (``parametric``, ``contextual``) = the mean over the category's tasks of
+    (baseline - condition) / baseline accuracy (fractions; the study's definition: its RoPE
+    contextual 94.3% = mean of IMDB 88.6% and passkey 100%), and ``ratio`` = contextual /
+    parametric (the study's 3.8x; NaN when the parametric degradation is 0).
+
+    95% percentile-bootstrap CIs over items: each replicate resamples every task's prompts (paired
+    across conditions) independently. ``column``: ``correct`` (primary scoring) or
+    ``correct_generation`` (the study's generation scoring). ``*_tasks`` name the tasks used;
+    tasks with a zero baseline accuracy are left out (their degradation is undefined) and named in
+    ``excluded``.
+    """
+    if "kind" not in df.columns:  # results written before the column existed
+        from drope_lens.measurement.tasks import KIND
+
+        df = df.assign(kind=df["task"].map(lambda t: KIND.get(t, "unknown")))
+    df = df.assign(**{column: df[column].astype(float)})
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (variant, condition), _ in df[df.condition != baseline].groupby(["variant", "condition"], sort=False):
+        per_kind: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {"parametric": [], "contextual": []}
+        excluded = []
+        part = df[df.variant == variant]
+        for task, group in part.groupby("task", sort=True):
+            base = group[group.condition == baseline].sort_values("sample")
+            other = group[group.condition == condition].sort_values("sample")
+            if base.empty or other.empty:
+                continue
+            if not np.array_equal(base["sample"].to_numpy(), other["sample"].to_numpy()):
+                raise ValueError(f"{variant}/{task}/{condition}: prompts differ from the baseline's; cannot pair them.")
+            b, o = base[column].to_numpy(dtype=float), other[column].to_numpy(dtype=float)
+            if b.mean() <= 0:
+                excluded.append(task)
+                continue
+            per_kind.setdefault(str(group["kind"].iloc[0]), []).append((task, b, o))
+        row = {"variant": variant, "condition": condition, "scoring": column}
+        boots = {}
+        for kind in ("parametric", "contextual"):
+            entries = per_kind.get(kind, [])
+            row[f"{kind}_tasks"] = ",".join(t for t, _, _ in entries)
+            if not entries:
+                row[kind], boots[kind] = math.nan, np.full(n_bootstrap, np.nan)
+                continue
+            row[kind] = float(np.mean([(b.mean() - o.mean()) / b.mean() for _, b, o in entries]))
+            reps = []
+            for _, b, o in entries:
+                idx = rng.integers(0, len(b), size=(n_bootstrap, len(b)))
+                bb, oo = b[idx].mean(axis=1), o[idx].mean(axis=1)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    reps.append(np.where(bb > 0, (bb - oo) / bb, np.nan))
+            boots[kind] = np.mean(reps, axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            row["ratio"] = row["contextual"] / row["parametric"] if row["parametric"] else math.nan
+            boot_ratio = boots["contextual"] / boots["parametric"]
+        for name, values in (("parametric", boots["parametric"]), ("contextual", boots["contextual"]),
+                             ("ratio", boot_ratio)):
+            values = values[np.isfinite(values)]
+            row[f"{name}_low"], row[f"{name}_high"] = (np.percentile(values, [2.5, 97.5]).tolist() if values.size
+                                                       else (math.nan, math.nan))
+        row["excluded"] = ",".join(excluded)
+        rows.append(row)
+    columns = ["variant", "condition", "scoring", "parametric_tasks", "parametric", "parametric_low", "parametric_high",
+               "contextual_tasks", "contextual", "contextual_low", "contextual_high", "ratio", "ratio_low",
+               "ratio_high", "excluded"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def perplexity_table(df: pd.DataFrame, baseline: str = "baseline", n_bootstrap: int = 5000, seed: int = 0) -> pd.DataFrame:
+    """Per model and condition: mean PPL over texts, ratio to the baseline's mean PPL with a 95%
+    bootstrap CI over texts, and a paired Wilcoxon test on per-text NLL vs the baseline."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for variant, group in df.groupby("variant", sort=False):
+        base = group[group.condition == baseline].sort_values("sample")
+        for condition in group.condition.unique():
+            cur = group[group.condition == condition].sort_values("sample")
+            row = {"variant": variant, "condition": condition, "layer": int(cur["condition_layer"].iloc[0]),
+                   "spike_rule": str(cur["spike_rule"].iloc[0]) if "spike_rule" in cur.columns else "",
+                   "n_texts": len(cur), "ppl": cur["ppl"].mean()}
+            if not base.empty and condition != baseline:
+                b, c = base["ppl"].to_numpy(), cur["ppl"].to_numpy()
+                idx = rng.integers(0, len(b), size=(n_bootstrap, len(b)))
+                row["ppl_ratio"] = c.mean() / b.mean()
+                row["ci_low"], row["ci_high"] = np.percentile(c[idx].mean(1) / b[idx].mean(1), [2.5, 97.5]).tolist()
+                diff = cur["nll"].to_numpy() - base["nll"].to_numpy()
+                row["wilcoxon_p"] = float(stats.wilcoxon(diff).pvalue) if len(b) > 1 and np.any(diff != 0) else math.nan
+            elif condition == baseline:
+                row["ppl_ratio"] = 1.0
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def perplexity_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean PPL per model and condition, ratio to baseline with bootstrap CI and Wilcoxon p."""
+    return perplexity_table(df[df.measure == "perplexity"])
+
+
+def task_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per model, task and condition (empty when no task ran)."""
+    tasks = df[df.measure == "task"]
+    return accuracy_table(tasks) if len(tasks) and "task" in tasks.columns else pd.DataFrame()
+
+
+def wide_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per model and condition: PPL, PPL ratio and each task's primary accuracy."""
+    ppl = perplexity_summary(df)[["variant", "condition", "layer", "spike_rule", "ppl", "ppl_ratio"]]
+    tasks = task_summary(df)
+    if tasks.empty:
+        return ppl
+    acc = tasks.pivot_table(index=["variant", "condition"], columns="task", values="accuracy").reset_index()
+    return ppl.merge(acc, on=["variant", "condition"], how="left")
+
+
+def condition_layers(df: pd.DataFrame) -> dict:
+    """What meta.json records of the conditions: per model and condition, the layer it acted on
+    (-1: none in particular) and the spike rule that chose it."""
+    out: dict = {}
+    for (variant, condition), part in df.groupby(["variant", "condition"], sort=False):
+        out.setdefault(variant, {})[condition] = {"layer": int(part["condition_layer"].iloc[0]),
+                                                  "spike_rule": str(part["spike_rule"].iloc[0])}
+    return out
