@@ -134,12 +134,12 @@ def test_capture_hooks(checkpoint_factory):
     d_head = model.cfg.d_head
     q = seen["q"].view(batch, n, -1, d_head)
     v = seen["v"].view(batch, n, -1, d_head)
-    torch.testing.assert_close(store[(1, "q")].double(), q.square().sum(1).sqrt() / n ** 0.5, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(store[(1, "v")].double(), v.square().sum(1).sqrt() / n ** 0.5, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(store["blocks.1.hook_attn_out"].double(),
+    torch.testing.assert_close(store[(1, "q")].double().cpu(), q.square().sum(1).sqrt() / n ** 0.5, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(store[(1, "v")].double().cpu(), v.square().sum(1).sqrt() / n ** 0.5, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(store["blocks.1.hook_attn_out"].double().cpu(),
                                seen["attn_out"].square().sum(-1).sqrt().mean(1), rtol=1e-5, atol=1e-6)
     for position in (0, 3):
-        torch.testing.assert_close(store[("blocks.0.hook_resid_post", position)].double(),
+        torch.testing.assert_close(store[("blocks.0.hook_resid_post", position)].double().cpu(),
                                    seen["resid0"][:, position], rtol=1e-4, atol=1e-5)
 
 
