@@ -55,7 +55,7 @@ def grams(n_matrices: int, pos: int, width: int, seed: int = 0) -> torch.Tensor:
 
 def main() -> None:
     from drope_lens.measurement import spectrum
-    from drope_lens.experiments.sinks import entropies_from_gram, entropies_from_spectrum
+    from drope_lens.measurement.entropy import entropies_from_gram, entropies_from_spectrum
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("spectrum_bench.json"))
