@@ -9,7 +9,9 @@ never over repetitions:
   :func:`category_degradation` (Exp 3's parametric vs contextual headline);
 - perplexity under conditions: :func:`perplexity_table` and the ablation tables
   :func:`perplexity_summary`, :func:`task_summary`, :func:`wide_table` (Exp 4-6);
-  :func:`condition_layers` (what meta.json records of the conditions).
+  :func:`condition_layers` (what meta.json records of the conditions);
+- Exp 2's conditions (baseline, massive, random over seeds): :func:`per_text_conditions`,
+  :func:`increase_pct`, :func:`condition_tests` (paired tests, bootstrap CIs over texts).
 """
 
 from __future__ import annotations
@@ -244,3 +246,49 @@ def condition_layers(df: pd.DataFrame) -> dict:
         out.setdefault(variant, {})[condition] = {"layer": int(part["condition_layer"].iloc[0]),
                                                   "spike_rule": str(part["spike_rule"].iloc[0])}
     return out
+
+
+def per_text_conditions(df: pd.DataFrame) -> pd.DataFrame:
+    """Exp 2: one row per (model, text): baseline, massive and mean-over-seeds random PPL."""
+    base = df[df.condition == "baseline"].set_index(["model", "variant", "sample"])["ppl"].rename("baseline")
+    mass = df[df.condition == "massive"].set_index(["model", "variant", "sample"])["ppl"].rename("massive")
+    rand = (df[df.condition == "random"].groupby(["model", "variant", "sample"])["ppl"].mean().rename("random"))
+    return pd.concat([base, mass, rand], axis=1).reset_index()
+
+
+def increase_pct(numerator: np.ndarray, denominator: np.ndarray) -> float:
+    """% increase of the mean of ``numerator`` over the mean of ``denominator``."""
+    return 100.0 * (numerator.mean() / denominator.mean() - 1.0)
+
+
+def condition_tests(df: pd.DataFrame, n_bootstrap: int = 10_000, seed: int = 0) -> pd.DataFrame:
+    """Exp 2: paired tests and bootstrap CIs over evaluation texts, per model (``disruption.statistics``).
+
+    Paired t-test and Wilcoxon signed-rank on log PPL: massive vs baseline and massive vs random
+    (random = per-text mean over seeds). 95% percentile-bootstrap CIs (texts resampled with
+    replacement) for massive_pct and m_minus_r.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (model, variant), group in per_text_conditions(df).groupby(["model", "variant"]):
+        b, m, r = (np.log(group[c].to_numpy()) for c in ("baseline", "massive", "random"))
+        raw = {c: group[c].to_numpy() for c in ("baseline", "massive", "random")}
+        n = len(b)
+        boot_massive, boot_mr = [], []
+        for _ in range(n_bootstrap):
+            idx = rng.integers(0, n, n)
+            mp = increase_pct(raw["massive"][idx], raw["baseline"][idx])
+            rp = increase_pct(raw["random"][idx], raw["baseline"][idx])
+            boot_massive.append(mp)
+            boot_mr.append(mp - rp)
+        row = {"model": model, "variant": variant, "n_texts": n}
+        for label, other in (("vs_baseline", b), ("vs_random", r)):
+            diff = m - other
+            row[f"massive_{label}_mean_log_ratio"] = float(diff.mean())
+            row[f"massive_{label}_t_p"] = float(stats.ttest_rel(m, other).pvalue) if n > 1 else np.nan
+            row[f"massive_{label}_wilcoxon_p"] = (float(stats.wilcoxon(m, other).pvalue)
+                                                  if n > 1 and np.any(diff != 0) else np.nan)
+        row["massive_pct_ci_low"], row["massive_pct_ci_high"] = np.percentile(boot_massive, [2.5, 97.5]).tolist()
+        row["m_minus_r_ci_low"], row["m_minus_r_ci_high"] = np.percentile(boot_mr, [2.5, 97.5]).tolist()
+        rows.append(row)
+    return pd.DataFrame(rows)
