@@ -29,7 +29,7 @@ from drope_lens.measurement.analysis import (Masks, identification_frame, identi
 # statistics over evaluation texts (importable here as before)
 from drope_lens.measurement.summaries import condition_tests as statistics, increase_pct  # noqa: F401
 from drope_lens.engine.distributed import is_main
-from drope_lens.hooks import batched_zero_dims
+from drope_lens.hooks import batched_zero_qk
 from drope_lens.engine.results import RunStore, texts_fingerprint
 from drope_lens.measurement.texts import Text, TextsLike, as_texts
 
@@ -74,15 +74,6 @@ def _conditions(massive: Masks, config: DisruptionConfig) -> list[tuple[str, int
     conditions: list[tuple[str, int, Optional[Masks]]] = [("baseline", -1, None), ("massive", -1, massive)]
     conditions += [("random", s, random_masks(massive, s, config.random_pool)) for s in config.seed_list]
     return conditions
-
-
-def _hooks_for_rows(row_masks: list[Optional[Masks]], rotary: str) -> list:
-    pairs = []
-    for tensor in ("q", "k"):
-        per_row = [m[tensor] if m is not None else {} for m in row_masks]
-        if any(per_row):
-            pairs += batched_zero_dims(per_row, tensor, rotary)
-    return pairs
 
 
 def run(
@@ -148,7 +139,7 @@ def run(
     prefix = unit_prefix(model)
     unit_of = lambda ci: f"{prefix}-{conditions[ci][0]}-{conditions[ci][1]}"  # noqa: E731
 
-    hooks_for = lambda rows: _hooks_for_rows([device_masks[ci] for ci in rows], config.rotary)  # noqa: E731
+    hooks_for = lambda rows: batched_zero_qk([device_masks[ci] for ci in rows], config.rotary)  # noqa: E731
     rows_of = lambda ci, nlls: _frame(model, conditions[ci], nlls, evaluation_texts, tokens)  # noqa: E731
     frames = condition_perplexity(model, tokens, [unit_of(ci) for ci in range(len(conditions))], hooks_for, rows_of,
                                   store=store, batch_size=config.batch_size, batched=batched,
