@@ -5,7 +5,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+# Idle OpenMP workers sleep instead of spinning (as the drope-lens command sets it): torchrun tests
+# run several processes on CI's 2 cores, where a spinning worker takes the core another needs.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 
