@@ -22,7 +22,6 @@ softmax scaling at inference; identity within the trained context).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
@@ -31,9 +30,11 @@ import torch
 
 from drope_lens.measurement.generation import greedy_generate, prompt_ids, score_shared_prefix
 from drope_lens.measurement.passkey import (CATEGORIES, FORMATS, PromptError, Trial, answer_token, categorize,  # noqa: F401
-                                check_format, extract_answer, make_trials, mean_interval, token_counter, wilson_interval,
-                                yes_no_tokens)
+                                check_format, cell_trials, extract_answer, make_trials, mean_interval, token_counter,
+                                wilson_interval, yes_no_tokens)
 from drope_lens.engine.results import RunStore
+from drope_lens.measurement.summaries import trial_accuracy as accuracy  # noqa: F401  (importable here as before)
+from drope_lens.measurement.summaries import trial_error_shares as error_shares, trial_verification as verification  # noqa: F401
 
 from drope_lens.engine.options import DEPTH_GRID, REAL_MODEL_LENGTHS  # noqa: F401  (the defaults of the CLI options)
 from drope_lens.engine.sweep import Planned, bind_store, run_sweep, unit_prefix
@@ -175,13 +176,9 @@ def run(
         if store is not None and store.has(unit(length, fmt, depth)):
             planned[unit(length, fmt, depth)] = []  # loaded, not rerun: its trials are not needed
             continue
-        try:
-            planned[unit(length, fmt, depth)] = make_trials(fmt, length, depth, n, seed, count, key_divisor, verify)
-        except PromptError as error:
-            if skip_too_short and "shorter than the prompt without filler" in str(error):
-                warnings.warn(f"length {length}, format {fmt!r} skipped: {error}", UserWarning, stacklevel=2)
-                continue
-            raise PromptError(f"length {length}, format {fmt!r}: {error}") from None
+        trials = cell_trials(fmt, length, depth, n, seed, count, key_divisor, verify, skip_too_short, stacklevel=2)
+        if trials is not None:
+            planned[unit(length, fmt, depth)] = trials
     names = list(planned)
 
     def step(k: int, done: frozenset):
@@ -202,40 +199,6 @@ def run(
 # ------------------------------------------------------------------------------------------
 # Summaries: DataFrame in, DataFrame out.
 # ------------------------------------------------------------------------------------------
-def accuracy(df: pd.DataFrame, by: Sequence[str] = ("variant", "format", "length")) -> pd.DataFrame:
-    """Exact-match accuracy per group with its Wilson 95% interval (``low``, ``high``) and ``n``."""
-    rows = []
-    for keys, group in df.groupby(list(by), sort=True):
-        k, total = int(group["correct"].sum()), len(group)
-        low, high = wilson_interval(k, total)
-        rows.append({**dict(zip(by, keys if isinstance(keys, tuple) else (keys,))), "accuracy": k / total,
-                     "low": low, "high": high, "n": total})
-    return pd.DataFrame(rows)
-
-
-def error_shares(df: pd.DataFrame, by: Sequence[str] = ("variant", "format", "length")) -> pd.DataFrame:
-    """Share of each answer category per group (columns in :data:`CATEGORIES` order; rows sum to 1)."""
-    table = pd.crosstab([df[c] for c in by], df["category"], normalize="index")
-    return table.reindex(columns=list(CATEGORIES), fill_value=0.0).reset_index()
-
-
-def verification(df: pd.DataFrame, by: Sequence[str] = ("variant", "format", "length")) -> pd.DataFrame:
-    """Per group: mean P(Yes | key) and P(Yes | near-miss), discrimination = their difference with a
-    normal 95% interval over trials, and ranking accuracy with its Wilson interval."""
-    if "p_yes_key" not in df:
-        raise ValueError("no verification columns: run with verify=True.")
-    rows = []
-    for keys, group in df.groupby(list(by), sort=True):
-        diff, low, high = mean_interval((group["p_yes_key"] - group["p_yes_near"]).tolist())
-        k, total = int(group["rank_correct"].sum()), len(group)
-        r_low, r_high = wilson_interval(k, total)
-        rows.append({**dict(zip(by, keys if isinstance(keys, tuple) else (keys,))),
-                     "p_yes_key": group["p_yes_key"].mean(), "p_yes_near": group["p_yes_near"].mean(),
-                     "discrimination": diff, "disc_low": low, "disc_high": high,
-                     "ranking": k / total, "rank_low": r_low, "rank_high": r_high, "n": total})
-    return pd.DataFrame(rows)
-
-
 def compare(df: pd.DataFrame) -> pd.DataFrame:
     """Accuracy by length x format, RoPE and DroPE side by side (``acc_rope``/``acc_drope`` with intervals)."""
     table = accuracy(df)

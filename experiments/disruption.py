@@ -22,14 +22,14 @@ from typing import Literal, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 # identification is shared with the ablation conditions of Exp 3-6 (importable here as before)
 from drope_lens.measurement.analysis import (Masks, identification_frame, identify_massive, massive_mask,  # noqa: F401
-                                 random_masks, sequence_norms)
+                                             masks_on_devices, random_masks, sequence_norms)
+# statistics over evaluation texts (importable here as before)
+from drope_lens.measurement.summaries import condition_tests as statistics, increase_pct  # noqa: F401
 from drope_lens.engine.distributed import is_main
-from drope_lens.hooks import batched_zero_dims
-from drope_lens.model.placement import layer_device
+from drope_lens.hooks import batched_zero_qk
 from drope_lens.engine.results import RunStore, texts_fingerprint
 from drope_lens.measurement.texts import Text, TextsLike, as_texts
 
@@ -74,23 +74,6 @@ def _conditions(massive: Masks, config: DisruptionConfig) -> list[tuple[str, int
     conditions: list[tuple[str, int, Optional[Masks]]] = [("baseline", -1, None), ("massive", -1, massive)]
     conditions += [("random", s, random_masks(massive, s, config.random_pool)) for s in config.seed_list]
     return conditions
-
-
-def _on_device(model, masks: Optional[Masks]) -> Optional[Masks]:
-    """Each layer's masks on the device of that layer (layers may sit on several GPUs)."""
-    if masks is None:
-        return None
-    return {t: {layer: m.to(layer_device(model, layer)) for layer, m in per_layer.items()}
-            for t, per_layer in masks.items()}
-
-
-def _hooks_for_rows(row_masks: list[Optional[Masks]], rotary: str) -> list:
-    pairs = []
-    for tensor in ("q", "k"):
-        per_row = [m[tensor] if m is not None else {} for m in row_masks]
-        if any(per_row):
-            pairs += batched_zero_dims(per_row, tensor, rotary)
-    return pairs
 
 
 def run(
@@ -151,12 +134,12 @@ def run(
     if store is not None and is_main():
         store.save_extra(f"identification-{unit_prefix(model)}", identification_frame(model, massive))
     conditions = _conditions(massive, config)
-    device_masks = [_on_device(model, c[2]) for c in conditions]  # no host->device copy inside hooks
+    device_masks = [masks_on_devices(model, c[2]) for c in conditions]  # no host->device copy inside hooks
     tokens = tokenize(model, evaluation_texts, config.max_tokens, bos=config.bos)
     prefix = unit_prefix(model)
     unit_of = lambda ci: f"{prefix}-{conditions[ci][0]}-{conditions[ci][1]}"  # noqa: E731
 
-    hooks_for = lambda rows: _hooks_for_rows([device_masks[ci] for ci in rows], config.rotary)  # noqa: E731
+    hooks_for = lambda rows: batched_zero_qk([device_masks[ci] for ci in rows], config.rotary)  # noqa: E731
     rows_of = lambda ci, nlls: _frame(model, conditions[ci], nlls, evaluation_texts, tokens)  # noqa: E731
     frames = condition_perplexity(model, tokens, [unit_of(ci) for ci in range(len(conditions))], hooks_for, rows_of,
                                   store=store, batch_size=config.batch_size, batched=batched,
@@ -178,18 +161,6 @@ def _frame(model, condition, nlls: dict[int, float], texts: Sequence[Text], toke
 # ------------------------------------------------------------------------------------------
 # Summaries and statistics: DataFrame in, DataFrame out.
 # ------------------------------------------------------------------------------------------
-def _per_text(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, text): baseline, massive and mean-over-seeds random PPL."""
-    base = df[df.condition == "baseline"].set_index(["model", "variant", "sample"])["ppl"].rename("baseline")
-    mass = df[df.condition == "massive"].set_index(["model", "variant", "sample"])["ppl"].rename("massive")
-    rand = (df[df.condition == "random"].groupby(["model", "variant", "sample"])["ppl"].mean().rename("random"))
-    return pd.concat([base, mass, rand], axis=1).reset_index()
-
-
-def _increase(numerator: np.ndarray, denominator: np.ndarray) -> float:
-    return 100.0 * (numerator.mean() / denominator.mean() - 1.0)
-
-
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per model: mean PPL over texts per condition, % increases and the M-R difference.
 
@@ -202,7 +173,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         base = group[group.condition == "baseline"]["ppl"].to_numpy()
         mass = group[group.condition == "massive"]["ppl"].to_numpy()
         per_seed = group[group.condition == "random"].groupby("seed")["ppl"].mean().to_numpy()
-        massive_pct = _increase(mass, base)
+        massive_pct = increase_pct(mass, base)
         random_pct = 100.0 * (per_seed.mean() / base.mean() - 1.0)
         rows.append({
             "model": model, "variant": variant, "n_texts": len(base), "n_seeds": len(per_seed),
@@ -227,39 +198,6 @@ def reliance_ratio(summary_frame: pd.DataFrame) -> float:
         raise ValueError("reliance_ratio needs one RoPE and one DroPE model in the summary.")
     denominator = float(by_variant["drope"])
     return float(by_variant["rope"]) / denominator if abs(denominator) > 1e-6 else float("nan")
-
-
-def statistics(df: pd.DataFrame, n_bootstrap: int = 10_000, seed: int = 0) -> pd.DataFrame:
-    """Paired tests and bootstrap CIs over evaluation texts, per model.
-
-    Paired t-test and Wilcoxon signed-rank on log PPL: massive vs baseline and massive vs random
-    (random = per-text mean over seeds). 95% percentile-bootstrap CIs (texts resampled with
-    replacement) for massive_pct and m_minus_r.
-    """
-    rng = np.random.default_rng(seed)
-    rows = []
-    for (model, variant), group in _per_text(df).groupby(["model", "variant"]):
-        b, m, r = (np.log(group[c].to_numpy()) for c in ("baseline", "massive", "random"))
-        raw = {c: group[c].to_numpy() for c in ("baseline", "massive", "random")}
-        n = len(b)
-        boot_massive, boot_mr = [], []
-        for _ in range(n_bootstrap):
-            idx = rng.integers(0, n, n)
-            mp = _increase(raw["massive"][idx], raw["baseline"][idx])
-            rp = _increase(raw["random"][idx], raw["baseline"][idx])
-            boot_massive.append(mp)
-            boot_mr.append(mp - rp)
-        row = {"model": model, "variant": variant, "n_texts": n}
-        for label, other in (("vs_baseline", b), ("vs_random", r)):
-            diff = m - other
-            row[f"massive_{label}_mean_log_ratio"] = float(diff.mean())
-            row[f"massive_{label}_t_p"] = float(stats.ttest_rel(m, other).pvalue) if n > 1 else np.nan
-            row[f"massive_{label}_wilcoxon_p"] = (float(stats.wilcoxon(m, other).pvalue)
-                                                  if n > 1 and np.any(diff != 0) else np.nan)
-        row["massive_pct_ci_low"], row["massive_pct_ci_high"] = np.percentile(boot_massive, [2.5, 97.5]).tolist()
-        row["m_minus_r_ci_low"], row["m_minus_r_ci_high"] = np.percentile(boot_mr, [2.5, 97.5]).tolist()
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def meta_for(config: DisruptionConfig, identification: Sequence[Text], evaluation: Sequence[Text]) -> dict:

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from drope_lens.measurement.analysis import massive_mask, sequence_norms  # noqa: F401  (shared with Exp 2-6; importable here as before)
+from drope_lens.measurement.summaries import dim_locations  # noqa: F401  (importable here as before)
 from drope_lens.engine.results import RunStore, texts_fingerprint
 from drope_lens.measurement.texts import Text, TextsLike, as_texts
 
@@ -208,54 +209,6 @@ def compare(df: pd.DataFrame) -> pd.DataFrame:
     if {"mean_rope", "mean_drope"} <= set(wide.columns):
         wide["change_pct"] = 100.0 * (wide["mean_drope"] - wide["mean_rope"]) / wide["mean_rope"]
     return wide
-
-
-def dim_locations(df: pd.DataFrame, d_head: Optional[int] = None) -> pd.DataFrame:
-    """Where massive entries sit within the head, per model and tensor.
-
-    Llama pairs rotary dims i and i + d/2 at frequency index ``f = i mod d/2``; the angle of pair
-    f turns as ``theta^(-2f/d)`` per token, so small f is high-frequency and large f is
-    low-frequency. Reports the share of massive entries in the low-frequency half (f >= d/4),
-    the mean f / (d/2), and the most common dims.
-
-    The head width d comes from the results (their ``d_head`` column, per model). ``d_head`` is
-    needed only for results written before that column existed; given with results that have
-    it, it must agree (a wrong d silently moves every dim to another frequency).
-    """
-    rows = []
-    for (model, variant, tensor), group in df.groupby(["model", "variant", "tensor"]):
-        group_d_head = _d_head_of(group, model, d_head)
-        half = group_d_head // 2
-        dims = np.array([d for ds in group["dims"] for d in ds], dtype=int)
-        if dims.size and dims.max() >= group_d_head:
-            raise ValueError(f"{model}: massive dim {dims.max()} is outside d_head={group_d_head}; "
-                             "these results come from a wider head.")
-        if dims.size == 0:
-            rows.append({"model": model, "variant": variant, "tensor": tensor, "n_massive": 0,
-                         "low_freq_share": np.nan, "mean_freq_position": np.nan, "top_dims": []})
-            continue
-        freq = dims % half
-        values, counts = np.unique(dims, return_counts=True)
-        top = values[np.argsort(-counts)][:5].tolist()
-        rows.append({"model": model, "variant": variant, "tensor": tensor, "n_massive": int(dims.size),
-                     "low_freq_share": float((freq >= half // 2).mean()),
-                     "mean_freq_position": float((freq / half).mean()), "top_dims": top})
-    return pd.DataFrame(rows)
-
-
-def _d_head_of(group: pd.DataFrame, model: str, d_head: Optional[int]) -> int:
-    if "d_head" in group.columns:
-        widths = sorted(set(int(w) for w in group["d_head"]))
-        if len(widths) != 1:
-            raise ValueError(f"{model}: rows with several d_head values {widths}; one model has one head width.")
-        if d_head is not None and d_head != widths[0]:
-            raise ValueError(f"d_head={d_head} given, but {model} has d_head={widths[0]} (from its results); "
-                             "leave d_head out: it is read from the results.")
-        return widths[0]
-    if d_head is None:
-        raise ValueError("these results have no d_head column (written by an older drope_lens): "
-                         "pass the models' d_head (drope-lens info prints it).")
-    return d_head
 
 
 # ------------------------------------------------------------------------------------------

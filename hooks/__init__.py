@@ -4,7 +4,7 @@ Every factory returns plain ``(hook_name, fn)`` pairs, usable with ``model.run_w
 ``with model.hooks(fwd_hooks=...)``, ``run_with_cache`` and ``transformer_lens.patching``.
 """
 
-from .batched import batched_zero_dims, by_row_groups
+from .batched import batched_zero_dims, batched_zero_qk, by_row_groups
 from .capture import capture_bos_norms, capture_dim_norms, capture_positions, capture_token_mean_norm, sequence_axis_norm
 from .interventions import ablate_positions, replace_topk_with_mean, zero_dims
 from .names import TENSORS, parse_layer, qkv_hook
@@ -14,6 +14,7 @@ __all__ = [
     "TENSORS",
     "ablate_positions",
     "batched_zero_dims",
+    "batched_zero_qk",
     "by_row_groups",
     "capture_bos_norms",
     "capture_dim_norms",

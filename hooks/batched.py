@@ -1,13 +1,13 @@
 """Batched conditions: N ablation conditions in one forward, one condition per group of rows.
 
-``batched_zero_dims`` is the fast path for dim masks (one multiply per hook); ``by_row_groups``
-composes arbitrary per-condition hook lists.
+``batched_zero_dims`` is the fast path for dim masks (one multiply per hook; ``batched_zero_qk``
+for Q and K masks together); ``by_row_groups`` composes arbitrary per-condition hook lists.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 from jaxtyping import Bool
@@ -43,6 +43,20 @@ def batched_zero_dims(
             return x.masked_fill(stacked.to(x.device)[:, None], 0.0)
 
         pairs.append((qkv_hook(layer, tensor, rotary), fn))
+    return pairs
+
+
+def batched_zero_qk(
+    row_masks: Sequence[Optional[Mapping[str, Mapping[int, Bool[torch.Tensor, "head d_head"]]]]],
+    rotary: Rotary = "pre",
+) -> list[HookPair]:
+    """:func:`batched_zero_dims` for ``hook_q`` and ``hook_k`` at once: row ``r`` gets the masks
+    ``row_masks[r]`` (``{"q": {layer: mask}, "k": {layer: mask}}``; None: the row is untouched)."""
+    pairs = []
+    for tensor in ("q", "k"):
+        per_row = [m[tensor] if m is not None else {} for m in row_masks]
+        if any(per_row):
+            pairs += batched_zero_dims(per_row, tensor, rotary)
     return pairs
 
 

@@ -73,3 +73,17 @@ def test_experiments_folder_holds_one_module_per_experiment_and_nothing_else():
     assert files == allowed, (f"experiments/ must hold one module per experiment of CLI_EXPERIMENTS and __init__.py; "
                               f"extra: {sorted(files - allowed)}, missing: {sorted(allowed - files)}. Shared code "
                               "belongs in drope_lens.engine or drope_lens.measurement (analysis, tokens, summaries).")
+
+
+#: An experiment module holds only its experiment's definition (config, units, hooks, rows,
+#: summaries, CLI arguments); statistics and plumbing live below it (issue 21: "under ~250 lines").
+MAX_EXPERIMENT_LINES = 260
+
+
+@pytest.mark.parametrize("module", sorted(_modules()))
+def test_experiment_modules_stay_small(module):
+    lines = len(_modules()[module].splitlines())
+    assert lines <= MAX_EXPERIMENT_LINES, (
+        f"experiments/{module}.py has {lines} lines, more than {MAX_EXPERIMENT_LINES}: move what is not the "
+        "experiment's own definition (shared statistics, generic helpers, execution plumbing) into "
+        "drope_lens.measurement (summaries, analysis, entropy, ...) or drope_lens.engine")

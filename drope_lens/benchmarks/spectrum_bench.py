@@ -22,26 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
+from . import timing
+
 
 def cuda_median(fn, repeat: int) -> tuple[float, object]:
-    result = fn()  # warm-up (kernel compilation, handles)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        result = fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times), result
+    """:func:`drope_lens.benchmarks.timing.cuda_median` after one warm-up call (kernel compilation, handles)."""
+    fn()
+    return timing.cuda_median(fn, repeat)
 
 
 def grams(n_matrices: int, pos: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -55,7 +48,7 @@ def grams(n_matrices: int, pos: int, width: int, seed: int = 0) -> torch.Tensor:
 
 def main() -> None:
     from drope_lens.measurement import spectrum
-    from drope_lens.experiments.sinks import entropies_from_gram, entropies_from_spectrum
+    from drope_lens.measurement.entropy import entropies_from_gram, entropies_from_spectrum
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("spectrum_bench.json"))

@@ -285,6 +285,16 @@ def random_masks(massive: Masks, seed: int, pool: str = "non_massive") -> Masks:
     return out
 
 
+def masks_on_devices(model, masks: Optional[Masks]) -> Optional[Masks]:
+    """Each layer's masks on the device of that layer (layers may sit on several GPUs)."""
+    if masks is None:
+        return None
+    from drope_lens.model.placement import layer_device
+
+    return {t: {layer: m.to(layer_device(model, layer)) for layer, m in per_layer.items()}
+            for t, per_layer in masks.items()}
+
+
 def identification_frame(model, masks: Masks) -> pd.DataFrame:
     """The identified massive entries as a tidy frame: model, layer, tensor, count, heads, dims."""
     import torch

@@ -358,3 +358,21 @@ def make_trials(fmt: str, length: int, depth: Optional[float], n: int, seed: int
         return [build(i) for i in range(n)]
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(build, range(n)))
+
+
+def cell_trials(fmt: str, length: int, depth: Optional[float], n: int, seed: int, count: Counter,
+                key_divisor: Optional[int] = None, verify: bool = True, skip_too_short: bool = False,
+                stacklevel: int = 1) -> Optional[list[Trial]]:
+    """:func:`make_trials` of one cell, a length too short for the format's template, needle and
+    question raising :class:`PromptError` that names the cell (length, format), or with
+    ``skip_too_short`` warning (``UserWarning``; ``stacklevel`` counted from the caller, as if the
+    caller called :func:`warnings.warn`) and returning None."""
+    try:
+        return make_trials(fmt, length, depth, n, seed, count, key_divisor, verify)
+    except PromptError as error:
+        if skip_too_short and "shorter than the prompt without filler" in str(error):
+            import warnings
+
+            warnings.warn(f"length {length}, format {fmt!r} skipped: {error}", UserWarning, stacklevel=stacklevel + 1)
+            return None
+        raise PromptError(f"length {length}, format {fmt!r}: {error}") from None

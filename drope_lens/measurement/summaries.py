@@ -1,6 +1,6 @@
-"""Statistics over experiment results, shared by several experiments: DataFrame in, DataFrame out.
+"""Statistics over experiment results: DataFrame in, DataFrame out.
 
-Nothing here touches a model. Intervals are over the units the study samples (texts, prompts),
+Nothing here touches a model. Intervals are over the units the study samples (texts, prompts, trials),
 never over repetitions:
 
 - texts: :func:`bootstrap_ci`, :func:`summarize` (mean, std, bootstrap 95% CI over texts) and
@@ -9,17 +9,24 @@ never over repetitions:
   :func:`category_degradation` (Exp 3's parametric vs contextual headline);
 - perplexity under conditions: :func:`perplexity_table` and the ablation tables
   :func:`perplexity_summary`, :func:`task_summary`, :func:`wide_table` (Exp 4-6);
-  :func:`condition_layers` (what meta.json records of the conditions).
+  :func:`condition_layers` (what meta.json records of the conditions);
+- Exp 2's conditions (baseline, massive, random over seeds): :func:`per_text_conditions`,
+  :func:`increase_pct`, :func:`condition_tests` (paired tests, bootstrap CIs over texts);
+- Exp 1's massive entries: :func:`dim_locations` (where they sit among the rotary frequencies);
+- Exp 10's trials: :func:`trial_accuracy`, :func:`trial_error_shares`, :func:`trial_verification`
+  (Wilson and normal 95% intervals over trials).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from drope_lens.measurement.passkey import CATEGORIES, mean_interval, wilson_interval
 
 
 def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
@@ -244,3 +251,132 @@ def condition_layers(df: pd.DataFrame) -> dict:
         out.setdefault(variant, {})[condition] = {"layer": int(part["condition_layer"].iloc[0]),
                                                   "spike_rule": str(part["spike_rule"].iloc[0])}
     return out
+
+
+def per_text_conditions(df: pd.DataFrame) -> pd.DataFrame:
+    """Exp 2: one row per (model, text): baseline, massive and mean-over-seeds random PPL."""
+    base = df[df.condition == "baseline"].set_index(["model", "variant", "sample"])["ppl"].rename("baseline")
+    mass = df[df.condition == "massive"].set_index(["model", "variant", "sample"])["ppl"].rename("massive")
+    rand = (df[df.condition == "random"].groupby(["model", "variant", "sample"])["ppl"].mean().rename("random"))
+    return pd.concat([base, mass, rand], axis=1).reset_index()
+
+
+def increase_pct(numerator: np.ndarray, denominator: np.ndarray) -> float:
+    """% increase of the mean of ``numerator`` over the mean of ``denominator``."""
+    return 100.0 * (numerator.mean() / denominator.mean() - 1.0)
+
+
+def condition_tests(df: pd.DataFrame, n_bootstrap: int = 10_000, seed: int = 0) -> pd.DataFrame:
+    """Exp 2: paired tests and bootstrap CIs over evaluation texts, per model (``disruption.statistics``).
+
+    Paired t-test and Wilcoxon signed-rank on log PPL: massive vs baseline and massive vs random
+    (random = per-text mean over seeds). 95% percentile-bootstrap CIs (texts resampled with
+    replacement) for massive_pct and m_minus_r.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (model, variant), group in per_text_conditions(df).groupby(["model", "variant"]):
+        b, m, r = (np.log(group[c].to_numpy()) for c in ("baseline", "massive", "random"))
+        raw = {c: group[c].to_numpy() for c in ("baseline", "massive", "random")}
+        n = len(b)
+        boot_massive, boot_mr = [], []
+        for _ in range(n_bootstrap):
+            idx = rng.integers(0, n, n)
+            mp = increase_pct(raw["massive"][idx], raw["baseline"][idx])
+            rp = increase_pct(raw["random"][idx], raw["baseline"][idx])
+            boot_massive.append(mp)
+            boot_mr.append(mp - rp)
+        row = {"model": model, "variant": variant, "n_texts": n}
+        for label, other in (("vs_baseline", b), ("vs_random", r)):
+            diff = m - other
+            row[f"massive_{label}_mean_log_ratio"] = float(diff.mean())
+            row[f"massive_{label}_t_p"] = float(stats.ttest_rel(m, other).pvalue) if n > 1 else np.nan
+            row[f"massive_{label}_wilcoxon_p"] = (float(stats.wilcoxon(m, other).pvalue)
+                                                  if n > 1 and np.any(diff != 0) else np.nan)
+        row["massive_pct_ci_low"], row["massive_pct_ci_high"] = np.percentile(boot_massive, [2.5, 97.5]).tolist()
+        row["m_minus_r_ci_low"], row["m_minus_r_ci_high"] = np.percentile(boot_mr, [2.5, 97.5]).tolist()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def dim_locations(df: pd.DataFrame, d_head: Optional[int] = None) -> pd.DataFrame:
+    """Where massive entries sit within the head, per model and tensor.
+
+    Llama pairs rotary dims i and i + d/2 at frequency index ``f = i mod d/2``; the angle of pair
+    f turns as ``theta^(-2f/d)`` per token, so small f is high-frequency and large f is
+    low-frequency. Reports the share of massive entries in the low-frequency half (f >= d/4),
+    the mean f / (d/2), and the most common dims.
+
+    The head width d comes from the results (their ``d_head`` column, per model). ``d_head`` is
+    needed only for results written before that column existed; given with results that have
+    it, it must agree (a wrong d silently moves every dim to another frequency).
+    """
+    rows = []
+    for (model, variant, tensor), group in df.groupby(["model", "variant", "tensor"]):
+        group_d_head = _d_head_of(group, model, d_head)
+        half = group_d_head // 2
+        dims = np.array([d for ds in group["dims"] for d in ds], dtype=int)
+        if dims.size and dims.max() >= group_d_head:
+            raise ValueError(f"{model}: massive dim {dims.max()} is outside d_head={group_d_head}; "
+                             "these results come from a wider head.")
+        if dims.size == 0:
+            rows.append({"model": model, "variant": variant, "tensor": tensor, "n_massive": 0,
+                         "low_freq_share": np.nan, "mean_freq_position": np.nan, "top_dims": []})
+            continue
+        freq = dims % half
+        values, counts = np.unique(dims, return_counts=True)
+        top = values[np.argsort(-counts)][:5].tolist()
+        rows.append({"model": model, "variant": variant, "tensor": tensor, "n_massive": int(dims.size),
+                     "low_freq_share": float((freq >= half // 2).mean()),
+                     "mean_freq_position": float((freq / half).mean()), "top_dims": top})
+    return pd.DataFrame(rows)
+
+
+def _d_head_of(group: pd.DataFrame, model: str, d_head: Optional[int]) -> int:
+    if "d_head" in group.columns:
+        widths = sorted(set(int(w) for w in group["d_head"]))
+        if len(widths) != 1:
+            raise ValueError(f"{model}: rows with several d_head values {widths}; one model has one head width.")
+        if d_head is not None and d_head != widths[0]:
+            raise ValueError(f"d_head={d_head} given, but {model} has d_head={widths[0]} (from its results); "
+                             "leave d_head out: it is read from the results.")
+        return widths[0]
+    if d_head is None:
+        raise ValueError("these results have no d_head column (written by an older drope_lens): "
+                         "pass the models' d_head (drope-lens info prints it).")
+    return d_head
+
+
+def trial_accuracy(df: pd.DataFrame, by: Sequence[str] = ("variant", "format", "length")) -> pd.DataFrame:
+    """Exp 10: exact-match accuracy per group with its Wilson 95% interval (``low``, ``high``) and ``n``."""
+    rows = []
+    for keys, group in df.groupby(list(by), sort=True):
+        k, total = int(group["correct"].sum()), len(group)
+        low, high = wilson_interval(k, total)
+        rows.append({**dict(zip(by, keys if isinstance(keys, tuple) else (keys,))), "accuracy": k / total,
+                     "low": low, "high": high, "n": total})
+    return pd.DataFrame(rows)
+
+
+def trial_error_shares(df: pd.DataFrame, by: Sequence[str] = ("variant", "format", "length")) -> pd.DataFrame:
+    """Exp 10: share of each answer category per group (columns in
+    :data:`~drope_lens.measurement.passkey.CATEGORIES` order; rows sum to 1)."""
+    table = pd.crosstab([df[c] for c in by], df["category"], normalize="index")
+    return table.reindex(columns=list(CATEGORIES), fill_value=0.0).reset_index()
+
+
+def trial_verification(df: pd.DataFrame, by: Sequence[str] = ("variant", "format", "length")) -> pd.DataFrame:
+    """Exp 10, per group: mean P(Yes | key) and P(Yes | near-miss), discrimination = their difference with a
+    normal 95% interval over trials, and ranking accuracy with its Wilson interval."""
+    if "p_yes_key" not in df:
+        raise ValueError("no verification columns: run with verify=True.")
+    rows = []
+    for keys, group in df.groupby(list(by), sort=True):
+        diff, low, high = mean_interval((group["p_yes_key"] - group["p_yes_near"]).tolist())
+        k, total = int(group["rank_correct"].sum()), len(group)
+        r_low, r_high = wilson_interval(k, total)
+        rows.append({**dict(zip(by, keys if isinstance(keys, tuple) else (keys,))),
+                     "p_yes_key": group["p_yes_key"].mean(), "p_yes_near": group["p_yes_near"].mean(),
+                     "discrimination": diff, "disc_low": low, "disc_high": high,
+                     "ranking": k / total, "rank_low": r_low, "rank_high": r_high, "n": total})
+    return pd.DataFrame(rows)
