@@ -31,7 +31,7 @@ from drope_lens.measurement.summaries import condition_tests as statistics, incr
 from drope_lens.engine.distributed import is_main
 from drope_lens.hooks import batched_zero_qk
 from drope_lens.engine.results import RunStore, texts_fingerprint
-from drope_lens.measurement.texts import Text, TextsLike, as_texts
+from drope_lens.measurement.texts import Text, TextsLike, as_texts, require_disjoint
 
 from drope_lens.engine.perplexity import balanced_batch_size, condition_perplexity  # noqa: F401
 from drope_lens.engine.sweep import bind_store, unit_prefix
@@ -123,10 +123,7 @@ def run(
     config = DisruptionConfig(threshold, seeds, max_tokens, rotary, seed, batch_size, random_pool, bos)
     identification_texts = as_texts(identification_texts, name_prefix="identification")
     evaluation_texts = as_texts(evaluation_texts, name_prefix="evaluation")
-    names = {t.text for t in identification_texts}
-    overlap = [t.name for t in evaluation_texts if t.text in names]
-    if overlap:
-        raise ValueError(f"evaluation texts {overlap} are also identification texts; use disjoint sets.")
+    require_disjoint(evaluation_texts, identification_texts, "identification")
     store = bind_store(store, model, EXPERIMENT, config, identification_texts=texts_fingerprint(identification_texts),
                        evaluation_texts=texts_fingerprint(evaluation_texts), batched=bool(batched))
     massive = identify_massive(model, identification_texts, threshold=config.threshold, max_tokens=config.max_tokens,

@@ -72,6 +72,19 @@ def run_all(directory, *, only=None, before_each=None) -> list[int]:
 
 
 @contextlib.contextmanager
+def like_a_worker():
+    """One CPU thread as each torchrun worker (OMP_NUM_THREADS=1), and batch-shape-dependent
+    numbers as in the workers (see :func:`batch_shape_dependent`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with batch_shape_dependent():
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
 def batch_shape_dependent():
     """Numbers that depend on the batch shape, as GPU GEMMs may (CPU ones here do not): the
     comparisons then fail if any row is computed with other batch mates than in one process."""

@@ -109,17 +109,7 @@ def test_plan_sweep_runs_what_feeds_unfinished_units(tmp_path):
 # ------------------------------------------------------------------------------------------
 # Two ranks under torchrun
 # ------------------------------------------------------------------------------------------
-@contextmanager
-def _one_thread():
-    """One CPU thread as each torchrun worker (OMP_NUM_THREADS=1), and batch-shape-dependent
-    numbers as in the workers (see dist_worker.batch_shape_dependent)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with W.batch_shape_dependent():
-            yield
-    finally:
-        torch.set_num_threads(threads)
+_one_thread = W.like_a_worker
 
 
 class _Interrupted(Exception):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,15 +36,7 @@ WORKER = Path(__file__).parent / "dist_worker.py"
 KILLED = "sinks"  # the experiment in which rank 1 is killed
 
 
-@contextmanager
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each torchrun worker (OMP_NUM_THREADS=1)
-    try:
-        with W.batch_shape_dependent():
-            yield
-    finally:
-        torch.set_num_threads(threads)
+_one_thread = W.like_a_worker
 
 
 class _Stop(Exception):

@@ -22,7 +22,7 @@ from drope_lens.hooks.conditions import check_conditions
 from drope_lens.engine.results import RunStore, items_fingerprint, texts_fingerprint
 from drope_lens.measurement.summaries import condition_layers, perplexity_summary, wide_table
 from drope_lens.measurement.tasks import check_tasks, load_task
-from drope_lens.measurement.texts import TextsLike, as_texts
+from drope_lens.measurement.texts import TextsLike, as_texts, require_disjoint
 from drope_lens.measurement.tokens import BosPolicy, check_bos, model_variant, tokenize
 
 from .sweep import bind_store, unit_prefix
@@ -60,10 +60,7 @@ def run_sweep(model, reference_texts: TextsLike, evaluation_texts: TextsLike, co
     """Perplexity and task rows of ``model`` under ``config.conditions`` (see the module docstring)."""
     reference = as_texts(reference_texts, name_prefix="reference")
     evaluation = as_texts(evaluation_texts, name_prefix="evaluation")
-    seen = {t.text for t in reference}
-    overlap = [t.name for t in evaluation if t.text in seen]
-    if overlap:
-        raise ValueError(f"evaluation texts {overlap} are also reference texts; use disjoint sets.")
+    require_disjoint(evaluation, reference, "reference")
     items = {task: load_task(task, config.n, config.seed, config.source) for task in config.tasks}
     store = bind_store(store, model, "ablation_sweep", config, reference_texts=texts_fingerprint(reference),
                        evaluation_texts=texts_fingerprint(evaluation),

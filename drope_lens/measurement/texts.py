@@ -89,6 +89,14 @@ def as_texts(texts: TextsLike, *, name_prefix: str = "text", register: str = "us
     return out
 
 
+def require_disjoint(evaluation: Sequence[Text], others: Sequence[Text], what: str) -> None:
+    """Raise if an evaluation text is also one of ``others`` (``what``: their role, e.g. "reference")."""
+    seen = {t.text for t in others}
+    overlap = [t.name for t in evaluation if t.text in seen]
+    if overlap:
+        raise ValueError(f"evaluation texts {overlap} are also {what} texts; use disjoint sets.")
+
+
 def _named_items(texts: Any) -> list[tuple[Optional[str], Any]]:
     """``(name or None, item)`` pairs of a list, Series, datasets column/Dataset or iterable."""
     try:
