@@ -306,7 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The ``drope-lens`` command; ``argv=None`` (the console script) also makes this process keep
+    freed memory for its next tensors (:func:`drope_lens.engine.host_memory.retain_freed_memory`)."""
     args = build_parser().parse_args(argv)
+    if argv is None:
+        from .engine.host_memory import retain_freed_memory
+
+        retain_freed_memory()
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError, KeyError) as exc:

@@ -97,3 +97,52 @@ def fused_attention(
         q, k, v = q.float(), k.float(), v.float()
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale)
     return out.to(dtype)
+
+
+def padded_causal_applies(
+    q: Float[torch.Tensor, "batch head query d_head"],
+    k: Float[torch.Tensor, "batch head key d_head"],
+    offset: int,
+    attention_mask: Optional[Int[torch.Tensor, "batch key"]],
+    sliding_window: Optional[int],
+) -> bool:
+    """Whether :func:`padded_causal_attention` computes this forward: a padded batch's first
+    forward (no cached keys, queries = keys, no sliding window reached) on the CPU, with the fused
+    kernel enabled and the layout it takes (last dimension contiguous)."""
+    n_query, n_key = q.shape[-2], k.shape[-2]
+    return (attention_mask is not None and offset == 0 and n_query == n_key and q.device.type == "cpu"
+            and (sliding_window is None or n_query <= sliding_window)
+            and attention_mask.shape == (q.shape[0], n_key) and q.stride(-1) == 1 and k.stride(-1) == 1
+            and torch.backends.cuda.flash_sdp_enabled() and _CPU_FLASH is not None)
+
+
+def padded_causal_attention(
+    q: Float[torch.Tensor, "batch head query d_head"],
+    k: Float[torch.Tensor, "batch head key d_head"],
+    v: Float[torch.Tensor, "batch head key d_head"],
+    attention_mask: Int[torch.Tensor, "batch key"],
+    scale: float,
+) -> Float[torch.Tensor, "batch head query d_head"]:
+    """:func:`fused_attention` of a padded prefill on the CPU, without the ``[batch, 1, query, key]`` mask.
+
+    The mask :func:`visibility_mask` builds there (causal AND key not padding) is the CPU flash
+    kernel's own causal mask plus a key-padding row ``[batch, 1, 1, key]`` (0 or -inf) broadcast over
+    queries: the kernel then skips the blocks above the diagonal (half the work at long lengths)
+    and no ``[batch, query, key]`` tensor is allocated. Every query that sees a key gets the same
+    floating-point result as :func:`fused_attention` (the skipped blocks only ever added exact
+    zeros; tests/test_attention_kernels.py compares bit for bit); a query that sees none (left
+    padding) is zero, as in :func:`explicit_attention`, where :func:`fused_attention` lets it see
+    every key (such rows are padding either way and never feed a real token).
+    """
+    dtype = v.dtype
+    if dtype in (torch.float16, torch.bfloat16) and _reduced_precision_math_allowed():
+        q, k, v = q.float(), k.float(), v.float()
+    hidden = torch.zeros(q.shape[0], 1, 1, k.shape[-2], dtype=q.dtype, device=q.device)
+    hidden.masked_fill_(~attention_mask.to(q.device).bool()[:, None, None, :], float("-inf"))
+    out = _CPU_FLASH(q, k, v, 0.0, True, attn_mask=hidden.expand(-1, -1, q.shape[-2], -1), scale=scale)[0]
+    return out.to(dtype)
+
+
+#: The CPU flash-attention kernel that ``scaled_dot_product_attention`` dispatches to on the CPU; called
+#: directly because the public function refuses ``is_causal`` together with a mask.
+_CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)

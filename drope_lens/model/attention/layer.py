@@ -38,7 +38,8 @@ from transformer_lens.utilities import get_offset_position_ids
 
 from ..hooks_state import is_hooked
 from ..linear import head_projection, output_projection
-from .kernels import explicit_attention, fused_attention, visibility_mask
+from .kernels import (explicit_attention, fused_attention, padded_causal_applies, padded_causal_attention,
+                      visibility_mask)
 from .qk_norm import FullWidthRMSNorm
 from .rotary import apply_rotary
 from .settings import AttentionSettings, Backend
@@ -144,12 +145,16 @@ class LensAttentionMixin:
             k_ = k_.repeat_interleave(n_rep, dim=1)
             v_ = v_.repeat_interleave(n_rep, dim=1)
 
-        mask = visibility_mask(q.shape[1], k.shape[1], offset, attention_mask, settings.sliding_window, q.device)
-        if self.use_explicit_path() or additive_attention_mask is not None:
-            z = explicit_attention(q_, k_, v_, mask, settings.scale, additive_attention_mask,
-                                   self.hook_attn_scores, self.hook_pattern)
+        explicit = self.use_explicit_path() or additive_attention_mask is not None
+        if not explicit and padded_causal_applies(q_, k_, offset, attention_mask, settings.sliding_window):
+            z = padded_causal_attention(q_, k_, v_, attention_mask, settings.scale)
         else:
-            z = fused_attention(q_, k_, v_, mask, settings.scale)
+            mask = visibility_mask(q.shape[1], k.shape[1], offset, attention_mask, settings.sliding_window, q.device)
+            if explicit:
+                z = explicit_attention(q_, k_, v_, mask, settings.scale, additive_attention_mask,
+                                       self.hook_attn_scores, self.hook_pattern)
+            else:
+                z = fused_attention(q_, k_, v_, mask, settings.scale)
         z = self.hook_z(z.transpose(1, 2))  # [batch, pos, head, d_head]
 
         if not cfg.use_attn_result:
