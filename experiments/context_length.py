@@ -114,10 +114,10 @@ def _cell_rows(model, trials: list[Trial], config: ContextLengthConfig, yes_no: 
     frame["correct"] = frame["category"] == "exact"
     if config.verify:
         # the candidates' prompts share everything up to the question: that prefix runs once per trial
-        groups = [t.verification_prompts() for t in trials]
+        groups = [prompt_ids(model, t.verification_prompts(), bos=config.bos) for t in trials]  # tokenised once
         scores = score_shared_prefix(model, groups, list(yes_no), fwd_hooks=hooks, batch_size=rows, bos=config.bos)
         p_yes = torch.softmax(scores, dim=-1)[..., 0]  # [trial, candidate]
-        frame["verify_tokens"] = [max(len(ids) for ids in prompt_ids(model, g, bos=config.bos)) for g in groups]
+        frame["verify_tokens"] = [max(len(ids) for ids in g) for g in groups]
         frame["p_yes_key"] = p_yes[:, 0].tolist()
         frame["p_yes_near"] = p_yes[:, 1:].mean(dim=1).tolist()
         frame["p_yes_candidates"] = p_yes.tolist()

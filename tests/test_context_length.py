@@ -124,6 +124,28 @@ def test_prompt_length_within_one_percent(checkpoint_factory, char_checkpoint, f
             assert trial.needle.key in trial.prompt and len(trial.needle.key) == pk.KEY_DIGITS[fmt]
 
 
+def test_trials_are_built_once_for_models_that_share_a_tokenizer(checkpoint_factory, monkeypatch):
+    """The toy pair's two models load the same tokenizer twice: the second model's cell comes from the
+    first one's (no tokenisation), equal to a fresh build; another tokenizer or BOS policy builds anew."""
+    from types import SimpleNamespace
+
+    from drope_lens.model.bundled import root
+
+    monkeypatch.setattr(pk, "_MADE", {})
+    rope, drope = (SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(root("toy") / v)) for v in ("rope", "drope"))
+    first = pk.make_trials("ruler", 300, None, 3, 0, pk.token_counter(rope), 7)
+    calls = []
+    counter = pk.token_counter(drope)
+    assert counter.key == pk.token_counter(rope).key  # read before the tokenizer is wrapped to count calls
+    monkeypatch.setattr(counter, "tokenizer", lambda *a, **k: calls.append(a) or drope.tokenizer(*a, **k))
+    assert pk.make_trials("ruler", 300, None, 3, 0, counter, 7) == first and calls == []
+    monkeypatch.setattr(pk, "_MADE", {})
+    assert pk.make_trials("ruler", 300, None, 3, 0, counter, 7) == first and calls  # built afresh: the same trials
+    other = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(checkpoint_factory()[0]))
+    assert pk.token_counter(other).key != pk.token_counter(rope).key
+    assert pk.token_counter(rope, "always").key != pk.token_counter(rope).key
+
+
 def test_prompts_follow_the_study_verbatim():
     count = lambda text: len(text.split())  # noqa: E731
     simple = pk.make_trial("simple", 400, 0.5, 0, 0, count)

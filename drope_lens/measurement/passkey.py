@@ -310,19 +310,47 @@ def make_trial(fmt: str, length: int, depth: Optional[float], trial: int, seed: 
 # ------------------------------------------------------------------------------------------
 # A model's side of the trials: its token counter, the answer tokens, a cell's trials
 # ------------------------------------------------------------------------------------------
-def token_counter(model, bos: str = "checkpoint") -> Counter:
-    """Tokens of a text as ``model`` reads it (with its special tokens, and a BOS when ``bos="always"``
-    and the tokenizer adds none): the length measure of :func:`fit_words`."""
+class TokenCounter:
+    """Tokens of a text as a tokenizer reads it (with its special tokens, and a BOS when ``bos="always"``
+    and the tokenizer adds none): the length measure of :func:`fit_words`.
+
+    ``key``: what the count depends on (the tokenizer's class and its whole serialised definition,
+    and the BOS policy), or None when the tokenizer cannot be serialised (no fast backend). Two
+    counters with the same key count every text alike, so :func:`make_trials` builds a cell's trials
+    once for both models of a pair that share a tokenizer.
+    """
+
+    def __init__(self, tokenizer, bos: str = "checkpoint"):
+        self.tokenizer = tokenizer
+        self.extra = bos == "always" and tokenizer.bos_token_id is not None
+        self.bos = bos
+        self._key: Optional[tuple] = None
+
+    def __call__(self, text: str) -> int:
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        return len(ids) + (1 if self.extra and (not ids or ids[0] != self.tokenizer.bos_token_id) else 0)
+
+    @property
+    def key(self) -> Optional[tuple]:
+        if self._key is None:
+            import hashlib
+
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)
+            if backend is None:
+                return None
+            definition = hashlib.sha256(backend.to_str().encode()).hexdigest()
+            cls = type(self.tokenizer)
+            self._key = (f"{cls.__module__}.{cls.__qualname__}", definition, self.bos, self.extra,
+                         self.tokenizer.bos_token_id)
+        return self._key
+
+
+def token_counter(model, bos: str = "checkpoint") -> TokenCounter:
+    """:class:`TokenCounter` of ``model``'s tokenizer: tokens of a text as ``model`` reads it."""
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise ValueError(f"{getattr(getattr(model, 'lens', None), 'source', 'the model')} has no tokenizer; Exp 10 builds prompts from text.")
-    extra = bos == "always" and tokenizer.bos_token_id is not None
-
-    def count(text: str) -> int:
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-        return len(ids) + (1 if extra and (not ids or ids[0] != tokenizer.bos_token_id) else 0)
-
-    return count
+    return TokenCounter(tokenizer, bos)
 
 
 def answer_token(tokenizer, word: str, prompt: str = "Answer Yes or No:", space: bool = True) -> int:
@@ -348,16 +376,34 @@ def make_trials(fmt: str, length: int, depth: Optional[float], n: int, seed: int
                 key_divisor: Optional[int] = None, verify: bool = True) -> list[Trial]:
     """The cell's ``n`` trials. Fitting a prompt to its length tokenises it about ten times (the
     host's share of Exp 10 at long lengths); trials are independent (each seeded by itself), so
-    they are built on threads: the fast tokenizer releases the GIL while it encodes."""
+    they are built on threads: the fast tokenizer releases the GIL while it encodes. A counter with
+    a ``key`` (:class:`TokenCounter`) lets a later call with an equal key and the same arguments
+    return the same trials without tokenising again (the other model of a pair)."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 
+    counter_key = getattr(count, "key", None)
+    key = None if counter_key is None else (counter_key, fmt, length, depth, n, seed, key_divisor, verify)
+    if key is not None and key in _MADE:
+        return list(_MADE[key])
     workers = min(n, os.cpu_count() or 1)
     build = lambda i: make_trial(fmt, length, depth, i, seed, count, key_divisor, verify)  # noqa: E731
     if workers < 2:
-        return [build(i) for i in range(n)]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(build, range(n)))
+        trials = [build(i) for i in range(n)]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            trials = list(pool.map(build, range(n)))
+    if key is not None:
+        while len(_MADE) >= _MADE_CELLS:
+            _MADE.pop(next(iter(_MADE)))
+        _MADE[key] = tuple(trials)
+    return trials
+
+
+#: Cells already built, by their counter's key and arguments (the oldest dropped past _MADE_CELLS):
+#: the second model of a pair with the same tokenizer reuses the first one's trials (Trial is frozen).
+_MADE: dict[tuple, tuple[Trial, ...]] = {}
+_MADE_CELLS = 64
 
 
 def cell_trials(fmt: str, length: int, depth: Optional[float], n: int, seed: int, count: Counter,
