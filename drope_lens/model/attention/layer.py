@@ -36,7 +36,7 @@ from transformer_lens.components import Attention, GroupedQueryAttention
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_offset_position_ids
 
-from ..hooks_state import is_hooked
+from ..hooks_state import is_hooked, through
 from ..linear import head_projection, output_projection
 from .kernels import explicit_attention, fused_attention, visibility_mask
 from .qk_norm import FullWidthRMSNorm
@@ -110,16 +110,16 @@ class LensAttentionMixin:
         else:
             w_k, b_k, w_v, b_v = self.W_K, self.b_K, self.W_V, self.b_V
 
-        q = self.hook_q(head_projection(query_input, self.W_Q, self.b_Q))
-        k = self.hook_k(head_projection(key_input, w_k, b_k))
-        v = self.hook_v(head_projection(value_input, w_v, b_v))
+        q = through(self.hook_q, head_projection(query_input, self.W_Q, self.b_Q))
+        k = through(self.hook_k, head_projection(key_input, w_k, b_k))
+        v = through(self.hook_v, head_projection(value_input, w_v, b_v))
 
         if settings.norm_q:
             q = self.q_norm(q)
         if settings.norm_k:
             k = self.k_norm(k)
-        q = self.hook_q_normed(q)
-        k = self.hook_k_normed(k)
+        q = through(self.hook_q_normed, q)
+        k = through(self.hook_k_normed, k)
 
         if past_kv_cache_entry is not None:
             offset = past_kv_cache_entry.past_keys.size(1)
@@ -132,8 +132,8 @@ class LensAttentionMixin:
             scaling = settings.rope_scaling
             q = apply_rotary(q, offset, settings.rope_theta, self._position_ids(offset, attention_mask), fused_kernel, scaling)
             k = apply_rotary(k, 0, settings.rope_theta, self._position_ids(0, attention_mask), fused_kernel, scaling)
-        q = self.hook_rot_q(q)
-        k = self.hook_rot_k(k)
+        q = through(self.hook_rot_q, q)
+        k = through(self.hook_rot_k, k)
 
         n_rep = cfg.n_heads // k.shape[2]
         # [batch, head, pos, d_head]
@@ -150,7 +150,7 @@ class LensAttentionMixin:
                                    self.hook_attn_scores, self.hook_pattern)
         else:
             z = fused_attention(q_, k_, v_, mask, settings.scale)
-        z = self.hook_z(z.transpose(1, 2))  # [batch, pos, head, d_head]
+        z = through(self.hook_z, z.transpose(1, 2))  # [batch, pos, head, d_head]
 
         if not cfg.use_attn_result:
             return output_projection(z, self.W_O, self.b_O)
