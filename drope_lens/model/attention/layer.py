@@ -104,13 +104,11 @@ class LensAttentionMixin:
             )
         if position_bias is not None:
             raise NotImplementedError("position_bias is not used by Llama models.")
-        kv_w = getattr(self, "_W_K", None)
-        if kv_w is not None:  # grouped-query attention: unexpanded kv heads
-            w_k, b_k, w_v, b_v = self._W_K, self._b_K, self._W_V, self._b_V
-        else:
-            w_k, b_k, w_v, b_v = self.W_K, self.b_K, self.W_V, self.b_V
+        params = self._parameters  # one dict lookup each instead of nn.Module.__getattr__
+        kv = "_" if "_W_K" in params else ""  # grouped-query attention: unexpanded kv heads
+        w_k, b_k, w_v, b_v = params[kv + "W_K"], params[kv + "b_K"], params[kv + "W_V"], params[kv + "b_V"]
 
-        q = through(self.hook_q, head_projection(query_input, self.W_Q, self.b_Q))
+        q = through(self.hook_q, head_projection(query_input, params["W_Q"], params["b_Q"]))
         k = through(self.hook_k, head_projection(key_input, w_k, b_k))
         v = through(self.hook_v, head_projection(value_input, w_v, b_v))
 
@@ -153,7 +151,7 @@ class LensAttentionMixin:
         z = through(self.hook_z, z.transpose(1, 2))  # [batch, pos, head, d_head]
 
         if not cfg.use_attn_result:
-            return output_projection(z, self.W_O, self.b_O)
+            return output_projection(z, params["W_O"], params["b_O"])
         result = self.hook_result(torch.einsum("bpnh,nhm->bpnm", z, self.W_O.to(z.dtype)))
         return result.sum(dim=2) + self.b_O
 
