@@ -120,8 +120,8 @@ class Launcher:
     """``kernel[(grid,)](*args, **meta)`` with less host work per launch, same compiled kernel.
 
     Triton's ``JITFunction.run`` binds the arguments, specialises each one, hashes the options
-    and looks the compiled kernel up on every launch: about 58 us of host time per launch on the
-    H200 machine (``docs/gpu_evidence/profiles_h200_s23.txt``), five launches per layer. The first
+    and looks the compiled kernel up on every launch: 54 us per launch under cProfile on the H200
+    machine (``docs/gpu_evidence/profiles_h200_s23.txt``), five launches per layer. The first
     launch for a key goes through Triton as usual and keeps the ``CompiledKernel`` it returns;
     later launches with the same key call its launcher directly. The key (:func:`_arg_key` of
     each positional argument, the keyword values, the current device and Triton's debug and
