@@ -88,6 +88,32 @@ def long_context(model, lengths, repeat: int) -> list[dict]:
     return rows
 
 
+def sweep(configs: list[str], length: int = 32768, repeat: int = 5) -> list[dict]:
+    """Time one layer's statistics (received included) at ``length`` tokens, 32 heads of 128, bf16,
+    for each kernel configuration ``"block_m,block_n,num_warps,num_stages"``; the fastest becomes
+    :data:`drope_lens.measurement.attention_stats_triton.CONFIG` for the rest of the run."""
+    from drope_lens.measurement import attention_stats_triton as triton_stats
+
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    q = torch.randn(1, length, 32, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k = torch.randn(1, length, 32, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+    rows = []
+    for text in configs:
+        config = triton_stats.KernelConfig(*map(int, text.split(",")))
+        triton_stats.CONFIG = config
+        try:
+            seconds, _, _ = cuda_time(lambda: triton_stats.attention_stats(q, k, 128 ** -0.5, received=True), repeat)
+        except Exception as error:  # noqa: BLE001 - e.g. out of shared memory: report and go on
+            print(f"sweep {text}: {error!r}"[:300], flush=True)
+            continue
+        rows.append({"config": text, "one_layer_s": seconds})
+        print(f"sweep {text}: one layer, {length} tokens, all statistics: {seconds * 1e3:.2f} ms", flush=True)
+    best = min(rows, key=lambda row: row["one_layer_s"])
+    triton_stats.CONFIG = triton_stats.KernelConfig(*map(int, best["config"].split(",")))
+    print(f"sweep: using {triton_stats.CONFIG}", flush=True)
+    return rows
+
+
 def agreement(model, length: int) -> dict:
     """Max |Triton - chunked PyTorch| and max |Triton - hook_pattern| per statistic over all layers."""
     from drope_lens.measurement.attention_stats import stats_from_pattern
@@ -155,6 +181,8 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--agreement-tokens", type=int, default=4096)
+    parser.add_argument("--sweep", nargs="*", default=None, metavar="BM,BN,WARPS,STAGES",
+                        help="time these Triton kernel configurations first (one layer at 32k) and use the fastest")
     parser.add_argument("--shape", choices=["llama2-7b", "tiny"], default="llama2-7b",
                         help="tiny: a CPU smoke run of this script")
     args = parser.parse_args()
@@ -186,6 +214,12 @@ def main() -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=2))
 
+    if args.sweep:
+        result["sweep"] = sweep(args.sweep)
+    if device == "cuda":
+        from drope_lens.measurement import attention_stats_triton
+
+        result["kernel_config"] = vars(attention_stats_triton.CONFIG)
     result["study_size"] = study_size(model, texts, args.repeat)
     save()
     result["agreement"] = agreement(model, args.agreement_tokens) if args.agreement_tokens else None

@@ -11,7 +11,9 @@ warm-up; largest |entropy - float64 LAPACK entropy| over all matrices, both norm
 * ``eigvalsh_magma``: the same with ``torch.backends.cuda.preferred_linalg_library("magma")``;
 * ``householder``: :func:`drope_lens.measurement.spectrum.symmetric_eigenvalues` (batched tridiagonalisation
   + Triton bisection), also split into its two stages; ``householder_fused``: the same with
-  :func:`~drope_lens.measurement.spectrum.tridiagonalize_fused` (one pass per column);
+  :func:`~drope_lens.measurement.spectrum.tridiagonalize_fused` (one pass per column); each with
+  the tridiagonalisation replayed as one CUDA graph (the default, ``spectrum.GRAPH``) and
+  launched eagerly (``... eager``);
 * ``cpu_lapack_threads``: the Gram matrices copied to the host and ``eigvalsh`` per matrix in a
   pool of one thread per core;
 * ``eigvalsh_float32``: cuSOLVER in float32 (cheaper, and the entropy error shows why it is not used).
@@ -74,14 +76,16 @@ def main() -> None:
         print(f"{name:>22}: {seconds * 1e3:9.1f} ms for {args.matrices} matrices ({row['per_matrix_ms']:.3f} ms each)"
               f"{err} {note}", flush=True)
 
-    t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder"), args.repeat)
-    record("householder", t, eig)
+    for graph in (True, False):  # the tridiagonalisation replayed as one CUDA graph, or launched eagerly
+        spectrum.GRAPH = graph
+        tag = "" if graph else " eager"
+        t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder"), args.repeat)
+        record(f"householder{tag}", t, eig)
+        t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_fused"), args.repeat)
+        record(f"householder_fused{tag}", t, eig)
+    spectrum.GRAPH = True
     t, (d, e) = cuda_median(lambda: spectrum.tridiagonalize(a), args.repeat)
-    record("  tridiagonalize", t)
-    t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_fused"), args.repeat)
-    record("householder_fused", t, eig)
-    t, _ = cuda_median(lambda: spectrum.tridiagonalize_fused(a), args.repeat)
-    record("  tridiagonalize_fused", t)
+    record("  tridiagonalize eager", t)
     t, _ = cuda_median(lambda: spectrum.tridiagonal_eigenvalues(d, e), args.repeat)
     record("  bisection (Triton)", t)
     t, eig = cuda_median(lambda: torch.linalg.eigvalsh(a), 1)
