@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--pos", type=int, default=512)
     parser.add_argument("--width", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--update-tiles", nargs="*", metavar="ROWS,COLUMNS,WARPS",
+                        help="also time householder_fused with these tiles of its update kernel")
     parser.add_argument("--skip-slow", action="store_true",
                         help="only householder and cuSOLVER eigvalsh (no MAGMA, host threads or float32)")
     args = parser.parse_args()
@@ -84,6 +86,14 @@ def main() -> None:
         t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_fused"), args.repeat)
         record(f"householder_fused{tag}", t, eig)
     spectrum.GRAPH = True
+    default = (spectrum.UPDATE_ROWS, spectrum.UPDATE_COLUMNS, spectrum.UPDATE_WARPS)
+    for tiles in args.update_tiles or []:  # the fused update kernel's tile (rows, columns, warps)
+        spectrum.UPDATE_ROWS, spectrum.UPDATE_COLUMNS, spectrum.UPDATE_WARPS = map(int, tiles.split(","))
+        spectrum._GRAPHS.clear()  # a graph holds the kernel it was captured with
+        t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_fused"), args.repeat)
+        record(f"householder_fused {tiles}", t, eig)
+    spectrum.UPDATE_ROWS, spectrum.UPDATE_COLUMNS, spectrum.UPDATE_WARPS = default
+    spectrum._GRAPHS.clear()
     t, (d, e) = cuda_median(lambda: spectrum.tridiagonalize(a), args.repeat)
     record("  tridiagonalize eager", t)
     t, _ = cuda_median(lambda: spectrum.tridiagonal_eigenvalues(d, e), args.repeat)

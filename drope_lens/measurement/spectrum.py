@@ -36,7 +36,7 @@ Method = Literal["auto", "eigvalsh", "householder", "householder_fused"]
 METHODS = ("auto", "eigvalsh", "householder", "householder_fused")
 N_HALVINGS = 64
 BLOCK = 128
-UPDATE_ROWS, UPDATE_COLUMNS = 32, 128
+UPDATE_ROWS, UPDATE_COLUMNS, UPDATE_WARPS = 32, 128, 4
 
 
 def symmetric_eigenvalues(
@@ -169,7 +169,7 @@ def tridiagonalize_fused(
         grid = (batch, kernel.triton.cdiv(m, UPDATE_ROWS))
         with torch.cuda.device(a.device) if a.is_cuda else _null():
             kernel.update_matvec[grid](a, pending_v, pending_w, (v * tau[:, None]).contiguous(), p, n, k + 1, m,
-                                       BLOCK_R=UPDATE_ROWS, BLOCK_C=UPDATE_COLUMNS, num_warps=4)
+                                       BLOCK_R=UPDATE_ROWS, BLOCK_C=UPDATE_COLUMNS, num_warps=UPDATE_WARPS)
         w = torch.addcmul(p, v, (p * v).sum(dim=1, keepdim=True) * tau[:, None], value=-0.5)
         v_prev, w_prev = v, w
         alphas.append(alpha)
