@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 from jaxtyping import Float
