@@ -531,7 +531,8 @@ class _StaticDecode:
         self.visible = mask.clone()
         self.visible[:, prompt_length:] = 0
         self.tokens = torch.zeros(mask.shape[0], 1, dtype=torch.long, device=device)
-        self.graphs = graphs and device.type == "cuda"
+        # 4-bit weights: bitsandbytes kernels are not known to be capturable; their steps stay eager.
+        self.graphs = graphs and device.type == "cuda" and not getattr(model, "quantization", None)
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.out: Optional[torch.Tensor] = None
         self.eager_steps = 0
