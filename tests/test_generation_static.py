@@ -131,3 +131,31 @@ def test_cuda_graph_equals_eager_decoding(checkpoint_factory, attention_type, dt
                                   fwd_hooks=[("blocks.0.hook_resid_pre", _identity)])
         assert graphed.tokens == dynamic.tokens
         torch.testing.assert_close(graphed.step_logits, dynamic.step_logits, rtol=0, atol=1e-4)
+
+
+def test_prompt_slots_of_decode_steps(checkpoint_factory):
+    """Prompt-only hooks learn on the host that a decode forward's new tokens hold no prompt
+    token (None: ``replace_topk_with_mean`` then does nothing, as it did with an all-False mask),
+    while the cached keys (``hook_rot_k``) still carry each row's prompt slots."""
+    from hooks.interventions import prompt_slots
+
+    path, _ = checkpoint_factory()
+    model = dl.load_model(path)
+    seen = {"q": [], "rot_k": []}
+
+    def record(kind):
+        def fn(x, hook):
+            slots = prompt_slots(model, x.shape[1], hook.name, x.device)
+            seen[kind].append(None if slots is None else slots.cpu())
+        return fn
+
+    hooks = [("blocks.0.attn.hook_q", record("q")), ("blocks.0.attn.hook_rot_k", record("rot_k"))]
+    greedy_generate(model, ROWS, 4, fwd_hooks=hooks, batch_size=4)
+    length = max(map(len, ROWS))
+    ordered = sorted(ROWS, key=len, reverse=True)  # a batch holds its rows longest first
+    expected = torch.tensor([[False] * (length - len(r)) + [True] * len(r) for r in ordered])
+    assert torch.equal(seen["q"][0], expected)
+    assert seen["q"][1:] == [None] * 3
+    for step, keys in enumerate(seen["rot_k"]):
+        assert torch.equal(keys[:, :length], expected) and not keys[:, length:].any()
+        assert keys.shape[1] == length + step

@@ -57,13 +57,15 @@ class GenerationState:
 
     ``positions`` ``[batch, total]``: absolute position of every slot (``-1`` on left padding);
     ``prompt`` ``[batch, total]``: True on prompt tokens; the current forward holds slots
-    ``begin:end`` (its queries) and attends to slots ``0:end`` (its keys).
+    ``begin:end`` (its queries) and attends to slots ``0:end`` (its keys). ``prompt_end``, when
+    known: no slot from there on holds a prompt token (the padded prompt length of a generation).
     """
 
     positions: torch.Tensor
     prompt: torch.Tensor
     begin: int
     end: int
+    prompt_end: Optional[int] = None
 
     def _slice(self, table: torch.Tensor, n_pos: int, device) -> torch.Tensor:
         if n_pos == self.end - self.begin:
@@ -81,7 +83,12 @@ class GenerationState:
     def positions_for(self, n_pos: int, device=None) -> torch.Tensor:
         return self._slice(self.positions, n_pos, device)
 
-    def prompt_slots(self, n_pos: int, device=None) -> torch.Tensor:
+    def prompt_slots(self, n_pos: int, device=None) -> Optional[torch.Tensor]:
+        """``[batch, n_pos]`` bool, True on prompt tokens; None for a decode forward's own new
+        tokens (known on the host from ``prompt_end``: prompt hooks then skip their work)."""
+        if (self.prompt_end is not None and self.begin >= self.prompt_end and n_pos == self.end - self.begin
+                and n_pos != self.end):
+            return None
         return self._slice(self.prompt, n_pos, device)
 
 
@@ -572,7 +579,7 @@ def _generate_batch(model, rows, max_new_tokens, hooks, stops, score_ids, cuda_g
     mask[:, :length] = prompt_mask
     prompt = torch.zeros(batch, total, dtype=torch.bool, device=device)
     prompt[:, :length] = prompt_mask.bool()
-    state = GenerationState(_positions_from_mask(mask), prompt, 0, length)
+    state = GenerationState(_positions_from_mask(mask), prompt, 0, length, prompt_end=length)
     out = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     pad = _pad_id(model)
