@@ -152,6 +152,8 @@ def batched_conditions(conditions: Sequence[Sequence[HookPair]], rows: Sequence[
                     out[idx] = result
             return out
 
+        # fixed device indices and tensor ops only: graph-safe when every inner hook is
+        fn.graph_safe = all(getattr(inner, "graph_safe", False) for _, inner in entries)
         return fn
 
     return [(name, make(entries)) for name, entries in by_name.items()]

@@ -41,6 +41,7 @@ def zero_dims(
                 raise ValueError(f"{hook.name}: mask shape {tuple(mask.shape)} != [head, d_head] {tuple(x.shape[2:])}")
             return x.masked_fill(mask.to(x.device), 0.0)
 
+        fn.graph_safe = True  # tensor ops on a fixed mask: may run inside a CUDA-graph decode step
         pairs.append((qkv_hook(layer, tensor, rotary), fn))
     return pairs
 
@@ -130,6 +131,9 @@ def replace_topk_with_mean(
         mean = (xf.sum(dim=1, keepdim=True) / count[:, None]).to(x.dtype)
         return torch.where(chosen & prompt[:, :, None, None], mean, x)
 
+    # Graph-safe: in a decode step whose new tokens hold no prompt token (known on the host) it
+    # returns x untouched; whole-cache points (hook_rot_k) are kept off graphs by name.
+    fn.graph_safe = True
     return [(qkv_hook(layer, tensor, rotary), fn) for tensor in tensors for layer in range(n_layers)]
 
 

@@ -159,3 +159,80 @@ def test_prompt_slots_of_decode_steps(checkpoint_factory):
     for step, keys in enumerate(seen["rot_k"]):
         assert torch.equal(keys[:, :length], expected) and not keys[:, length:].any()
         assert keys.shape[1] == length + step
+
+
+def _exp3_hooks(model):
+    """Exp 3's hooked conditions as task_rows batches them: topk_mean_q_k on rows 0-1,
+    massive_zero (a few q/k dims in every layer) on row 2, row 3 baseline."""
+    from hooks.conditions import batched_conditions, build_condition
+
+    n_heads, d_head = model.cfg.n_heads, model.cfg.d_head
+    n_kv = model.cfg.n_key_value_heads or n_heads
+    masks = {"q": {}, "k": {}}
+    for layer in range(model.cfg.n_layers):
+        masks["q"][layer] = torch.zeros(n_heads, d_head, dtype=torch.bool)
+        masks["q"][layer][0, layer % d_head] = True
+        masks["k"][layer] = torch.zeros(n_kv, d_head, dtype=torch.bool)
+        masks["k"][layer][n_kv - 1, 3] = True
+    topk = build_condition(model, "topk_mean_q_k").hooks
+    zero = build_condition(model, "massive_zero", massive_masks=masks).hooks
+    return batched_conditions([topk, zero], [[0, 1], [2]])
+
+
+@pytest.mark.parametrize("attention_type", VARIANTS)
+def test_graph_safe_conditions_decode_static_like_dynamic(checkpoint_factory, attention_type, monkeypatch):
+    """Exp 3's conditions are marked graph-safe, so their batches decode in static mode; the
+    tokens and every step's logits equal the dynamic path's (forced by an unmarked hook), and the
+    conditions do change the generation."""
+    from drope_lens.measurement.generation import graph_safe_hooks
+
+    path, _ = checkpoint_factory(attention_type=attention_type)
+    model = dl.load_model(path)
+    hooks = _exp3_hooks(model)
+    assert graph_safe_hooks(hooks)
+    assert not graph_safe_hooks(hooks + [("blocks.0.hook_resid_pre", _identity)])
+    spy = _Spy(monkeypatch)
+    vocab = list(range(model.cfg.d_vocab))
+    static = greedy_generate(model, ROWS, NEW, batch_size=4, fwd_hooks=hooks, score_ids=vocab, score_steps=True)
+    assert spy.steps == NEW - 1
+    dynamic = greedy_generate(model, ROWS, NEW, batch_size=4, score_ids=vocab, score_steps=True,
+                              fwd_hooks=hooks + [("blocks.0.hook_resid_pre", _identity)])
+    assert spy.steps == NEW - 1
+    plain = greedy_generate(model, ROWS, NEW, batch_size=4, score_ids=vocab, score_steps=True)
+    assert static.tokens == dynamic.tokens
+    torch.testing.assert_close(static.step_logits, dynamic.step_logits, rtol=0, atol=1e-5)
+    assert not torch.allclose(static.step_logits, plain.step_logits, atol=1e-3)
+
+
+def test_whole_cache_and_position_hooks_stay_dynamic(checkpoint_factory):
+    """Graph-safe marks do not carry a post-rotary key hook (it would see the whole-length buffer)
+    nor position hooks (their positions are read on the host per step)."""
+    from drope_lens.measurement.generation import graph_safe_hooks
+    from hooks.conditions import build_condition
+    from hooks.interventions import replace_topk_with_mean
+
+    path, _ = checkpoint_factory()
+    model = dl.load_model(path)
+    post = replace_topk_with_mean(model.cfg.n_layers, 1, ("q", "k"), "post", model=model)
+    assert not graph_safe_hooks(post)
+    assert graph_safe_hooks([p for p in post if p[0].endswith("hook_rot_q")])
+    assert not graph_safe_hooks(build_condition(model, "l1_both_bos").hooks)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("attention_type", VARIANTS)
+def test_cuda_graph_under_exp3_conditions_equals_eager(checkpoint_factory, attention_type, monkeypatch):
+    """With graph-safe hooks captured in the graph: identical tokens and bit-identical logits to
+    the same static steps run eagerly, and the tokens of the dynamic path (float32)."""
+    path, _ = checkpoint_factory(attention_type=attention_type)
+    model = dl.load_model(path, device="cuda")
+    hooks = _exp3_hooks(model)
+    spy = _Spy(monkeypatch)
+    vocab = list(range(model.cfg.d_vocab))
+    graphed = greedy_generate(model, ROWS, NEW, batch_size=4, fwd_hooks=hooks, score_ids=vocab, score_steps=True)
+    assert spy.graphs == 1
+    eager = greedy_generate(model, ROWS, NEW, batch_size=4, fwd_hooks=hooks, score_ids=vocab, score_steps=True,
+                            cuda_graphs=False)
+    dynamic = greedy_generate(model, ROWS, NEW, batch_size=4, fwd_hooks=hooks + [("blocks.0.hook_resid_pre", _identity)])
+    assert graphed.tokens == eager.tokens == dynamic.tokens
+    assert torch.equal(graphed.step_logits, eager.step_logits)

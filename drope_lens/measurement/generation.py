@@ -17,14 +17,16 @@ are given (then one ``any()`` per step, as Hugging Face does), no tokenizer call
 cache written in place instead of concatenated, and the embedding's vocabulary check only on
 prompt tokens (generated ids come from the model's own vocabulary).
 
-Static decoding and CUDA graphs. When nothing is hooked during a batch (no ``fwd_hooks``, no
-``batch_hooks`` result, no hook left on the model), its decode steps run with fixed shapes
-(:class:`_StaticDecode`: whole-length cache written at a slot index held on the device, an
-attention-mask buffer updated in place), and on CUDA the second of them is captured as a CUDA
-graph that every later step replays (``cuda_graphs=False`` runs the same steps eagerly). The
-rule for hooks: a graph replays kernels, not Python, so a hook would run once at capture and
-never again; therefore any hook puts the whole batch on the dynamic path, where every hook runs at
-every step. Models split over devices and sliding windows shorter than the sequence also stay
+Static decoding and CUDA graphs. When a batch has no hooks, or only hooks the project marks
+graph-safe (:func:`graph_safe_hooks`: ``hooks.zero_dims``, ``hooks.replace_topk_with_mean`` and
+``batched_conditions`` over them, e.g. Exp 3's ``massive_zero`` / ``topk_mean_q_k``), and no hook
+was left on the model, its decode steps run with fixed shapes (:class:`_StaticDecode`:
+whole-length cache written at a slot index held on the device, an attention-mask buffer updated
+in place), and on CUDA the second of them is captured as a CUDA graph that every later step
+replays (``cuda_graphs=False`` runs the same steps eagerly). The rule for hooks: a graph replays
+kernels, not Python, so a hook runs once at capture and never again; any other hook (every user
+hook, position hooks such as ``ablate_positions``, hooks on ``hook_rot_k`` / scores / pattern)
+puts the whole batch on the dynamic path, where every hook runs at every step. Models split over devices and sliding windows shorter than the sequence also stay
 dynamic. Static and dynamic decoding compute the same numbers up to the attention kernel's
 rounding over masked slots (tested equal to 1e-5 in float32, and graph == eager exactly on CUDA).
 """
@@ -454,10 +456,10 @@ def greedy_generate(
     given, supplies extra hooks per batch (``indices`` = the prompts in it, in row order), e.g.
     one ablation condition per group of rows. ``progress``: a tqdm bar over batches with this label.
 
-    Decode steps of a batch in which nothing is hooked (no ``fwd_hooks``, no ``batch_hooks``
-    result, no hook left on the model) run with static shapes over the whole-length cache
-    (:class:`_StaticDecode`) and, on CUDA with ``cuda_graphs=True``, are replayed as one CUDA graph;
-    with any hook the batch runs the dynamic path, every hook called at every step.
+    Decode steps of a batch whose hooks are all :func:`graph_safe_hooks` (or none), with no hook
+    left on the model, run with static shapes over the whole-length cache (:class:`_StaticDecode`)
+    and, on CUDA with ``cuda_graphs=True``, are replayed as one CUDA graph; with any other hook the
+    batch runs the dynamic path, every hook called at every step.
     ``score_steps``: with ``score_ids``, also return their logits at every step
     (``Generation.step_logits``).
     """
@@ -497,12 +499,32 @@ def greedy_generate(
     return Generation(new_tokens, texts, [len(r) for r in rows], score_out, step_logits=step_out)
 
 
-def _static_decode_allowed(model, total: int) -> bool:
-    """Whether decode steps may run in static mode (:class:`_StaticDecode`): nothing is hooked
-    anywhere in the model (a hook may keep Python state, read host values or expect the dynamic
-    shapes), the model sits on one device, and no layer has a sliding window shorter than the
-    whole sequence (static mode places the query at the last slot; a window counts from there)."""
-    if getattr(model.cfg, "n_devices", 1) != 1 or _hooked(model):
+# Hook points whose tensors span the whole cache: in static mode they would see every slot of the
+# whole-length buffer instead of the keys so far, so a hook there keeps a batch dynamic.
+_WHOLE_CACHE_HOOKS = ("hook_rot_k", "hook_attn_scores", "hook_pattern")
+
+
+def graph_safe_hooks(hooks: Sequence[HookPair]) -> bool:
+    """Whether every ``(name, fn)`` pair may run inside a static decode step and its CUDA graph.
+
+    A hook function qualifies when it carries ``graph_safe = True``: the project sets it on hooks
+    whose decode-step work is tensor operations only, on device tensors fixed for the batch, with
+    nothing read back to the host and no Python state kept (``hooks.zero_dims``,
+    ``hooks.replace_topk_with_mean``, ``hooks.conditions.batched_conditions`` over such hooks).
+    Anything else (every user hook) runs on the dynamic path. Hooks on whole-cache points
+    (``hook_rot_k``, ``hook_attn_scores``, ``hook_pattern``) never qualify."""
+    for name, fn in hooks:
+        if not isinstance(name, str) or not getattr(fn, "graph_safe", False) or name.endswith(_WHOLE_CACHE_HOOKS):
+            return False
+    return True
+
+
+def _static_decode_allowed(model, total: int, hooks: Sequence[HookPair], hooked_before: bool) -> bool:
+    """Whether decode steps may run in static mode (:class:`_StaticDecode`): no hook was on the
+    model before :func:`greedy_generate` attached its own, those are :func:`graph_safe_hooks`, the
+    model sits on one device, and no layer has a sliding window shorter than the whole sequence
+    (static mode places the query at the last slot; a window counts from there)."""
+    if getattr(model.cfg, "n_devices", 1) != 1 or hooked_before or not graph_safe_hooks(hooks):
         return False
     for block in model.blocks:
         window = block.attn.settings.sliding_window
@@ -525,13 +547,16 @@ class _StaticDecode:
     On CUDA (``graphs=True``) the first static step runs eagerly (it compiles kernels and grows
     the rotary table) and the second is captured into a ``torch.cuda.CUDAGraph`` that every later
     step replays: one launch instead of several thousand. Elsewhere every step runs eagerly, the
-    same operations. Used only when :func:`_static_decode_allowed`: a hook would run once, at
-    capture, instead of every step, so any hook anywhere keeps the whole batch on the dynamic path.
+    same operations. Used only when :func:`_static_decode_allowed`: a hook runs once, at capture,
+    and its kernels are replayed, so only :func:`graph_safe_hooks` may be attached; any other hook
+    anywhere keeps the whole batch on the dynamic path.
     """
 
-    def __init__(self, model, cache: _Cache, mask: torch.Tensor, prompt_length: int, graphs: bool):
+    def __init__(self, model, cache: _Cache, mask: torch.Tensor, prompt_length: int, graphs: bool,
+                 state: GenerationState):
         self.model = model
         self.cache = cache
+        self.state = state
         device = mask.device
         self.slot = torch.zeros(1, dtype=torch.long, device=device)
         cache.make_static(self.slot)
@@ -547,9 +572,10 @@ class _StaticDecode:
     def _forward(self) -> torch.Tensor:
         model = self.model
         self.visible.index_fill_(1, self.slot, 1)
-        residual = _embed(model, self.tokens, checked=False)
-        resid = model(residual, start_at_layer=0, stop_at_layer=model.cfg.n_layers, past_kv_cache=self.cache,
-                      attention_mask=self.visible)
+        with _publish(model, self.state):  # graph-safe hooks read only host-fixed facts from it
+            residual = _embed(model, self.tokens, checked=False)
+            resid = model(residual, start_at_layer=0, stop_at_layer=model.cfg.n_layers, past_kv_cache=self.cache,
+                          attention_mask=self.visible)
         return model.unembed(model.ln_final(resid[:, -1:]))[:, 0]
 
     def __call__(self, tokens: torch.Tensor, end: int, steps_left: int) -> torch.Tensor:
@@ -557,6 +583,7 @@ class _StaticDecode:
         The result is overwritten by the next step when a graph runs: read it before then."""
         self.tokens.copy_(tokens)
         self.slot.fill_(end - 1)
+        self.state.begin, self.state.end = end - 1, end
         if self.graph is None and self.graphs and self.eager_steps >= 1 and steps_left >= 2:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
@@ -586,8 +613,9 @@ def _generate_batch(model, rows, max_new_tokens, hooks, stops, score_ids, cuda_g
     scores = None
     steps = (torch.full((batch, max_new_tokens, len(score_ids)), float("nan"), dtype=torch.float32, device=device)
              if score_steps and score_ids is not None else None)
+    hooked_before = _hooked(model)
     with model.hooks(fwd_hooks=hooks):
-        static = max_new_tokens >= 2 and _static_decode_allowed(model, total)
+        static = max_new_tokens >= 2 and _static_decode_allowed(model, total, hooks, hooked_before)
         cache = _Cache(model, batch, total, zeroed=static)
         decode = None
         current, checked, end = tokens, True, length
@@ -595,7 +623,7 @@ def _generate_batch(model, rows, max_new_tokens, hooks, stops, score_ids, cuda_g
             begin = end - current.shape[1]
             if step >= 1 and static:
                 if decode is None:
-                    decode = _StaticDecode(model, cache, mask, length, cuda_graphs)
+                    decode = _StaticDecode(model, cache, mask, length, cuda_graphs, state)
                 last = decode(current, end, max_new_tokens - step)
             else:
                 state.begin, state.end = begin, end
