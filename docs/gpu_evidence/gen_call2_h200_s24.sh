@@ -5,5 +5,5 @@ set -o pipefail
 T0=$(date +%s)
 el() { echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
 el start
-DROPE_LENS_TEST_DEVICE=cuda timeout 70 python3 -m pytest -q -p no:cacheprovider tests/test_generation_static.py tests/test_hooks.py 2>&1 | tail -15
+DROPE_LENS_TEST_DEVICE=cuda timeout 45 python3 -m pytest -q -p no:cacheprovider tests/test_generation_static.py tests/test_hooks.py 2>&1 | tail -15
 el end
