@@ -26,9 +26,10 @@ in place), and on CUDA the second of them is captured as a CUDA graph that every
 replays (``cuda_graphs=False`` runs the same steps eagerly). The rule for hooks: a graph replays
 kernels, not Python, so a hook runs once at capture and never again; any other hook (every user
 hook, position hooks such as ``ablate_positions``, hooks on ``hook_rot_k`` / scores / pattern)
-puts the whole batch on the dynamic path, where every hook runs at every step. Models split over devices and sliding windows shorter than the sequence also stay
-dynamic. Static and dynamic decoding compute the same numbers up to the attention kernel's
-rounding over masked slots (tested equal to 1e-5 in float32, and graph == eager exactly on CUDA).
+puts the whole batch on the dynamic path, where every hook runs at every step. Models split over
+devices and sliding windows shorter than the sequence also stay dynamic. Static and dynamic
+decoding compute the same numbers up to the attention kernel's rounding over masked slots
+(tested equal to 1e-5 in float32, and graph == eager exactly on CUDA on the test models).
 """
 
 from __future__ import annotations
@@ -174,7 +175,8 @@ class _CacheEntry:
     def append(self, new_keys: torch.Tensor, new_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.slot is not None:
             if new_keys.shape[1] != 1:
-                raise RuntimeError(f"a static-mode KV cache takes one new position per forward, got {new_keys.shape[1]}.")
+                raise RuntimeError("a static-mode KV cache takes one new position per forward, "
+                                   f"got {new_keys.shape[1]}.")
             self.keys.index_copy_(1, self.slot, new_keys)
             self.values.index_copy_(1, self.slot, new_values)
             return self.keys, self.values
@@ -586,7 +588,7 @@ class _StaticDecode:
         self.state.begin, self.state.end = end - 1, end
         if self.graph is None and self.graphs and self.eager_steps >= 1 and steps_left >= 2:
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.device(self.slot.device), torch.cuda.graph(graph):  # capture on the model's GPU
                 self.out = self._forward()
             self.graph = graph
         if self.graph is not None:
