@@ -70,7 +70,12 @@ def check_conditions(names: Sequence[str]) -> tuple[str, ...]:
 # ------------------------------------------------------------------------------------------
 def zero_everywhere(names: Sequence[str]) -> list[HookPair]:
     """Zero hooks ``names`` at every position."""
-    return [(name, lambda x, hook: torch.zeros_like(x)) for name in names]
+
+    def zero(x, hook):
+        return torch.zeros_like(x)
+
+    zero.graph_safe = True  # a pure tensor op: may run inside a CUDA-graph decode step
+    return [(name, zero) for name in names]
 
 
 def _bos(model, names: Sequence[str]) -> list[HookPair]:

@@ -206,7 +206,7 @@ def test_graph_safe_conditions_decode_static_like_dynamic(checkpoint_factory, at
 
 def test_whole_cache_and_position_hooks_stay_dynamic(checkpoint_factory):
     """Graph-safe marks do not carry a post-rotary key hook (it would see the whole-length buffer)
-    nor position hooks (their positions are read on the host per step)."""
+    nor position hooks beyond position 0 (their positions are read on the host per step)."""
     from drope_lens.measurement.generation import graph_safe_hooks
     from hooks.conditions import build_condition
     from hooks.interventions import replace_topk_with_mean
@@ -216,7 +216,10 @@ def test_whole_cache_and_position_hooks_stay_dynamic(checkpoint_factory):
     post = replace_topk_with_mean(model.cfg.n_layers, 1, ("q", "k"), "post", model=model)
     assert not graph_safe_hooks(post)
     assert graph_safe_hooks([p for p in post if p[0].endswith("hook_rot_q")])
-    assert not graph_safe_hooks(build_condition(model, "l1_both_bos").hooks)
+    assert not graph_safe_hooks(build_condition(model, "l1_both_bos").hooks[:1] + post[-1:])
+    from hooks.interventions import ablate_positions
+
+    assert not graph_safe_hooks(ablate_positions(["blocks.1.hook_mlp_out"], [3], model=model))
 
 
 @pytest.mark.gpu
@@ -236,3 +239,45 @@ def test_cuda_graph_under_exp3_conditions_equals_eager(checkpoint_factory, atten
     dynamic = greedy_generate(model, ROWS, NEW, batch_size=4, fwd_hooks=hooks + [("blocks.0.hook_resid_pre", _identity)])
     assert graphed.tokens == eager.tokens == dynamic.tokens
     assert torch.equal(graphed.step_logits, eager.step_logits)
+
+
+@pytest.mark.parametrize("name, kwargs", [("bos_mlp", {"spike_layer": 0}), ("bos_v_all", {}), ("l1_both", {})])
+def test_position_zero_conditions_decode_static_like_dynamic(checkpoint_factory, name, kwargs, monkeypatch):
+    """Position-0 conditions touch no decode step (a new token is never at position 0) and the
+    layer-1 zeroing is a pure tensor op, so they are graph-safe: static decoding under them equals
+    the dynamic path, and they do change the generation. A position hook aimed past position 0
+    stays dynamic."""
+    from drope_lens.measurement.generation import graph_safe_hooks
+    from hooks.conditions import build_condition
+    from hooks.interventions import ablate_positions
+
+    path, _ = checkpoint_factory()
+    model = dl.load_model(path)
+    hooks = build_condition(model, name, **kwargs).hooks
+    assert graph_safe_hooks(hooks) and graph_safe_hooks(build_condition(model, "l1_both_bos").hooks)
+    assert not graph_safe_hooks(ablate_positions(["blocks.0.hook_mlp_out"], [0, 5], model=model))
+    spy = _Spy(monkeypatch)
+    vocab = list(range(model.cfg.d_vocab))
+    static = greedy_generate(model, ROWS, NEW, batch_size=4, fwd_hooks=hooks, score_ids=vocab, score_steps=True)
+    assert spy.steps == NEW - 1
+    dynamic = greedy_generate(model, ROWS, NEW, batch_size=4, score_ids=vocab, score_steps=True,
+                              fwd_hooks=hooks + [("blocks.0.hook_resid_pre", _identity)])
+    plain = greedy_generate(model, ROWS, NEW, batch_size=4, score_ids=vocab, score_steps=True)
+    assert static.tokens == dynamic.tokens
+    torch.testing.assert_close(static.step_logits, dynamic.step_logits, rtol=0, atol=1e-5)
+    assert not torch.allclose(static.step_logits, plain.step_logits, atol=1e-3)
+
+
+def test_every_named_condition_is_graph_safe(checkpoint_factory):
+    """The study's conditions all decode in static mode (and so with CUDA graphs)."""
+    from drope_lens.measurement.generation import graph_safe_hooks
+    from hooks.conditions import CONDITIONS, build_condition
+
+    path, _ = checkpoint_factory()
+    model = dl.load_model(path)
+    masks = {t: {0: torch.zeros(model.cfg.n_key_value_heads or model.cfg.n_heads, model.cfg.d_head,
+                                dtype=torch.bool)} for t in ("q", "k")}
+    masks["q"][0] = torch.zeros(model.cfg.n_heads, model.cfg.d_head, dtype=torch.bool)
+    for name in CONDITIONS:
+        hooks = build_condition(model, name, spike_layer=0, massive_masks=masks).hooks
+        assert graph_safe_hooks(hooks), name

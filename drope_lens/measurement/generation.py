@@ -18,14 +18,15 @@ cache written in place instead of concatenated, and the embedding's vocabulary c
 prompt tokens (generated ids come from the model's own vocabulary).
 
 Static decoding and CUDA graphs. When a batch has no hooks, or only hooks the project marks
-graph-safe (:func:`graph_safe_hooks`: ``hooks.zero_dims``, ``hooks.replace_topk_with_mean`` and
-``batched_conditions`` over them, e.g. Exp 3's ``massive_zero`` / ``topk_mean_q_k``), and no hook
+graph-safe (:func:`graph_safe_hooks`: ``hooks.zero_dims``, ``hooks.replace_topk_with_mean``,
+``hooks.ablate_positions`` of position 0 only, and ``batched_conditions`` over them: every named
+condition, e.g. Exp 3's ``massive_zero`` / ``topk_mean_q_k`` and ``l1_both_bos``), and no hook
 was left on the model, its decode steps run with fixed shapes (:class:`_StaticDecode`:
 whole-length cache written at a slot index held on the device, an attention-mask buffer updated
 in place), and on CUDA the second of them is captured as a CUDA graph that every later step
 replays (``cuda_graphs=False`` runs the same steps eagerly). The rule for hooks: a graph replays
 kernels, not Python, so a hook runs once at capture and never again; any other hook (every user
-hook, position hooks such as ``ablate_positions``, hooks on ``hook_rot_k`` / scores / pattern)
+hook, ``ablate_positions`` beyond position 0, hooks on ``hook_rot_k`` / scores / pattern)
 puts the whole batch on the dynamic path, where every hook runs at every step. Models split over
 devices and sliding windows shorter than the sequence also stay dynamic. Static and dynamic
 decoding compute the same numbers up to the attention kernel's rounding over masked slots
@@ -86,11 +87,16 @@ class GenerationState:
     def positions_for(self, n_pos: int, device=None) -> torch.Tensor:
         return self._slice(self.positions, n_pos, device)
 
+    def new_tokens_only(self, n_pos: int) -> bool:
+        """True when a hooked tensor of ``n_pos`` positions holds only a decode forward's new
+        tokens, none of them a prompt token (decided on the host from ``prompt_end``)."""
+        return (self.prompt_end is not None and self.begin >= self.prompt_end and n_pos == self.end - self.begin
+                and n_pos != self.end)
+
     def prompt_slots(self, n_pos: int, device=None) -> Optional[torch.Tensor]:
-        """``[batch, n_pos]`` bool, True on prompt tokens; None for a decode forward's own new
-        tokens (known on the host from ``prompt_end``: prompt hooks then skip their work)."""
-        if (self.prompt_end is not None and self.begin >= self.prompt_end and n_pos == self.end - self.begin
-                and n_pos != self.end):
+        """``[batch, n_pos]`` bool, True on prompt tokens; None when :meth:`new_tokens_only`
+        (prompt hooks then skip their work)."""
+        if self.new_tokens_only(n_pos):
             return None
         return self._slice(self.prompt, n_pos, device)
 
@@ -512,7 +518,8 @@ def graph_safe_hooks(hooks: Sequence[HookPair]) -> bool:
     A hook function qualifies when it carries ``graph_safe = True``: the project sets it on hooks
     whose decode-step work is tensor operations only, on device tensors fixed for the batch, with
     nothing read back to the host and no Python state kept (``hooks.zero_dims``,
-    ``hooks.replace_topk_with_mean``, ``hooks.conditions.batched_conditions`` over such hooks).
+    ``hooks.replace_topk_with_mean``, ``hooks.ablate_positions`` of position 0 only (a no-op in
+    every decode step), ``hooks.conditions.batched_conditions`` over such hooks).
     Anything else (every user hook) runs on the dynamic path. Hooks on whole-cache points
     (``hook_rot_k``, ``hook_attn_scores``, ``hook_pattern``) never qualify."""
     for name, fn in hooks:
