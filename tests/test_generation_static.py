@@ -223,13 +223,21 @@ def test_whole_cache_and_position_hooks_stay_dynamic(checkpoint_factory):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("which", ["exp3", "bos"])
 @pytest.mark.parametrize("attention_type", VARIANTS)
-def test_cuda_graph_under_exp3_conditions_equals_eager(checkpoint_factory, attention_type, monkeypatch):
-    """With graph-safe hooks captured in the graph: identical tokens and bit-identical logits to
-    the same static steps run eagerly, and the tokens of the dynamic path (float32)."""
+def test_cuda_graph_under_exp3_conditions_equals_eager(checkpoint_factory, attention_type, which, monkeypatch):
+    """With graph-safe hooks captured in the graph (Exp 3's conditions; position-0 and layer-1
+    ablations): identical tokens and bit-identical logits to the same static steps run eagerly,
+    and the tokens of the dynamic path (float32)."""
+    from hooks.conditions import batched_conditions, build_condition
+
     path, _ = checkpoint_factory(attention_type=attention_type)
     model = dl.load_model(path, device="cuda")
-    hooks = _exp3_hooks(model)
+    if which == "exp3":
+        hooks = _exp3_hooks(model)
+    else:
+        hooks = batched_conditions([build_condition(model, "bos_v_all").hooks, build_condition(model, "l1_both").hooks],
+                                   [[0, 2], [1]])
     spy = _Spy(monkeypatch)
     vocab = list(range(model.cfg.d_vocab))
     graphed = greedy_generate(model, ROWS, NEW, batch_size=4, fwd_hooks=hooks, score_ids=vocab, score_steps=True)
