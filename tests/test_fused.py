@@ -194,3 +194,19 @@ def test_direct_launch_runs_the_kernel_triton_would_pick():
                 got = apply_rotary(x, offset, 10000.0)
                 assert torch.equal(got, apply_rotary(x, offset, 10000.0, fused_kernel=False))
     assert kernels.rotary.direct_launches >= 3
+
+
+def test_launch_key_separates_what_triton_specialises():
+    """fused.Launcher reuses a compiled kernel only for arguments with the same key: the key must
+    separate every property Triton 3.x specialises a launch on (a tensor's dtype and 16-byte
+    alignment; an integer being 1, divisible by 16, or beyond 32 bits), or a direct launch could
+    run a binary compiled for other arguments."""
+    key = fused._arg_key
+    storage = torch.zeros(64, dtype=torch.float16)
+    assert key(storage) != key(storage.float())
+    assert key(storage[8:]) == key(storage)  # 16 bytes further: still aligned
+    assert key(storage[1:]) != key(storage)  # 2 bytes further: misaligned
+    assert key(1) != key(2) and key(16) != key(17) and key(32) == key(48) and key(3) == key(5)
+    assert key(2**31) != key(2**31 - 2**4) and key(-(2**31) - 16) != key(-(2**31))
+    assert key(1e-5) == key(0.5)
+    assert key(True) != key(False) and key(True) != key(1)
