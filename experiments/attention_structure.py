@@ -76,7 +76,8 @@ def measurement(config: AttentionStructureConfig) -> Measurement:
                    for name in ("sink_score", "entropy", "local_mass", "local_mass_no_bos", "distance")}
         frame = per_head_frame(batch.samples, columns)
         frame["head_class"] = classify(frame, config)
-        frame["distance"] = [list(map(float, d)) for d in frame["distance"]]
+        distance = columns["distance"]  # [layer, batch, head, D] -> rows in the frame's (sample, layer, head) order
+        frame["distance"] = distance.transpose(0, 1).reshape(-1, distance.shape[-1]).float().cpu().double().numpy().tolist()
         return frame[["sample", "layer", "head", "sink_score", "entropy", "local_mass", "local_mass_no_bos",
                       "head_class", "distance"]]
 

@@ -70,7 +70,12 @@ def check_conditions(names: Sequence[str]) -> tuple[str, ...]:
 # ------------------------------------------------------------------------------------------
 def zero_everywhere(names: Sequence[str]) -> list[HookPair]:
     """Zero hooks ``names`` at every position."""
-    return [(name, lambda x, hook: torch.zeros_like(x)) for name in names]
+
+    def zero(x, hook):
+        return torch.zeros_like(x)
+
+    zero.graph_safe = True  # a pure tensor op: may run inside a CUDA-graph decode step
+    return [(name, zero) for name in names]
 
 
 def _bos(model, names: Sequence[str]) -> list[HookPair]:
@@ -152,6 +157,8 @@ def batched_conditions(conditions: Sequence[Sequence[HookPair]], rows: Sequence[
                     out[idx] = result
             return out
 
+        # fixed device indices and tensor ops only: graph-safe when every inner hook is
+        fn.graph_safe = all(getattr(inner, "graph_safe", False) for _, inner in entries)
         return fn
 
     return [(name, make(entries)) for name, entries in by_name.items()]

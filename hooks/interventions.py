@@ -41,6 +41,7 @@ def zero_dims(
                 raise ValueError(f"{hook.name}: mask shape {tuple(mask.shape)} != [head, d_head] {tuple(x.shape[2:])}")
             return x.masked_fill(mask.to(x.device), 0.0)
 
+        fn.graph_safe = True  # tensor ops on a fixed mask: may run inside a CUDA-graph decode step
         pairs.append((qkv_hook(layer, tensor, rotary), fn))
     return pairs
 
@@ -52,6 +53,17 @@ def _positions(model, n_pos: int, device) -> torch.Tensor:
     from drope_lens.measurement.generation import absolute_positions
 
     return absolute_positions(model, n_pos, device)
+
+
+def _new_tokens_only(model, n_pos: int) -> bool:
+    """True inside a generation's decode forward for a tensor of its new tokens only (none of
+    them a prompt token; see ``GenerationState.new_tokens_only``)."""
+    if model is None:
+        return False
+    from drope_lens.measurement.generation import generation_state
+
+    state = generation_state(model)
+    return state is not None and state.new_tokens_only(n_pos)
 
 
 class _OnDevice:
@@ -130,6 +142,9 @@ def replace_topk_with_mean(
         mean = (xf.sum(dim=1, keepdim=True) / count[:, None]).to(x.dtype)
         return torch.where(chosen & prompt[:, :, None, None], mean, x)
 
+    # Graph-safe: in a decode step whose new tokens hold no prompt token (known on the host) it
+    # returns x untouched; whole-cache points (hook_rot_k) are kept off graphs by name.
+    fn.graph_safe = True
     return [(qkv_hook(layer, tensor, rotary), fn) for tensor in tensors for layer in range(n_layers)]
 
 
@@ -153,7 +168,11 @@ def ablate_positions(
     if any(p < 0 for p in wanted.values):
         raise ValueError(f"positions {wanted.values}: absolute positions must be >= 0.")
 
+    only_first = wanted.values == [0]
+
     def fn(x, hook):
+        if only_first and _new_tokens_only(model, x.shape[1]):
+            return x  # a decode forward's new tokens: never at position 0 (known on the host)
         pos = _positions(model, x.shape[1], x.device)  # [batch|1, pos]
         hit = torch.isin(pos, wanted.on(x.device))
         hit = hit.view(*hit.shape, *([1] * (x.ndim - 2)))
@@ -167,4 +186,7 @@ def ablate_positions(
                            / valid.sum(dim=1, keepdim=True).clamp(min=1.0)).to(x.dtype)
         return torch.where(hit, replacement, x)
 
+    # Graph-safe (a CUDA-graph decode step may hold it) when its positions come from the forward's
+    # own indices (no model) or when it targets position 0 only (a no-op in every decode step).
+    fn.graph_safe = model is None or only_first
     return [(name, fn) for name in names]

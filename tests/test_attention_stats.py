@@ -234,6 +234,56 @@ def test_triton_online_entropy_keeps_precision_with_huge_scores(triton_backend):
                                        atol=1e-3 if scale > 1 else 1e-5, msg=name)
 
 
+def _float64_pattern(q, k, scale, start, end, offset, sliding):
+    """Softmax of float64 scores by hand (rows that see no key, e.g. padding, stay all zero)."""
+    rep = q.shape[2] // k.shape[2]
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.double(), k.double().repeat_interleave(rep, dim=2)) * scale
+    rows = torch.arange(q.shape[1], device=q.device)[:, None] + offset
+    keys = torch.arange(k.shape[1], device=q.device)[None, :]
+    visible = (keys <= rows) & (rows - keys < sliding)
+    visible = visible[None] & (keys >= start[:, None, None]) & (keys < end[:, None, None])  # [batch, q, k]
+    pattern = torch.softmax(scores.masked_fill(~visible[:, None], float("-inf")), dim=-1)
+    return torch.nan_to_num(pattern, nan=0.0)
+
+
+# the default tiles, and small tiles (several whole tiles per block; d_head 24: padded D)
+WHOLE_TILE_CASES = [
+    pytest.param(None, 16, 300, 300, None, id="default-tiles-causal"),
+    pytest.param(None, 16, 300, 220, 100, id="default-tiles-window-kvcache"),
+    pytest.param((32, 16, 4, 2), 24, 120, 120, None, id="small-tiles-causal"),
+    pytest.param((32, 16, 4, 2), 24, 120, 90, 40, id="small-tiles-window-kvcache"),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("config,d_head,n_k,n_q,sliding", WHOLE_TILE_CASES)
+def test_triton_whole_tiles_match_float64_attention(triton_backend, monkeypatch, config, d_head, n_k, n_q, sliding):
+    """Long enough rows that most key (query) tiles are seen whole and skip the masks: the statistics
+    still equal those of a float64 softmax, with left and right padding, grouped-query heads, a
+    sliding window and queries that are the last ``n_q`` of the keys (KV cache)."""
+    if config is not None:
+        monkeypatch.setattr(attention_stats_triton, "CONFIG", attention_stats_triton.KernelConfig(*config))
+    gen = torch.Generator().manual_seed(5)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtypes = [torch.float32, torch.bfloat16] if device == "cuda" else [torch.float32]
+    left, right = n_k // 8, n_k - 10
+    mask = torch.ones(3, n_k, dtype=torch.long)
+    mask[1, :left] = 0  # left padding
+    mask[2, right:] = 0  # right padding
+    start = torch.tensor([0, left, 0], device=device)
+    end = torch.tensor([n_k, n_k, right], device=device)
+    for dtype in dtypes:
+        q = (torch.randn(3, n_q, 2, d_head, generator=gen) * 2).to(device, dtype)
+        k = (torch.randn(3, n_k, 1, d_head, generator=gen) * 2).to(device, dtype)
+        got = attention_stats_triton.attention_stats(q, k, 0.3, attention_mask=mask.to(device), window=4,
+                                                      max_distance=20, received=True, sliding_window=sliding)
+        pattern = _float64_pattern(q, k, 0.3, start, end, n_k - n_q, sliding or n_k + 1)
+        want = stats_from_pattern(pattern, attention_mask=mask.to(device), window=4, max_distance=20, received=True)
+        for name in FIELDS + ("n_queries",):
+            torch.testing.assert_close(getattr(got, name).double(), getattr(want, name).double(), rtol=0,
+                                       atol=1e-5, msg=f"{dtype} {name}")
+
+
 def test_chunking_and_sliding_window_do_not_change_the_result():
     gen = torch.Generator().manual_seed(4)
     q, k = torch.randn(2, 40, 4, 8, generator=gen) * 2, torch.randn(2, 40, 2, 8, generator=gen) * 2

@@ -33,6 +33,9 @@ def test_ln1_runs_once_and_logits_equal_transformer_lens_block():
 
 def test_hooking_ln1_keeps_transformer_lens_semantics():
     model = dl.load_model("bundled:toy/rope")
+    # Hooking ln1 runs TransformerLens's eager RMSNorm; on CUDA the unhooked forward would use the
+    # fused one, which may differ in the last bit (tests/test_fused.py): compare eager with eager.
+    model.set_fused_kernels(False)
     tokens = model.to_tokens("The city of Paris is in France.")
     fired = []
     with torch.inference_mode():

@@ -154,3 +154,59 @@ def test_fused_bf16_model_is_as_accurate_as_the_eager_one(variant):
 def test_float64_is_never_fused():
     x = torch.zeros(2, 3, dtype=torch.float64, device=DEVICE if (INTERPRET or torch.cuda.is_available()) else "cpu")
     assert not fused.usable(x)
+
+
+@pytest.mark.skipif(INTERPRET or not torch.cuda.is_available() or fused._kernels() is None,
+                    reason="direct launches need CUDA and compiled Triton kernels")
+def test_direct_launch_runs_the_kernel_triton_would_pick():
+    """After the first launch of a key (through Triton), fused.Launcher calls the compiled kernel's
+    launcher itself; the result must equal Triton's own launch, also for inputs Triton
+    specialises differently (a 2-byte-misaligned view, widths of Llama-2-7B, row counts of 1)."""
+    kernels = fused._kernels()
+    gen = torch.Generator().manual_seed(3)
+    for rows in (1, 37):
+        big = (torch.randn(rows * 4096 + 1, generator=gen) * 3).to(torch.bfloat16).cuda()
+        for x in (big[:-1].view(rows, 4096), big[1:].view(rows, 4096)):  # aligned, then misaligned by 2 bytes
+            w = (1 + 0.1 * torch.randn(4096, generator=gen)).to(torch.bfloat16).cuda()
+            with torch.inference_mode():
+                fused.rms_norm(x, w, 1e-5)  # the first launch of this key goes through Triton
+                before = kernels.rms_norm.direct_launches
+                got = fused.rms_norm(x, w, 1e-5)
+                assert kernels.rms_norm.direct_launches == before + 1
+                want = torch.empty_like(x)
+                kernels.rms_norm.kernel[(rows,)](x.contiguous(), w, want, 4096, 1.0 / 4096, 1e-5, BLOCK=4096,
+                                                 num_warps=fused._warps(4096), **fused.NO_CONTRACTION)
+            assert torch.equal(got, want)
+            apart = ulps_apart(got, eager_rms_norm(x, w, 1e-5))
+            assert int(apart.max()) <= 2
+    gate, up = ((torch.randn(2, 37, 11008, generator=gen) * 4).to(torch.bfloat16).cuda() for _ in range(2))
+    bias = torch.zeros(11008, dtype=torch.bfloat16, device="cuda")
+    with torch.inference_mode():
+        first = fused.silu_mul_add(gate, up, bias)
+        before = kernels.silu_mul_add.direct_launches
+        second = fused.silu_mul_add(gate, up, bias)
+    assert kernels.silu_mul_add.direct_launches == before + 1
+    assert torch.equal(first, second) and torch.equal(second, F.silu(gate) * up + bias)
+    x = (torch.randn(1, 513, 32, 128, generator=gen) * 5).to(torch.bfloat16).cuda()
+    with torch.inference_mode():
+        for offset in (0, 5, 16):
+            for _ in range(2):
+                got = apply_rotary(x, offset, 10000.0)
+                assert torch.equal(got, apply_rotary(x, offset, 10000.0, fused_kernel=False))
+    assert kernels.rotary.direct_launches >= 3
+
+
+def test_launch_key_separates_what_triton_specialises():
+    """fused.Launcher reuses a compiled kernel only for arguments with the same key: the key must
+    separate every property Triton 3.x specialises a launch on (a tensor's dtype and 16-byte
+    alignment; an integer being 1, divisible by 16, or beyond 32 bits), or a direct launch could
+    run a binary compiled for other arguments."""
+    key = fused._arg_key
+    storage = torch.zeros(64, dtype=torch.float16)
+    assert key(storage) != key(storage.float())
+    assert key(storage[8:]) == key(storage)  # 16 bytes further: still aligned
+    assert key(storage[1:]) != key(storage)  # 2 bytes further: misaligned
+    assert key(1) != key(2) and key(16) != key(17) and key(32) == key(48) and key(3) == key(5)
+    assert key(2**31) != key(2**31 - 2**4) and key(-(2**31) - 16) != key(-(2**31))
+    assert key(1e-5) == key(0.5)
+    assert key(True) != key(False) and key(True) != key(1)

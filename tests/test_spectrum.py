@@ -69,3 +69,23 @@ def test_bad_arguments():
         spectrum.symmetric_eigenvalues(torch.eye(3)[None], method="svd")
     with pytest.raises(ValueError, match=r"shape \(3, 4\)"):
         spectrum.symmetric_eigenvalues(torch.zeros(3, 4))
+
+
+def test_in_place_tridiagonalization_equals_the_copying_one():
+    a = _matrices(6)[0]
+    d, e = spectrum.tridiagonalize(a)
+    d2, e2 = spectrum.tridiagonalize(a.clone(), copy=False)
+    assert torch.equal(d, d2) and torch.equal(e, e2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or spectrum._kernel() is None, reason="CUDA graphs need CUDA")
+def test_cuda_graph_replays_follow_new_inputs():
+    """One capture per (method, shape), then replays on other matrices of that shape: each answer
+    is the new matrices' spectrum (the graph reads a static copy refreshed every call)."""
+    for method in ("householder", "householder_fused"):
+        for seed in (3, 4, 5):
+            x = torch.randn(6, 64, 96, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+            x[:, 0] *= 30.0 * seed
+            a = x @ x.mT
+            _check(spectrum.symmetric_eigenvalues(a.cuda(), method=method), a)
+        assert len(spectrum._GRAPHS) == 1

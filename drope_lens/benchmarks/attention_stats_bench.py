@@ -88,31 +88,61 @@ def long_context(model, lengths, repeat: int) -> list[dict]:
     return rows
 
 
+def sweep(configs: list[str], length: int = 32768, repeat: int = 5) -> list[dict]:
+    """Time one layer's statistics (received included) at ``length`` tokens, 32 heads of 128, bf16,
+    for each kernel configuration ``"block_m,block_n,num_warps,num_stages"``; the fastest becomes
+    :data:`drope_lens.measurement.attention_stats_triton.CONFIG` for the rest of the run."""
+    from drope_lens.measurement import attention_stats_triton as triton_stats
+
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    q = torch.randn(1, length, 32, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k = torch.randn(1, length, 32, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+    rows = []
+    for text in configs:
+        config = triton_stats.KernelConfig(*map(int, text.split(",")))
+        triton_stats.CONFIG = config
+        try:
+            seconds, _, _ = cuda_time(lambda: triton_stats.attention_stats(q, k, 128 ** -0.5, received=True), repeat)
+        except Exception as error:  # noqa: BLE001 - e.g. out of shared memory: report and go on
+            print(f"sweep {text}: {error!r}"[:300], flush=True)
+            continue
+        rows.append({"config": text, "one_layer_s": seconds})
+        print(f"sweep {text}: one layer, {length} tokens, all statistics: {seconds * 1e3:.2f} ms", flush=True)
+    best = min(rows, key=lambda row: row["one_layer_s"])
+    triton_stats.CONFIG = triton_stats.KernelConfig(*map(int, best["config"].split(",")))
+    print(f"sweep: using {triton_stats.CONFIG}", flush=True)
+    return rows
+
+
 def agreement(model, length: int) -> dict:
-    """Max |Triton - chunked PyTorch| and max |Triton - hook_pattern| per statistic over all layers."""
+    """Max |Triton - chunked PyTorch| and max |Triton - hook_pattern| per statistic over all layers.
+
+    Each comparison is made within one forward (both sets of hooks on the same run), so both see the
+    same q and k: a forward with ``hook_pattern`` hooked takes the explicit attention path, whose
+    bf16 outputs differ slightly from the fused path's and change every later layer's inputs."""
     from drope_lens.measurement.attention_stats import stats_from_pattern
     from drope_lens.hooks import capture_attention_stats
 
     tokens = torch.randint(3, model.cfg.d_vocab, (1, length), generator=torch.Generator().manual_seed(1))
     tokens[0, 0] = 1
     tokens = tokens.to(model.cfg.device)
-    stores = {"triton": {}, "torch": {}}
-    patterns: dict = {}
-    keep = [(f"blocks.{layer}.attn.hook_pattern", lambda x, hook: patterns.__setitem__(
-        hook.layer(), stats_from_pattern(x, received=True))) for layer in range(model.cfg.n_layers)]
-    with torch.inference_mode():
-        for backend, store in stores.items():
-            model.run_with_hooks(tokens, return_type=None,
-                                 fwd_hooks=capture_attention_stats(store, model, received=True, backend=backend))
-        model.run_with_hooks(tokens, return_type=None, fwd_hooks=keep)
     out = {}
-    for name in FIELDS:
-        out[f"{name}_vs_torch"] = max(float((getattr(stores["triton"][l], name) - getattr(stores["torch"][l], name))
-                                            .abs().max()) for l in stores["triton"])
-        out[f"{name}_vs_pattern"] = max(float((getattr(stores["triton"][l], name) - getattr(patterns[l], name))
-                                              .abs().max()) for l in patterns)
-    print(f"agreement at {length} tokens (max |difference| over all layers and heads): "
-          + ", ".join(f"{k} {v:.2e}" for k, v in out.items()), flush=True)
+    for other in ("torch", "pattern"):
+        triton_store: dict = {}
+        other_store: dict = {}
+        hooks = capture_attention_stats(triton_store, model, received=True, backend="triton")
+        if other == "torch":
+            hooks += capture_attention_stats(other_store, model, received=True, backend="torch")
+        else:
+            hooks += [(f"blocks.{layer}.attn.hook_pattern", lambda x, hook: other_store.__setitem__(
+                hook.layer(), stats_from_pattern(x, received=True))) for layer in range(model.cfg.n_layers)]
+        with torch.inference_mode():
+            model.run_with_hooks(tokens, return_type=None, fwd_hooks=hooks)
+        for name in FIELDS:
+            out[f"{name}_vs_{other}"] = max(float((getattr(triton_store[l], name) - getattr(other_store[l], name))
+                                                  .abs().max()) for l in other_store)
+    print(f"agreement at {length} tokens (max |difference| over all layers and heads; received: sums over "
+          f"up to {length} rows): " + ", ".join(f"{k} {v:.2e}" for k, v in out.items()), flush=True)
     return out
 
 
@@ -143,6 +173,28 @@ def study_size(model, texts, repeat: int) -> dict:
     return row
 
 
+def profile_study(model, texts) -> None:
+    """Where the study-size part's time goes: ``torch.profiler`` over one warm ``measure`` call,
+    the 25 largest entries by CUDA time and by host (self CPU) time, printed."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from drope_lens.engine.measure import measure
+    from drope_lens.experiments import attention_structure, bos_write, layer_balance, sinks
+
+    parts = [sinks.measurement(sinks.SinksConfig()), bos_write.measurement(bos_write.BosWriteConfig()),
+             attention_structure.measurement(attention_structure.AttentionStructureConfig()),
+             layer_balance.measurement(layer_balance.LayerBalanceConfig())]
+    run = lambda: measure(model, texts, parts, max_tokens=512, batch_size=10, show_progress=False)  # noqa: E731
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    table = prof.key_averages()
+    print(table.table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60), flush=True)
+    print(table.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60), flush=True)
+
+
 def _empty_cache() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -155,6 +207,9 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--agreement-tokens", type=int, default=4096)
+    parser.add_argument("--sweep", nargs="*", default=None, metavar="BM,BN,WARPS,STAGES",
+                        help="time these Triton kernel configurations first (one layer at 32k) and use the fastest")
+    parser.add_argument("--profile", action="store_true", help="profile one study-size measure call (CUDA)")
     parser.add_argument("--shape", choices=["llama2-7b", "tiny"], default="llama2-7b",
                         help="tiny: a CPU smoke run of this script")
     args = parser.parse_args()
@@ -186,8 +241,16 @@ def main() -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=2))
 
+    if args.sweep:
+        result["sweep"] = sweep(args.sweep)
+    if device == "cuda":
+        from drope_lens.measurement import attention_stats_triton
+
+        result["kernel_config"] = vars(attention_stats_triton.CONFIG)
     result["study_size"] = study_size(model, texts, args.repeat)
     save()
+    if args.profile and device == "cuda":
+        profile_study(model, texts)
     result["agreement"] = agreement(model, args.agreement_tokens) if args.agreement_tokens else None
     save()
     result["long_context"] = []

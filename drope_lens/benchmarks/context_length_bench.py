@@ -6,8 +6,11 @@
    alternately after a warm-up of both, see :func:`timed_pair`) of one Exp 10
    prompt (simple format, batch 1) at each length, drope_lens RoPE forward vs Hugging Face
    ``LlamaForCausalLM`` (``attn_implementation="sdpa"``, bf16) on the same token row, both
-   returning logits for every position; the ratio is drope_lens / HF (target >= 0.9), with the
-   peak GPU memory of each forward.
+   returning logits for every position; the ratio is drope_lens / HF (target >= 1.0), with the
+   peak GPU memory of each forward. Also the host time of each forward (seconds until the call
+   returns, before synchronising: when it is close to the CUDA-event time the forward is
+   host-bound). ``--profile FILE`` writes, for the first length, cProfile's top functions (by
+   own time) over 10 forwards of each model and torch.profiler's table of one drope_lens forward.
 2. The whole grid: ``context_length.run`` on both models (``--n`` trials x lengths x 2 formats,
    verification as ``--verify`` says), wall seconds per model and per cell, peak memory.
 
@@ -61,6 +64,46 @@ def timed_pair(ours, theirs, repeat: int, warm_s: float = 1.0) -> tuple[float, f
     return (statistics.median(times[ours]), statistics.median(times[theirs]), peaks[ours], peaks[theirs])
 
 
+def host_seconds(fn, repeat: int = 10) -> float:
+    """Median seconds until ``fn()`` returns (no synchronisation: the host's share of a forward)."""
+    times = []
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def host_profile(ours, theirs, out: Path, length: int) -> None:
+    """cProfile (top 25 by own time, 10 forwards each) and torch.profiler (one forward of ours)."""
+    import cProfile
+    import io
+    import pstats
+
+    from torch.profiler import ProfilerActivity, profile
+
+    text = io.StringIO()
+    for name, fn in (("drope_lens", ours), ("HF sdpa", theirs)):
+        profiler = cProfile.Profile()
+        torch.cuda.synchronize()
+        profiler.enable()
+        for _ in range(10):
+            fn()
+        torch.cuda.synchronize()
+        profiler.disable()
+        text.write(f"=== cProfile, {name}, 10 forwards of {length} tokens ===\n")
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        ours()
+        torch.cuda.synchronize()
+    text.write(f"=== torch.profiler, drope_lens, one forward of {length} tokens ===\n")
+    text.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    out.write_text(text.getvalue())
+
+
 def checkpoints(workdir: Path) -> tuple[Path, Path]:
     """The shared benchmark pair (:func:`random_checkpoint.bench_pair`)."""
     return bench_pair(workdir)
@@ -75,6 +118,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--verify", action="store_true", help="include verification/ranking in the grid")
     parser.add_argument("--skip-grid", action="store_true")
+    parser.add_argument("--profile", type=Path, default=None, help="write host profiles of the first length here")
     args = parser.parse_args()
 
     import drope_lens as dl
@@ -96,12 +140,17 @@ def main() -> None:
         tokens = torch.tensor([ours.tokenizer(trial.prompt)["input_ids"]], device="cuda")
         with torch.inference_mode():
             ours_s, hf_s, ours_gib, hf_gib = timed_pair(lambda: ours(tokens), lambda: hf(tokens).logits, args.repeat)
+            ours_host, hf_host = host_seconds(lambda: ours(tokens)), host_seconds(lambda: hf(tokens).logits)
+            if args.profile is not None and length == args.lengths[0]:
+                host_profile(lambda: ours(tokens), lambda: hf(tokens).logits, args.profile, length)
         row = {"length": length, "tokens": int(tokens.shape[1]), "drope_lens_s": ours_s, "hf_sdpa_s": hf_s,
+               "drope_lens_host_s": ours_host, "hf_host_s": hf_host,
                "drope_lens_tok_per_s": tokens.shape[1] / ours_s, "hf_tok_per_s": tokens.shape[1] / hf_s,
                "throughput_ratio": hf_s / ours_s, "drope_lens_peak_gib": ours_gib, "hf_peak_gib": hf_gib}
         report["prefill"].append(row)
         print(f"prefill {length:>6}: drope_lens {row['drope_lens_tok_per_s']:>9.0f} tok/s ({ours_gib:.1f} GiB), "
-              f"HF sdpa {row['hf_tok_per_s']:>9.0f} tok/s ({hf_gib:.1f} GiB), ratio {row['throughput_ratio']:.3f}",
+              f"HF sdpa {row['hf_tok_per_s']:>9.0f} tok/s ({hf_gib:.1f} GiB), ratio {row['throughput_ratio']:.3f}; "
+              f"ms per forward {1e3 * ours_s:.1f} vs {1e3 * hf_s:.1f}, host {1e3 * ours_host:.1f} vs {1e3 * hf_host:.1f}",
               flush=True)
         save()
     del hf

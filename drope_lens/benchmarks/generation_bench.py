@@ -6,7 +6,8 @@ Part ``generation``: 8 prompts x 256 tokens -> 32 new tokens, batched, no stop t
 :func:`drope_lens.measurement.generation.greedy_generate` (no hooks, and under a BOS-only MLP ablation) vs
 ``transformers`` ``generate(do_sample=False)`` on the same token rows, sdpa attention, in the
 same process. Medians of CUDA-event timings after a warm-up; the ratio ours / HF is printed
-(target: at most 1.1). The new tokens are compared too (bf16: the two implementations round
+(target: at most 1.1). Ours is timed with CUDA-graph decoding (the default when nothing is hooked)
+and with the same static steps run eagerly (``cuda_graphs=False``). The new tokens are compared too (bf16: the two implementations round
 differently, so a few late tokens may differ; the share of equal tokens is reported).
 
 Part ``sweep``: the Exp 3 sweep of :mod:`drope_lens.experiments.knowledge` (420 prompts x 3
@@ -45,8 +46,8 @@ def generation_part(model, hf, repeat: int) -> dict:
     cuda_rows = rows.cuda()
     mask = torch.ones_like(cuda_rows)
 
-    def ours(hooks=()):
-        return greedy_generate(model, prompts, NEW_TOKENS, fwd_hooks=hooks, batch_size=N_PROMPTS)
+    def ours(hooks=(), graphs=True):
+        return greedy_generate(model, prompts, NEW_TOKENS, fwd_hooks=hooks, batch_size=N_PROMPTS, cuda_graphs=graphs)
 
     def theirs():
         with torch.inference_mode():
@@ -54,17 +55,23 @@ def generation_part(model, hf, repeat: int) -> dict:
                                do_sample=False, pad_token_id=0, eos_token_id=None)
 
     print(f"generation {N_PROMPTS}x{PROMPT_TOKENS}->{NEW_TOKENS}: warm-up", flush=True)
-    ours(), theirs()  # warm-up
+    ours(), ours(graphs=False), theirs()  # warm-up
     t_hf, out_hf = cuda_median(theirs, repeat)
     t_ours, out = cuda_median(ours, repeat)
+    t_eager, out_eager = cuda_median(lambda: ours(graphs=False), repeat)
+    print(f"  HF {t_hf * 1e3:.0f} ms, ours (CUDA graph) {t_ours * 1e3:.0f} ms, ours static eager "
+          f"{t_eager * 1e3:.0f} ms", flush=True)
     bos_hooks = build_condition(model, "l1_both_bos").hooks
     ours(bos_hooks)
     t_hooked, _ = cuda_median(lambda: ours(bos_hooks), repeat)
     hf_tokens = out_hf[:, PROMPT_TOKENS:].cpu().tolist()
     equal = sum(a == b for r, s in zip(out.tokens, hf_tokens) for a, b in zip(r, s))
+    first = sum(r[0] == s[0] for r, s in zip(out.tokens, hf_tokens))
     result = {"hf_generate_s": t_hf, "ours_s": t_ours, "ratio": t_ours / t_hf,
+              "ours_static_eager_s": t_eager, "graph_tokens_equal_eager": out.tokens == out_eager.tokens,
               "ours_l1_both_bos_s": t_hooked, "ratio_hooked": t_hooked / t_hf,
-              "equal_token_share": equal / (N_PROMPTS * NEW_TOKENS), "repeat": repeat}
+              "equal_token_share": equal / (N_PROMPTS * NEW_TOKENS), "equal_first_token_share": first / N_PROMPTS,
+              "repeat": repeat}
     print(f"generation 8x256->32: ours {t_ours * 1e3:.0f} ms, HF generate {t_hf * 1e3:.0f} ms, "
           f"ratio {t_ours / t_hf:.2f}; under l1_both_bos {t_hooked * 1e3:.0f} ms (ratio {t_hooked / t_hf:.2f})",
           flush=True)

@@ -48,8 +48,10 @@ class _HFZeroColumns:
         self.columns = mask.flatten().nonzero().flatten()
 
     def __call__(self, module, inputs, output):
+        if self.columns.device != output.device:  # once: no host-to-device copy per call
+            self.columns = self.columns.to(output.device)
         output = output.clone()
-        output[..., self.columns.to(output.device)] = 0.0
+        output[..., self.columns] = 0.0
         return output
 
 
@@ -101,15 +103,6 @@ def sweep_part(model, hf, repeat: int = 1, prompts: Optional[int] = None) -> dic
 
     from .timing import cuda_median
 
-    items = [item for task in TASKS for item in load_task(task)]
-    if prompts is not None:
-        if not 1 <= prompts <= len(items):
-            raise ValueError(f"prompts={prompts}: allowed 1..{len(items)}.")
-        items = [items[round(i * len(items) / prompts)] for i in range(prompts)]
-    prepared = prepare_conditions(model, CONDITIONS, builtin_texts()[:3], max_tokens=512)
-    choice_ids = sorted({i for c in {it.choices for it in items if it.choices} for i in answer_token_ids(model.tokenizer, c)})
-    rows = prompt_ids(model, [it.prompt for it in items])
-
     import time
 
     begin = time.perf_counter()
@@ -117,13 +110,31 @@ def sweep_part(model, hf, repeat: int = 1, prompts: Optional[int] = None) -> dic
     def say(what: str) -> None:
         print(f"  [sweep +{time.perf_counter() - begin:.0f} s] {what}", flush=True)
 
+    items = [item for task in TASKS for item in load_task(task)]
+    if prompts is not None:
+        if not 1 <= prompts <= len(items):
+            raise ValueError(f"prompts={prompts}: allowed 1..{len(items)}.")
+        items = [items[round(i * len(items) / prompts)] for i in range(prompts)]
+    prepared = prepare_conditions(model, CONDITIONS, builtin_texts()[:3], max_tokens=512)
+    choice_ids = sorted({i for c in {it.choices for it in items if it.choices} for i in answer_token_ids(model.tokenizer, c)})
+    say(f"conditions prepared on 3 texts x 512 tokens")
+    rows = prompt_ids(model, [it.prompt for it in items])
+    lengths = sorted(map(len, rows))
+    say(f"prompt tokens: min {lengths[0]}, median {lengths[len(lengths) // 2]}, max {lengths[-1]}")
+
     def ours(subset=None):
         chosen = items if subset is None else items[:subset]
-        return task_rows(model, chosen, prepared.conditions, new_tokens=20, batch_size=BATCH, show_progress=False)
+        out = task_rows(model, chosen, prepared.conditions, new_tokens=20, batch_size=BATCH, show_progress=False)
+        say(f"ours: {len(chosen)} prompts x {len(CONDITIONS)} conditions done")
+        return out
 
     def theirs(subset=None):
         chosen = rows if subset is None else rows[:subset]
-        return [_hf_run(hf, model, chosen, c, prepared, choice_ids) for c in CONDITIONS]
+        out = []
+        for c in CONDITIONS:
+            out.append(_hf_run(hf, model, chosen, c, prepared, choice_ids))
+            say(f"HF: {len(chosen)} prompts under {c} done")
+        return out
 
     say(f"{len(items)} prompts x {len(CONDITIONS)} conditions; warm-up on {2 * BATCH} prompts")
     ours(2 * BATCH), theirs(2 * BATCH)  # warm-up (kernels, caches) on two batches, not the whole sweep

@@ -11,7 +11,9 @@ warm-up; largest |entropy - float64 LAPACK entropy| over all matrices, both norm
 * ``eigvalsh_magma``: the same with ``torch.backends.cuda.preferred_linalg_library("magma")``;
 * ``householder``: :func:`drope_lens.measurement.spectrum.symmetric_eigenvalues` (batched tridiagonalisation
   + Triton bisection), also split into its two stages; ``householder_fused``: the same with
-  :func:`~drope_lens.measurement.spectrum.tridiagonalize_fused` (one pass per column);
+  :func:`~drope_lens.measurement.spectrum.tridiagonalize_fused` (one pass per column); each with
+  the tridiagonalisation replayed as one CUDA graph (the default, ``spectrum.GRAPH``) and
+  launched eagerly (``... eager``);
 * ``cpu_lapack_threads``: the Gram matrices copied to the host and ``eigvalsh`` per matrix in a
   pool of one thread per core;
 * ``eigvalsh_float32``: cuSOLVER in float32 (cheaper, and the entropy error shows why it is not used).
@@ -56,6 +58,8 @@ def main() -> None:
     parser.add_argument("--pos", type=int, default=512)
     parser.add_argument("--width", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--update-tiles", nargs="*", metavar="ROWS,COLUMNS,WARPS",
+                        help="also time householder_fused with these tiles of its update kernel")
     parser.add_argument("--skip-slow", action="store_true",
                         help="only householder and cuSOLVER eigvalsh (no MAGMA, host threads or float32)")
     args = parser.parse_args()
@@ -74,14 +78,24 @@ def main() -> None:
         print(f"{name:>22}: {seconds * 1e3:9.1f} ms for {args.matrices} matrices ({row['per_matrix_ms']:.3f} ms each)"
               f"{err} {note}", flush=True)
 
-    t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder"), args.repeat)
-    record("householder", t, eig)
+    for graph in (True, False):  # the tridiagonalisation replayed as one CUDA graph, or launched eagerly
+        spectrum.GRAPH = graph
+        tag = "" if graph else " eager"
+        t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder"), args.repeat)
+        record(f"householder{tag}", t, eig)
+        t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_fused"), args.repeat)
+        record(f"householder_fused{tag}", t, eig)
+    spectrum.GRAPH = True
+    default = (spectrum.UPDATE_ROWS, spectrum.UPDATE_COLUMNS, spectrum.UPDATE_WARPS)
+    for tiles in args.update_tiles or []:  # the fused update kernel's tile (rows, columns, warps)
+        spectrum.UPDATE_ROWS, spectrum.UPDATE_COLUMNS, spectrum.UPDATE_WARPS = map(int, tiles.split(","))
+        spectrum._GRAPHS.clear()  # a graph holds the kernel it was captured with
+        t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_fused"), args.repeat)
+        record(f"householder_fused {tiles}", t, eig)
+    spectrum.UPDATE_ROWS, spectrum.UPDATE_COLUMNS, spectrum.UPDATE_WARPS = default
+    spectrum._GRAPHS.clear()
     t, (d, e) = cuda_median(lambda: spectrum.tridiagonalize(a), args.repeat)
-    record("  tridiagonalize", t)
-    t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_fused"), args.repeat)
-    record("householder_fused", t, eig)
-    t, _ = cuda_median(lambda: spectrum.tridiagonalize_fused(a), args.repeat)
-    record("  tridiagonalize_fused", t)
+    record("  tridiagonalize eager", t)
     t, _ = cuda_median(lambda: spectrum.tridiagonal_eigenvalues(d, e), args.repeat)
     record("  bisection (Triton)", t)
     t, eig = cuda_median(lambda: torch.linalg.eigvalsh(a), 1)

@@ -64,8 +64,31 @@ class ForwardLog:
             return self._forward(*args, **kwargs)
 
         model.forward = forward
+        # A static decode step (measurement.generation._StaticDecode) is either replayed from a CUDA
+        # graph (the captured kernels run without model.forward being called) or runs over the whole
+        # preallocated cache: record each as the one-token forward over ``end - 1`` cached keys it
+        # stands for.
+        from drope_lens.measurement import generation
+
+        self._static_call = generation._StaticDecode.__call__
+        log, static_call = self, self._static_call
+
+        def static_step(decode, tokens, end, steps_left):
+            before = len(log.calls)
+            out = static_call(decode, tokens, end, steps_left)
+            if decode.model is log.model:
+                # eager steps and the capture call forward over the whole static cache (its
+                # ``past_keys`` has every slot); the work they stand for is ``end - 1`` cached keys
+                del log.calls[before:]
+                log.calls.append((int(tokens.shape[0]), 1, int(end) - 1, False))
+            return out
+
+        generation._StaticDecode.__call__ = static_step
 
     def close(self) -> list:
+        from drope_lens.measurement import generation
+
+        generation._StaticDecode.__call__ = self._static_call
         self.model.forward = self._forward
         return self.calls
 

@@ -16,6 +16,21 @@ Compared with TransformerLens's ``generate``: no per-step host synchronisation u
 are given (then one ``any()`` per step, as Hugging Face does), no tokenizer call per step, a
 cache written in place instead of concatenated, and the embedding's vocabulary check only on
 prompt tokens (generated ids come from the model's own vocabulary).
+
+Static decoding and CUDA graphs. When a batch has no hooks, or only hooks the project marks
+graph-safe (:func:`graph_safe_hooks`: ``hooks.zero_dims``, ``hooks.replace_topk_with_mean``,
+``hooks.ablate_positions`` of position 0 only, and ``batched_conditions`` over them: every named
+condition, e.g. Exp 3's ``massive_zero`` / ``topk_mean_q_k`` and ``l1_both_bos``), and no hook
+was left on the model, its decode steps run with fixed shapes (:class:`_StaticDecode`:
+whole-length cache written at a slot index held on the device, an attention-mask buffer updated
+in place), and on CUDA the second of them is captured as a CUDA graph that every later step
+replays (``cuda_graphs=False`` runs the same steps eagerly). The rule for hooks: a graph replays
+kernels, not Python, so a hook runs once at capture and never again; any other hook (every user
+hook, ``ablate_positions`` beyond position 0, hooks on ``hook_rot_k`` / scores / pattern)
+puts the whole batch on the dynamic path, where every hook runs at every step. Models split over
+devices and sliding windows shorter than the sequence also stay dynamic. Static and dynamic
+decoding compute the same numbers up to the attention kernel's rounding over masked slots
+(tested equal to 1e-5 in float32, and graph == eager exactly on CUDA on the test models).
 """
 
 from __future__ import annotations
@@ -46,13 +61,15 @@ class GenerationState:
 
     ``positions`` ``[batch, total]``: absolute position of every slot (``-1`` on left padding);
     ``prompt`` ``[batch, total]``: True on prompt tokens; the current forward holds slots
-    ``begin:end`` (its queries) and attends to slots ``0:end`` (its keys).
+    ``begin:end`` (its queries) and attends to slots ``0:end`` (its keys). ``prompt_end``, when
+    known: no slot from there on holds a prompt token (the padded prompt length of a generation).
     """
 
     positions: torch.Tensor
     prompt: torch.Tensor
     begin: int
     end: int
+    prompt_end: Optional[int] = None
 
     def _slice(self, table: torch.Tensor, n_pos: int, device) -> torch.Tensor:
         if n_pos == self.end - self.begin:
@@ -70,7 +87,17 @@ class GenerationState:
     def positions_for(self, n_pos: int, device=None) -> torch.Tensor:
         return self._slice(self.positions, n_pos, device)
 
-    def prompt_slots(self, n_pos: int, device=None) -> torch.Tensor:
+    def new_tokens_only(self, n_pos: int) -> bool:
+        """True when a hooked tensor of ``n_pos`` positions holds only a decode forward's new
+        tokens, none of them a prompt token (decided on the host from ``prompt_end``)."""
+        return (self.prompt_end is not None and self.begin >= self.prompt_end and n_pos == self.end - self.begin
+                and n_pos != self.end)
+
+    def prompt_slots(self, n_pos: int, device=None) -> Optional[torch.Tensor]:
+        """``[batch, n_pos]`` bool, True on prompt tokens; None when :meth:`new_tokens_only`
+        (prompt hooks then skip their work)."""
+        if self.new_tokens_only(n_pos):
+            return None
         return self._slice(self.prompt, n_pos, device)
 
 
@@ -122,24 +149,43 @@ class _CacheEntry:
 
     Same interface as TransformerLens's ``TransformerLensKeyValueCacheEntry`` (``past_keys``,
     ``past_values``, ``append``), without the concatenation per step.
+
+    Static mode (``slot`` set, see :class:`_StaticDecode`): ``append`` writes one new position at
+    the slot named by the device tensor ``slot`` and returns the whole buffers, and
+    ``past_keys`` has ``length - 1`` positions, so the attention places the query at the last
+    slot; which slots a query sees is then entirely the attention mask's business. Shapes no
+    longer change from step to step and nothing is read on the host: a CUDA graph can replay it.
     """
 
     frozen = False
 
-    def __init__(self, batch: int, length: int, n_heads: int, d_head: int, dtype, device):
-        self.keys = torch.empty(batch, length, n_heads, d_head, dtype=dtype, device=device)
-        self.values = torch.empty_like(self.keys)
+    def __init__(self, batch: int, length: int, n_heads: int, d_head: int, dtype, device, zeroed: bool = False):
+        make = torch.zeros if zeroed else torch.empty  # static mode reads unwritten slots (masked, times 0)
+        self.keys = make(batch, length, n_heads, d_head, dtype=dtype, device=device)
+        self.values = make(batch, length, n_heads, d_head, dtype=dtype, device=device)
         self.length = 0
+        self.slot: Optional[torch.Tensor] = None
 
     @property
     def past_keys(self) -> torch.Tensor:
+        if self.slot is not None:
+            return self.keys[:, : self.keys.shape[1] - 1]
         return self.keys[:, : self.length]
 
     @property
     def past_values(self) -> torch.Tensor:
+        if self.slot is not None:
+            return self.values[:, : self.values.shape[1] - 1]
         return self.values[:, : self.length]
 
     def append(self, new_keys: torch.Tensor, new_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.slot is not None:
+            if new_keys.shape[1] != 1:
+                raise RuntimeError("a static-mode KV cache takes one new position per forward, "
+                                   f"got {new_keys.shape[1]}.")
+            self.keys.index_copy_(1, self.slot, new_keys)
+            self.values.index_copy_(1, self.slot, new_values)
+            return self.keys, self.values
         end = self.length + new_keys.shape[1]
         if end > self.keys.shape[1]:
             raise RuntimeError(f"KV cache of {self.keys.shape[1]} positions is full.")
@@ -154,19 +200,24 @@ class _Cache:
 
     frozen = False
 
-    def __init__(self, model, batch: int, length: int):
+    def __init__(self, model, batch: int, length: int, zeroed: bool = False):
         cfg = model.cfg
         n_kv = cfg.n_key_value_heads or cfg.n_heads
         self.entries = []
         for block in model.blocks:
             weight = block.attn.W_Q
-            self.entries.append(_CacheEntry(batch, length, n_kv, cfg.d_head, cfg.dtype, weight.device))
+            self.entries.append(_CacheEntry(batch, length, n_kv, cfg.d_head, cfg.dtype, weight.device, zeroed))
 
     def __getitem__(self, index: int) -> _CacheEntry:
         return self.entries[index]
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def make_static(self, slot: torch.Tensor) -> None:
+        """Switch every layer to static mode, writing at the slot held by ``slot`` (``[1]`` long)."""
+        for entry in self.entries:
+            entry.slot = slot
 
 
 # ------------------------------------------------------------------------------------------
@@ -376,13 +427,16 @@ class Generation:
     ``tokens``: new token ids (ending at and including the first stop token, if any);
     ``texts``: their decoded text (special tokens skipped); ``prompt_lengths``: prompt tokens;
     ``logits``: float32 ``[n_prompts, len(score_ids)]`` logits of ``score_ids`` at the last
-    prompt position (the prefill's prediction of the first new token), when asked for.
+    prompt position (the prefill's prediction of the first new token), when asked for;
+    ``step_logits``: float32 ``[n_prompts, max_new_tokens, len(score_ids)]``, the same at every
+    generated token (``score_steps=True``; NaN after a batch stopped early).
     """
 
     tokens: list[list[int]]
     texts: list[str]
     prompt_lengths: list[int]
     logits: Optional[torch.Tensor] = None
+    step_logits: Optional[torch.Tensor] = None
 
 
 @torch.inference_mode()
@@ -398,6 +452,8 @@ def greedy_generate(
     score_ids: Optional[Sequence[int]] = None,
     batch_hooks=None,
     progress: Optional[str] = None,
+    cuda_graphs: bool = True,
+    score_steps: bool = False,
 ) -> Generation:
     """Greedy continuations of ``prompts`` (strings or token-id lists), ``max_new_tokens`` each.
 
@@ -407,6 +463,13 @@ def greedy_generate(
     also return the prefill logits of these token ids. ``batch_hooks(indices) -> hook pairs``, if
     given, supplies extra hooks per batch (``indices`` = the prompts in it, in row order), e.g.
     one ablation condition per group of rows. ``progress``: a tqdm bar over batches with this label.
+
+    Decode steps of a batch whose hooks are all :func:`graph_safe_hooks` (or none), with no hook
+    left on the model, run with static shapes over the whole-length cache (:class:`_StaticDecode`)
+    and, on CUDA with ``cuda_graphs=True``, are replayed as one CUDA graph; with any other hook the
+    batch runs the dynamic path, every hook called at every step.
+    ``score_steps``: with ``score_ids``, also return their logits at every step
+    (``Generation.step_logits``).
     """
     _check_model(model)
     if max_new_tokens < 0:
@@ -417,6 +480,10 @@ def greedy_generate(
     order = sorted(range(len(rows)), key=lambda i: (-len(rows[i]), i))
     new_tokens: list[list[int]] = [[] for _ in rows]
     score_out = torch.empty(len(rows), len(score_ids), dtype=torch.float32) if score_ids is not None else None
+    if score_steps and score_ids is None:
+        raise ValueError("score_steps=True needs score_ids (the token ids whose logits to return).")
+    step_out = (torch.empty(len(rows), max_new_tokens, len(score_ids), dtype=torch.float32)
+                if score_steps else None)
     stops = torch.tensor(sorted(set(int(t) for t in stop_token_ids)), device=model.cfg.device) if stop_token_ids else None
     starts = range(0, len(order), batch_size)
     if progress is not None:
@@ -426,18 +493,119 @@ def greedy_generate(
     for start in starts:
         chunk = order[start : start + batch_size]
         extra = list(batch_hooks(chunk)) if batch_hooks is not None else []
-        generated, scores = _generate_batch(model, [rows[i] for i in chunk], max_new_tokens,
-                                            list(fwd_hooks) + extra, stops, score_ids)
+        generated, scores, steps = _generate_batch(model, [rows[i] for i in chunk], max_new_tokens,
+                                                   list(fwd_hooks) + extra, stops, score_ids, cuda_graphs,
+                                                   score_steps)
         for local, index in enumerate(chunk):
             new_tokens[index] = generated[local]
             if score_out is not None:
                 score_out[index] = scores[local]
+            if step_out is not None:
+                step_out[index] = steps[local]
     texts = ([model.tokenizer.decode(t, skip_special_tokens=True) for t in new_tokens]
              if model.tokenizer is not None else [""] * len(rows))
-    return Generation(new_tokens, texts, [len(r) for r in rows], score_out)
+    return Generation(new_tokens, texts, [len(r) for r in rows], score_out, step_logits=step_out)
 
 
-def _generate_batch(model, rows, max_new_tokens, hooks, stops, score_ids):
+# Hook points whose tensors span the whole cache: in static mode they would see every slot of the
+# whole-length buffer instead of the keys so far, so a hook there keeps a batch dynamic.
+_WHOLE_CACHE_HOOKS = ("hook_rot_k", "hook_attn_scores", "hook_pattern")
+
+
+def graph_safe_hooks(hooks: Sequence[HookPair]) -> bool:
+    """Whether every ``(name, fn)`` pair may run inside a static decode step and its CUDA graph.
+
+    A hook function qualifies when it carries ``graph_safe = True``: the project sets it on hooks
+    whose decode-step work is tensor operations only, on device tensors fixed for the batch, with
+    nothing read back to the host and no Python state kept (``hooks.zero_dims``,
+    ``hooks.replace_topk_with_mean``, ``hooks.ablate_positions`` of position 0 only (a no-op in
+    every decode step), ``hooks.conditions.batched_conditions`` over such hooks).
+    Anything else (every user hook) runs on the dynamic path. Hooks on whole-cache points
+    (``hook_rot_k``, ``hook_attn_scores``, ``hook_pattern``) never qualify."""
+    for name, fn in hooks:
+        if not isinstance(name, str) or not getattr(fn, "graph_safe", False) or name.endswith(_WHOLE_CACHE_HOOKS):
+            return False
+    return True
+
+
+def _static_decode_allowed(model, total: int, hooks: Sequence[HookPair], hooked_before: bool) -> bool:
+    """Whether decode steps may run in static mode (:class:`_StaticDecode`): no hook was on the
+    model before :func:`greedy_generate` attached its own, those are :func:`graph_safe_hooks`, the
+    model sits on one device, and no layer has a sliding window shorter than the whole sequence
+    (static mode places the query at the last slot; a window counts from there)."""
+    if getattr(model.cfg, "n_devices", 1) != 1 or hooked_before or not graph_safe_hooks(hooks):
+        return False
+    for block in model.blocks:
+        window = block.attn.settings.sliding_window
+        if window is not None and window < total:
+            return False
+    return True
+
+
+class _StaticDecode:
+    """Decode steps with fixed shapes, replayed as one CUDA graph.
+
+    Every decode forward of a batch sees the same tensors: the token buffer ``[batch, 1]``, the
+    whole-length KV cache in static mode (:class:`_CacheEntry`) and an attention mask
+    ``[batch, total]`` that is 1 on real prompt tokens and on slots generated so far (0 on left
+    padding and future slots). Before a step the host writes the new tokens and the slot index
+    (two small copies, no synchronisation); the step itself marks its slot visible, embeds,
+    runs every block and unembeds the last position. Keys at absolute positions come from the
+    mask (``cumsum - 1``), as in the dynamic path, so rotary angles are the same numbers.
+
+    On CUDA (``graphs=True``) the first static step runs eagerly (it compiles kernels and grows
+    the rotary table) and the second is captured into a ``torch.cuda.CUDAGraph`` that every later
+    step replays: one launch instead of several thousand. Elsewhere every step runs eagerly, the
+    same operations. Used only when :func:`_static_decode_allowed`: a hook runs once, at capture,
+    and its kernels are replayed, so only :func:`graph_safe_hooks` may be attached; any other hook
+    anywhere keeps the whole batch on the dynamic path.
+    """
+
+    def __init__(self, model, cache: _Cache, mask: torch.Tensor, prompt_length: int, graphs: bool,
+                 state: GenerationState):
+        self.model = model
+        self.cache = cache
+        self.state = state
+        device = mask.device
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)
+        cache.make_static(self.slot)
+        self.visible = mask.clone()
+        self.visible[:, prompt_length:] = 0
+        self.tokens = torch.zeros(mask.shape[0], 1, dtype=torch.long, device=device)
+        # 4-bit weights: bitsandbytes kernels are not known to be capturable; their steps stay eager.
+        self.graphs = graphs and device.type == "cuda" and not getattr(model, "quantization", None)
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.out: Optional[torch.Tensor] = None
+        self.eager_steps = 0
+
+    def _forward(self) -> torch.Tensor:
+        model = self.model
+        self.visible.index_fill_(1, self.slot, 1)
+        with _publish(model, self.state):  # graph-safe hooks read only host-fixed facts from it
+            residual = _embed(model, self.tokens, checked=False)
+            resid = model(residual, start_at_layer=0, stop_at_layer=model.cfg.n_layers, past_kv_cache=self.cache,
+                          attention_mask=self.visible)
+        return model.unembed(model.ln_final(resid[:, -1:]))[:, 0]
+
+    def __call__(self, tokens: torch.Tensor, end: int, steps_left: int) -> torch.Tensor:
+        """Logits ``[batch, vocab]`` of the step whose tokens ``[batch, 1]`` sit at slot ``end - 1``.
+        The result is overwritten by the next step when a graph runs: read it before then."""
+        self.tokens.copy_(tokens)
+        self.slot.fill_(end - 1)
+        self.state.begin, self.state.end = end - 1, end
+        if self.graph is None and self.graphs and self.eager_steps >= 1 and steps_left >= 2:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.device(self.slot.device), torch.cuda.graph(graph):  # capture on the model's GPU
+                self.out = self._forward()
+            self.graph = graph
+        if self.graph is not None:
+            self.graph.replay()
+            return self.out
+        self.eager_steps += 1
+        return self._forward()
+
+
+def _generate_batch(model, rows, max_new_tokens, hooks, stops, score_ids, cuda_graphs=True, score_steps=False):
     device = model.cfg.device
     tokens, prompt_mask = _left_pad(rows, _pad_id(model), device)
     batch, length = tokens.shape
@@ -447,22 +615,34 @@ def _generate_batch(model, rows, max_new_tokens, hooks, stops, score_ids):
     mask[:, :length] = prompt_mask
     prompt = torch.zeros(batch, total, dtype=torch.bool, device=device)
     prompt[:, :length] = prompt_mask.bool()
-    state = GenerationState(_positions_from_mask(mask), prompt, 0, length)
-    cache = _Cache(model, batch, total)
+    state = GenerationState(_positions_from_mask(mask), prompt, 0, length, prompt_end=length)
     out = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     pad = _pad_id(model)
     scores = None
+    steps = (torch.full((batch, max_new_tokens, len(score_ids)), float("nan"), dtype=torch.float32, device=device)
+             if score_steps and score_ids is not None else None)
+    hooked_before = _hooked(model)
     with model.hooks(fwd_hooks=hooks):
+        static = max_new_tokens >= 2 and _static_decode_allowed(model, total, hooks, hooked_before)
+        cache = _Cache(model, batch, total, zeroed=static)
+        decode = None
         current, checked, end = tokens, True, length
         for step in range(max_new_tokens + (1 if score_ids is not None and max_new_tokens == 0 else 0)):
             begin = end - current.shape[1]
-            state.begin, state.end = begin, end
-            with _publish(model, state):
-                residual = _embed(model, current, checked)
-                last = _last_logits(model, residual, cache, mask[:, :end] if padded else None)
+            if step >= 1 and static:
+                if decode is None:
+                    decode = _StaticDecode(model, cache, mask, length, cuda_graphs, state)
+                last = decode(current, end, max_new_tokens - step)
+            else:
+                state.begin, state.end = begin, end
+                with _publish(model, state):
+                    residual = _embed(model, current, checked)
+                    last = _last_logits(model, residual, cache, mask[:, :end] if padded else None)
             if step == 0 and score_ids is not None:
                 scores = last[:, list(score_ids)].float().cpu()
+            if steps is not None and step < max_new_tokens:
+                steps[:, step] = last[:, list(score_ids)].float()
             if step >= max_new_tokens:
                 break
             chosen = last.argmax(dim=-1)
@@ -474,6 +654,7 @@ def _generate_batch(model, rows, max_new_tokens, hooks, stops, score_ids):
                 out = out[:, : step + 1]
                 break
             current, checked, end = chosen[:, None], False, end + 1
+        del decode
     model.position_offset = 0
     result = out.cpu().tolist()
     if stops is not None:
@@ -483,4 +664,4 @@ def _generate_batch(model, rows, max_new_tokens, hooks, stops, score_ids):
                 if token in stop_set:
                     result[i] = row[: j + 1]
                     break
-    return result, scores
+    return result, scores, (steps.cpu() if steps is not None else None)

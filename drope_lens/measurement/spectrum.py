@@ -8,11 +8,14 @@ whole batch moves together:
 1. :func:`tridiagonalize`: Householder reduction to tridiagonal form (LAPACK ``dsytd2``'s
    algorithm), one column for every matrix of the batch per step: a batched matrix-vector
    product and a batched rank-2 update (``baddbmm``) of the trailing blocks, float64. Orthogonal
-   similarity transforms: backward stable, eigenvalue errors ~ n * eps_float64 * ||A||. On an
-   H200, 232 ms for 320 matrices of 512 x 512, about 2.7 times what reading and writing the
-   trailing blocks three times per column costs at full bandwidth. :func:`tridiagonalize_fused`
-   (``method="householder_fused"``) reads and writes each block once per column in one Triton
-   kernel; it is tested, but not yet timed on a GPU, so it is not the default.
+   similarity transforms: backward stable, eigenvalue errors ~ n * eps_float64 * ||A||.
+   :func:`tridiagonalize_fused` (``method="householder_fused"``, the default on CUDA) reads and
+   writes each block once per column in one Triton kernel (tiles of ``UPDATE_ROWS`` x
+   ``UPDATE_COLUMNS``). On CUDA either is captured once per batch shape as a CUDA graph and
+   replayed (:data:`GRAPH`). Measured on an H200, 320 matrices of 512 x 512 with the bisection
+   below (``spectrum_bench``, docs/gpu_evidence/stats_call2_h200_s24_console.txt): fused with
+   8 x 512 tiles in a graph 110.6 ms (32 x 128 tiles 150.0 ms), unfused in a graph 153.4 ms,
+   unfused eager 214.1 ms; entropy error 8.5e-14 for each; cuSOLVER ``eigvalsh`` 1,342 ms.
 2. :func:`tridiagonal_eigenvalues`: bisection on Sturm counts (LAPACK ``dlaebz``'s recurrence
    with its pivot guard), every eigenvalue of every matrix independently, 64 halvings of the
    Gershgorin interval (below float64 resolution). On CUDA a Triton kernel (one program per
@@ -20,14 +23,14 @@ whole batch moves together:
    (for tests and small inputs).
 
 :func:`symmetric_eigenvalues` picks the path: CPU tensors go to LAPACK (``eigvalsh``), which is
-fast there; CUDA tensors to 1 + 2 when Triton is available.
+fast there; CUDA tensors to 1 (fused) + 2 when Triton is available.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 from jaxtyping import Float
@@ -36,7 +39,8 @@ Method = Literal["auto", "eigvalsh", "householder", "householder_fused"]
 METHODS = ("auto", "eigvalsh", "householder", "householder_fused")
 N_HALVINGS = 64
 BLOCK = 128
-UPDATE_ROWS, UPDATE_COLUMNS = 32, 128
+#: Tile of the fused update kernel: the fastest of six in spectrum_bench --update-tiles (H200).
+UPDATE_ROWS, UPDATE_COLUMNS, UPDATE_WARPS = 8, 512, 4
 
 
 def symmetric_eigenvalues(
@@ -47,7 +51,7 @@ def symmetric_eigenvalues(
 
     ``method``: ``"eigvalsh"`` (``torch.linalg.eigvalsh``), ``"householder"`` (module docstring),
     ``"householder_fused"`` (the same with :func:`tridiagonalize_fused`; needs Triton: CUDA or the
-    interpreter), ``"auto"``: householder on CUDA when Triton is importable, else eigvalsh.
+    interpreter), ``"auto"``: householder_fused on CUDA when Triton is importable, else eigvalsh.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r}: allowed values are {list(METHODS)}.")
@@ -55,19 +59,51 @@ def symmetric_eigenvalues(
         raise ValueError(f"a has shape {tuple(a.shape)}: expected [batch, n, n].")
     a = a.double()
     if method == "auto":
-        method = "householder" if a.is_cuda and _kernel() is not None else "eigvalsh"
+        method = "householder_fused" if a.is_cuda and _kernel() is not None else "eigvalsh"
     if method == "eigvalsh" or a.shape[-1] <= 2 or a.shape[0] == 0:
         return torch.linalg.eigvalsh(a)
-    d, e = tridiagonalize_fused(a) if method == "householder_fused" else tridiagonalize(a)
+    fn = tridiagonalize_fused if method == "householder_fused" else tridiagonalize
+    d, e = _graphed(fn, a) if GRAPH and a.is_cuda and not torch.cuda.is_current_stream_capturing() else fn(a)
     return tridiagonal_eigenvalues(d, e)
 
 
+#: Replay the tridiagonalisation on CUDA as one CUDA graph (about 7,700 kernels for n = 512: their
+#: launches, not the GPU, set the eager loop's pace). One graph is kept, for the last
+#: (function, shape, device): it holds a copy of the batch (0.67 GB for 320 matrices of 512 x 512).
+GRAPH = True
+_GRAPHS: dict = {}
+
+
+def _graphed(fn, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fn(a)`` (a tridiagonalisation), captured once per (function, shape, device) as a CUDA
+    graph working in place on a static copy of ``a``, then replayed."""
+    key = (fn.__name__, tuple(a.shape), str(a.device))
+    entry = _GRAPHS.get(key)
+    if entry is None:
+        _GRAPHS.clear()  # the last shape only: each graph keeps its batch's memory
+        static = a.double().contiguous().clone()
+        side = torch.cuda.Stream(a.device)
+        side.wait_stream(torch.cuda.current_stream(a.device))
+        with torch.cuda.stream(side):  # warm-up off the capture (cuBLAS workspaces, Triton compiles)
+            fn(static.clone(), copy=False)
+        torch.cuda.current_stream(a.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            d, e = fn(static, copy=False)
+        entry = _GRAPHS[key] = (graph, static, d, e)
+    graph, static, d, e = entry
+    static.copy_(a)
+    graph.replay()
+    return d.clone(), e.clone()
+
+
 def tridiagonalize(
-    a: Float[torch.Tensor, "batch n n"],
+    a: Float[torch.Tensor, "batch n n"], *, copy: bool = True,
 ) -> tuple[Float[torch.Tensor, "batch n"], Float[torch.Tensor, "batch n_minus_1"]]:
     """Diagonal ``d`` and off-diagonal ``e`` of a tridiagonal matrix orthogonally similar to each
-    symmetric matrix of ``a`` (float64; ``a`` is not modified)."""
-    a = a.double().clone()
+    symmetric matrix of ``a`` (float64; ``a`` is not modified unless ``copy=False``, which
+    overwrites a float64 ``a`` with intermediate values)."""
+    a = a.double().clone() if copy or a.dtype != torch.float64 else a
     batch, n, _ = a.shape
     alphas = []
     for k in range(n - 2):  # ~15 kernels per column for the whole batch (host time matters here)
@@ -93,7 +129,7 @@ def tridiagonalize(
 
 
 def tridiagonalize_fused(
-    a: Float[torch.Tensor, "batch n n"],
+    a: Float[torch.Tensor, "batch n n"], *, copy: bool = True,
 ) -> tuple[Float[torch.Tensor, "batch n"], Float[torch.Tensor, "batch n_minus_1"]]:
     """:func:`tridiagonalize` with one pass over each trailing block per column instead of three.
 
@@ -101,17 +137,18 @@ def tridiagonalize_fused(
     column is first corrected on its own (cheap), its Householder vector formed, and then one
     Triton kernel reads the trailing block once, applies the pending update, writes it back and
     forms the matrix-vector product with the new vector from the updated values. Needs Triton
-    (CUDA tensors, or ``TRITON_INTERPRET=1``). Not yet timed on a GPU against :func:`tridiagonalize`
-    (``spectrum_bench`` times both).
+    (CUDA tensors, or ``TRITON_INTERPRET=1``). ``spectrum_bench`` times it against
+    :func:`tridiagonalize` (module docstring). ``copy=False`` works in place on a contiguous float64 ``a``.
     """
     kernel = _kernel()
     if kernel is None or not (a.is_cuda or _interpreting()):
         raise RuntimeError("tridiagonalize_fused needs Triton with CUDA tensors (or TRITON_INTERPRET=1); "
                            "use tridiagonalize.")
-    a = a.double().contiguous().clone()
+    if copy or a.dtype != torch.float64 or not a.is_contiguous():
+        a = a.double().contiguous().clone()
     batch, n, _ = a.shape
     if n <= 2:
-        return tridiagonalize(a)
+        return tridiagonalize(a, copy=False)
     diagonal, alphas = [], []
     v_prev = w_prev = None  # pending update of block a[k:, k:] (vectors of length n - k)
     for k in range(n - 2):
@@ -136,7 +173,7 @@ def tridiagonalize_fused(
         grid = (batch, kernel.triton.cdiv(m, UPDATE_ROWS))
         with torch.cuda.device(a.device) if a.is_cuda else _null():
             kernel.update_matvec[grid](a, pending_v, pending_w, (v * tau[:, None]).contiguous(), p, n, k + 1, m,
-                                       BLOCK_R=UPDATE_ROWS, BLOCK_C=UPDATE_COLUMNS, num_warps=4)
+                                       BLOCK_R=UPDATE_ROWS, BLOCK_C=UPDATE_COLUMNS, num_warps=UPDATE_WARPS)
         w = torch.addcmul(p, v, (p * v).sum(dim=1, keepdim=True) * tau[:, None], value=-0.5)
         v_prev, w_prev = v, w
         alphas.append(alpha)

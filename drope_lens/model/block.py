@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from transformer_lens.components import TransformerBlock
 
-from .hooks_state import is_hooked
+from .hooks_state import is_hooked, through
 
 try:  # TransformerLens 3.9 keeps its post-norm list beside the block
     from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
@@ -54,19 +54,20 @@ class LensTransformerBlock(TransformerBlock):
     ) -> Float[torch.Tensor, "batch pos d_model"]:
         if not self._plain_layout(shortformer_pos_embed):
             return super().forward(resid_pre, shortformer_pos_embed, past_kv_cache_entry, attention_mask)
-        resid_pre = self.hook_resid_pre(resid_pre)
+        resid_pre = through(self.hook_resid_pre, resid_pre)
         normalized = self.ln1(resid_pre)
-        attn_out = self.hook_attn_out(
+        attn_out = through(
+            self.hook_attn_out,
             self.attn(
                 query_input=normalized,
                 key_input=normalized,
                 value_input=normalized,
                 past_kv_cache_entry=past_kv_cache_entry,
                 attention_mask=attention_mask,
-            )
+            ),
         )
         if resid_pre.device != attn_out.device:
             resid_pre = resid_pre.to(attn_out.device)
-        resid_mid = self.hook_resid_mid(resid_pre + attn_out)
-        mlp_out = self.apply_mlp(self.ln2(resid_mid))
-        return self.hook_resid_post(resid_mid + mlp_out)
+        resid_mid = through(self.hook_resid_mid, resid_pre + attn_out)
+        mlp_out = through(self.hook_mlp_out, self.mlp(self.ln2(resid_mid)))
+        return through(self.hook_resid_post, resid_mid + mlp_out)

@@ -94,8 +94,95 @@ def _kernels() -> Optional[SimpleNamespace]:
         tl.store(out_ptr + row * width + cols, (straight + rotated).to(dtype), mask=inside)
 
     return SimpleNamespace(
-        triton=triton, rms_norm=rms_norm_kernel, silu_mul_add=silu_mul_add_kernel, rotary=rotary_kernel
+        triton=triton,
+        rms_norm=Launcher(rms_norm_kernel),
+        silu_mul_add=Launcher(silu_mul_add_kernel),
+        rotary=Launcher(rotary_kernel),
     )
+
+
+def _arg_key(arg) -> tuple:
+    """What Triton may specialise a launch argument on, or more: a tensor's dtype and whether its
+    address is 16-byte aligned; an integer's equality to 1, divisibility by 16 and whether it fits
+    in 32 bits; floats are never specialised; anything else by value."""
+    if isinstance(arg, torch.Tensor):
+        return (arg.dtype, arg.data_ptr() % 16 == 0)
+    if isinstance(arg, bool):
+        return ("bool", arg)
+    if isinstance(arg, int):
+        return ("int", arg == 1, arg % 16 == 0, -(2**31) <= arg < 2**31)
+    if isinstance(arg, float):
+        return ("float",)
+    return ("value", arg)
+
+
+class Launcher:
+    """``kernel[(grid,)](*args, **meta)`` with less host work per launch, same compiled kernel.
+
+    Triton's ``JITFunction.run`` binds the arguments, specialises each one, hashes the options
+    and looks the compiled kernel up on every launch: 54 us per launch under cProfile on the H200
+    machine (``docs/gpu_evidence/profiles_h200_s23.txt``), five launches per layer. The first
+    launch for a key goes through Triton as usual and keeps the ``CompiledKernel`` it returns;
+    later launches with the same key call its launcher directly. The key (:func:`_arg_key` of
+    each positional argument, the keyword values, the current device and Triton's debug and
+    instrumentation settings) holds everything Triton specialises on, so a launch runs exactly the
+    binary Triton would pick. Triton's own path is kept whenever launch hooks (profilers) or
+    pre-run hooks are installed, in interpreter mode, or when the returned object lacks the
+    launcher API of Triton 3.x. ``launches`` / ``direct_launches`` count calls (for tests).
+    """
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self._compiled: dict = {}
+        self.launches = 0
+        self.direct_launches = 0
+        try:
+            from triton import knobs
+            from triton.runtime.driver import driver
+
+            self._knobs, self._driver = knobs, driver
+        except Exception:  # older Triton: always Triton's own path
+            self._knobs = self._driver = None
+
+    def _direct_allowed(self) -> bool:
+        knobs = self._knobs
+        if knobs is None or _interpreting() or getattr(self.kernel, "pre_run_hooks", None):
+            return False
+        runtime = knobs.runtime
+        for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook):
+            if hook is not None and getattr(hook, "calls", True):  # an empty HookChain is fine
+                return False
+        return True
+
+    def __call__(self, grid: int, *args, **meta) -> None:
+        self.launches += 1
+        if not self._direct_allowed():
+            self.kernel[(grid,)](*args, **meta)
+            return
+        knobs = self._knobs
+        device = self._driver.active.get_current_device()
+        key = (
+            device, tuple(map(_arg_key, args)), tuple(meta.items()),
+            knobs.runtime.debug, knobs.compilation.instrumentation_mode,
+        )
+        entry = self._compiled.get(key)
+        if entry is None:
+            compiled = self.kernel[(grid,)](*args, **meta)
+            names = [param.name for param in self.kernel.params]
+            try:
+                tail = tuple(meta[name] for name in names[len(args):])
+                entry = (compiled.run, compiled.function, compiled.packed_metadata, tail)
+            except (AttributeError, KeyError):  # not the Triton 3.x launcher API
+                entry = False
+            self._compiled[key] = entry
+            return
+        if entry is False:
+            self.kernel[(grid,)](*args, **meta)
+            return
+        run, function, packed_metadata, tail = entry
+        stream = self._driver.active.get_current_stream(device)
+        run(grid, 1, 1, stream, function, packed_metadata, None, None, None, *args, *tail)
+        self.direct_launches += 1
 
 
 def _interpreting() -> bool:
@@ -114,13 +201,15 @@ def usable(*tensors: torch.Tensor) -> bool:
     """True when the fused kernels may replace the eager code for these tensors: Triton is
     importable, every tensor is on CUDA (or Triton runs in interpreter mode) and is float16,
     bfloat16 or float32, and no autograd graph is being recorded through them."""
-    if not (_interpreting() or all(t.is_cuda for t in tensors)):
+    if _kernels() is None:  # cached: without Triton (CPU builds of torch) this is the only check
         return False
-    if any(t.dtype not in _FLOAT_DTYPES for t in tensors):  # the kernels compute in float32
-        return False
+    on_device = _interpreting()
+    for t in tensors:
+        if not (on_device or t.is_cuda) or t.dtype not in _FLOAT_DTYPES:  # the kernels compute in float32
+            return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
-    return _kernels() is not None
+    return True
 
 
 def _require() -> SimpleNamespace:
@@ -153,8 +242,8 @@ def rms_norm(
     if flat.shape[0]:
         block = kernels.triton.next_power_of_2(n_cols)
         with _on_device_of(flat):
-            kernels.rms_norm[(flat.shape[0],)](
-                flat, weight.contiguous(), out, n_cols, 1.0 / n_cols, eps, BLOCK=block, num_warps=_warps(block),
+            kernels.rms_norm(
+                flat.shape[0], flat, weight.contiguous(), out, n_cols, 1.0 / n_cols, eps, BLOCK=block, num_warps=_warps(block),
                 **NO_CONTRACTION,
             )
     return out.view(x.shape)
@@ -174,8 +263,8 @@ def silu_mul_add(
     if n:
         block = 2048
         with _on_device_of(gate):
-            kernels.silu_mul_add[(kernels.triton.cdiv(n, block),)](
-                gate, up, bias.to(gate.dtype).contiguous(), out, n, gate.shape[-1],
+            kernels.silu_mul_add(
+                kernels.triton.cdiv(n, block), gate, up, bias.to(gate.dtype).contiguous(), out, n, gate.shape[-1],
                 BLOCK=block, ACCURATE_EXP=not _interpreting(), num_warps=8, **NO_CONTRACTION,
             )
     return out
@@ -204,8 +293,8 @@ def rotary(
         ids = position_ids.reshape(-1).contiguous() if has_ids else x  # x: an unused placeholder pointer
         block = kernels.triton.next_power_of_2(width)
         with _on_device_of(x):
-            kernels.rotary[(rows,)](
-                x, cos, signed_sin, ids, out, n_pos, offset, width, d_head,
+            kernels.rotary(
+                rows, x, cos, signed_sin, ids, out, n_pos, offset, width, d_head,
                 BLOCK=block, HAS_POSITION_IDS=has_ids, num_warps=_warps(block), **NO_CONTRACTION,
             )
     return out

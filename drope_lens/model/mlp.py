@@ -14,6 +14,7 @@ from jaxtyping import Float
 from transformer_lens.components.mlps.gated_mlp import GatedMLP
 
 from . import fused
+from .hooks_state import through
 from .linear import matrix_projection
 
 
@@ -29,8 +30,8 @@ class LensGatedMLP(GatedMLP):
     def forward(  # type: ignore[override]
         self, x: Float[torch.Tensor, "batch pos d_model"]
     ) -> Float[torch.Tensor, "batch pos d_model"]:
-        pre = self.hook_pre(matrix_projection(x, self.W_gate))
-        pre_linear = self.hook_pre_linear(matrix_projection(x, self.W_in))
+        pre = through(self.hook_pre, matrix_projection(x, self.W_gate))
+        pre_linear = through(self.hook_pre_linear, matrix_projection(x, self.W_in))
         # act(pre) and act(pre) * pre_linear are each rounded to the model dtype, as in HF; adding
         # the zero bias is exact.
         if (
@@ -39,7 +40,7 @@ class LensGatedMLP(GatedMLP):
             and pre.dtype == pre_linear.dtype
             and fused.usable(pre, pre_linear, self.b_in)
         ):
-            post = self.hook_post(fused.silu_mul_add(pre, pre_linear, self.b_in))
+            post = through(self.hook_post, fused.silu_mul_add(pre, pre_linear, self.b_in))
         else:
-            post = self.hook_post(self.act_fn(pre) * pre_linear + self.b_in)
+            post = through(self.hook_post, self.act_fn(pre) * pre_linear + self.b_in)
         return matrix_projection(post, self.W_out, self.b_out)

@@ -36,7 +36,7 @@ from transformer_lens.components import Attention, GroupedQueryAttention
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import get_offset_position_ids
 
-from ..hooks_state import is_hooked
+from ..hooks_state import is_hooked, through
 from ..linear import head_projection, output_projection
 from .kernels import (explicit_attention, fused_attention, padded_causal_applies, padded_causal_attention,
                       visibility_mask)
@@ -105,22 +105,20 @@ class LensAttentionMixin:
             )
         if position_bias is not None:
             raise NotImplementedError("position_bias is not used by Llama models.")
-        kv_w = getattr(self, "_W_K", None)
-        if kv_w is not None:  # grouped-query attention: unexpanded kv heads
-            w_k, b_k, w_v, b_v = self._W_K, self._b_K, self._W_V, self._b_V
-        else:
-            w_k, b_k, w_v, b_v = self.W_K, self.b_K, self.W_V, self.b_V
+        params = self._parameters  # one dict lookup each instead of nn.Module.__getattr__
+        kv = "_" if "_W_K" in params else ""  # grouped-query attention: unexpanded kv heads
+        w_k, b_k, w_v, b_v = params[kv + "W_K"], params[kv + "b_K"], params[kv + "W_V"], params[kv + "b_V"]
 
-        q = self.hook_q(head_projection(query_input, self.W_Q, self.b_Q))
-        k = self.hook_k(head_projection(key_input, w_k, b_k))
-        v = self.hook_v(head_projection(value_input, w_v, b_v))
+        q = through(self.hook_q, head_projection(query_input, params["W_Q"], params["b_Q"]))
+        k = through(self.hook_k, head_projection(key_input, w_k, b_k))
+        v = through(self.hook_v, head_projection(value_input, w_v, b_v))
 
         if settings.norm_q:
             q = self.q_norm(q)
         if settings.norm_k:
             k = self.k_norm(k)
-        q = self.hook_q_normed(q)
-        k = self.hook_k_normed(k)
+        q = through(self.hook_q_normed, q)
+        k = through(self.hook_k_normed, k)
 
         if past_kv_cache_entry is not None:
             offset = past_kv_cache_entry.past_keys.size(1)
@@ -133,8 +131,8 @@ class LensAttentionMixin:
             scaling = settings.rope_scaling
             q = apply_rotary(q, offset, settings.rope_theta, self._position_ids(offset, attention_mask), fused_kernel, scaling)
             k = apply_rotary(k, 0, settings.rope_theta, self._position_ids(0, attention_mask), fused_kernel, scaling)
-        q = self.hook_rot_q(q)
-        k = self.hook_rot_k(k)
+        q = through(self.hook_rot_q, q)
+        k = through(self.hook_rot_k, k)
 
         n_rep = cfg.n_heads // k.shape[2]
         # [batch, head, pos, d_head]
@@ -155,10 +153,10 @@ class LensAttentionMixin:
                                        self.hook_attn_scores, self.hook_pattern)
             else:
                 z = fused_attention(q_, k_, v_, mask, settings.scale)
-        z = self.hook_z(z.transpose(1, 2))  # [batch, pos, head, d_head]
+        z = through(self.hook_z, z.transpose(1, 2))  # [batch, pos, head, d_head]
 
         if not cfg.use_attn_result:
-            return output_projection(z, self.W_O, self.b_O)
+            return output_projection(z, params["W_O"], params["b_O"])
         result = self.hook_result(torch.einsum("bpnh,nhm->bpnm", z, self.W_O.to(z.dtype)))
         return result.sum(dim=2) + self.b_O
 
