@@ -20,13 +20,15 @@ from typing import Optional, Sequence
 # numbers. libgomp reads the policy once, when torch is first imported, which in a `drope-lens`
 # process happens after this line (building the parser imports no torch); a value set by the
 # user is kept. See README "Speed on a CPU".
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# A sleeping worker is woken with a system call for every parallel region (every op of a decoding
-# step). GOMP_SPINCOUNT lets it spin about 0.2 ms first (20,000 spins; libgomp's default without
-# a policy is 300,000, 3 ms) and then sleep, so back-to-back ops find it awake while a worker idle
-# for longer still frees its core. Exp 4/5 (`drope-lens run bos-ablation`, 2-core machine, load
-# 1.2-1.6): 25.9 / 27.0 s wall with it, 33.3 / 29.3 s without (CPU 41-43 s vs 38-40 s). Same numbers.
-os.environ.setdefault("GOMP_SPINCOUNT", "20000")
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    # A sleeping worker is woken with a system call for every parallel region (every op of a
+    # decoding step). GOMP_SPINCOUNT lets it spin about 0.2 ms first (20,000 spins; libgomp's default
+    # without a policy is 300,000, 3 ms) and then sleep, so back-to-back ops find it awake while a
+    # worker idle for longer still frees its core. Exp 4/5 (`drope-lens run bos-ablation`, 2-core
+    # machine, load 1.2-1.6): 25.9 / 27.0 s wall with it, 33.3 / 29.3 s without (CPU 41-43 s vs
+    # 38-40 s). Same numbers. Not set when the user chose a policy (ACTIVE keeps its own spin count).
+    os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
 from .engine.runner import DEVICE_HELP, device_arg, keep_models, resolve_device  # noqa: E402
 
