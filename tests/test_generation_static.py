@@ -43,6 +43,23 @@ def _identity(x, hook):
     return x
 
 
+def _static_equals_dynamic_and_changes_generation(model, hooks, monkeypatch):
+    """Under ``hooks``, every batch decodes in static mode; its tokens and every step's logits equal
+    the dynamic path's (forced by an unmarked hook that changes nothing), and they differ from the
+    unhooked generation (the hooks do something)."""
+    spy = _Spy(monkeypatch)
+    vocab = list(range(model.cfg.d_vocab))
+    static = greedy_generate(model, ROWS, NEW, batch_size=4, fwd_hooks=hooks, score_ids=vocab, score_steps=True)
+    assert spy.steps == NEW - 1
+    dynamic = greedy_generate(model, ROWS, NEW, batch_size=4, score_ids=vocab, score_steps=True,
+                              fwd_hooks=hooks + [("blocks.0.hook_resid_pre", _identity)])
+    assert spy.steps == NEW - 1, "a batch with an unmarked hook decoded in static mode"
+    plain = greedy_generate(model, ROWS, NEW, batch_size=4, score_ids=vocab, score_steps=True)
+    assert static.tokens == dynamic.tokens
+    torch.testing.assert_close(static.step_logits, dynamic.step_logits, rtol=0, atol=1e-5)
+    assert not torch.allclose(static.step_logits, plain.step_logits, atol=1e-3)
+
+
 def _hf_tokens(ref, rows, new, pad=2):
     length = max(map(len, rows))
     tokens = torch.tensor([[pad] * (length - len(r)) + r for r in rows])
@@ -191,17 +208,7 @@ def test_graph_safe_conditions_decode_static_like_dynamic(checkpoint_factory, at
     hooks = _exp3_hooks(model)
     assert graph_safe_hooks(hooks)
     assert not graph_safe_hooks(hooks + [("blocks.0.hook_resid_pre", _identity)])
-    spy = _Spy(monkeypatch)
-    vocab = list(range(model.cfg.d_vocab))
-    static = greedy_generate(model, ROWS, NEW, batch_size=4, fwd_hooks=hooks, score_ids=vocab, score_steps=True)
-    assert spy.steps == NEW - 1
-    dynamic = greedy_generate(model, ROWS, NEW, batch_size=4, score_ids=vocab, score_steps=True,
-                              fwd_hooks=hooks + [("blocks.0.hook_resid_pre", _identity)])
-    assert spy.steps == NEW - 1
-    plain = greedy_generate(model, ROWS, NEW, batch_size=4, score_ids=vocab, score_steps=True)
-    assert static.tokens == dynamic.tokens
-    torch.testing.assert_close(static.step_logits, dynamic.step_logits, rtol=0, atol=1e-5)
-    assert not torch.allclose(static.step_logits, plain.step_logits, atol=1e-3)
+    _static_equals_dynamic_and_changes_generation(model, hooks, monkeypatch)
 
 
 def test_whole_cache_and_position_hooks_stay_dynamic(checkpoint_factory):
@@ -264,16 +271,7 @@ def test_position_zero_conditions_decode_static_like_dynamic(checkpoint_factory,
     hooks = build_condition(model, name, **kwargs).hooks
     assert graph_safe_hooks(hooks) and graph_safe_hooks(build_condition(model, "l1_both_bos").hooks)
     assert not graph_safe_hooks(ablate_positions(["blocks.0.hook_mlp_out"], [0, 5], model=model))
-    spy = _Spy(monkeypatch)
-    vocab = list(range(model.cfg.d_vocab))
-    static = greedy_generate(model, ROWS, NEW, batch_size=4, fwd_hooks=hooks, score_ids=vocab, score_steps=True)
-    assert spy.steps == NEW - 1
-    dynamic = greedy_generate(model, ROWS, NEW, batch_size=4, score_ids=vocab, score_steps=True,
-                              fwd_hooks=hooks + [("blocks.0.hook_resid_pre", _identity)])
-    plain = greedy_generate(model, ROWS, NEW, batch_size=4, score_ids=vocab, score_steps=True)
-    assert static.tokens == dynamic.tokens
-    torch.testing.assert_close(static.step_logits, dynamic.step_logits, rtol=0, atol=1e-5)
-    assert not torch.allclose(static.step_logits, plain.step_logits, atol=1e-3)
+    _static_equals_dynamic_and_changes_generation(model, hooks, monkeypatch)
 
 
 def test_every_named_condition_is_graph_safe(checkpoint_factory):
