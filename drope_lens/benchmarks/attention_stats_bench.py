@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .random_checkpoint import write_random_checkpoint, write_tokenizer
+from .timing import event_seconds
 
 FIELDS = ("sink_score", "entropy", "local_mass", "local_mass_no_bos", "distance", "received")
 
@@ -45,12 +46,8 @@ def cuda_time(fn, repeat: int = 3) -> tuple[float, float, object]:
     torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        result = fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
+        seconds, result = event_seconds(fn)
+        times.append(seconds)
     return statistics.median(times), torch.cuda.max_memory_allocated() / 2**30, result
 
 

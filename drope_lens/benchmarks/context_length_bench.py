@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from .random_checkpoint import bench_pair
+from .timing import event_seconds
 
 LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
 
@@ -40,12 +41,7 @@ def timed_pair(ours, theirs, repeat: int, warm_s: float = 1.0) -> tuple[float, f
     the next, longer one); and the peak GiB allocated by each."""
 
     def one(fn) -> float:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1e3
+        return event_seconds(fn)[0]
 
     torch.cuda.synchronize()
     begin, warm = time.perf_counter(), 0

@@ -22,9 +22,7 @@ def through(hook_point: HookPoint, x: torch.Tensor) -> torch.Tensor:
     ``add_hook``, ``run_with_cache`` and plain ``register_forward_hook`` see exactly what they saw.
     """
     if (
-        hook_point._forward_hooks
-        or hook_point._forward_pre_hooks
-        or hook_point._backward_hooks
+        is_hooked(hook_point)
         or hook_point._backward_pre_hooks
         or _module._global_forward_hooks
         or _module._global_forward_pre_hooks

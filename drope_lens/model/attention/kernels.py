@@ -74,6 +74,14 @@ def _reduced_precision_math_allowed() -> bool:
     return bool(allowed()) if allowed is not None else True
 
 
+def _float32_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v upcast to float32 when they are half precision and reduced-precision SDPA math is
+    allowed (see :func:`fused_attention`); unchanged otherwise."""
+    if v.dtype in (torch.float16, torch.bfloat16) and _reduced_precision_math_allowed():
+        return q.float(), k.float(), v.float()
+    return q, k, v
+
+
 def fused_attention(
     q: Float[torch.Tensor, "batch head query d_head"],
     k: Float[torch.Tensor, "batch head key d_head"],
@@ -93,8 +101,7 @@ def fused_attention(
     if mask is not None:
         mask = mask | ~mask.any(dim=-1, keepdim=True)
     dtype = v.dtype
-    if dtype in (torch.float16, torch.bfloat16) and _reduced_precision_math_allowed():
-        q, k, v = q.float(), k.float(), v.float()
+    q, k, v = _float32_math(q, k, v)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale)
     return out.to(dtype)
 
@@ -135,8 +142,7 @@ def padded_causal_attention(
     every key (such rows are padding either way and never feed a real token).
     """
     dtype = v.dtype
-    if dtype in (torch.float16, torch.bfloat16) and _reduced_precision_math_allowed():
-        q, k, v = q.float(), k.float(), v.float()
+    q, k, v = _float32_math(q, k, v)
     hidden = torch.zeros(q.shape[0], 1, 1, k.shape[-2], dtype=q.dtype, device=q.device)
     hidden.masked_fill_(~attention_mask.to(q.device).bool()[:, None, None, :], float("-inf"))
     out = _CPU_FLASH(q, k, v, 0.0, True, attn_mask=hidden.expand(-1, -1, q.shape[-2], -1), scale=scale)[0]
