@@ -43,7 +43,7 @@ class BosWriteConfig(TextMeasurementConfig):
 
 def _v_hooks(model, captured: dict):
     def fn(v, hook):
-        captured.setdefault("v", {})[hook.layer()] = v[:, 0].float().norm(dim=-1)  # [batch, kv_head]
+        captured.setdefault("v", {})[hook.layer()] = torch.linalg.vector_norm(v[:, 0], dim=-1, dtype=torch.float32)  # [batch, kv_head]
         return None
 
     return capture_bos_norms(captured.setdefault("resid", {}), model.cfg.n_layers) + [

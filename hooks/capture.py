@@ -69,7 +69,9 @@ def capture_token_mean_norm(store: dict, names: Sequence[str]) -> list[HookPair]
     """
 
     def fn(x, hook):
-        store[hook.name] = x.float().flatten(2).norm(dim=-1).mean(dim=1)
+        # float32 accumulation without materialising a float32 copy of x (nor any copy when x is a view)
+        dims = tuple(range(2, x.ndim))
+        store[hook.name] = torch.linalg.vector_norm(x, dim=dims, dtype=torch.float32).mean(dim=1)
         return None
 
     return [(name, fn) for name in names]
@@ -124,14 +126,14 @@ def capture_bos_norms(store: dict, n_layers: int) -> list[HookPair]:
     """
 
     def post(x, hook):
-        norms = x.float().norm(dim=-1)  # [batch, pos]
+        norms = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32)  # [batch, pos], no float32 copy of x
         entry = store.setdefault(hook.layer(), {})
         entry["bos_norm"] = norms[:, 0]
         entry["bos_ratio"] = norms[:, 0] / norms[:, 1:].mean(dim=1)
         return None
 
     def pre(x, hook):
-        store.setdefault(hook.layer(), {})["bos_norm_pre"] = x[:, 0].float().norm(dim=-1)
+        store.setdefault(hook.layer(), {})["bos_norm_pre"] = torch.linalg.vector_norm(x[:, 0], dim=-1, dtype=torch.float32)
         return None
 
     pairs: list[HookPair] = []
