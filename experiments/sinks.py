@@ -34,13 +34,13 @@ from drope_lens.measurement import analysis
 from drope_lens.hooks.capture import capture_bos_norms
 from drope_lens.engine.results import RunStore
 # representation entropy plumbing (importable here as before)
-from drope_lens.measurement.entropy import (DEFER_GRAM_BYTES, entropies_from_gram, entropies_from_spectrum,  # noqa: F401
+from drope_lens.measurement.entropy import (DEFER_GRAM_BYTES, DeferredEntropies, entropies_from_gram, entropies_from_spectrum,  # noqa: F401
                                           gram_matrix, representation_entropy, solve_deferred)
 from drope_lens.measurement.entropy import solve_deferred as _entropies  # noqa: F401
 from drope_lens.measurement.texts import TextsLike
 
 from drope_lens.measurement.tokens import BosPolicy, check_bos
-from drope_lens.engine.measure import ANY_WINDOW, Batch, Measurement, measure, per_head_frame
+from drope_lens.engine.measure import ANY_WINDOW, Batch, Measurement, measure, per_head_frame, per_head_values
 from drope_lens.measurement.summaries import compare_variants, summarize
 
 EXPERIMENT = "sinks"
@@ -64,19 +64,24 @@ class SinksConfig:
             raise ValueError(f"max_tokens={self.max_tokens}, batch_size={self.batch_size}: need >= 2 and >= 1.")
 
 
+#: key of the :class:`~drope_lens.measurement.entropy.DeferredEntropies` in the captured dict (CUDA)
+DEFERRED = "repr_deferred"
+
+
 def _resid_hooks(model, captured: dict):
-    # On CUDA each layer's hook keeps only its Gram matrix and :func:`solve_deferred` solves all layers'
-    # spectra in one batched call after the forward (one batch of 32 x 10 matrices, not 32 batches
-    # of 10: the batched solver's cost is per step, not per matrix). On the CPU, where LAPACK
-    # solves matrix by matrix anyway, and for large matrices, each layer is solved at once.
+    # On CUDA each layer's hook keeps only its Gram matrix in one DeferredEntropies, which the engine
+    # launches after the forward's captures were copied to the host: one batched solve of all
+    # layers (one batch of 32 x 10 matrices, not 32 batches of 10: the batched solver's cost is per
+    # step, not per matrix) while the host builds the frames. On the CPU, where LAPACK solves
+    # matrix by matrix anyway, and for large matrices, each layer is solved at once.
     n_layers = model.cfg.n_layers
 
     def fn(x, hook):
         gram, shape = gram_matrix(x), tuple(x.shape[-2:])
-        slot = captured.setdefault(hook.layer(), {})
-        if gram.is_cuda and gram.numel() * gram.element_size() * n_layers <= DEFER_GRAM_BYTES:
-            slot["repr_gram"] = (gram, shape)
+        if _defer(gram, n_layers):
+            captured.setdefault(DEFERRED, DeferredEntropies()).add(hook.layer(), gram, shape)
         else:
+            slot = captured.setdefault(hook.layer(), {})
             slot["repr_entropy"], slot["repr_entropy_norm"] = entropies_from_gram(gram, *shape)
         return None
 
@@ -84,17 +89,28 @@ def _resid_hooks(model, captured: dict):
         (f"blocks.{layer}.hook_resid_post", fn) for layer in range(n_layers)]
 
 
+def _defer(gram: torch.Tensor, n_layers: int) -> bool:
+    """Whether a layer's Gram matrix waits for the batched solve after the forward (CUDA, and all
+    layers' matrices within :data:`DEFER_GRAM_BYTES`)."""
+    return gram.is_cuda and gram.numel() * gram.element_size() * n_layers <= DEFER_GRAM_BYTES
+
+
 def measurement(config: SinksConfig) -> Measurement:
     def rows(model, batch: Batch) -> pd.DataFrame:
         n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-        solve_deferred(batch.captured, n_layers)
         sink = torch.stack([batch.attention[layer].sink_score for layer in range(n_layers)])  # [layer, batch, head]
         columns = {"sink_score": sink}
-        for name in ("bos_norm", "bos_norm_pre", "bos_ratio", "repr_entropy", "repr_entropy_norm"):
+        for name in ("bos_norm", "bos_norm_pre", "bos_ratio"):
             per_layer = torch.stack([batch.captured[layer][name] for layer in range(n_layers)])  # [layer, batch]
             columns[name] = per_layer[..., None].expand(-1, -1, n_heads)
         frame = per_head_frame(batch.samples, columns)
         frame.insert(4, "is_sink", frame["sink_score"] >= config.tau)
+        # the entropies last: on CUDA their spectra were solved while the columns above were built
+        solved = batch.captured[DEFERRED].result() if DEFERRED in batch.captured else {}
+        for i, name in enumerate(("repr_entropy", "repr_entropy_norm")):
+            per_layer = torch.stack([solved[layer][i] if layer in solved else batch.captured[layer][name]
+                                     for layer in range(n_layers)])  # [layer, batch]
+            frame[name] = per_head_values(per_layer[..., None].expand(-1, -1, n_heads))
         return frame
 
     return Measurement(EXPERIMENT, _resid_hooks, rows, attention=ANY_WINDOW, config=config)

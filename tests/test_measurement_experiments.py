@@ -230,6 +230,73 @@ def test_one_forward_serves_every_measurement_and_runs_resume(pair, tmp_path, mo
     assert second.equals(first)
 
 
+def test_packed_host_copy_and_deferred_entropies_give_the_same_frames(pair, monkeypatch):
+    """The GPU path of the engine, forced on the CPU: every capture packed into one copy (rows see
+    only tensors of that one buffer), Exp 4's entropies solved by DeferredEntropies launched after
+    the copy and read last. Frames equal those of the direct path (checked against independent
+    references by the tests above)."""
+    import dataclasses
+    import functools
+
+    from drope_lens.engine import host_transfer
+    from drope_lens.engine import measure as engine
+    from drope_lens.measurement import entropy
+
+    path, ref, model = pair["nope"]
+    texts = _texts(5)
+    parts = [sinks.measurement(sinks.SinksConfig()), bos_write.measurement(bos_write.BosWriteConfig()),
+             attention_structure.measurement(attention_structure.AttentionStructureConfig()),
+             layer_balance.measurement(layer_balance.LayerBalanceConfig())]
+    direct = measure(model, texts, parts, max_tokens=MAX_TOKENS, batch_size=3, show_progress=False)
+
+    events, packs, seen = [], [], {}
+
+    def pack(tree, **kwargs):
+        events.append("pack")
+        packs.append(host_transfer.pack_to_host(tree, include_cpu=True))
+        return packs[-1]
+
+    def spy(name, rows):
+        def wrapped(model, batch):
+            events.append(f"rows {name}")
+            seen.setdefault(name, []).append((batch.captured, batch.attention))
+            return rows(model, batch)
+        return wrapped
+
+    def traced(method, label):
+        @functools.wraps(method)
+        def wrapped(self, *a, **k):
+            events.append(label)
+            return method(self, *a, **k)
+        return wrapped
+
+    monkeypatch.setattr(engine, "pack_to_host", pack)
+    monkeypatch.setattr(sinks, "_defer", lambda gram, n_layers: True)
+    monkeypatch.setattr(entropy.DeferredEntropies, "launch", traced(entropy.DeferredEntropies.launch, "launch"))
+    monkeypatch.setattr(entropy.DeferredEntropies, "result", traced(entropy.DeferredEntropies.result, "result"))
+    spied = [dataclasses.replace(m, rows=spy(m.name, m.rows)) for m in parts]
+    packed = measure(model, texts, spied, max_tokens=MAX_TOKENS, batch_size=3, show_progress=False)
+
+    for name, frame in direct.items():
+        pd.testing.assert_frame_equal(packed[name], frame, check_exact=True)
+    # per forward (2 batches): pack, launch the spectra, then the frames, Exp 4's last, reading its
+    # entropies at its end (the second forward runs before the first batch's frames are built)
+    one = ["rows bos_write", "rows attention_structure", "rows layer_balance", "rows sinks", "result"]
+    assert events == ["pack", "launch", "pack", "launch"] + one + one
+    assert [p.n_copies for p in packs] == [1, 1]
+    for pack_, k in zip(packs, range(2)):
+        buffers = set()
+        for name, batches in seen.items():
+            captured, attention = batches[k]
+            tensors = host_transfer._tensors({"c": captured, "a": attention})
+            assert tensors and all(t.device.type == "cpu" for t in tensors)
+            buffers |= {t.untyped_storage().data_ptr() for t in tensors}
+            if name == "sinks":
+                assert isinstance(captured[sinks.DEFERRED], entropy.DeferredEntropies)
+                assert all("repr_entropy" not in captured[layer] for layer in range(model.cfg.n_layers))
+        assert len(buffers) == 1  # everything the frames read came through the batch's one copy
+
+
 def test_bootstrap_ci_covers_the_mean_and_needs_two_values():
     """The CI is the 2.5/97.5% quantiles of 2,000 resampled means (float64 by hand, same draws), and
     on normal data it covers the true mean about 95% of the time (400 simulated data sets of 30:

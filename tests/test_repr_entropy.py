@@ -1,8 +1,9 @@
 """Representation entropy (Exp 4) from the Gram matrix's eigenvalues against a float64 SVD."""
 
+import pytest
 import torch
 
-from drope_lens.experiments.sinks import representation_entropy
+from drope_lens.experiments.sinks import gram_matrix, representation_entropy
 
 
 def _reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,3 +68,27 @@ def test_layers_kept_for_one_batched_solve_get_their_own_entropies():
         assert "repr_gram" not in captured[layer]
         torch.testing.assert_close(captured[layer]["repr_entropy"].double(), want_energy, atol=1e-6, rtol=0)
         torch.testing.assert_close(captured[layer]["repr_entropy_norm"].double(), want_norm, atol=1e-6, rtol=0)
+
+
+def test_deferred_entropies_solve_every_layer_after_the_forward():
+    """DeferredEntropies (Exp 4's CUDA path, run here on the CPU): layers of two shapes added in any
+    order, solved at launch(), each layer gets its own SVD entropies back from result()."""
+    from drope_lens.measurement.entropy import DeferredEntropies
+
+    g = torch.Generator().manual_seed(3)
+    xs = {0: _spiky(2, 24, 40, seed=5), 3: torch.randn(2, 24, 40, generator=g), 1: torch.randn(2, 30, 12, generator=g),
+          2: _spiky(2, 24, 40, seed=6) * 4}
+    deferred = DeferredEntropies()
+    for layer, x in xs.items():
+        deferred.add(layer, gram_matrix(x), tuple(x.shape[-2:]))
+    deferred.launch()
+    with pytest.raises(RuntimeError, match="layer 4: DeferredEntropies was already launched"):
+        deferred.add(4, gram_matrix(xs[0]), (24, 40))
+    solved = deferred.result()
+    assert sorted(solved) == [0, 1, 2, 3]
+    for layer, x in xs.items():
+        want_energy, want_norm = _reference(x)
+        energy, norm = solved[layer]
+        assert energy.device.type == "cpu" and energy.dtype == torch.float64 and energy.shape == (2,)
+        torch.testing.assert_close(energy, want_energy, atol=1e-6, rtol=0)
+        torch.testing.assert_close(norm, want_norm, atol=1e-6, rtol=0)

@@ -5,7 +5,10 @@ attention statistics it needs (window, distances), and how to turn one batch's c
 :func:`measure` tokenises the texts, runs one forward per batch of equal-length texts with the
 union of every measurement's hooks (attention statistics are computed once per distinct request,
 by :func:`drope_lens.hooks.capture_attention_stats`), saves each text's rows as a RunStore unit,
-and skips texts already saved. Several measurements therefore share one forward. Chunks of
+and skips texts already saved. Several measurements therefore share one forward. After the forward
+the captures reach the host in one copy per device and deferred device work (Exp 4's spectra) runs
+while the host builds the frames (:func:`_forward`, :mod:`drope_lens.engine.host_transfer`); a
+batch's frames are built after the next batch's forward was queued. Chunks of
 ``batch_size`` texts are the planned batches of :func:`drope_lens.engine.sweep.run_sweep`: shared
 among ranks under ``torchrun``, each text always measured in the same batch.
 
@@ -23,6 +26,7 @@ import pandas as pd
 import torch
 
 from drope_lens.hooks import capture_attention_stats
+from drope_lens.engine.host_transfer import find_deferred, pack_to_host
 from drope_lens.engine.results import RunStore, texts_fingerprint
 from drope_lens.measurement.texts import Text, TextsLike, as_texts
 from drope_lens.measurement.tokens import BosPolicy, batches_by_length, check_bos, model_name, model_variant, tokenize
@@ -52,7 +56,9 @@ class TextMeasurementConfig:
 
 @dataclass
 class Batch:
-    """What a measurement's ``rows`` sees: the batch's texts, tokens and captures (on the device)."""
+    """What a measurement's ``rows`` sees: the batch's texts, tokens and captures, all on the host
+    (CPU tensors; a :class:`~drope_lens.measurement.deferred.DeferredCapture` value gives host values
+    through its ``result()``)."""
 
     samples: list[int]
     texts: list[Text]
@@ -65,8 +71,10 @@ class Batch:
 class Measurement:
     """One experiment's share of a forward.
 
-    ``hooks(model, captured)`` returns hook pairs that fill ``captured``; ``rows(model, batch)``
-    returns the batch's rows with a ``sample`` column (index into the texts). ``attention`` =
+    ``hooks(model, captured)`` returns hook pairs that fill ``captured`` (tensors, nested in dicts,
+    lists or dataclasses, or :class:`~drope_lens.measurement.deferred.DeferredCapture` values);
+    ``rows(model, batch)`` returns the batch's rows with a ``sample`` column (index into the texts)
+    and sees the captures as host tensors. ``attention`` =
     ``(window, max_distance)`` asks for :class:`~drope_lens.measurement.attention_stats.AttentionStats` of
     every layer in ``batch.attention``; :data:`ANY_WINDOW` for any window (sink score and entropy
     only), so that one streamed computation per layer serves several measurements.
@@ -114,10 +122,10 @@ def measure(
             samples = [chunk[i] for i in local]
             if done.issuperset(unit(n, i) for n in names for i in samples):
                 continue
-            result = {unit(name, sample): rows.reset_index(drop=True)
-                      for name, frame in _forward(model, texts, samples, batch_tokens, measurements).items()
-                      for sample, rows in frame.groupby("sample", sort=False)}
-            yield lambda result=result: result
+            build = _forward(model, texts, samples, batch_tokens, measurements)
+            # built one step later by run_sweep: the next batch's forward is queued first
+            yield lambda build=build: {unit(name, sample): rows for name, frame in build().items()
+                                       for sample, rows in split_by_sample(frame)}
 
     parts = run_sweep([Planned(tuple(unit(n, i) for i in chunk for n in names), len(chunk)) for chunk in chunks],
                       store, step, label=f"{'+'.join(names)} {model_variant(model)}", device=model.cfg.device,
@@ -125,7 +133,16 @@ def measure(
     return {name: pd.concat([parts[unit(name, i)] for i in range(len(texts))], ignore_index=True) for name in names}
 
 
-def _forward(model, texts, samples, tokens, measurements) -> dict[str, pd.DataFrame]:
+def _forward(model, texts, samples, tokens, measurements) -> Callable[[], dict[str, pd.DataFrame]]:
+    """Run one hooked forward; return a callable that builds every measurement's frame.
+
+    After the forward, every captured tensor (captured dicts and attention statistics, except
+    :class:`~drope_lens.measurement.deferred.DeferredCapture` values) goes to the host in ONE
+    non-blocking copy per device (:func:`~drope_lens.engine.host_transfer.pack_to_host`); then the
+    deferred work is launched, so that the device computes it while the host waits for the copy
+    only and builds the frames from host tensors. Measurements without deferred captures are built
+    first. On the CPU nothing is copied: the frames are those of the captures as they are.
+    """
     captured = {m.name: {} for m in measurements}
     hooks: list[HookPair] = []
     for m in measurements:
@@ -141,18 +158,44 @@ def _forward(model, texts, samples, tokens, measurements) -> dict[str, pd.DataFr
         attention[ANY_WINDOW] = attention[requests[0]]
     with torch.inference_mode():
         model.run_with_hooks(tokens.to(model.cfg.device), return_type=None, fwd_hooks=hooks)
-        out = {}
-        for m in measurements:
-            batch = Batch(samples, [texts[i] for i in samples], tokens, captured[m.name],
-                          attention.get(m.attention) if m.attention is not None else None)
-            rows = m.rows(model, batch)
-            head = pd.DataFrame({
-                "model": model_name(model), "variant": model_variant(model), "sample": rows["sample"].to_numpy(),
-                "text": [texts[s].name for s in rows["sample"]], "register": [texts[s].register for s in rows["sample"]],
-                "n_tokens": int(tokens.shape[1]),
-            })
-            out[m.name] = pd.concat([head, rows.drop(columns="sample").reset_index(drop=True)], axis=1)
-    return out
+        copy = pack_to_host({"captured": captured, "attention": attention})
+        deferred = {m.name: find_deferred(captured[m.name]) for m in measurements}
+        for values in deferred.values():
+            for value in values:
+                value.launch()
+    del captured, attention  # device tensors: the host copy holds what the frames need
+    head = {"model": model_name(model), "variant": model_variant(model), "n_tokens": int(tokens.shape[1]),
+            "texts": texts, "samples": samples}
+
+    def build() -> dict[str, pd.DataFrame]:
+        with torch.inference_mode():
+            host = copy.host()
+            out = {}
+            for m in sorted(measurements, key=lambda m: bool(deferred[m.name])):  # stable: deferred ones last
+                batch = Batch(samples, [texts[i] for i in samples], tokens, host["captured"][m.name],
+                              host["attention"].get(m.attention) if m.attention is not None else None)
+                out[m.name] = _with_head(m.rows(model, batch), **head)
+        return {m.name: out[m.name] for m in measurements}
+
+    return build
+
+
+def _with_head(rows: pd.DataFrame, *, model: str, variant: str, n_tokens: int, texts, samples) -> pd.DataFrame:
+    """``rows`` (with a ``sample`` column) behind the columns model, variant, sample, text, register, n_tokens."""
+    sample = rows["sample"].to_numpy()
+    head = pd.DataFrame({
+        "model": model, "variant": variant, "sample": sample,
+        "text": [texts[s].name for s in sample], "register": [texts[s].register for s in sample],
+        "n_tokens": n_tokens,
+    })
+    return pd.concat([head, rows.drop(columns="sample").reset_index(drop=True)], axis=1)
+
+
+def split_by_sample(frame: pd.DataFrame):
+    """``(sample, rows)`` per sample of ``frame`` in order of first appearance, each with a fresh index
+    (as ``groupby("sample", sort=False)``)."""
+    for sample, rows in frame.groupby("sample", sort=False):
+        yield sample, rows.reset_index(drop=True)
 
 
 def per_head_frame(samples: Sequence[int], columns: dict[str, torch.Tensor]) -> pd.DataFrame:
@@ -164,9 +207,15 @@ def per_head_frame(samples: Sequence[int], columns: dict[str, torch.Tensor]) -> 
              "layer": np.tile(np.repeat(np.arange(n_layers), n_heads), n_rows),
              "head": np.tile(np.arange(n_heads), n_rows * n_layers)}
     for name, value in columns.items():
-        array = value.detach().float().cpu().transpose(0, 1).numpy()  # [batch, layer, head, ...]
-        frame[name] = list(array.reshape(-1, *array.shape[3:])) if array.ndim > 3 else array.reshape(-1).astype(np.float64)
+        frame[name] = per_head_values(value)
     return pd.DataFrame(frame)
+
+
+def per_head_values(value: torch.Tensor):
+    """One :func:`per_head_frame` column from a ``[layer, batch, head]`` tensor (float32 values as
+    float64) or a ``[layer, batch, head, k]`` one (a list of float32 arrays per row)."""
+    array = value.detach().float().cpu().transpose(0, 1).numpy()  # [batch, layer, head, ...]
+    return list(array.reshape(-1, *array.shape[3:])) if array.ndim > 3 else array.reshape(-1).astype(np.float64)
 
 
 def per_layer_frame(samples: Sequence[int], columns: dict[str, torch.Tensor]) -> pd.DataFrame:

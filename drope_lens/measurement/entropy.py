@@ -9,9 +9,12 @@ batches by :func:`drope_lens.measurement.spectrum.symmetric_eigenvalues`.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from jaxtyping import Float
 
+from drope_lens.measurement.deferred import DeferredCapture
 from drope_lens.measurement.spectrum import symmetric_eigenvalues
 
 
@@ -80,3 +83,63 @@ def solve_deferred(captured: dict, n_layers: int) -> None:
         h_energy, h_norm = entropies_from_gram(torch.cat([gram for _, gram in members]), *shape)
         for (layer, _), energy, norm in zip(members, h_energy.chunk(len(members)), h_norm.chunk(len(members))):
             captured[layer].update({"repr_entropy": energy, "repr_entropy_norm": norm})
+
+
+class DeferredEntropies(DeferredCapture):
+    """Gram matrices of one forward's layers (:func:`gram_matrix`), solved after the forward.
+
+    ``add(layer, gram, (n_pos, width))`` keeps a layer's Gram matrix; ``launch()`` solves them in
+    one batched :func:`entropies_from_gram` call per (device, shape) (asynchronous on CUDA) and
+    starts ONE non-blocking copy of all the entropies per device into pinned host memory;
+    ``result()`` waits for that copy and returns ``{layer: (repr_entropy, repr_entropy_norm)}``,
+    float64 ``[batch]`` CPU tensors (the same values :func:`solve_deferred` puts in place).
+    """
+
+    def __init__(self) -> None:
+        self._grams: list[tuple[int, torch.Tensor, tuple[int, int]]] = []
+        self._copies: Optional[list] = None  # per device: (host buffer, event or None, [(layer, start, n)])
+
+    def add(self, layer: int, gram: Float[torch.Tensor, "batch m m"], shape: tuple[int, int]) -> None:
+        if self._copies is not None:
+            raise RuntimeError(f"layer {layer}: DeferredEntropies was already launched; add Gram matrices before.")
+        self._grams.append((int(layer), gram, tuple(shape)))
+
+    def launch(self) -> None:
+        if self._copies is not None:
+            return
+        groups: dict = {}
+        for layer, gram, shape in self._grams:
+            groups.setdefault((gram.device, shape), []).append((layer, gram))
+        per_device: dict = {}
+        for (device, shape), members in groups.items():
+            h_energy, h_norm = entropies_from_gram(torch.cat([gram for _, gram in members]), *shape)
+            per_device.setdefault(device, []).append(([layer for layer, _ in members], torch.stack([h_energy, h_norm])))
+        self._grams = []  # the Gram matrices are no longer needed once the solves are queued
+        self._copies = []
+        for device, parts in per_device.items():
+            values = torch.cat([stacked for _, stacked in parts], dim=1) if len(parts) > 1 else parts[0][1]
+            pinned = device.type == "cuda"
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=pinned)
+            host.copy_(values, non_blocking=pinned)
+            event = None
+            if pinned:
+                event = torch.cuda.Event()
+                event.record(torch.cuda.current_stream(device))
+            index, start = [], 0
+            for layers, stacked in parts:
+                n = stacked.shape[1] // len(layers)
+                for layer in layers:
+                    index.append((layer, start, n))
+                    start += n
+            self._copies.append((host, event, index))
+
+    def result(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        if self._copies is None:
+            self.launch()
+        out = {}
+        for host, event, index in self._copies:
+            if event is not None:
+                event.synchronize()
+            for layer, start, n in index:
+                out[layer] = (host[0, start: start + n], host[1, start: start + n])
+        return out
