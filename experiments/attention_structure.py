@@ -25,7 +25,7 @@ from drope_lens.engine.results import RunStore
 from drope_lens.measurement.texts import TextsLike
 
 from drope_lens.measurement.tokens import BosPolicy, check_bos
-from drope_lens.engine.measure import Batch, Measurement, measure, per_head_frame
+from drope_lens.engine.measure import Batch, Measurement, measure, per_head_columns
 from drope_lens.measurement.summaries import compare_variants, summarize
 
 EXPERIMENT = "attention_structure"
@@ -63,23 +63,24 @@ class AttentionStructureConfig:
                 "else distributed")
 
 
-def classify(frame: pd.DataFrame, config: AttentionStructureConfig) -> np.ndarray:
-    local = frame["local_mass" if config.local_counts_bos else "local_mass_no_bos"].to_numpy()
-    return np.where(frame["sink_score"].to_numpy() >= config.sink_tau, "sink",
+def classify(frame, config: AttentionStructureConfig) -> np.ndarray:
+    """Head class per row of ``frame`` (a DataFrame or a dict of columns) by :attr:`AttentionStructureConfig.rule`."""
+    local = np.asarray(frame["local_mass" if config.local_counts_bos else "local_mass_no_bos"])
+    return np.where(np.asarray(frame["sink_score"]) >= config.sink_tau, "sink",
                     np.where(local >= config.local_tau, "local", "distributed"))
 
 
 def measurement(config: AttentionStructureConfig) -> Measurement:
     def rows(model, batch: Batch) -> pd.DataFrame:
         stats = [batch.attention[layer] for layer in range(model.cfg.n_layers)]
-        columns = {name: torch.stack([getattr(s, name) for s in stats])
-                   for name in ("sink_score", "entropy", "local_mass", "local_mass_no_bos", "distance")}
-        frame = per_head_frame(batch.samples, columns)
-        frame["head_class"] = classify(frame, config)
-        distance = columns["distance"]  # [layer, batch, head, D] -> rows in the frame's (sample, layer, head) order
-        frame["distance"] = distance.transpose(0, 1).reshape(-1, distance.shape[-1]).float().cpu().double().numpy().tolist()
-        return frame[["sample", "layer", "head", "sink_score", "entropy", "local_mass", "local_mass_no_bos",
-                      "head_class", "distance"]]
+        columns = per_head_columns(batch.samples, {
+            name: torch.stack([getattr(s, name) for s in stats])
+            for name in ("sink_score", "entropy", "local_mass", "local_mass_no_bos")})
+        columns["head_class"] = classify(columns, config)
+        distance = torch.stack([s.distance for s in stats])  # [layer, batch, head, D] -> rows in (sample, layer, head) order
+        # float32 values as Python floats (exact, as float64): one list per row
+        columns["distance"] = distance.transpose(0, 1).reshape(-1, distance.shape[-1]).float().cpu().numpy().tolist()
+        return pd.DataFrame(columns)
 
     return Measurement(EXPERIMENT, lambda model, captured: [], rows, attention=(config.window, config.max_distance),
                        config=config)

@@ -40,7 +40,7 @@ from drope_lens.measurement.entropy import solve_deferred as _entropies  # noqa:
 from drope_lens.measurement.texts import TextsLike
 
 from drope_lens.measurement.tokens import BosPolicy, check_bos
-from drope_lens.engine.measure import ANY_WINDOW, Batch, Measurement, measure, per_head_frame, per_head_values
+from drope_lens.engine.measure import ANY_WINDOW, Batch, Measurement, measure, per_head_columns, per_head_values
 from drope_lens.measurement.summaries import compare_variants, summarize
 
 EXPERIMENT = "sinks"
@@ -103,15 +103,16 @@ def measurement(config: SinksConfig) -> Measurement:
         for name in ("bos_norm", "bos_norm_pre", "bos_ratio"):
             per_layer = torch.stack([batch.captured[layer][name] for layer in range(n_layers)])  # [layer, batch]
             columns[name] = per_layer[..., None].expand(-1, -1, n_heads)
-        frame = per_head_frame(batch.samples, columns)
-        frame.insert(4, "is_sink", frame["sink_score"] >= config.tau)
+        frame = per_head_columns(batch.samples, columns)
+        frame = {**{k: frame[k] for k in ("sample", "layer", "head", "sink_score")},
+                 "is_sink": frame["sink_score"] >= config.tau, **frame}
         # the entropies last: on CUDA their spectra were solved while the columns above were built
         solved = batch.captured[DEFERRED].result() if DEFERRED in batch.captured else {}
         for i, name in enumerate(("repr_entropy", "repr_entropy_norm")):
             per_layer = torch.stack([solved[layer][i] if layer in solved else batch.captured[layer][name]
                                      for layer in range(n_layers)])  # [layer, batch]
             frame[name] = per_head_values(per_layer[..., None].expand(-1, -1, n_heads))
-        return frame
+        return pd.DataFrame(frame)
 
     return Measurement(EXPERIMENT, _resid_hooks, rows, attention=ANY_WINDOW, config=config)
 

@@ -297,6 +297,46 @@ def test_packed_host_copy_and_deferred_entropies_give_the_same_frames(pair, monk
         assert len(buffers) == 1  # everything the frames read came through the batch's one copy
 
 
+def test_user_measurement_with_interleaved_rows_and_nested_captures(pair):
+    """A user-defined Measurement (the public shape: name, hooks, rows) whose rows interleave samples,
+    put ``sample`` last and carry their own index: each text gets its own rows in their order behind
+    the head columns, and the captures (nested dict and list) arrive as host tensors equal to
+    run_with_cache's activations."""
+    from drope_lens.engine.measure import Batch, Measurement
+
+    path, ref, model = pair["rope"]
+    texts = _texts(5)
+
+    def hooks(model, captured):
+        def fn(x, hook):
+            captured.setdefault("nested", {})["first"] = [x[:, 0, 0], x[:, 1, :2]]
+            return None
+        return [("blocks.0.hook_resid_post", fn)]
+
+    def rows(model, batch: Batch) -> pd.DataFrame:
+        first, second = batch.captured["nested"]["first"]
+        assert first.device.type == "cpu" and second.shape == (len(batch.samples), 2)
+        out = []
+        for k in range(2):  # samples interleaved: (s0, k0), (s1, k0), ..., (s0, k1), ...
+            for b, sample in enumerate(batch.samples):
+                out.append({"value": float(first[b]) if k == 0 else float(second[b, 1]), "k": k, "sample": sample})
+        return pd.DataFrame(out, index=np.arange(len(out))[::-1] + 100)
+
+    got = measure(model, texts, [Measurement("custom", hooks, rows)], max_tokens=MAX_TOKENS, batch_size=2,
+                  show_progress=False)["custom"]
+    assert list(got.columns) == ["model", "variant", "sample", "text", "register", "n_tokens", "value", "k"]
+    assert list(got.index) == list(range(len(texts) * 2))
+    tokens = torch.stack(tokenize(model, texts, MAX_TOKENS))
+    _, cache = model.run_with_cache(tokens, names_filter="blocks.0.hook_resid_post")
+    resid = cache["blocks.0.hook_resid_post"]
+    for i, text in enumerate(texts):
+        part = got.iloc[2 * i: 2 * i + 2]
+        assert part["sample"].tolist() == [i, i] and part["k"].tolist() == [0, 1]
+        assert part["text"].tolist() == [text.name] * 2 and part["register"].tolist() == [text.register] * 2
+        assert part["n_tokens"].tolist() == [MAX_TOKENS] * 2 and part["variant"].tolist() == ["rope"] * 2
+        np.testing.assert_allclose(part["value"].to_numpy(), [resid[i, 0, 0], resid[i, 1, 1]], rtol=1e-6, atol=1e-6)
+
+
 def test_bootstrap_ci_covers_the_mean_and_needs_two_values():
     """The CI is the 2.5/97.5% quantiles of 2,000 resampled means (float64 by hand, same draws), and
     on normal data it covers the true mean about 95% of the time (400 simulated data sets of 30:

@@ -181,26 +181,44 @@ def _forward(model, texts, samples, tokens, measurements) -> Callable[[], dict[s
 
 
 def _with_head(rows: pd.DataFrame, *, model: str, variant: str, n_tokens: int, texts, samples) -> pd.DataFrame:
-    """``rows`` (with a ``sample`` column) behind the columns model, variant, sample, text, register, n_tokens."""
-    sample = rows["sample"].to_numpy()
-    head = pd.DataFrame({
-        "model": model, "variant": variant, "sample": sample,
-        "text": [texts[s].name for s in sample], "register": [texts[s].register for s in sample],
-        "n_tokens": n_tokens,
-    })
-    return pd.concat([head, rows.drop(columns="sample").reset_index(drop=True)], axis=1)
+    """``rows`` (with a ``sample`` column) behind the columns model, variant, sample, text, register,
+    n_tokens, with a fresh index. Columns are inserted into a shallow copy of ``rows`` (no data copied;
+    the caller's frame is left as it is); text and register are taken per sample, not per row."""
+    out = rows.copy(deep=False)
+    sample = out.pop("sample").to_numpy()
+    present, which = np.unique(sample, return_inverse=True)
+    names = np.array([texts[s].name for s in present.tolist()], dtype=object)
+    registers = np.array([texts[s].register for s in present.tolist()], dtype=object)
+    for i, (name, value) in enumerate((("model", model), ("variant", variant), ("sample", sample),
+                                       ("text", names[which]), ("register", registers[which]),
+                                       ("n_tokens", n_tokens))):
+        out.insert(i, name, value)
+    return out.reset_index(drop=True)
 
 
 def split_by_sample(frame: pd.DataFrame):
     """``(sample, rows)`` per sample of ``frame`` in order of first appearance, each with a fresh index
-    (as ``groupby("sample", sort=False)``)."""
-    for sample, rows in frame.groupby("sample", sort=False):
-        yield sample, rows.reset_index(drop=True)
+    (as ``groupby("sample", sort=False)``; slices when each sample's rows are contiguous, as
+    :func:`per_head_frame` and :func:`per_layer_frame` make them)."""
+    sample = frame["sample"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, sample[1:] != sample[:-1]]) if len(sample) else np.zeros(0, dtype=np.intp)
+    if len(np.unique(sample[starts])) != len(starts):  # some sample's rows are not contiguous
+        for key, rows in frame.groupby("sample", sort=False):
+            yield key, rows.reset_index(drop=True)
+        return
+    bounds = np.r_[starts, len(sample)]
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        yield frame["sample"].iat[a], frame.iloc[a:b].reset_index(drop=True)
 
 
 def per_head_frame(samples: Sequence[int], columns: dict[str, torch.Tensor]) -> pd.DataFrame:
     """Rows (sample, layer, head) from ``[layer, batch, head]`` tensors (or ``[layer, batch, head, k]``,
     stored as lists)."""
+    return pd.DataFrame(per_head_columns(samples, columns))
+
+
+def per_head_columns(samples: Sequence[int], columns: dict[str, torch.Tensor]) -> dict:
+    """The columns of :func:`per_head_frame` as a dict of arrays (add more, then build the frame once)."""
     first = next(iter(columns.values()))
     n_layers, n_rows, n_heads = first.shape[:3]
     frame = {"sample": np.repeat(np.asarray(samples), n_layers * n_heads),
@@ -208,7 +226,7 @@ def per_head_frame(samples: Sequence[int], columns: dict[str, torch.Tensor]) -> 
              "head": np.tile(np.arange(n_heads), n_rows * n_layers)}
     for name, value in columns.items():
         frame[name] = per_head_values(value)
-    return pd.DataFrame(frame)
+    return frame
 
 
 def per_head_values(value: torch.Tensor):
