@@ -9,6 +9,9 @@ warm-up; largest |entropy - float64 LAPACK entropy| over all matrices, both norm
 
 * ``eigvalsh_cuda``: ``torch.linalg.eigvalsh`` on the batch (cuSOLVER, one matrix at a time);
 * ``eigvalsh_magma``: the same with ``torch.backends.cuda.preferred_linalg_library("magma")``;
+* ``householder_persistent`` (the default on CUDA for n <= 1,024): one kernel launch per batch,
+  :mod:`drope_lens.measurement.spectrum_persistent`, also its tridiagonalisation alone;
+  ``--quick`` times only it and ``householder_fused``;
 * ``householder``: :func:`drope_lens.measurement.spectrum.symmetric_eigenvalues` (batched tridiagonalisation
   + Triton bisection), also split into its two stages; ``householder_fused``: the same with
   :func:`~drope_lens.measurement.spectrum.tridiagonalize_fused` (one pass per column); each with
@@ -60,6 +63,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--update-tiles", nargs="*", metavar="ROWS,COLUMNS,WARPS",
                         help="also time householder_fused with these tiles of its update kernel")
+    parser.add_argument("--quick", action="store_true",
+                        help="only householder_persistent (the default) against householder_fused in a graph")
     parser.add_argument("--skip-slow", action="store_true",
                         help="only householder and cuSOLVER eigvalsh (no MAGMA, host threads or float32)")
     args = parser.parse_args()
@@ -78,6 +83,19 @@ def main() -> None:
         print(f"{name:>22}: {seconds * 1e3:9.1f} ms for {args.matrices} matrices ({row['per_matrix_ms']:.3f} ms each)"
               f"{err} {note}", flush=True)
 
+    from drope_lens.measurement.spectrum_persistent import tridiagonalize_persistent
+
+    t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_persistent"), args.repeat)
+    record("householder_persistent", t, eig)
+    t, _ = cuda_median(lambda: tridiagonalize_persistent(a), args.repeat)
+    record("  its tridiagonalisation", t)
+    if args.quick:
+        t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_fused"), args.repeat)
+        record("householder_fused", t, eig)
+        args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                        "matrices": args.matrices, "pos": args.pos, "width": args.width,
+                                        "rows": rows}, indent=2))
+        return
     for graph in (True, False):  # the tridiagonalisation replayed as one CUDA graph, or launched eagerly
         spectrum.GRAPH = graph
         tag = "" if graph else " eager"

@@ -35,8 +35,10 @@ from typing import Literal
 import torch
 from jaxtyping import Float
 
-Method = Literal["auto", "eigvalsh", "householder", "householder_fused"]
-METHODS = ("auto", "eigvalsh", "householder", "householder_fused")
+from drope_lens.measurement import spectrum_persistent as persistent
+
+Method = Literal["auto", "eigvalsh", "householder", "householder_fused", "householder_persistent"]
+METHODS = ("auto", "eigvalsh", "householder", "householder_fused", "householder_persistent")
 N_HALVINGS = 64
 BLOCK = 128
 #: Tile of the fused update kernel: the fastest of six in spectrum_bench --update-tiles (H200).
@@ -51,7 +53,9 @@ def symmetric_eigenvalues(
 
     ``method``: ``"eigvalsh"`` (``torch.linalg.eigvalsh``), ``"householder"`` (module docstring),
     ``"householder_fused"`` (the same with :func:`tridiagonalize_fused`; needs Triton: CUDA or the
-    interpreter), ``"auto"``: householder_fused on CUDA when Triton is importable, else eigvalsh.
+    interpreter), ``"householder_persistent"`` (one kernel launch for the whole reduction, upper
+    triangle only: :mod:`drope_lens.measurement.spectrum_persistent`; n <= 1,024), ``"auto"``: on
+    CUDA with Triton householder_persistent up to n = 1,024 and householder_fused above, else eigvalsh.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r}: allowed values are {list(METHODS)}.")
@@ -59,9 +63,14 @@ def symmetric_eigenvalues(
         raise ValueError(f"a has shape {tuple(a.shape)}: expected [batch, n, n].")
     a = a.double()
     if method == "auto":
-        method = "householder_fused" if a.is_cuda and _kernel() is not None else "eigvalsh"
+        if not (a.is_cuda and _kernel() is not None):
+            method = "eigvalsh"
+        else:
+            method = "householder_persistent" if a.shape[-1] <= persistent.MAX_N else "householder_fused"
     if method == "eigvalsh" or a.shape[-1] <= 2 or a.shape[0] == 0:
         return torch.linalg.eigvalsh(a)
+    if method == "householder_persistent":
+        return tridiagonal_eigenvalues(*persistent.tridiagonalize_persistent(a))
     fn = tridiagonalize_fused if method == "householder_fused" else tridiagonalize
     d, e = _graphed(fn, a) if GRAPH and a.is_cuda and not torch.cuda.is_current_stream_capturing() else fn(a)
     return tridiagonal_eigenvalues(d, e)
