@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--update-tiles", nargs="*", metavar="ROWS,COLUMNS,WARPS",
                         help="also time householder_fused with these tiles of its update kernel")
+    parser.add_argument("--persistent-tiles", nargs="*", metavar="ELEMENTS,WARPS",
+                        help="also time householder_persistent with strips of ELEMENTS and WARPS warps")
     parser.add_argument("--quick", action="store_true",
                         help="only householder_persistent (the default) against householder_fused in a graph")
     parser.add_argument("--skip-slow", action="store_true",
@@ -89,6 +91,14 @@ def main() -> None:
     record("householder_persistent", t, eig)
     t, _ = cuda_median(lambda: tridiagonalize_persistent(a), args.repeat)
     record("  its tridiagonalisation", t)
+    from drope_lens.measurement import spectrum_persistent
+
+    default = (spectrum_persistent.STRIP_ELEMENTS, spectrum_persistent.WARPS)
+    for tiles in args.persistent_tiles or []:  # the row strip held in registers, the warps per program
+        spectrum_persistent.STRIP_ELEMENTS, spectrum_persistent.WARPS = map(int, tiles.split(","))
+        t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_persistent"), args.repeat)
+        record(f"householder_persistent {tiles}", t, eig)
+    spectrum_persistent.STRIP_ELEMENTS, spectrum_persistent.WARPS = default
     if args.quick:
         t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_fused"), args.repeat)
         record("householder_fused", t, eig)
