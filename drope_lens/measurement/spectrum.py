@@ -35,10 +35,11 @@ from typing import Literal
 import torch
 from jaxtyping import Float
 
+from drope_lens.measurement import spectrum_blocked as blocked
 from drope_lens.measurement import spectrum_persistent as persistent
 
-Method = Literal["auto", "eigvalsh", "householder", "householder_fused", "householder_persistent"]
-METHODS = ("auto", "eigvalsh", "householder", "householder_fused", "householder_persistent")
+Method = Literal["auto", "eigvalsh", "householder", "householder_fused", "householder_persistent", "householder_blocked"]
+METHODS = ("auto", "eigvalsh", "householder", "householder_fused", "householder_persistent", "householder_blocked")
 N_HALVINGS = 64
 BLOCK = 128
 #: Tile of the fused update kernel: the fastest of six in spectrum_bench --update-tiles (H200).
@@ -54,7 +55,8 @@ def symmetric_eigenvalues(
     ``method``: ``"eigvalsh"`` (``torch.linalg.eigvalsh``), ``"householder"`` (module docstring),
     ``"householder_fused"`` (the same with :func:`tridiagonalize_fused`; needs Triton: CUDA or the
     interpreter), ``"householder_persistent"`` (one kernel launch for the whole reduction, upper
-    triangle only: :mod:`drope_lens.measurement.spectrum_persistent`; n <= 1,024), ``"auto"``: on
+    triangle only: :mod:`drope_lens.measurement.spectrum_persistent`; n <= 1,024),
+    ``"householder_blocked"`` (LAPACK ``dsytrd``'s panels: :mod:`drope_lens.measurement.spectrum_blocked`), ``"auto"``: on
     CUDA with Triton householder_persistent up to n = 1,024 and householder_fused above, else eigvalsh.
     """
     if method not in METHODS:
@@ -71,7 +73,8 @@ def symmetric_eigenvalues(
         return torch.linalg.eigvalsh(a)
     if method == "householder_persistent":
         return tridiagonal_eigenvalues(*persistent.tridiagonalize_persistent(a))
-    fn = tridiagonalize_fused if method == "householder_fused" else tridiagonalize
+    fn = {"householder_fused": tridiagonalize_fused, "householder_blocked": blocked.tridiagonalize_blocked}.get(
+        method, tridiagonalize)
     d, e = _graphed(fn, a) if GRAPH and a.is_cuda and not torch.cuda.is_current_stream_capturing() else fn(a)
     return tridiagonal_eigenvalues(d, e)
 
