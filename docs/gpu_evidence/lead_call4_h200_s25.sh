@@ -17,5 +17,5 @@ timeout 80 python3 -m drope_lens.benchmarks.spectrum_bench --quick --repeat 5 --
 wait $CK; tail -1 /tmp/ckpt.log
 el "generation_bench: generation (repeat 3) + Exp 3 sweep on all 420 prompts x 3 conditions"
 timeout 330 python3 -m drope_lens.benchmarks.generation_bench --workdir $W --repeat 3 \
-  --out $OUT/generation_bench_h200_s25_full_sweep.json 2>&1 | grep -v -i "warn\|Loading weights" | grep -v '^ \|^{\|^}'
+  --out $OUT/generation_bench_h200_s25_full_sweep.json 2>&1 | grep -v -i "warn\|Loading weights" | grep -v '^ *"\|^{\|^ *}'
 el end
