@@ -22,11 +22,11 @@ def hot_checkpoint(tmp_path_factory):
     return path, ref
 
 
-def _hf_logits(ref, dtype, impl):
-    model = copy.deepcopy(ref).to(dtype)
+def _hf_logits(ref, dtype, impl, device="cpu"):
+    model = copy.deepcopy(ref).to(device=device, dtype=dtype)
     model.config._attn_implementation = impl
     with torch.no_grad():
-        return model(TOKENS).logits.float()
+        return model(TOKENS.to(device)).logits.float()
 
 
 def test_checkpoint_really_overflows_float16(hot_checkpoint):
@@ -47,7 +47,7 @@ def test_half_precision_is_finite_and_no_worse_than_hf_sdpa(hot_checkpoint, dtyp
     exact = dl.load_model(path)(TOKENS)
     model = dl.load_model(path, dtype=dtype)
     ours = model(TOKENS).float()
-    hf_sdpa = _hf_logits(ref, dtype, "sdpa")
+    hf_sdpa = _hf_logits(ref, dtype, "sdpa", device=model.cfg.device)  # HF's half precision on the same hardware
     assert torch.isfinite(ours).all()
     assert relative_error(ours, exact) <= relative_error(hf_sdpa, exact)
     model.set_attention_backend("explicit")
