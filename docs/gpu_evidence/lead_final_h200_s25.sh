@@ -20,5 +20,6 @@ grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" $OUT/gpu_tests_all_h200_s25_fina
 wait $CK; tail -1 /tmp/ckpt.log
 el "attention_stats_bench: study part (10 x 512) + 4096"
 timeout 90 python3 -m drope_lens.benchmarks.attention_stats_bench --workdir $W --lengths 4096 --agreement-tokens 0 \
-  --repeat 5 --out $OUT/attention_stats_bench_h200_s25_final.json 2>&1 | grep -v -i "warn\|Loading weights"
+  --repeat 5 --profile --out $OUT/attention_stats_bench_h200_s25_final.json > $OUT/stats_profile_s25_final.txt 2>&1
+grep -E "\->|Self (CPU|CUDA) time total|tridiagonalize_kernel|cudaMemcpyAsync|cudaStreamSynchronize|cudaEventSynchronize" $OUT/stats_profile_s25_final.txt | cut -c1-60,100-220
 el end
