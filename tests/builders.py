@@ -10,6 +10,7 @@ query/key projection (modules named ``self_attn.q_norm``/``k_norm`` as upstream 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +18,10 @@ import torch
 import torch.nn as nn
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+# Where load_model puts models in the tests (conftest.py makes it load_model's default):
+# DROPE_LENS_TEST_DEVICE=cuda runs the suite with models on the GPU; references stay on the CPU.
+TEST_DEVICE = os.environ.get("DROPE_LENS_TEST_DEVICE", "cpu")
 
 WORDS = (
     "the city of paris is in france rome italy berlin germany secret passkey remember this "
@@ -156,9 +161,15 @@ def save_checkpoint(
 
 
 def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    """max |ours - reference| / max |reference|."""
-    ours, reference = ours.double(), reference.double()
+    """max |ours - reference| / max |reference|, computed in float64 on the CPU (so a model's output
+    on a GPU compares with a reference computed on the CPU)."""
+    ours, reference = ours.detach().cpu().double(), reference.detach().cpu().double()
     return float((ours - reference).abs().max() / reference.abs().max())
+
+
+def tensors_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``torch.equal`` on the CPU: same shape and bit-identical values, whichever device each is on."""
+    return torch.equal(a.detach().cpu(), b.detach().cpu())
 
 
 def plant_massive_qk(model: LlamaForCausalLM, *, layer: int = 1, strength: float = 60.0) -> None:

@@ -14,13 +14,11 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from builders import reference_model, save_checkpoint, tiny_config  # noqa: E402
-
-torch.set_num_threads(2)
-
 # DROPE_LENS_TEST_DEVICE=cuda runs the experiment tests with models on the GPU (the fused-kernel
 # path users get there); references stay where the tests build them.
-TEST_DEVICE = os.environ.get("DROPE_LENS_TEST_DEVICE", "cpu")
+from builders import TEST_DEVICE, reference_model, save_checkpoint, tiny_config  # noqa: E402
+
+torch.set_num_threads(2)
 
 
 @pytest.fixture(autouse=True)

@@ -96,11 +96,11 @@ def test_normed_hooks_are_post_norm(checkpoint_factory):
     path, ref = checkpoint_factory(attention_type="qk_norm_nope")
     model = dl.load_model(path)
     _, cache = model.run_with_cache(TOKENS)
-    raw = cache["blocks.0.attn.hook_q"].flatten(-2)
+    raw = cache["blocks.0.attn.hook_q"].flatten(-2).cpu()  # the reference norm lives on the CPU
     norm = ref.model.layers[0].self_attn.q_norm
     with torch.no_grad():
         expected = norm(raw)
-    torch.testing.assert_close(cache["blocks.0.attn.hook_q_normed"].flatten(-2), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(cache["blocks.0.attn.hook_q_normed"].flatten(-2).cpu(), expected, rtol=0, atol=1e-5)
     assert not torch.allclose(raw, expected)
 
 

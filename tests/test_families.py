@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import drope_lens as dl
-from builders import WORDS, relative_error
+from builders import WORDS, relative_error, tensors_equal
 from drope_lens.model.attention import rope_inv_freq
 from drope_lens.model.checkpoint import FAMILIES, SUPPORTED_ARCHITECTURES, CheckpointError, detect_variant, parse_config
 from family_builders import CASES, LLAMA3_ROPE, edit_config, family_reference, save_family_checkpoint
@@ -203,9 +203,9 @@ def test_qwen2_biases_are_loaded_into_b_qkv(family_checkpoint):
     model = dl.load_model(path, requires_grad=True)
     hf = ref.model.layers[1].self_attn
     attn = model.blocks[1].attn
-    assert torch.equal(attn.b_Q, hf.q_proj.bias.view(4, 16))
-    assert torch.equal(attn._b_K, hf.k_proj.bias.view(2, 16))
-    assert torch.equal(attn._b_V, hf.v_proj.bias.view(2, 16))
+    assert tensors_equal(attn.b_Q, hf.q_proj.bias.view(4, 16))
+    assert tensors_equal(attn._b_K, hf.k_proj.bias.view(2, 16))
+    assert tensors_equal(attn._b_V, hf.v_proj.bias.view(2, 16))
     assert attn.b_Q.requires_grad and not attn.b_O.requires_grad and not attn.b_O.any()
     assert model.tokenizer.bos_token is None and not model.cfg.default_prepend_bos
 
@@ -218,7 +218,7 @@ def test_llama_with_attention_bias(tmp_path, attention_type):
     path = save_family_checkpoint(ref, case, tmp_path / "ckpt", attention_type=attention_type)
     model = dl.load_model(path)
     assert model.lens.qkv_bias and model.lens.o_bias
-    assert torch.equal(model.blocks[0].attn.b_O, ref.model.layers[0].self_attn.o_proj.bias)
+    assert tensors_equal(model.blocks[0].attn.b_O, ref.model.layers[0].self_attn.o_proj.bias)
     assert relative_error(_logits(model), _hf_forward(ref, TOKENS)[0]) <= BOUND
     again = dl.load_model(dl.save_model(model, tmp_path / "saved"))
     assert torch.equal(_logits(again), _logits(model))
@@ -260,7 +260,7 @@ def test_sliding_window_generation_with_cache_matches_transformers(family_checkp
                                 pad_token_id=2, eos_token_id=None)
         got = model.generate(prompt, max_new_tokens=8, do_sample=False, use_past_kv_cache=True, verbose=False,
                              stop_at_eos=False)
-    assert torch.equal(got, expected)
+    assert tensors_equal(got, expected)
 
 
 @pytest.mark.parametrize("case", ["mistral-sliding", "qwen2-sliding"])
@@ -300,7 +300,7 @@ def test_single_norm_checkpoint_with_or_without_the_unused_norm(family_checkpoin
               metadata={"format": "pt"})
     model = dl.load_model(stripped)
     assert relative_error(_logits(model), ref_logits) <= BOUND
-    assert torch.equal(getattr(model.blocks[0].attn, unused).w, torch.ones(getattr(model.blocks[0].attn, unused).length))
+    assert tensors_equal(getattr(model.blocks[0].attn, unused).w, torch.ones(getattr(model.blocks[0].attn, unused).length))
     used = "q_norm" if unused == "k_norm" else "k_norm"
     save_file({k: v for k, v in tensors.items() if f".{used}." not in k}, stripped / "model.safetensors",
               metadata={"format": "pt"})

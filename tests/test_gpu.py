@@ -71,6 +71,7 @@ def _hf_nf4(directory, attention_type=None):
 
 @pytest.mark.parametrize("attention_type", [None, "qk_norm_nope"])
 def test_nf4_matches_transformers_bitsandbytes(checkpoint_factory, tmp_path, attention_type):
+    pytest.importorskip("bitsandbytes", reason="quantization='nf4' needs bitsandbytes, not installed here")
     path, _ = checkpoint_factory(attention_type=attention_type, dtype=torch.bfloat16)
     ours = dl.load_model(path, device="cuda", quantization="nf4")
     assert ours.quantization == "nf4" and ours.cfg.dtype == torch.bfloat16

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import drope_lens as dl
-from builders import plant_massive_qk, reference_model, relative_error, save_checkpoint, tiny_config
+from builders import plant_massive_qk, reference_model, relative_error, save_checkpoint, tensors_equal, tiny_config
 
 TOKENS = torch.randint(3, 90, (8, 64), generator=torch.Generator().manual_seed(0))
 TOKENS[:, 0] = 1
@@ -22,11 +22,11 @@ def hot_checkpoint(tmp_path_factory):
     return path, ref
 
 
-def _hf_logits(ref, dtype, impl):
-    model = copy.deepcopy(ref).to(dtype)
+def _hf_logits(ref, dtype, impl, device="cpu"):
+    model = copy.deepcopy(ref).to(device=device, dtype=dtype)
     model.config._attn_implementation = impl
     with torch.no_grad():
-        return model(TOKENS).logits.float()
+        return model(TOKENS.to(device)).logits.float()
 
 
 def test_checkpoint_really_overflows_float16(hot_checkpoint):
@@ -47,7 +47,7 @@ def test_half_precision_is_finite_and_no_worse_than_hf_sdpa(hot_checkpoint, dtyp
     exact = dl.load_model(path)(TOKENS)
     model = dl.load_model(path, dtype=dtype)
     ours = model(TOKENS).float()
-    hf_sdpa = _hf_logits(ref, dtype, "sdpa")
+    hf_sdpa = _hf_logits(ref, dtype, "sdpa", device=model.cfg.device)  # HF's half precision on the same hardware
     assert torch.isfinite(ours).all()
     assert relative_error(ours, exact) <= relative_error(hf_sdpa, exact)
     model.set_attention_backend("explicit")
@@ -73,10 +73,12 @@ def test_bf16_qk_norm_rounds_like_torch_rmsnorm(checkpoint_factory):
     path, ref = checkpoint_factory(attention_type="qk_norm_nope")
     model = dl.load_model(path, dtype=torch.bfloat16)
     _, cache = model.run_with_cache(TOKENS[:2, :16], names_filter=lambda n: n.startswith("blocks.0.attn.hook_"))
-    norm = copy.deepcopy(ref.model.layers[0].self_attn.q_norm).to(torch.bfloat16)
+    raw = cache["blocks.0.attn.hook_q"].flatten(-2)
+    # upstream's module on the model's device (a float32 sum's order, hence the last bf16 bit, is the device's)
+    norm = copy.deepcopy(ref.model.layers[0].self_attn.q_norm).to(device=raw.device, dtype=torch.bfloat16)
     with torch.no_grad():
-        expected = norm(cache["blocks.0.attn.hook_q"].flatten(-2))
-    assert torch.equal(cache["blocks.0.attn.hook_q_normed"].flatten(-2), expected)
+        expected = norm(raw)
+    assert tensors_equal(cache["blocks.0.attn.hook_q_normed"].flatten(-2), expected)
 
 
 @pytest.mark.parametrize(

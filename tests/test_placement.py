@@ -16,7 +16,7 @@ import torch
 from transformer_lens.utilities.multi_gpu import get_device_for_block_index
 
 import drope_lens as dl
-from builders import relative_error
+from builders import TEST_DEVICE, relative_error, tensors_equal
 from drope_lens.model.placement import Placement, plan_placement
 
 TOKENS = torch.randint(3, 90, (3, 40), generator=torch.Generator().manual_seed(0))
@@ -50,7 +50,7 @@ def test_split_arguments_are_checked(checkpoint_factory, monkeypatch):
         plan_placement("cuda:1", 2, 4)
     path, _ = checkpoint_factory()
     with pytest.raises(ValueError, match="device='cpu' is not CUDA"):
-        dl.load_model(path, n_devices=2)
+        dl.load_model(path, device="cpu", n_devices=2)
 
 
 def test_replicas_under_torchrun_take_consecutive_gpu_groups(monkeypatch):
@@ -67,10 +67,10 @@ def test_replicas_under_torchrun_take_consecutive_gpu_groups(monkeypatch):
 def test_one_device_is_the_unsplit_model(checkpoint_factory):
     path, ref = checkpoint_factory(attention_type="qk_norm_nope", n_kv_heads=2)
     plain, one = dl.load_model(path), dl.load_model(path, n_devices=1)
-    assert one.cfg.n_devices == 1 and one.cfg.device == plain.cfg.device == "cpu"
+    assert one.cfg.n_devices == 1 and one.cfg.device == plain.cfg.device == TEST_DEVICE
     with torch.no_grad():
         logits = one(TOKENS)
-        assert torch.equal(logits, plain(TOKENS))
+        assert tensors_equal(logits, plain(TOKENS))
         assert relative_error(logits, ref(TOKENS).logits) <= 1e-5
 
 

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from drope_lens.measurement import spectrum
+from drope_lens.measurement import spectrum, spectrum_blocked
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 needs_kernel = pytest.mark.skipif(
@@ -37,6 +37,10 @@ def _check(got: torch.Tensor, a: torch.Tensor) -> None:
 def test_householder_and_bisection_match_lapack():
     for a in _matrices(0):
         _check(spectrum.symmetric_eigenvalues(a, method="householder"), a)
+        for block in (1, 5, 32):  # panels of one column, panels that do not divide n, one panel
+            d, e = spectrum_blocked.tridiagonalize_blocked(a, block=block)
+            t = torch.diag_embed(d) + torch.diag_embed(e, offset=1) + torch.diag_embed(e, offset=-1)
+            _check(torch.linalg.eigvalsh(t), a)
         d, e = spectrum.tridiagonalize(a)
         if a.shape[-1] > 1:  # the tridiagonal matrix is orthogonally similar: same spectrum
             t = torch.diag_embed(d) + torch.diag_embed(e, offset=1) + torch.diag_embed(e, offset=-1)
@@ -47,13 +51,13 @@ def test_householder_and_bisection_match_lapack():
 def test_bisection_kernel_matches_lapack():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for a in _matrices(1):
-        for method in ("householder", "householder_fused"):
+        for method in ("householder", "householder_fused", "householder_persistent", "householder_blocked"):
             _check(spectrum.symmetric_eigenvalues(a.to(device), method=method), a)
     if torch.cuda.is_available():  # the study's size: 512 x 512, more than one block of eigenvalues
         x = torch.randn(4, 512, 1024, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
         x[:, 0] *= 100.0
         a = x @ x.mT
-        for method in ("auto", "householder_fused"):
+        for method in ("auto", "householder_fused", "householder_persistent", "householder_blocked"):
             _check(spectrum.symmetric_eigenvalues(a.cuda(), method=method), a)
 
 
@@ -89,3 +93,27 @@ def test_cuda_graph_replays_follow_new_inputs():
             a = x @ x.mT
             _check(spectrum.symmetric_eigenvalues(a.cuda(), method=method), a)
         assert len(spectrum._GRAPHS) == 1
+
+
+@needs_kernel
+def test_persistent_tridiagonalization_reads_only_the_upper_triangle_and_keeps_its_input():
+    """The one-launch kernel works on a copy, reads the upper triangle only (garbage below the
+    diagonal changes nothing) and refuses sizes it does not handle."""
+    from drope_lens.measurement.spectrum_persistent import MAX_N, tridiagonalize_persistent
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 21, 30, generator=g, dtype=torch.float64)
+    a = (x @ x.mT).to(device)
+    kept = a.clone()
+    d, e = tridiagonalize_persistent(a)
+    assert torch.equal(a, kept)
+    t = torch.diag_embed(d) + torch.diag_embed(e, offset=1) + torch.diag_embed(e, offset=-1)
+    _check(torch.linalg.eigvalsh(t.cpu()), a.cpu())
+    garbage = a.triu() + torch.randn(2, 21, 21, generator=g, dtype=torch.float64).to(device).tril(-1)
+    d2, e2 = tridiagonalize_persistent(garbage)
+    assert torch.equal(d, d2) and torch.equal(e, e2)
+    with pytest.raises(ValueError, match="n = 2"):
+        tridiagonalize_persistent(a[:, :2, :2])
+    with pytest.raises(ValueError, match=f"<= {MAX_N}"):
+        tridiagonalize_persistent(torch.zeros(1, MAX_N + 1, MAX_N + 1, dtype=torch.float64, device=device))

@@ -122,6 +122,18 @@ def test_dilution_bias_is_the_haystack_repeated():
     assert (plain - z["z"]).abs().max() > 1e-2  # the bias changes the layer: the comparison above has teeth
 
 
+def test_dilution_hook_moves_the_bias_to_the_scores_device():
+    """A bias built on the CPU is added to scores on another device (a GPU, or each GPU of a split
+    model); the meta device stands in for one here (adding a CPU tensor to it raises)."""
+    from drope_lens.toy.train import dilution_bias, dilution_hooks
+
+    bias = [dilution_bias(torch.tensor([0.5]), torch.tensor([[True, False, True]]))]
+    [(_, hook)] = dilution_hooks(bias)
+    scores = torch.zeros(1, 2, 3, 3, device="meta")
+    out = hook(scores, None)
+    assert out.device == scores.device and out.shape == scores.shape
+
+
 def test_dilution_recipe_trains_on_masked_rows(tmp_path):
     """A dilution recipe recalibrates on a fresh stream packed with haystack masks (cached beside
     the corpus) and records its ln m bound; a mask/data shape mismatch is refused."""

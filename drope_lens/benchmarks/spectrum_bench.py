@@ -9,6 +9,10 @@ warm-up; largest |entropy - float64 LAPACK entropy| over all matrices, both norm
 
 * ``eigvalsh_cuda``: ``torch.linalg.eigvalsh`` on the batch (cuSOLVER, one matrix at a time);
 * ``eigvalsh_magma``: the same with ``torch.backends.cuda.preferred_linalg_library("magma")``;
+* ``householder_persistent`` (the default on CUDA for n <= 1,024): one kernel launch per batch,
+  :mod:`drope_lens.measurement.spectrum_persistent`, also its tridiagonalisation alone;
+  ``--quick`` times only it, ``householder_blocked`` (LAPACK's panels, in a CUDA graph) and
+  ``householder_fused``;
 * ``householder``: :func:`drope_lens.measurement.spectrum.symmetric_eigenvalues` (batched tridiagonalisation
   + Triton bisection), also split into its two stages; ``householder_fused``: the same with
   :func:`~drope_lens.measurement.spectrum.tridiagonalize_fused` (one pass per column); each with
@@ -60,6 +64,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--update-tiles", nargs="*", metavar="ROWS,COLUMNS,WARPS",
                         help="also time householder_fused with these tiles of its update kernel")
+    parser.add_argument("--persistent-tiles", nargs="*", metavar="ELEMENTS,WARPS",
+                        help="also time householder_persistent with strips of ELEMENTS and WARPS warps")
+    parser.add_argument("--blocked-panels", nargs="*", type=int, metavar="COLUMNS",
+                        help="also time householder_blocked with these panel widths")
+    parser.add_argument("--quick", action="store_true",
+                        help="only householder_persistent (the default) against householder_fused in a graph")
     parser.add_argument("--skip-slow", action="store_true",
                         help="only householder and cuSOLVER eigvalsh (no MAGMA, host threads or float32)")
     args = parser.parse_args()
@@ -78,6 +88,37 @@ def main() -> None:
         print(f"{name:>22}: {seconds * 1e3:9.1f} ms for {args.matrices} matrices ({row['per_matrix_ms']:.3f} ms each)"
               f"{err} {note}", flush=True)
 
+    from drope_lens.measurement.spectrum_persistent import tridiagonalize_persistent
+
+    t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_persistent"), args.repeat)
+    record("householder_persistent", t, eig)
+    t, _ = cuda_median(lambda: tridiagonalize_persistent(a), args.repeat)
+    record("  its tridiagonalisation", t)
+    from drope_lens.measurement import spectrum_persistent
+
+    default = (spectrum_persistent.STRIP_ELEMENTS, spectrum_persistent.WARPS)
+    for tiles in args.persistent_tiles or []:  # the row strip held in registers, the warps per program
+        spectrum_persistent.STRIP_ELEMENTS, spectrum_persistent.WARPS = map(int, tiles.split(","))
+        t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_persistent"), args.repeat)
+        record(f"householder_persistent {tiles}", t, eig)
+    spectrum_persistent.STRIP_ELEMENTS, spectrum_persistent.WARPS = default
+    from drope_lens.measurement import spectrum_blocked
+
+    panel = spectrum_blocked.BLOCK
+    for columns in [panel] + [c for c in args.blocked_panels or [] if c != panel]:
+        spectrum_blocked.BLOCK = columns
+        spectrum._GRAPHS.clear()  # a graph holds the panel width it was captured with
+        t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_blocked"), args.repeat)
+        record(f"householder_blocked {columns}", t, eig)
+    spectrum_blocked.BLOCK = panel
+    spectrum._GRAPHS.clear()
+    if args.quick:
+        t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_fused"), args.repeat)
+        record("householder_fused", t, eig)
+        args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                        "matrices": args.matrices, "pos": args.pos, "width": args.width,
+                                        "rows": rows}, indent=2))
+        return
     for graph in (True, False):  # the tridiagonalisation replayed as one CUDA graph, or launched eagerly
         spectrum.GRAPH = graph
         tag = "" if graph else " eager"

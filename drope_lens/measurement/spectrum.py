@@ -9,13 +9,20 @@ whole batch moves together:
    algorithm), one column for every matrix of the batch per step: a batched matrix-vector
    product and a batched rank-2 update (``baddbmm``) of the trailing blocks, float64. Orthogonal
    similarity transforms: backward stable, eigenvalue errors ~ n * eps_float64 * ||A||.
-   :func:`tridiagonalize_fused` (``method="householder_fused"``, the default on CUDA) reads and
+   :func:`tridiagonalize_fused` (``method="householder_fused"``, the CUDA default above n = 1,024) reads and
    writes each block once per column in one Triton kernel (tiles of ``UPDATE_ROWS`` x
    ``UPDATE_COLUMNS``). On CUDA either is captured once per batch shape as a CUDA graph and
    replayed (:data:`GRAPH`). Measured on an H200, 320 matrices of 512 x 512 with the bisection
    below (``spectrum_bench``, docs/gpu_evidence/stats_call2_h200_s24_console.txt): fused with
    8 x 512 tiles in a graph 110.6 ms (32 x 128 tiles 150.0 ms), unfused in a graph 153.4 ms,
    unfused eager 214.1 ms; entropy error 8.5e-14 for each; cuSOLVER ``eigvalsh`` 1,342 ms.
+   The CUDA default up to n = 1,024 is
+   :func:`drope_lens.measurement.spectrum_persistent.tridiagonalize_persistent`: the same
+   reduction as one kernel launch (one program per matrix, upper triangle only): 94.1 ms with the
+   bisection (fused in a graph 111.0 ms in the same run; LAPACK's blocked panels,
+   :mod:`drope_lens.measurement.spectrum_blocked`, 93.4-106.7 ms for 16-64 columns per panel,
+   kept as ``method="householder_blocked"``; docs/gpu_evidence/lead_call{1,2,4}_h200_s25_console.txt).
+   It needs no CUDA graph and so no graph-held copy of the batch.
 2. :func:`tridiagonal_eigenvalues`: bisection on Sturm counts (LAPACK ``dlaebz``'s recurrence
    with its pivot guard), every eigenvalue of every matrix independently, 64 halvings of the
    Gershgorin interval (below float64 resolution). On CUDA a Triton kernel (one program per
@@ -23,7 +30,7 @@ whole batch moves together:
    (for tests and small inputs).
 
 :func:`symmetric_eigenvalues` picks the path: CPU tensors go to LAPACK (``eigvalsh``), which is
-fast there; CUDA tensors to 1 (fused) + 2 when Triton is available.
+fast there; CUDA tensors to 1 (one-launch up to n = 1,024, fused above) + 2 when Triton is available.
 """
 
 from __future__ import annotations
@@ -35,8 +42,11 @@ from typing import Literal
 import torch
 from jaxtyping import Float
 
-Method = Literal["auto", "eigvalsh", "householder", "householder_fused"]
-METHODS = ("auto", "eigvalsh", "householder", "householder_fused")
+from drope_lens.measurement import spectrum_blocked as blocked
+from drope_lens.measurement import spectrum_persistent as persistent
+
+Method = Literal["auto", "eigvalsh", "householder", "householder_fused", "householder_persistent", "householder_blocked"]
+METHODS = ("auto", "eigvalsh", "householder", "householder_fused", "householder_persistent", "householder_blocked")
 N_HALVINGS = 64
 BLOCK = 128
 #: Tile of the fused update kernel: the fastest of six in spectrum_bench --update-tiles (H200).
@@ -51,7 +61,10 @@ def symmetric_eigenvalues(
 
     ``method``: ``"eigvalsh"`` (``torch.linalg.eigvalsh``), ``"householder"`` (module docstring),
     ``"householder_fused"`` (the same with :func:`tridiagonalize_fused`; needs Triton: CUDA or the
-    interpreter), ``"auto"``: householder_fused on CUDA when Triton is importable, else eigvalsh.
+    interpreter), ``"householder_persistent"`` (one kernel launch for the whole reduction, upper
+    triangle only: :mod:`drope_lens.measurement.spectrum_persistent`; n <= 1,024),
+    ``"householder_blocked"`` (LAPACK ``dsytrd``'s panels: :mod:`drope_lens.measurement.spectrum_blocked`), ``"auto"``: on
+    CUDA with Triton householder_persistent up to n = 1,024 and householder_fused above, else eigvalsh.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r}: allowed values are {list(METHODS)}.")
@@ -59,10 +72,16 @@ def symmetric_eigenvalues(
         raise ValueError(f"a has shape {tuple(a.shape)}: expected [batch, n, n].")
     a = a.double()
     if method == "auto":
-        method = "householder_fused" if a.is_cuda and _kernel() is not None else "eigvalsh"
+        if not (a.is_cuda and _kernel() is not None):
+            method = "eigvalsh"
+        else:
+            method = "householder_persistent" if a.shape[-1] <= persistent.MAX_N else "householder_fused"
     if method == "eigvalsh" or a.shape[-1] <= 2 or a.shape[0] == 0:
         return torch.linalg.eigvalsh(a)
-    fn = tridiagonalize_fused if method == "householder_fused" else tridiagonalize
+    if method == "householder_persistent":
+        return tridiagonal_eigenvalues(*persistent.tridiagonalize_persistent(a))
+    fn = {"householder_fused": tridiagonalize_fused, "householder_blocked": blocked.tridiagonalize_blocked}.get(
+        method, tridiagonalize)
     d, e = _graphed(fn, a) if GRAPH and a.is_cuda and not torch.cuda.is_current_stream_capturing() else fn(a)
     return tridiagonal_eigenvalues(d, e)
 

@@ -36,10 +36,17 @@ MAX_VIEW_TOKENS = 128
 
 
 def circuitsvis_bundle() -> str:
-    """The circuitsvis browser bundle shipped in the installed package, safe to inline in ``<script>``."""
-    import circuitsvis
+    """The circuitsvis browser bundle shipped in the installed package, safe to inline in ``<script>``.
 
-    path = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
+    Only the package's file is read: circuitsvis is located, not imported (its ``__init__`` imports
+    every widget module and ``importlib_metadata``, none of which the bundle needs)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("circuitsvis")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("circuitsvis is not installed; the attention views inline its JavaScript bundle "
+                                  "(pip install circuitsvis).")
+    path = Path(list(spec.submodule_search_locations)[0]) / "dist" / "cdn" / "iife.js"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the circuitsvis package has no bundled JavaScript; reinstall circuitsvis.")
     text = path.read_text(encoding="utf-8")

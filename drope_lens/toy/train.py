@@ -269,8 +269,11 @@ def dilution_bias(log_m: Float[torch.Tensor, "batch"], haystack: Bool[torch.Tens
 
 def dilution_hooks(bias: list) -> list:
     """Forward hooks adding ``bias[0]`` (see :func:`dilution_bias`; a list so that each step can
-    replace it) to the attention scores of every layer."""
-    return [(lambda name: name.endswith("attn.hook_attn_scores"), lambda scores, hook: scores + bias[0])]
+    replace it) to the attention scores of every layer. The bias goes to each layer's scores'
+    device (a no-op when it is there already), so one built on the CPU serves a model on a GPU,
+    or split over several."""
+    return [(lambda name: name.endswith("attn.hook_attn_scores"),
+             lambda scores, hook: scores + bias[0].to(scores.device))]
 
 
 @dataclass
