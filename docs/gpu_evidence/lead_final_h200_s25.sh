@@ -13,7 +13,7 @@ from drope_lens.benchmarks.random_checkpoint import bench_pair
 print(bench_pair(Path('$W')))" > /tmp/ckpt.log 2>&1) &
 CK=$!
 el "whole test suite, models on CUDA"
-DROPE_LENS_TEST_DEVICE=cuda timeout 300 python3 -m pytest -q -p no:cacheprovider -n 6 --tb=line -rfEs \
+DROPE_LENS_TEST_DEVICE=cuda timeout 270 python3 -m pytest -q -p no:cacheprovider -n 6 --tb=line -rfEs \
   --ignore=tests/test_notebook.py tests > $OUT/gpu_tests_all_h200_s25_final.txt 2>&1
 echo "pytest rc=$?"
 grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" $OUT/gpu_tests_all_h200_s25_final.txt | cut -c1-200 | head -60
