@@ -29,11 +29,19 @@ __all__ = ["DeferredCapture", "HostPack", "find_deferred", "pack_to_host"]
 
 def find_deferred(tree) -> list[DeferredCapture]:
     """Every :class:`DeferredCapture` in a nested structure, in traversal order, each once."""
-    found: dict[int, DeferredCapture] = {}
+    return _collect(tree, DeferredCapture)
+
+
+def _collect(tree, kind: type) -> list:
+    """Every ``kind`` instance in a nested structure (dicts, lists, tuples, dataclasses; never inside a
+    :class:`DeferredCapture` unless that is ``kind``), in traversal order, each once."""
+    found: dict[int, Any] = {}
 
     def walk(node) -> None:
-        if isinstance(node, DeferredCapture):
+        if isinstance(node, kind):
             found.setdefault(id(node), node)
+        elif isinstance(node, DeferredCapture):
+            return
         elif isinstance(node, dict):
             for value in node.values():
                 walk(value)
@@ -74,25 +82,7 @@ def _rebuild(node, replace: dict[int, torch.Tensor], memo: dict[int, Any]):
 
 def _tensors(tree) -> list[torch.Tensor]:
     """Every tensor of a nested structure (not inside DeferredCapture objects), each once."""
-    found: dict[int, torch.Tensor] = {}
-
-    def walk(node) -> None:
-        if isinstance(node, torch.Tensor):
-            found.setdefault(id(node), node)
-        elif isinstance(node, DeferredCapture):
-            return
-        elif isinstance(node, dict):
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, (list, tuple)):
-            for value in node:
-                walk(value)
-        elif dataclasses.is_dataclass(node) and not isinstance(node, type):
-            for f in dataclasses.fields(node):
-                walk(getattr(node, f.name))
-
-    walk(tree)
-    return list(found.values())
+    return _collect(tree, torch.Tensor)
 
 
 class HostPack:

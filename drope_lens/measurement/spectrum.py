@@ -42,6 +42,8 @@ from typing import Literal
 import torch
 from jaxtyping import Float
 
+from drope_lens.measurement.householder import reflector
+
 from drope_lens.measurement import spectrum_blocked as blocked
 from drope_lens.measurement import spectrum_persistent as persistent
 
@@ -127,13 +129,7 @@ def tridiagonalize(
     alphas = []
     for k in range(n - 2):  # ~15 kernels per column for the whole batch (host time matters here)
         x = a[:, k + 1 :, k]  # [batch, m]: the column below the diagonal
-        x0 = x[:, 0]
-        norm = torch.linalg.vector_norm(x, dim=1)
-        alpha = norm.copysign(x0).neg_()  # H x = alpha e1, sign chosen against cancellation
-        v = x.clone()
-        v[:, 0] -= alpha
-        vv = 2.0 * norm * (norm + x0.abs())  # v . v
-        tau = torch.where(vv > 0, 2.0 / vv, 0.0)  # x = 0: no reflection (tau = 0)
+        alpha, v, tau = reflector(x)  # H x = alpha e1
         trailing = a[:, k + 1 :, k + 1 :]
         p = torch.bmm(trailing, (v * tau[:, None]).unsqueeze(-1)).squeeze(-1)  # tau A v
         w = torch.addcmul(p, v, (p * v).sum(dim=1, keepdim=True) * tau[:, None], value=-0.5)
@@ -176,13 +172,7 @@ def tridiagonalize_fused(
             column = column - v_prev * w_prev[:, :1] - w_prev * v_prev[:, :1]
         diagonal.append(column[:, 0])
         x = column[:, 1:]
-        x0 = x[:, 0]
-        norm = torch.linalg.vector_norm(x, dim=1)
-        alpha = norm.copysign(x0).neg_()
-        v = x.clone()
-        v[:, 0] -= alpha
-        vv = 2.0 * norm * (norm + x0.abs())
-        tau = torch.where(vv > 0, 2.0 / vv, 0.0)
+        alpha, v, tau = reflector(x)  # H x = alpha e1
         m = n - k - 1
         if v_prev is None:
             pending_v = pending_w = torch.zeros_like(v)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from jaxtyping import Float
 
+from drope_lens.measurement.householder import reflector
+
 #: Columns per panel (the trailing block is rewritten once per panel); 16 was fastest of 16/32/64 on an H200.
 BLOCK = 16
 
@@ -49,13 +51,7 @@ def tridiagonalize_blocked(
                           - torch.bmm(w_all[:, i:, :i], v_all[:, i, :i, None]).squeeze(-1))
             diagonal.append(column[:, 0])
             x = column[:, 1:]
-            x0 = x[:, 0]
-            norm = torch.linalg.vector_norm(x, dim=1)
-            alpha = norm.copysign(x0).neg_()
-            v = x.clone()
-            v[:, 0] -= alpha
-            vv = 2.0 * norm * (norm + x0.abs())
-            tau = torch.where(vv > 0, 2.0 / vv, 0.0)
+            alpha, v, tau = reflector(x)  # H x = alpha e1
             y = torch.bmm(panel[:, i + 1 :, i + 1 :], v[:, :, None])  # [batch, m, 1]: A_start v
             if i:
                 v_prev, w_prev = v_all[:, i + 1 :, :i], w_all[:, i + 1 :, :i]
