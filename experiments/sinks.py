@@ -35,8 +35,7 @@ from drope_lens.hooks.capture import capture_bos_norms
 from drope_lens.engine.results import RunStore
 # representation entropy plumbing (importable here as before)
 from drope_lens.measurement.entropy import (DEFER_GRAM_BYTES, DeferredEntropies, entropies_from_gram, entropies_from_spectrum,  # noqa: F401
-                                          gram_matrix, representation_entropy, solve_deferred)
-from drope_lens.measurement.entropy import solve_deferred as _entropies  # noqa: F401
+                                          gram_matrix, representation_entropy)
 from drope_lens.measurement.texts import TextsLike
 
 from drope_lens.measurement.tokens import BosPolicy, check_bos

@@ -52,24 +52,6 @@ def test_rank_deficient_and_random_rows():
         torch.testing.assert_close(got_norm.double(), want_norm, atol=1e-6, rtol=0)
 
 
-def test_layers_kept_for_one_batched_solve_get_their_own_entropies():
-    """The CUDA path of Exp 4 keeps each layer's Gram matrix and solves them together after the
-    forward (experiments.sinks._entropies): every layer must get back its own values."""
-    from drope_lens.experiments.sinks import _entropies, gram_matrix
-
-    g = torch.Generator().manual_seed(1)
-    xs = [_spiky(2, 24, 40, seed=s) * (s + 1) for s in range(3)] + [torch.randn(2, 24, 40, generator=g)]
-    captured = {layer: {"repr_gram": (gram_matrix(x), (24, 40))} for layer, x in enumerate(xs)}
-    solved_now = representation_entropy(xs[2])  # a layer solved at once (large or CPU) stays as it is
-    captured[2] = {"repr_entropy": solved_now[0], "repr_entropy_norm": solved_now[1]}
-    _entropies(captured, len(xs))
-    for layer, x in enumerate(xs):
-        want_energy, want_norm = _reference(x)
-        assert "repr_gram" not in captured[layer]
-        torch.testing.assert_close(captured[layer]["repr_entropy"].double(), want_energy, atol=1e-6, rtol=0)
-        torch.testing.assert_close(captured[layer]["repr_entropy_norm"].double(), want_norm, atol=1e-6, rtol=0)
-
-
 def test_deferred_entropies_solve_every_layer_after_the_forward():
     """DeferredEntropies (Exp 4's CUDA path, run here on the CPU): layers of two shapes added in any
     order, solved at launch(), each layer gets its own SVD entropies back from result()."""

@@ -70,21 +70,6 @@ DEFER_GRAM_BYTES = 2 * 2**30
 
 
 
-def solve_deferred(captured: dict, n_layers: int) -> None:
-    """Fill ``repr_entropy`` / ``repr_entropy_norm`` of the layers of ``captured`` (layer -> values)
-    that kept a Gram matrix under ``"repr_gram"`` (``(gram, (n_pos, width))``), one batched solve
-    per (device, shape)."""
-    groups: dict = {}
-    for layer in range(n_layers):
-        if "repr_gram" in captured[layer]:
-            gram, shape = captured[layer].pop("repr_gram")
-            groups.setdefault((gram.device, shape), []).append((layer, gram))
-    for (_, shape), members in groups.items():
-        h_energy, h_norm = entropies_from_gram(torch.cat([gram for _, gram in members]), *shape)
-        for (layer, _), energy, norm in zip(members, h_energy.chunk(len(members)), h_norm.chunk(len(members))):
-            captured[layer].update({"repr_entropy": energy, "repr_entropy_norm": norm})
-
-
 class DeferredEntropies(DeferredCapture):
     """Gram matrices of one forward's layers (:func:`gram_matrix`), solved after the forward.
 
@@ -92,7 +77,7 @@ class DeferredEntropies(DeferredCapture):
     one batched :func:`entropies_from_gram` call per (device, shape) (asynchronous on CUDA) and
     starts ONE non-blocking copy of all the entropies per device into pinned host memory;
     ``result()`` waits for that copy and returns ``{layer: (repr_entropy, repr_entropy_norm)}``,
-    float64 ``[batch]`` CPU tensors (the same values :func:`solve_deferred` puts in place).
+    float64 ``[batch]`` CPU tensors.
     """
 
     def __init__(self) -> None:
