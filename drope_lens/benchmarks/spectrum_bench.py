@@ -78,6 +78,11 @@ def main() -> None:
     want = entropies_from_gram(a.cpu(), args.pos, args.width)  # LAPACK float64 on the host
     rows = []
 
+    def save() -> None:
+        args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                        "matrices": args.matrices, "pos": args.pos, "width": args.width,
+                                        "rows": rows}, indent=2))
+
     def record(name, seconds, eig=None, note=""):
         row = {"method": name, "seconds": seconds, "per_matrix_ms": seconds / args.matrices * 1e3, "note": note}
         if eig is not None:
@@ -115,9 +120,7 @@ def main() -> None:
     if args.quick:
         t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_fused"), args.repeat)
         record("householder_fused", t, eig)
-        args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                        "matrices": args.matrices, "pos": args.pos, "width": args.width,
-                                        "rows": rows}, indent=2))
+        save()
         return
     for graph in (True, False):  # the tridiagonalisation replayed as one CUDA graph, or launched eagerly
         spectrum.GRAPH = graph
@@ -142,9 +145,7 @@ def main() -> None:
     t, eig = cuda_median(lambda: torch.linalg.eigvalsh(a), 1)
     record("eigvalsh_cuda", t, eig)
     if args.skip_slow:
-        rows_out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "matrices": args.matrices,
-                    "pos": args.pos, "width": args.width, "rows": rows}
-        args.out.write_text(json.dumps(rows_out, indent=2))
+        save()
         return
     try:
         torch.backends.cuda.preferred_linalg_library("magma")
@@ -168,9 +169,7 @@ def main() -> None:
     record("cpu_lapack_threads", time.perf_counter() - begin, eig, f"({threads} threads, wall time)")
     t, eig = cuda_median(lambda: torch.linalg.eigvalsh(a.float()), 1)
     record("eigvalsh_float32", t, eig)
-    args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                    "matrices": args.matrices, "pos": args.pos, "width": args.width,
-                                    "rows": rows}, indent=2))
+    save()
 
 
 if __name__ == "__main__":

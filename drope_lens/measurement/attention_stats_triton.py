@@ -31,6 +31,7 @@ float32 inputs use IEEE float32 products, not TF32). :func:`usable` says when th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -138,7 +139,7 @@ def attention_stats(
                   **({} if _interpreting() else {"enable_fp_fusion": FP_FUSION, "num_stages": config.num_stages}))
     sliding = NO_WINDOW if sliding_window is None else int(sliding_window)
     c = float(scale) * math.log2(math.e)  # scores in log2 units: exp2 instead of exp
-    with torch.cuda.device(q.device) if q.is_cuda else _null():
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
         kernels.rows[grid](q, k, start, end, lse, partial, *q.stride(), *k.stride(), n_q, n_k, offset, n_heads,
                            n_heads // n_kv, d_head, c, sliding, window, n_gather, G_PAD=g_pad, **common)
         got = None
@@ -157,10 +158,3 @@ def attention_stats(
         n_queries=n_rows, received=got,
     )
 
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *args):
-        return False

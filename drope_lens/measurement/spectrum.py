@@ -35,6 +35,7 @@ fast there; CUDA tensors to 1 (one-launch up to n = 1,024, fused above) + 2 when
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Literal
@@ -180,7 +181,7 @@ def tridiagonalize_fused(
             pending_v, pending_w = v_prev[:, 1:].contiguous(), w_prev[:, 1:].contiguous()
         p = torch.empty_like(v)
         grid = (batch, kernel.triton.cdiv(m, UPDATE_ROWS))
-        with torch.cuda.device(a.device) if a.is_cuda else _null():
+        with torch.cuda.device(a.device) if a.is_cuda else contextlib.nullcontext():
             kernel.update_matvec[grid](a, pending_v, pending_w, (v * tau[:, None]).contiguous(), p, n, k + 1, m,
                                        BLOCK_R=UPDATE_ROWS, BLOCK_C=UPDATE_COLUMNS, num_warps=UPDATE_WARPS)
         w = torch.addcmul(p, v, (p * v).sum(dim=1, keepdim=True) * tau[:, None], value=-0.5)
@@ -222,7 +223,7 @@ def tridiagonal_eigenvalues(
     if kernel is not None:
         out = torch.empty_like(d)
         grid = (batch, kernel.triton.cdiv(n, BLOCK))
-        with torch.cuda.device(d.device) if d.is_cuda else _null():
+        with torch.cuda.device(d.device) if d.is_cuda else contextlib.nullcontext():
             kernel.bisect[grid](d, e2, low.contiguous(), high.contiguous(), pivmin.contiguous(), out, n,
                                 N_HALVINGS=N_HALVINGS, BLOCK=BLOCK, num_warps=4)
         return out
@@ -317,10 +318,3 @@ def _kernel():
 
     return SimpleNamespace(triton=triton, bisect=bisect_kernel, update_matvec=update_matvec_kernel)
 
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *args):
-        return False

@@ -23,6 +23,7 @@ Scratch: four float64 vectors per matrix.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -60,7 +61,7 @@ def tridiagonalize_persistent(
     d = a.new_empty(batch, n)
     e = a.new_empty(batch, n - 1)
     if batch:
-        with torch.cuda.device(a.device) if a.is_cuda else _null():
+        with torch.cuda.device(a.device) if a.is_cuda else contextlib.nullcontext():
             kernel[(batch,)](a, scratch, d, e, n, batch * n, N_POW2=n_pow2, ROWS=rows, num_warps=WARPS)
     return d, e
 
@@ -153,10 +154,3 @@ def _kernel():
 
     return tridiagonalize_kernel
 
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *args):
-        return False
