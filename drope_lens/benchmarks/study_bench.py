@@ -28,7 +28,21 @@ where the run had one (a cache of another shape is built untimed first); the HF 
 CUDA-event times of those replayed forwards. The ratio ours / HF work is what drope_lens's hooks,
 statistics and host code cost on top of the forwards the experiment needs (targets: <= 1.2x;
 attention statistics <= 1.5x). Random weights: speed does not depend on the values; accuracies are
-meaningless here. Progress is printed as each experiment finishes; the JSON is rewritten after each.
+meaningless here. Progress is printed as each experiment starts and finishes; the JSON is rewritten
+after each.
+
+When the DroPE run of an experiment made exactly the forwards (same shapes, same order) that the RoPE
+run made in the same process, its HF work is the same replay and is not timed twice: the row says
+``"hf_work_reused_from": "rope"``. The HF model is the RoPE checkpoint for both variants (NoPE only
+drops the rotation, which costs the HF forward next to nothing), so the replay measures the shapes.
+
+One device call may be too short for the whole study; run it in parts (``--only``) and merge the
+JSON files::
+
+    python -m drope_lens.benchmarks.study_bench --combine part1.json part2.json --out study.json
+
+prints one table (each experiment's seconds and ratio per model, its target and whether it is met)
+and the totals over both models.
 """
 
 from __future__ import annotations
@@ -41,6 +55,9 @@ from pathlib import Path
 
 import torch
 
+STATISTICS = ("sinks", "bos-write", "attention-structure", "layer-balance")
+TARGET_RATIO, STATISTICS_TARGET_RATIO = 1.2, 1.5  # ours / HF work
+STUDY_TARGET_SECONDS = 600.0  # the whole study, both models, one H200
 EXPERIMENTS = ("massive-values", "disruption", "knowledge", "bos-ablation", "layer1-ablation", "sinks", "bos-write",
                "attention-structure", "layer-balance", "context-length")
 STUDY_LENGTHS = (512, 1024, 2048, 4096, 6144, 8192, 16384)
@@ -150,6 +167,64 @@ def run_experiment(name: str, model, args, texts) -> object:
     raise ValueError(f"experiment {name!r}: allowed values are {list(EXPERIMENTS)}.")
 
 
+def target_ratio(experiment: str) -> float:
+    """The largest ours / HF-work ratio the issue allows for ``experiment``."""
+    return STATISTICS_TARGET_RATIO if experiment in STATISTICS else TARGET_RATIO
+
+
+def combine(reports: list[dict], sources: list[str]) -> dict:
+    """One report from the JSON files of several runs (parts of the study): every experiment row with
+    its target and whether it is met, and the totals over all rows. A row measured twice (same
+    experiment and variant) is an error: a merged study must not count work twice."""
+    rows, seen = [], {}
+    for report, source in zip(reports, sources):
+        for row in report["experiments"]:
+            key = (row["experiment"], row["variant"])
+            if key in seen:
+                raise ValueError(f"{key[0]} ({key[1]}) is in both {seen[key]} and {source}; keep one of them.")
+            seen[key] = source
+            rows.append(dict(row, source=source))
+    for row in rows:
+        row["target_ratio"] = target_ratio(row["experiment"])
+        if "ratio" in row:
+            row["target_met"] = row["ratio"] <= row["target_ratio"]
+    merged = {"sources": sources, "devices": sorted({r["device"] for r in reports}), "experiments": rows,
+              "total_seconds": sum(r["seconds"] for r in rows)}
+    missing = [f"{e} ({v})" for v in ("rope", "drope") for e in EXPERIMENTS if (e, v) not in seen]
+    merged["missing"] = missing
+    if rows and all("hf_work_seconds" in r for r in rows):
+        merged["total_hf_work_seconds"] = sum(r["hf_work_seconds"] for r in rows)
+        merged["total_ratio"] = merged["total_seconds"] / merged["total_hf_work_seconds"]
+    merged["study_target_seconds"] = STUDY_TARGET_SECONDS
+    merged["study_target_met"] = not missing and merged["total_seconds"] <= STUDY_TARGET_SECONDS
+    return merged
+
+
+def print_combined(merged: dict) -> None:
+    """The merged table: per experiment, seconds and ratio for each model, the target, met or not."""
+    by_key = {(r["experiment"], r["variant"]): r for r in merged["experiments"]}
+    print(f"{'experiment':>20} {'RoPE s':>8} {'ratio':>6} {'DroPE s':>8} {'ratio':>6} {'target':>7}  met")
+    for name in EXPERIMENTS:
+        cells, met = [], []
+        for variant in ("rope", "drope"):
+            row = by_key.get((name, variant))
+            if row is None:
+                cells += ["-", "-"]
+                continue
+            cells += [f"{row['seconds']:.2f}", f"{row['ratio']:.2f}" if "ratio" in row else "-"]
+            if "target_met" in row:
+                met.append(row["target_met"])
+        verdict = ("yes" if all(met) else "NO") if met else "-"
+        print(f"{name:>20} {cells[0]:>8} {cells[1]:>6} {cells[2]:>8} {cells[3]:>6} {target_ratio(name):>6.1f}x  {verdict}")
+    line = f"whole study ({len(merged['experiments'])} runs): {merged['total_seconds']:.1f} s in the experiments"
+    if "total_ratio" in merged:
+        line += f", HF work {merged['total_hf_work_seconds']:.1f} s -> {merged['total_ratio']:.2f}x"
+    line += f"; target <= {merged['study_target_seconds']:.0f} s: {'met' if merged['study_target_met'] else 'NOT met'}"
+    if merged["missing"]:
+        line += f"; missing: {', '.join(merged['missing'])}"
+    print(line)
+
+
 def _warm_up(model, texts) -> None:
     """Compile what the first use would: Triton kernels (each statistics request), cuSOLVER and
     cuBLAS handles, the decode path; 2 texts x 64 tokens, not timed."""
@@ -193,7 +268,15 @@ def main() -> None:
     parser.add_argument("--no-hf", action="store_true", help="skip the HF replays (our times only)")
     parser.add_argument("--shape", choices=["llama2-7b", "tiny"], default="llama2-7b",
                         help="tiny: a CPU smoke run of this script (2 layers, d_model 128)")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
+                        help="merge the result files of runs of parts of the study (see the module doc) into --out")
     args = parser.parse_args()
+    if args.combine:
+        merged = combine([json.loads(path.read_text()) for path in args.combine], [str(p) for p in args.combine])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(merged, indent=2))
+        print_combined(merged)
+        return
 
     import drope_lens as dl
     from drope_lens.measurement.texts import builtin_texts
@@ -218,11 +301,18 @@ def main() -> None:
     if not args.no_hf:
         hf = LlamaForCausalLM.from_pretrained(rope_dir, dtype=torch.bfloat16, attn_implementation="sdpa").to(device).eval()
     study_start = time.perf_counter()
+    replayed: dict[tuple, tuple[str, float]] = {}  # forward log -> (variant that replayed it, HF seconds)
+
+    def stamp() -> str:
+        return f"[+{time.perf_counter() - study_start:.0f} s]"
+
     for variant in args.variants:
         model = dl.load_model(rope_dir if variant == "rope" else drope_dir, dtype="bf16", device=device,
                               n_ctx=max(args.lengths) + 64)
         _warm_up(model, texts)
+        print(f"{stamp()} {variant} loaded and warmed up", flush=True)
         for name in args.only:
+            print(f"{stamp()} {name} ({variant}) ...", flush=True)
             log = ForwardLog(model)
             _sync()
             begin = time.perf_counter()
@@ -235,12 +325,20 @@ def main() -> None:
             row = {"experiment": name, "variant": variant, "seconds": ours, "forwards": len(calls),
                    "tokens": sum(b * n for b, n, _, _ in calls), "rows": len(frame)}
             if hf is not None:
-                row["hf_work_seconds"] = hf_work(hf, calls, model.cfg.d_vocab)
+                key = (name, tuple(calls))
+                if key in replayed:
+                    row["hf_work_reused_from"], row["hf_work_seconds"] = replayed[key]
+                else:
+                    row["hf_work_seconds"] = hf_work(hf, calls, model.cfg.d_vocab)
+                    replayed[key] = (variant, row["hf_work_seconds"])
                 row["ratio"] = ours / row["hf_work_seconds"]
             report["experiments"].append(row)
             save()
-            ratio = f", HF work {row['hf_work_seconds']:.2f} s -> {row['ratio']:.2f}x" if hf is not None else ""
-            print(f"{name:>20} {variant:>5}: {ours:7.2f} s, {len(calls)} forwards, {row['tokens']} tokens{ratio}",
+            ratio = ""
+            if hf is not None:
+                reused = f" (replay of {row['hf_work_reused_from']}'s identical forwards)" if "hf_work_reused_from" in row else ""
+                ratio = f", HF work {row['hf_work_seconds']:.2f} s{reused} -> {row['ratio']:.2f}x (target {target_ratio(name)}x)"
+            print(f"{stamp()} {name:>20} {variant:>5}: {ours:7.2f} s, {len(calls)} forwards, {row['tokens']} tokens{ratio}",
                   flush=True)
         del model
         gc.collect()
@@ -253,9 +351,7 @@ def main() -> None:
         report["total_hf_work_seconds"] = sum(r["hf_work_seconds"] for r in report["experiments"])
         report["total_ratio"] = total / report["total_hf_work_seconds"]
     save()
-    print(f"study ({', '.join(args.variants)}): {total:.1f} s in the experiments"
-          + (f", HF work {report['total_hf_work_seconds']:.1f} s -> {report['total_ratio']:.2f}x" if hf else ""),
-          flush=True)
+    print_combined(combine([report], [str(args.out)]))
 
 
 if __name__ == "__main__":
