@@ -141,7 +141,7 @@ def hf_work(hf, calls, vocab: int) -> float:
     return total
 
 
-def run_experiment(name: str, model, args, texts) -> object:
+def run_experiment(name: str, model, args, texts, lengths=None) -> object:
     from drope_lens.experiments import (attention_structure, bos_ablation, bos_write, context_length, disruption,
                                         knowledge, layer1_ablation, layer_balance, massive_values, sinks)
     from drope_lens.measurement.texts import split_texts
@@ -163,7 +163,7 @@ def run_experiment(name: str, model, args, texts) -> object:
                   "layer-balance": layer_balance}[name]
         return module.run(model, texts[:10], **quiet)
     if name == "context-length":
-        return context_length.run(model, args.lengths, n=args.n, **quiet)
+        return context_length.run(model, lengths or args.lengths, n=args.n, **quiet)
     raise ValueError(f"experiment {name!r}: allowed values are {list(EXPERIMENTS)}.")
 
 
@@ -179,9 +179,10 @@ def combine(reports: list[dict], sources: list[str]) -> dict:
     rows, seen = [], {}
     for report, source in zip(reports, sources):
         for row in report["experiments"]:
-            key = (row["experiment"], row["variant"])
-            if key in seen:
-                raise ValueError(f"{key[0]} ({key[1]}) is in both {seen[key]} and {source}; keep one of them.")
+            key = (row["experiment"], row["variant"], tuple(row.get("lengths", ())))
+            if key in seen or (key[:2] + ((),) in seen) or (not key[2] and any(k[:2] == key[:2] for k in seen)):
+                raise ValueError(f"{_label(row)} ({key[1]}) is in both {seen.get(key, 'another file')} and {source}; "
+                                 "keep one of them.")
             seen[key] = source
             rows.append(dict(row, source=source))
     for row in rows:
@@ -190,7 +191,7 @@ def combine(reports: list[dict], sources: list[str]) -> dict:
             row["target_met"] = row["ratio"] <= row["target_ratio"]
     merged = {"sources": sources, "devices": sorted({r["device"] for r in reports}), "experiments": rows,
               "total_seconds": sum(r["seconds"] for r in rows)}
-    missing = [f"{e} ({v})" for v in ("rope", "drope") for e in EXPERIMENTS if (e, v) not in seen]
+    missing = [f"{e} ({v})" for v in ("rope", "drope") for e in EXPERIMENTS if not any(k[:2] == (e, v) for k in seen)]
     merged["missing"] = missing
     if rows and all("hf_work_seconds" in r for r in rows):
         merged["total_hf_work_seconds"] = sum(r["hf_work_seconds"] for r in rows)
@@ -202,7 +203,16 @@ def combine(reports: list[dict], sources: list[str]) -> dict:
 
 def print_combined(merged: dict) -> None:
     """The merged table: per experiment, seconds and ratio for each model, the target, met or not."""
-    by_key = {(r["experiment"], r["variant"]): r for r in merged["experiments"]}
+    by_key = {}
+    for r in merged["experiments"]:  # Exp 10 run one length at a time: the sum of its rows
+        cell = by_key.setdefault((r["experiment"], r["variant"]), {"seconds": 0.0, "hf_work_seconds": 0.0, "met": []})
+        cell["seconds"] += r["seconds"]
+        if "ratio" in r:
+            cell["hf_work_seconds"] += r["hf_work_seconds"]
+            cell["ratio"] = cell["seconds"] / cell["hf_work_seconds"]
+            cell["met"].append(r["target_met"])
+        else:
+            cell["incomplete"] = True
     print(f"{'experiment':>20} {'RoPE s':>8} {'ratio':>6} {'DroPE s':>8} {'ratio':>6} {'target':>7}  met")
     for name in EXPERIMENTS:
         cells, met = [], []
@@ -211,9 +221,10 @@ def print_combined(merged: dict) -> None:
             if row is None:
                 cells += ["-", "-"]
                 continue
-            cells += [f"{row['seconds']:.2f}", f"{row['ratio']:.2f}" if "ratio" in row else "-"]
-            if "target_met" in row:
-                met.append(row["target_met"])
+            complete = "ratio" in row and not row.get("incomplete")
+            cells += [f"{row['seconds']:.2f}", f"{row['ratio']:.2f}" if complete else "-"]
+            if complete:
+                met.append(row["ratio"] <= target_ratio(name))
         verdict = ("yes" if all(met) else "NO") if met else "-"
         print(f"{name:>20} {cells[0]:>8} {cells[1]:>6} {cells[2]:>8} {cells[3]:>6} {target_ratio(name):>6.1f}x  {verdict}")
     line = f"whole study ({len(merged['experiments'])} runs): {merged['total_seconds']:.1f} s in the experiments"
@@ -223,6 +234,11 @@ def print_combined(merged: dict) -> None:
     if merged["missing"]:
         line += f"; missing: {', '.join(merged['missing'])}"
     print(line)
+
+
+def _label(row: dict) -> str:
+    lengths = row.get("lengths")
+    return row["experiment"] + (f" @ {','.join(map(str, lengths))}" if lengths else "")
 
 
 def _warm_up(model, texts) -> None:
@@ -285,6 +301,10 @@ def main() -> None:
     parser.add_argument("--no-hf", action="store_true", help="skip the HF replays (our times only)")
     parser.add_argument("--shape", choices=["llama2-7b", "tiny"], default="llama2-7b",
                         help="tiny: a CPU smoke run of this script (2 layers, d_model 128)")
+    parser.add_argument("--split-lengths", action="store_true",
+                        help="run Exp 10 once per length (one result row each) to see where its time goes")
+    parser.add_argument("--defer-hf", action="store_true",
+                        help="replay the HF work after all of a model's experiments ran (our times come first)")
     parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
                         help="merge the result files of runs of parts of the study (see the module doc) into --out")
     args = parser.parse_args()
@@ -324,40 +344,54 @@ def main() -> None:
     def stamp() -> str:
         return f"[+{time.perf_counter() - study_start:.0f} s]"
 
+    def replay(row: dict, calls: list) -> None:
+        key = (row["experiment"], tuple(calls))
+        if key in replayed:
+            row["hf_work_reused_from"], row["hf_work_seconds"] = replayed[key]
+        else:
+            row["hf_work_seconds"] = hf_work(hf, calls, vocab)
+            replayed[key] = (row["variant"], row["hf_work_seconds"])
+        row["ratio"] = row["seconds"] / row["hf_work_seconds"]
+        save()
+        reused = f" (replay of {row['hf_work_reused_from']}'s identical forwards)" if "hf_work_reused_from" in row else ""
+        print(f"{stamp()} {_label(row):>26} {row['variant']:>5}: HF work {row['hf_work_seconds']:.2f} s{reused} -> "
+              f"{row['ratio']:.2f}x (target {target_ratio(row['experiment'])}x)", flush=True)
+
     for variant in args.variants:
         model = dl.load_model(rope_dir if variant == "rope" else drope_dir, dtype="bf16", device=device,
                               n_ctx=max(args.lengths) + 64)
+        vocab = model.cfg.d_vocab
         _warm_up(model, texts)
         print(f"{stamp()} {variant} loaded and warmed up", flush=True)
-        for name in args.only:
-            print(f"{stamp()} {name} ({variant}) ...", flush=True)
+        units = [(name, [length]) if name == "context-length" and args.split_lengths else (name, None)
+                 for name in args.only for length in (args.lengths if name == "context-length" and args.split_lengths else [0])]
+        deferred = []
+        for name, lengths in units:
+            row = {"experiment": name, "variant": variant}
+            if lengths is not None:
+                row["lengths"] = lengths
+            print(f"{stamp()} {_label(row)} ({variant}) ...", flush=True)
             log = ForwardLog(model)
             _sync()
             begin = time.perf_counter()
             try:
-                frame = run_experiment(name, model, args, texts)
+                frame = run_experiment(name, model, args, texts, lengths)
             finally:
                 calls = log.close()
             _sync()
             ours = time.perf_counter() - begin
-            row = {"experiment": name, "variant": variant, "seconds": ours, "forwards": len(calls),
-                   "tokens": sum(b * n for b, n, _, _ in calls), "rows": len(frame)}
-            if hf is not None:
-                key = (name, tuple(calls))
-                if key in replayed:
-                    row["hf_work_reused_from"], row["hf_work_seconds"] = replayed[key]
-                else:
-                    row["hf_work_seconds"] = hf_work(hf, calls, model.cfg.d_vocab)
-                    replayed[key] = (variant, row["hf_work_seconds"])
-                row["ratio"] = ours / row["hf_work_seconds"]
+            row.update(seconds=ours, forwards=len(calls), tokens=sum(b * n for b, n, _, _ in calls), rows=len(frame))
             report["experiments"].append(row)
             save()
-            ratio = ""
-            if hf is not None:
-                reused = f" (replay of {row['hf_work_reused_from']}'s identical forwards)" if "hf_work_reused_from" in row else ""
-                ratio = f", HF work {row['hf_work_seconds']:.2f} s{reused} -> {row['ratio']:.2f}x (target {target_ratio(name)}x)"
-            print(f"{stamp()} {name:>20} {variant:>5}: {ours:7.2f} s, {len(calls)} forwards, {row['tokens']} tokens{ratio}",
+            print(f"{stamp()} {_label(row):>26} {variant:>5}: {ours:7.2f} s, {len(calls)} forwards, {row['tokens']} tokens",
                   flush=True)
+            if hf is not None:
+                if args.defer_hf:
+                    deferred.append((row, calls))
+                else:
+                    replay(row, calls)
+        for row, calls in deferred:
+            replay(row, calls)
         del model
         gc.collect()
         if device == "cuda":
@@ -365,7 +399,7 @@ def main() -> None:
     total = sum(r["seconds"] for r in report["experiments"])
     report["total_seconds"] = total
     report["wall_seconds_including_loads_and_replays"] = time.perf_counter() - study_start
-    if hf is not None:
+    if hf is not None and all("hf_work_seconds" in r for r in report["experiments"]):
         report["total_hf_work_seconds"] = sum(r["hf_work_seconds"] for r in report["experiments"])
         report["total_ratio"] = total / report["total_hf_work_seconds"]
     save()
