@@ -49,3 +49,42 @@ def test_forward_log_counts_static_decode_steps_like_dynamic_ones(checkpoint_fac
     assert static == dynamic
     assert static[1:] == [(3, 1, 6 + i) for i in range(NEW - 1)]
     assert generation._StaticDecode.__call__ is counting  # the log put back what it wrapped
+
+
+def _row(experiment, variant, seconds, hf=None, lengths=None):
+    row = {"experiment": experiment, "variant": variant, "seconds": seconds}
+    if hf is not None:
+        row.update(hf_work_seconds=hf, ratio=seconds / hf)
+    if lengths is not None:
+        row["lengths"] = lengths
+    return row
+
+
+def test_combine_sums_parts_and_refuses_counting_a_run_twice():
+    import pytest
+
+    from drope_lens.benchmarks.study_bench import EXPERIMENTS, combine
+
+    part1 = {"device": "gpu", "experiments": [_row("sinks", "rope", 0.3, 0.1), _row("sinks", "drope", 0.12, 0.1)]}
+    part2 = {"device": "gpu", "experiments": [_row("context-length", "rope", 5.0, 4.0, [512]),
+                                              _row("context-length", "rope", 7.0, None, [1024])]}
+    merged = combine([part1, part2], ["a.json", "b.json"])
+    assert merged["total_seconds"] == pytest.approx(12.42)
+    by = {(r["experiment"], r["variant"]): r for r in merged["experiments"]}
+    assert by[("sinks", "rope")]["target_met"] is False  # 3.0x > 1.5x
+    assert by[("sinks", "drope")]["target_met"] is True  # 1.2x
+    assert merged["without_hf_replay"] == ["context-length @ 1024 (rope)"]
+    assert "total_ratio" not in merged  # one row has no HF replay
+    assert len(merged["missing"]) == 2 * len(EXPERIMENTS) - 3
+    assert merged["study_target_met"] is False  # parts are missing
+
+    again = {"device": "gpu", "experiments": [_row("sinks", "rope", 0.2, 0.1)]}
+    with pytest.raises(ValueError, match="sinks"):
+        combine([part1, again], ["a.json", "c.json"])
+    replaced = combine([part1, again], ["a.json", "c.json"], replace=True)
+    assert replaced["total_seconds"] == pytest.approx(0.32)
+    assert replaced["replaced"] == ["sinks (rope) of a.json by c.json"]
+    # an Exp 10 row over all lengths clashes with a per-length row of the same model
+    whole = {"device": "gpu", "experiments": [_row("context-length", "rope", 9.0, 8.0)]}
+    with pytest.raises(ValueError, match="context-length"):
+        combine([part2, whole], ["b.json", "d.json"])

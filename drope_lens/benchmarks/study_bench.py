@@ -172,17 +172,27 @@ def target_ratio(experiment: str) -> float:
     return STATISTICS_TARGET_RATIO if experiment in STATISTICS else TARGET_RATIO
 
 
-def combine(reports: list[dict], sources: list[str]) -> dict:
+def combine(reports: list[dict], sources: list[str], replace: bool = False) -> dict:
     """One report from the JSON files of several runs (parts of the study): every experiment row with
     its target and whether it is met, and the totals over all rows. A row measured twice (same
-    experiment and variant) is an error: a merged study must not count work twice."""
-    rows, seen = [], {}
+    experiment and variant, overlapping Exp 10 lengths) is an error, since a merged study must not
+    count work twice, unless ``replace``: then the later file's row replaces the earlier one and the
+    merged report lists what was replaced."""
+    rows, seen, replaced = [], {}, []
+
+    def clashes(key, other) -> bool:
+        return key[:2] == other[:2] and (not key[2] or not other[2] or bool(set(key[2]) & set(other[2])))
+
     for report, source in zip(reports, sources):
         for row in report["experiments"]:
             key = (row["experiment"], row["variant"], tuple(row.get("lengths", ())))
-            if key in seen or (key[:2] + ((),) in seen) or (not key[2] and any(k[:2] == key[:2] for k in seen)):
-                raise ValueError(f"{_label(row)} ({key[1]}) is in both {seen.get(key, 'another file')} and {source}; "
-                                 "keep one of them.")
+            earlier = [other for other in seen if clashes(key, other)]
+            if earlier and not replace:
+                raise ValueError(f"{_label(row)} ({key[1]}) is in both {seen[earlier[0]]} and {source}; "
+                                 "keep one of them (or pass --replace to keep the later one).")
+            for other in earlier:
+                replaced.append(f"{other[0]} ({other[1]}) of {seen.pop(other)} by {source}")
+                rows = [r for r in rows if (r["experiment"], r["variant"], tuple(r.get("lengths", ()))) != other]
             seen[key] = source
             rows.append(dict(row, source=source))
     for row in rows:
@@ -193,6 +203,8 @@ def combine(reports: list[dict], sources: list[str]) -> dict:
               "total_seconds": sum(r["seconds"] for r in rows)}
     missing = [f"{e} ({v})" for v in ("rope", "drope") for e in EXPERIMENTS if not any(k[:2] == (e, v) for k in seen)]
     merged["missing"] = missing
+    merged["replaced"] = replaced
+    merged["without_hf_replay"] = [f"{_label(r)} ({r['variant']})" for r in rows if "hf_work_seconds" not in r]
     if rows and all("hf_work_seconds" in r for r in rows):
         merged["total_hf_work_seconds"] = sum(r["hf_work_seconds"] for r in rows)
         merged["total_ratio"] = merged["total_seconds"] / merged["total_hf_work_seconds"]
@@ -205,28 +217,36 @@ def print_combined(merged: dict) -> None:
     """The merged table: per experiment, seconds and ratio for each model, the target, met or not."""
     by_key = {}
     for r in merged["experiments"]:  # Exp 10 run one length at a time: the sum of its rows
-        cell = by_key.setdefault((r["experiment"], r["variant"]), {"seconds": 0.0, "hf_work_seconds": 0.0, "met": []})
+        cell = by_key.setdefault((r["experiment"], r["variant"]),
+                                 {"seconds": 0.0, "replayed_seconds": 0.0, "hf_work_seconds": 0.0, "complete": True})
         cell["seconds"] += r["seconds"]
-        if "ratio" in r:
+        if "hf_work_seconds" in r:
+            cell["replayed_seconds"] += r["seconds"]
             cell["hf_work_seconds"] += r["hf_work_seconds"]
-            cell["ratio"] = cell["seconds"] / cell["hf_work_seconds"]
-            cell["met"].append(r["target_met"])
         else:
-            cell["incomplete"] = True
+            cell["complete"] = False
     print(f"{'experiment':>20} {'RoPE s':>8} {'ratio':>6} {'DroPE s':>8} {'ratio':>6} {'target':>7}  met")
+    partial = False
     for name in EXPERIMENTS:
         cells, met = [], []
         for variant in ("rope", "drope"):
-            row = by_key.get((name, variant))
-            if row is None:
+            cell = by_key.get((name, variant))
+            if cell is None:
                 cells += ["-", "-"]
                 continue
-            complete = "ratio" in row and not row.get("incomplete")
-            cells += [f"{row['seconds']:.2f}", f"{row['ratio']:.2f}" if complete else "-"]
-            if complete:
-                met.append(row["ratio"] <= target_ratio(name))
-        verdict = ("yes" if all(met) else "NO") if met else "-"
+            ratio = "-"
+            if cell["hf_work_seconds"]:
+                value = cell["replayed_seconds"] / cell["hf_work_seconds"]
+                ratio = f"{value:.2f}" + ("" if cell["complete"] else "*")
+                partial |= not cell["complete"]
+                if cell["complete"]:
+                    met.append(value <= target_ratio(name))
+            cells += [f"{cell['seconds']:.2f}", ratio]
+        complete = len(met) == 2
+        verdict = ("yes" if all(met) else "NO") if complete else ("NO" if met and not all(met) else "-")
         print(f"{name:>20} {cells[0]:>8} {cells[1]:>6} {cells[2]:>8} {cells[3]:>6} {target_ratio(name):>6.1f}x  {verdict}")
+    if partial:
+        print("* ratio over the rows that were replayed through HF only (listed below)")
     line = f"whole study ({len(merged['experiments'])} runs): {merged['total_seconds']:.1f} s in the experiments"
     if "total_ratio" in merged:
         line += f", HF work {merged['total_hf_work_seconds']:.1f} s -> {merged['total_ratio']:.2f}x"
@@ -234,6 +254,10 @@ def print_combined(merged: dict) -> None:
     if merged["missing"]:
         line += f"; missing: {', '.join(merged['missing'])}"
     print(line)
+    if merged.get("without_hf_replay"):
+        print(f"not replayed through HF (no ratio): {', '.join(merged['without_hf_replay'])}")
+    for entry in merged.get("replaced", []):
+        print(f"replaced: {entry}")
 
 
 def _label(row: dict) -> str:
@@ -307,9 +331,12 @@ def main() -> None:
                         help="replay the HF work after all of a model's experiments ran (our times come first)")
     parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
                         help="merge the result files of runs of parts of the study (see the module doc) into --out")
+    parser.add_argument("--replace", action="store_true",
+                        help="with --combine: a later file's row replaces an earlier file's row of the same experiment")
     args = parser.parse_args()
     if args.combine:
-        merged = combine([json.loads(path.read_text()) for path in args.combine], [str(p) for p in args.combine])
+        merged = combine([json.loads(path.read_text()) for path in args.combine], [str(p) for p in args.combine],
+                         replace=args.replace)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(merged, indent=2))
         print_combined(merged)
