@@ -117,3 +117,30 @@ def test_persistent_tridiagonalization_reads_only_the_upper_triangle_and_keeps_i
         tridiagonalize_persistent(a[:, :2, :2])
     with pytest.raises(ValueError, match=f"<= {MAX_N}"):
         tridiagonalize_persistent(torch.zeros(1, MAX_N + 1, MAX_N + 1, dtype=torch.float64, device=device))
+
+
+def test_cusolver_batched_refuses_cpu_tensors():
+    a = torch.eye(4, dtype=torch.float64)[None]
+    with pytest.raises(ValueError, match="needs a CUDA tensor"):
+        spectrum.symmetric_eigenvalues(a, method="cusolver_batched")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="cusolverDnXsyevBatched runs on CUDA")
+def test_cusolver_batched_matches_lapack():
+    """One cusolverDnXsyevBatched call for the batch (spectrum_cusolver) against LAPACK, the input
+    left as it was; skipped, with the reason, where this cuSOLVER predates the routine."""
+    from drope_lens.measurement import spectrum_cusolver
+
+    if not spectrum_cusolver.available():
+        pytest.skip("this cuSOLVER has no cusolverDnXsyevBatched (cuSOLVER >= 11.7.1 needed)")
+    for a in _matrices(4):
+        if a.shape[-1] <= 2:
+            continue
+        on_gpu = a.cuda()
+        kept = on_gpu.clone()
+        _check(spectrum.symmetric_eigenvalues(on_gpu, method="cusolver_batched"), a)
+        assert torch.equal(on_gpu, kept)
+    x = torch.randn(3, 512, 1024, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    x[:, 0] *= 100.0
+    a = x @ x.mT
+    _check(spectrum.symmetric_eigenvalues(a.cuda(), method="cusolver_batched"), a)

@@ -20,7 +20,10 @@ warm-up; largest |entropy - float64 LAPACK entropy| over all matrices, both norm
   launched eagerly (``... eager``);
 * ``cpu_lapack_threads``: the Gram matrices copied to the host and ``eigvalsh`` per matrix in a
   pool of one thread per core;
-* ``eigvalsh_float32``: cuSOLVER in float32 (cheaper, and the entropy error shows why it is not used).
+* ``eigvalsh_float32``: cuSOLVER in float32 (cheaper, and the entropy error shows why it is not used);
+* ``cusolver_batched`` (also under ``--quick``): one ``cusolverDnXsyevBatched`` call for the whole
+  batch, eigenvalues only (:mod:`drope_lens.measurement.spectrum_cusolver`), which PyTorch does not
+  reach above n = 32; its error is recorded when this cuSOLVER lacks the routine.
 """
 
 from __future__ import annotations
@@ -117,6 +120,12 @@ def main() -> None:
         record(f"householder_blocked {columns}", t, eig)
     spectrum_blocked.BLOCK = panel
     spectrum._GRAPHS.clear()
+    try:
+        t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="cusolver_batched"), args.repeat)
+        record("cusolver_batched", t, eig)
+    except Exception as error:  # noqa: BLE001 - a cuSOLVER without cusolverDnXsyevBatched, or a failed call
+        rows.append({"method": "cusolver_batched", "error": repr(error)})
+        print(f"cusolver_batched: {error!r}", flush=True)
     if args.quick:
         t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_fused"), args.repeat)
         record("householder_fused", t, eig)

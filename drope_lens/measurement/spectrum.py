@@ -48,8 +48,10 @@ from drope_lens.measurement.householder import reflector
 from drope_lens.measurement import spectrum_blocked as blocked
 from drope_lens.measurement import spectrum_persistent as persistent
 
-Method = Literal["auto", "eigvalsh", "householder", "householder_fused", "householder_persistent", "householder_blocked"]
-METHODS = ("auto", "eigvalsh", "householder", "householder_fused", "householder_persistent", "householder_blocked")
+Method = Literal["auto", "eigvalsh", "householder", "householder_fused", "householder_persistent", "householder_blocked",
+                 "cusolver_batched"]
+METHODS = ("auto", "eigvalsh", "householder", "householder_fused", "householder_persistent", "householder_blocked",
+           "cusolver_batched")
 N_HALVINGS = 64
 BLOCK = 128
 #: Tile of the fused update kernel: the fastest of six in spectrum_bench --update-tiles (H200).
@@ -66,8 +68,10 @@ def symmetric_eigenvalues(
     ``"householder_fused"`` (the same with :func:`tridiagonalize_fused`; needs Triton: CUDA or the
     interpreter), ``"householder_persistent"`` (one kernel launch for the whole reduction, upper
     triangle only: :mod:`drope_lens.measurement.spectrum_persistent`; n <= 1,024),
-    ``"householder_blocked"`` (LAPACK ``dsytrd``'s panels: :mod:`drope_lens.measurement.spectrum_blocked`), ``"auto"``: on
-    CUDA with Triton householder_persistent up to n = 1,024 and householder_fused above, else eigvalsh.
+    ``"householder_blocked"`` (LAPACK ``dsytrd``'s panels: :mod:`drope_lens.measurement.spectrum_blocked`),
+    ``"cusolver_batched"`` (one ``cusolverDnXsyevBatched`` call, CUDA only, not yet timed:
+    :mod:`drope_lens.measurement.spectrum_cusolver`), ``"auto"``: on CUDA with Triton
+    householder_persistent up to n = 1,024 and householder_fused above, else eigvalsh.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r}: allowed values are {list(METHODS)}.")
@@ -79,6 +83,12 @@ def symmetric_eigenvalues(
             method = "eigvalsh"
         else:
             method = "householder_persistent" if a.shape[-1] <= persistent.MAX_N else "householder_fused"
+    if method == "cusolver_batched":
+        from drope_lens.measurement.spectrum_cusolver import batched_eigenvalues
+
+        if not a.is_cuda:
+            raise ValueError("method='cusolver_batched' needs a CUDA tensor; on the CPU use 'eigvalsh' (LAPACK).")
+        return batched_eigenvalues(a)
     if method == "eigvalsh" or a.shape[-1] <= 2 or a.shape[0] == 0:
         return torch.linalg.eigvalsh(a)
     if method == "householder_persistent":
