@@ -268,15 +268,19 @@ def _label(row: dict) -> str:
 def _warm_up(model, texts) -> None:
     """Pay what only the first use pays, untimed: Triton compilation and autotuning at the shapes the
     statistics experiments use (10 texts x 512 tokens: the spectrum kernels are specialised on the
-    matrix size), cuSOLVER and cuBLAS handles, the decode path. Without it the first experiment of
+    matrix size), cuSOLVER and cuBLAS handles, the decode path and Exp 10's. Without it the first experiment of
     the first model carries about a second of compilation (session 26: massive-values 1.11 s on
     RoPE vs 0.13 s on DroPE right after)."""
-    from drope_lens.experiments import attention_structure, massive_values, sinks
+    from drope_lens.experiments import attention_structure, context_length, massive_values, sinks
     from drope_lens.measurement.generation import greedy_generate
 
     for module in (massive_values, sinks, attention_structure):
         module.run(model, texts[:10], show_progress=False)
     greedy_generate(model, [[1, 5, 6, 7]], 2)
+    # Exp 10's path (passkey prompts, static decode, shared-prefix verification) on 2 short trials:
+    # session 26's first Exp 10 cell (512 tokens, 43,760 tokens of work) took 10.2 s where the
+    # next (1,024, twice the tokens) took 5.6 s
+    context_length.run(model, [256], n=2, show_progress=False)
 
 
 def _warm_up_hf(hf, vocab: int) -> None:
