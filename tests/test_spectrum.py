@@ -144,3 +144,17 @@ def test_cusolver_batched_matches_lapack():
     x[:, 0] *= 100.0
     a = x @ x.mT
     _check(spectrum.symmetric_eigenvalues(a.cuda(), method="cusolver_batched"), a)
+
+
+def test_auto_cuda_method_override_is_used_only_for_cuda(monkeypatch):
+    """``spectrum.AUTO_CUDA_METHOD`` (the benchmarks' --spectrum-method) changes what "auto" picks on
+    CUDA; CPU tensors still go to LAPACK."""
+    monkeypatch.setattr(spectrum, "AUTO_CUDA_METHOD", "cusolver_batched")
+    a = torch.eye(5, dtype=torch.float64)[None] * 2.0
+    torch.testing.assert_close(spectrum.symmetric_eigenvalues(a), torch.full((1, 5), 2.0, dtype=torch.float64))
+    if torch.cuda.is_available() and spectrum._kernel() is not None:
+        calls = []
+        monkeypatch.setattr("drope_lens.measurement.spectrum_cusolver.batched_eigenvalues",
+                            lambda x: calls.append(x.shape) or torch.linalg.eigvalsh(x))
+        spectrum.symmetric_eigenvalues(a.cuda())
+        assert calls == [(1, 5, 5)]

@@ -209,7 +209,15 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="profile one study-size measure call (CUDA)")
     parser.add_argument("--shape", choices=["llama2-7b", "tiny"], default="llama2-7b",
                         help="tiny: a CPU smoke run of this script")
+    parser.add_argument("--spectrum-method", default=None,
+                        choices=["householder_persistent", "householder_fused", "householder_blocked", "householder",
+                                 "cusolver_batched", "eigvalsh"],
+                        help="the Exp 4 spectra's method on CUDA (default: drope_lens.measurement.spectrum's own choice)")
     args = parser.parse_args()
+    if args.spectrum_method is not None:
+        from drope_lens.measurement import spectrum
+
+        spectrum.AUTO_CUDA_METHOD = args.spectrum_method
     from .random_checkpoint import SHAPES
 
     import drope_lens as dl
@@ -231,7 +239,7 @@ def main() -> None:
                           n_ctx=max(args.lengths + [shape.max_position_embeddings]))
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     result = {"device": name, "torch": torch.__version__, "shape": f"{args.shape} (random bf16)",
-              "variant": "drope", "repeat": args.repeat}
+              "variant": "drope", "repeat": args.repeat, "spectrum_method": args.spectrum_method or "default"}
 
     def save() -> None:  # after every part, so a run cut short keeps what it measured
         if args.out:

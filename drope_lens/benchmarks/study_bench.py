@@ -337,7 +337,15 @@ def main() -> None:
                         help="merge the result files of runs of parts of the study (see the module doc) into --out")
     parser.add_argument("--replace", action="store_true",
                         help="with --combine: a later file's row replaces an earlier file's row of the same experiment")
+    parser.add_argument("--spectrum-method", default=None,
+                        choices=["householder_persistent", "householder_fused", "householder_blocked", "householder",
+                                 "cusolver_batched", "eigvalsh"],
+                        help="the Exp 4 spectra's method on CUDA (default: drope_lens.measurement.spectrum's own choice)")
     args = parser.parse_args()
+    if args.spectrum_method is not None:
+        from drope_lens.measurement import spectrum
+
+        spectrum.AUTO_CUDA_METHOD = args.spectrum_method
     if args.combine:
         merged = combine([json.loads(path.read_text()) for path in args.combine], [str(p) for p in args.combine],
                          replace=args.replace)
@@ -359,7 +367,8 @@ def main() -> None:
         rope_dir, drope_dir = _tiny_pair(args.workdir)
     texts = builtin_texts()
     report: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "shape": args.shape, "torch": torch.__version__, "only": args.only,
-                    "exp10_lengths": args.lengths, "exp10_n": args.n, "experiments": []}
+                    "exp10_lengths": args.lengths, "exp10_n": args.n,
+                    "spectrum_method": args.spectrum_method or "default", "experiments": []}
 
     def save() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,10 @@ METHODS = ("auto", "eigvalsh", "householder", "householder_fused", "householder_
            "cusolver_batched")
 N_HALVINGS = 64
 BLOCK = 128
+#: What ``method="auto"`` uses for CUDA tensors instead of its own choice (None: householder_persistent
+#: up to n = 1,024, householder_fused above). The benchmarks' ``--spectrum-method`` sets it, so a
+#: whole Exp 4 measurement can be timed with another method without editing code.
+AUTO_CUDA_METHOD: str | None = None
 #: Tile of the fused update kernel: the fastest of six in spectrum_bench --update-tiles (H200).
 UPDATE_ROWS, UPDATE_COLUMNS, UPDATE_WARPS = 8, 512, 4
 
@@ -81,6 +85,8 @@ def symmetric_eigenvalues(
     if method == "auto":
         if not (a.is_cuda and _kernel() is not None):
             method = "eigvalsh"
+        elif AUTO_CUDA_METHOD is not None:
+            method = AUTO_CUDA_METHOD
         else:
             method = "householder_persistent" if a.shape[-1] <= persistent.MAX_N else "householder_fused"
     if method == "cusolver_batched":
