@@ -33,8 +33,9 @@ after each.
 
 When the DroPE run of an experiment made exactly the forwards (same shapes, same order) that the RoPE
 run made in the same process, its HF work is the same replay and is not timed twice: the row says
-``"hf_work_reused_from": "rope"``. The HF model is the RoPE checkpoint for both variants (NoPE only
-drops the rotation, which costs the HF forward next to nothing), so the replay measures the shapes.
+``"hf_work_reused_from": "rope"``. The HF model is the RoPE checkpoint for both variants (a DroPE
+forward differs only by skipping the rotary products, elementwise work beside the GEMMs), so the
+replay stands for the shapes of the work.
 
 One device call may be too short for the whole study; run it in parts (``--only``) and merge the
 JSON files::
@@ -268,9 +269,9 @@ def _label(row: dict) -> str:
 def _warm_up(model, texts) -> None:
     """Pay what only the first use pays, untimed: Triton compilation and autotuning at the shapes the
     statistics experiments use (10 texts x 512 tokens: the spectrum kernels are specialised on the
-    matrix size), cuSOLVER and cuBLAS handles, the decode path and Exp 10's. Without it the first experiment of
-    the first model carries about a second of compilation (session 26: massive-values 1.11 s on
-    RoPE vs 0.13 s on DroPE right after)."""
+    matrix size), cuSOLVER and cuBLAS handles, the decode path and Exp 10's. Without it the first
+    experiment of the first model carries about a second of compilation (session 26:
+    massive-values 1.11 s on RoPE vs 0.13 s on DroPE right after)."""
     from drope_lens.experiments import attention_structure, context_length, massive_values, sinks
     from drope_lens.measurement.generation import greedy_generate
 
@@ -403,8 +404,12 @@ def main() -> None:
         vocab = model.cfg.d_vocab
         _warm_up(model, texts)
         print(f"{stamp()} {variant} loaded and warmed up", flush=True)
-        units = [(name, [length]) if name == "context-length" and args.split_lengths else (name, None)
-                 for name in args.only for length in (args.lengths if name == "context-length" and args.split_lengths else [0])]
+        units = []  # (experiment, Exp 10 lengths of this row or None for all)
+        for name in args.only:
+            if name == "context-length" and args.split_lengths:
+                units += [(name, [length]) for length in args.lengths]
+            else:
+                units.append((name, None))
         deferred = []
         for name, lengths in units:
             row = {"experiment": name, "variant": variant}
