@@ -31,6 +31,9 @@ whole batch moves together:
 
 :func:`symmetric_eigenvalues` picks the path: CPU tensors go to LAPACK (``eigvalsh``), which is
 fast there; CUDA tensors to 1 (one-launch up to n = 1,024, fused above) + 2 when Triton is available.
+cuSOLVER's own batched solver for any n (``cusolverDnXsyevBatched``, which PyTorch does not reach
+above n = 32) is ``method="cusolver_batched"`` (:mod:`drope_lens.measurement.spectrum_cusolver`);
+it has not been timed yet, so "auto" does not choose it (:data:`AUTO_CUDA_METHOD` can).
 """
 
 from __future__ import annotations
