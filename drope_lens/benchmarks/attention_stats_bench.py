@@ -25,6 +25,7 @@ import torch
 
 from .random_checkpoint import write_random_checkpoint, write_tokenizer
 from .timing import event_seconds
+from .spectrum_bench import add_spectrum_method_argument, use_spectrum_method
 
 FIELDS = ("sink_score", "entropy", "local_mass", "local_mass_no_bos", "distance", "received")
 
@@ -209,15 +210,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="profile one study-size measure call (CUDA)")
     parser.add_argument("--shape", choices=["llama2-7b", "tiny"], default="llama2-7b",
                         help="tiny: a CPU smoke run of this script")
-    parser.add_argument("--spectrum-method", default=None,
-                        choices=["householder_persistent", "householder_fused", "householder_blocked", "householder",
-                                 "cusolver_batched", "eigvalsh"],
-                        help="the Exp 4 spectra's method on CUDA (default: drope_lens.measurement.spectrum's own choice)")
+    add_spectrum_method_argument(parser)
     args = parser.parse_args()
-    if args.spectrum_method is not None:
-        from drope_lens.measurement import spectrum
-
-        spectrum.AUTO_CUDA_METHOD = args.spectrum_method
+    use_spectrum_method(args)
     from .random_checkpoint import SHAPES
 
     import drope_lens as dl

@@ -40,6 +40,23 @@ import torch
 from . import timing
 
 
+def add_spectrum_method_argument(parser: argparse.ArgumentParser) -> None:
+    """``--spectrum-method``: what the Exp 4 spectra use on CUDA in a benchmark that measures them
+    inside experiments (default: :mod:`drope_lens.measurement.spectrum`'s own choice)."""
+    from drope_lens.measurement.spectrum import METHODS
+
+    parser.add_argument("--spectrum-method", default=None, choices=[m for m in METHODS if m != "auto"],
+                        help="the Exp 4 spectra's method on CUDA (default: drope_lens.measurement.spectrum's own choice)")
+
+
+def use_spectrum_method(args: argparse.Namespace) -> None:
+    """Apply ``--spectrum-method`` (:data:`drope_lens.measurement.spectrum.AUTO_CUDA_METHOD`)."""
+    if args.spectrum_method is not None:
+        from drope_lens.measurement import spectrum
+
+        spectrum.AUTO_CUDA_METHOD = args.spectrum_method
+
+
 def cuda_median(fn, repeat: int) -> tuple[float, object]:
     """:func:`drope_lens.benchmarks.timing.cuda_median` after one warm-up call (kernel compilation, handles)."""
     fn()

@@ -56,6 +56,8 @@ from pathlib import Path
 
 import torch
 
+from .spectrum_bench import add_spectrum_method_argument, use_spectrum_method
+
 STATISTICS = ("sinks", "bos-write", "attention-structure", "layer-balance")
 TARGET_RATIO, STATISTICS_TARGET_RATIO = 1.2, 1.5  # ours / HF work
 STUDY_TARGET_SECONDS = 600.0  # the whole study, both models, one H200
@@ -338,15 +340,9 @@ def main() -> None:
                         help="merge the result files of runs of parts of the study (see the module doc) into --out")
     parser.add_argument("--replace", action="store_true",
                         help="with --combine: a later file's row replaces an earlier file's row of the same experiment")
-    parser.add_argument("--spectrum-method", default=None,
-                        choices=["householder_persistent", "householder_fused", "householder_blocked", "householder",
-                                 "cusolver_batched", "eigvalsh"],
-                        help="the Exp 4 spectra's method on CUDA (default: drope_lens.measurement.spectrum's own choice)")
+    add_spectrum_method_argument(parser)
     args = parser.parse_args()
-    if args.spectrum_method is not None:
-        from drope_lens.measurement import spectrum
-
-        spectrum.AUTO_CUDA_METHOD = args.spectrum_method
+    use_spectrum_method(args)
     if args.combine:
         merged = combine([json.loads(path.read_text()) for path in args.combine], [str(p) for p in args.combine],
                          replace=args.replace)
@@ -441,14 +437,11 @@ def main() -> None:
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
-    total = sum(r["seconds"] for r in report["experiments"])
-    report["total_seconds"] = total
     report["wall_seconds_including_loads_and_replays"] = time.perf_counter() - study_start
-    if hf is not None and all("hf_work_seconds" in r for r in report["experiments"]):
-        report["total_hf_work_seconds"] = sum(r["hf_work_seconds"] for r in report["experiments"])
-        report["total_ratio"] = total / report["total_hf_work_seconds"]
+    merged = combine([report], [str(args.out)])
+    report.update({key: merged[key] for key in ("total_seconds", "total_hf_work_seconds", "total_ratio") if key in merged})
     save()
-    print_combined(combine([report], [str(args.out)]))
+    print_combined(merged)
 
 
 if __name__ == "__main__":
