@@ -88,3 +88,9 @@ def test_combine_sums_parts_and_refuses_counting_a_run_twice():
     whole = {"device": "gpu", "experiments": [_row("context-length", "rope", 9.0, 8.0)]}
     with pytest.raises(ValueError, match="context-length"):
         combine([part2, whole], ["b.json", "d.json"])
+    # replacing one length keeps the other lengths' rows and names the length it replaced
+    redo = {"device": "gpu", "experiments": [_row("context-length", "rope", 6.5, 6.0, [1024])]}
+    per_length = combine([part2, redo], ["b.json", "e.json"], replace=True)
+    assert per_length["replaced"] == ["context-length @ 1024 (rope) of b.json by e.json"]
+    assert per_length["total_seconds"] == pytest.approx(11.5)
+    assert per_length["total_ratio"] == pytest.approx(11.5 / 10.0)

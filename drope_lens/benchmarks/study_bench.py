@@ -194,7 +194,8 @@ def combine(reports: list[dict], sources: list[str], replace: bool = False) -> d
                 raise ValueError(f"{_label(row)} ({key[1]}) is in both {seen[earlier[0]]} and {source}; "
                                  "keep one of them (or pass --replace to keep the later one).")
             for other in earlier:
-                replaced.append(f"{other[0]} ({other[1]}) of {seen.pop(other)} by {source}")
+                at = f" @ {','.join(map(str, other[2]))}" if other[2] else ""
+                replaced.append(f"{other[0]}{at} ({other[1]}) of {seen.pop(other)} by {source}")
                 rows = [r for r in rows if (r["experiment"], r["variant"], tuple(r.get("lengths", ()))) != other]
             seen[key] = source
             rows.append(dict(row, source=source))
