@@ -287,3 +287,47 @@ def test_every_named_condition_is_graph_safe(checkpoint_factory):
     for name in CONDITIONS:
         hooks = build_condition(model, name, spike_layer=0, massive_masks=masks).hooks
         assert graph_safe_hooks(hooks), name
+
+
+def _in_place_key_edit(x, hook):
+    x[..., 0] *= 0.5  # edits the tensor it is given
+    return x
+
+
+@pytest.mark.parametrize("hooked", [False, True], ids=["plain", "in-place-rot-k-hook"])
+def test_rotated_key_cache_gives_the_numbers_of_rotating_every_step(checkpoint_factory, hooked, monkeypatch):
+    """drope_lens's generation cache stores keys rotated once, as they are appended
+    (``_CacheEntry.ROTATED_KEYS_ON``: the CPU by default; here the test's device); TransformerLens's
+    cache stores them unrotated and the attention rotates every cached key again at every step.
+    Both must give the same numbers to the last bit: greedy decoding (static and dynamic steps), every step's logits and the shared-prefix
+    scores. With a hook that edits ``hook_rot_k`` in place (the whole key buffer it is given), the
+    edit must not reach the stored keys: a planted bug that hands the hook the cache's own buffer
+    compounds the edit step after step and fails here."""
+    from drope_lens.measurement.generation import score_shared_prefix
+
+    path, _ = checkpoint_factory()
+    model = dl.load_model(path)
+    vocab = list(range(model.cfg.d_vocab))
+    hooks = [("blocks.1.attn.hook_rot_k", _in_place_key_edit)] if hooked else []
+    groups = [[ROWS[0] + [3, 4], ROWS[0] + [5], ROWS[0] + [6, 7, 8]], [ROWS[2] + [9], ROWS[2] + [10, 11], ROWS[2] + [12]]]
+
+    def run():
+        static = greedy_generate(model, ROWS, NEW, batch_size=4, score_ids=vocab, score_steps=True, fwd_hooks=hooks)
+        dynamic = greedy_generate(model, ROWS, NEW, batch_size=4, score_ids=vocab, score_steps=True,
+                                  fwd_hooks=hooks + [("blocks.0.hook_resid_pre", _identity)])
+        scores = score_shared_prefix(model, groups, vocab, batch_size=6, fwd_hooks=hooks)
+        return static, dynamic, scores
+
+    monkeypatch.setattr(generation._CacheEntry, "ROTATED_KEYS_ON", frozenset({torch.device(model.cfg.device).type}))
+    assert generation._Cache(model, 1, 4)[0].stores_rotated_keys
+    rotated = run()
+    monkeypatch.setattr(generation._CacheEntry, "ROTATED_KEYS_ON", frozenset())
+    every_step = run()
+    for new, old in zip(rotated[:2], every_step[:2]):
+        assert new.tokens == old.tokens
+        torch.testing.assert_close(new.step_logits, old.step_logits, rtol=0, atol=0)
+    torch.testing.assert_close(rotated[2], every_step[2], rtol=0, atol=0)
+    if hooked:  # the hook changes something (else this case would test nothing)
+        monkeypatch.setattr(generation._CacheEntry, "ROTATED_KEYS_ON", frozenset({torch.device(model.cfg.device).type}))
+        plain = greedy_generate(model, ROWS, NEW, batch_size=4, score_ids=vocab, score_steps=True)
+        assert not torch.equal(plain.step_logits, rotated[0].step_logits)

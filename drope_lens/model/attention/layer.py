@@ -120,18 +120,26 @@ class LensAttentionMixin:
         q = through(self.hook_q_normed, q)
         k = through(self.hook_k_normed, k)
 
-        if past_kv_cache_entry is not None:
-            offset = past_kv_cache_entry.past_keys.size(1)
-            k, v = past_kv_cache_entry.append(k, v)
-        else:
-            offset = 0
-
+        offset = past_kv_cache_entry.past_keys.size(1) if past_kv_cache_entry is not None else 0
+        # A cache that stores rotated keys (drope_lens.measurement.generation's) gets each key
+        # rotated once, when it is appended, at the position the whole-cache rotation would give it
+        # (the query's: ``cumsum(mask) - 1`` of a key never changes as the mask grows), instead of
+        # every cached key again at every step. Elementwise, so the same numbers.
+        rotated_cache = settings.rotary and getattr(past_kv_cache_entry, "stores_rotated_keys", False)
         if settings.rotary:
             fused_kernel = self.fused_kernels
             scaling = settings.rope_scaling
-            q = apply_rotary(q, offset, settings.rope_theta, self._position_ids(offset, attention_mask), fused_kernel, scaling)
+            q_positions = self._position_ids(offset, attention_mask)
+            q = apply_rotary(q, offset, settings.rope_theta, q_positions, fused_kernel, scaling)
+            if rotated_cache:
+                k = apply_rotary(k, offset, settings.rope_theta, q_positions, fused_kernel, scaling)
+        if past_kv_cache_entry is not None:
+            k, v = past_kv_cache_entry.append(k, v)
+        if settings.rotary and not rotated_cache:
             k = apply_rotary(k, 0, settings.rope_theta, self._position_ids(0, attention_mask), fused_kernel, scaling)
         q = through(self.hook_rot_q, q)
+        if rotated_cache and is_hooked(self.hook_rot_k):
+            k = k.clone()  # the cache's own buffer: a hook editing it in place must not reach the cache
         k = through(self.hook_rot_k, k)
 
         n_rep = cfg.n_heads // k.shape[2]
