@@ -299,8 +299,8 @@ def test_rotated_key_cache_gives_the_numbers_of_rotating_every_step(checkpoint_f
     """drope_lens's generation cache stores keys rotated once, as they are appended
     (``_CacheEntry.ROTATED_KEYS_ON``: the CPU by default; here the test's device); TransformerLens's
     cache stores them unrotated and the attention rotates every cached key again at every step.
-    Both must give the same numbers to the last bit: greedy decoding (static and dynamic steps), every step's logits and the shared-prefix
-    scores. With a hook that edits ``hook_rot_k`` in place (the whole key buffer it is given), the
+    Both must give the same numbers to the last bit: greedy decoding (static and dynamic steps),
+    every step's logits and the shared-prefix scores. With a hook that edits ``hook_rot_k`` in place (the whole key buffer it is given), the
     edit must not reach the stored keys: a planted bug that hands the hook the cache's own buffer
     compounds the edit step after step and fails here."""
     from drope_lens.measurement.generation import score_shared_prefix
@@ -318,7 +318,8 @@ def test_rotated_key_cache_gives_the_numbers_of_rotating_every_step(checkpoint_f
         scores = score_shared_prefix(model, groups, vocab, batch_size=6, fwd_hooks=hooks)
         return static, dynamic, scores
 
-    monkeypatch.setattr(generation._CacheEntry, "ROTATED_KEYS_ON", frozenset({torch.device(model.cfg.device).type}))
+    here = frozenset({torch.device(model.cfg.device).type})
+    monkeypatch.setattr(generation._CacheEntry, "ROTATED_KEYS_ON", here)
     assert generation._Cache(model, 1, 4)[0].stores_rotated_keys
     rotated = run()
     monkeypatch.setattr(generation._CacheEntry, "ROTATED_KEYS_ON", frozenset())
@@ -328,6 +329,6 @@ def test_rotated_key_cache_gives_the_numbers_of_rotating_every_step(checkpoint_f
         torch.testing.assert_close(new.step_logits, old.step_logits, rtol=0, atol=0)
     torch.testing.assert_close(rotated[2], every_step[2], rtol=0, atol=0)
     if hooked:  # the hook changes something (else this case would test nothing)
-        monkeypatch.setattr(generation._CacheEntry, "ROTATED_KEYS_ON", frozenset({torch.device(model.cfg.device).type}))
+        monkeypatch.setattr(generation._CacheEntry, "ROTATED_KEYS_ON", here)
         plain = greedy_generate(model, ROWS, NEW, batch_size=4, score_ids=vocab, score_steps=True)
         assert not torch.equal(plain.step_logits, rotated[0].step_logits)
