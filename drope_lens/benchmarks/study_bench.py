@@ -251,7 +251,10 @@ def print_combined(merged: dict) -> None:
         print(f"{name:>20} {cells[0]:>8} {cells[1]:>6} {cells[2]:>8} {cells[3]:>6} {target_ratio(name):>6.1f}x  {verdict}")
     if partial:
         print("* ratio over the rows that were replayed through HF only (listed below)")
-    line = f"whole study ({len(merged['experiments'])} runs): {merged['total_seconds']:.1f} s in the experiments"
+    runs = {(r["experiment"], r["variant"]) for r in merged["experiments"]}
+    rows = len(merged["experiments"])
+    line = (f"whole study ({len(runs)} experiment runs" + (f" in {rows} rows" if rows != len(runs) else "")
+            + f"): {merged['total_seconds']:.1f} s in the experiments")
     if "total_ratio" in merged:
         line += f", HF work {merged['total_hf_work_seconds']:.1f} s -> {merged['total_ratio']:.2f}x"
     line += f"; target <= {merged['study_target_seconds']:.0f} s: {'met' if merged['study_target_met'] else 'NOT met'}"
