@@ -119,6 +119,31 @@ def test_persistent_tridiagonalization_reads_only_the_upper_triangle_and_keeps_i
         tridiagonalize_persistent(torch.zeros(1, MAX_N + 1, MAX_N + 1, dtype=torch.float64, device=device))
 
 
+@needs_kernel
+def test_persistent_launch_settings_give_the_same_spectrum():
+    """Other strip sizes and warp counts reduce in another order (same spectrum within LAPACK's
+    precision); software pipelining of the strip loop changes no arithmetic (bit-equal d and e).
+    n = 37 is not a power of two: the kernel's vectors are padded to 64, and the last matrix of a
+    batch once read its row sums past the end of the scratch there (NaN spectra in 7 of 30 calls
+    under the interpreter, whatever lay beyond on a GPU)."""
+    from drope_lens.measurement.spectrum_persistent import tridiagonalize_persistent
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 37, 50, generator=g, dtype=torch.float64)
+    x[:, 0] *= 300.0  # a massive row, as hidden states have
+    a = (x @ x.mT).to(device)
+    d, e = tridiagonalize_persistent(a)
+    for strip, warps in ((0, 0), (64, 1), (256, 2), (1024, 8)):
+        for batch in (1, 2, 3):  # each a different last matrix
+            d2, e2 = tridiagonalize_persistent(a[:batch], strip_elements=strip, warps=warps)
+            t = torch.diag_embed(d2) + torch.diag_embed(e2, offset=1) + torch.diag_embed(e2, offset=-1)
+            assert torch.isfinite(t).all()
+            _check(torch.linalg.eigvalsh(t.cpu()), a[:batch].cpu())
+    d3, e3 = tridiagonalize_persistent(a, stages=3)
+    assert torch.equal(d, d3) and torch.equal(e, e3)
+
+
 def test_cusolver_batched_refuses_cpu_tensors():
     a = torch.eye(4, dtype=torch.float64)[None]
     with pytest.raises(ValueError, match="needs a CUDA tensor"):

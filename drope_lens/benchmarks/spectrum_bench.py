@@ -84,8 +84,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--update-tiles", nargs="*", metavar="ROWS,COLUMNS,WARPS",
                         help="also time householder_fused with these tiles of its update kernel")
-    parser.add_argument("--persistent-tiles", nargs="*", metavar="ELEMENTS,WARPS",
-                        help="also time householder_persistent with strips of ELEMENTS and WARPS warps")
+    parser.add_argument("--persistent-tiles", nargs="*", metavar="ELEMENTS,WARPS[,STAGES]",
+                        help="also time householder_persistent with strips of ELEMENTS, WARPS warps and "
+                             "STAGES software-pipelining stages of its strip loop")
     parser.add_argument("--blocked-panels", nargs="*", type=int, metavar="COLUMNS",
                         help="also time householder_blocked with these panel widths")
     parser.add_argument("--quick", action="store_true",
@@ -121,12 +122,14 @@ def main() -> None:
     record("  its tridiagonalisation", t)
     from drope_lens.measurement import spectrum_persistent
 
-    default = (spectrum_persistent.STRIP_ELEMENTS, spectrum_persistent.WARPS)
+    default = (spectrum_persistent.STRIP_ELEMENTS, spectrum_persistent.WARPS, spectrum_persistent.STAGES)
     for tiles in args.persistent_tiles or []:  # the row strip held in registers, the warps per program
-        spectrum_persistent.STRIP_ELEMENTS, spectrum_persistent.WARPS = map(int, tiles.split(","))
+        values = [int(x) for x in tiles.split(",")]
+        spectrum_persistent.STRIP_ELEMENTS, spectrum_persistent.WARPS, spectrum_persistent.STAGES = (
+            values + [default[2]])[:3]
         t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_persistent"), args.repeat)
         record(f"householder_persistent {tiles}", t, eig)
-    spectrum_persistent.STRIP_ELEMENTS, spectrum_persistent.WARPS = default
+    spectrum_persistent.STRIP_ELEMENTS, spectrum_persistent.WARPS, spectrum_persistent.STAGES = default
     from drope_lens.measurement import spectrum_blocked
 
     panel = spectrum_blocked.BLOCK

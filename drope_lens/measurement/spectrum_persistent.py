@@ -34,16 +34,22 @@ MAX_N = 1024
 #: Elements of one row strip (rows x next power of two of n), 4 warps.
 STRIP_ELEMENTS = 4096
 WARPS = 4
+#: Software-pipelining stages of the row-strip loop (``tl.range(..., num_stages=STAGES)``): the
+#: next strip's loads are issued while the current one is reduced. 1: no pipelining.
+STAGES = 1
 
 
 def tridiagonalize_persistent(
     a: Float[torch.Tensor, "batch n n"], *, copy: bool = True,
+    strip_elements: int = 0, warps: int = 0, stages: int = 0,
 ) -> tuple[Float[torch.Tensor, "batch n"], Float[torch.Tensor, "batch n_minus_1"]]:
     """Diagonal ``d`` and off-diagonal ``e`` of a tridiagonal matrix orthogonally similar to each
     symmetric matrix of ``a`` (float64), reading only the upper triangle (module docstring).
 
     ``copy=False`` overwrites a contiguous float64 ``a``'s upper triangle with intermediate values.
     Needs Triton with CUDA tensors (or ``TRITON_INTERPRET=1``); 3 <= n <= :data:`MAX_N`.
+    ``strip_elements``, ``warps``, ``stages`` (0: :data:`STRIP_ELEMENTS`, :data:`WARPS`,
+    :data:`STAGES`) set the launch; a benchmark sweeps them.
     """
     kernel = _kernel()
     if kernel is None:
@@ -56,13 +62,14 @@ def tridiagonalize_persistent(
     if copy or a.dtype != torch.float64 or not a.is_contiguous():
         a = a.double().contiguous().clone()
     n_pow2 = 1 << (n - 1).bit_length()
-    rows = max(1, STRIP_ELEMENTS // n_pow2)
+    rows = max(1, (strip_elements or STRIP_ELEMENTS) // n_pow2)
     scratch = a.new_zeros(4, batch, n)  # v, w (pending update), u = tau v, p (row sums)
     d = a.new_empty(batch, n)
     e = a.new_empty(batch, n - 1)
     if batch:
         with torch.cuda.device(a.device) if a.is_cuda else contextlib.nullcontext():
-            kernel[(batch,)](a, scratch, d, e, n, batch * n, N_POW2=n_pow2, ROWS=rows, num_warps=WARPS)
+            kernel[(batch,)](a, scratch, d, e, n, batch * n, N_POW2=n_pow2, ROWS=rows,
+                         STAGES=stages or STAGES, num_warps=warps or WARPS)
     return d, e
 
 
@@ -76,7 +83,7 @@ def _kernel():
 
     @triton.jit
     def tridiagonalize_kernel(a_ptr, scratch_ptr, d_ptr, e_ptr, n, stride_scratch,
-                              N_POW2: tl.constexpr, ROWS: tl.constexpr):
+                              N_POW2: tl.constexpr, ROWS: tl.constexpr, STAGES: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
         a_base = a_ptr + b * n * n
         v_ptr = scratch_ptr + b * n
@@ -99,7 +106,7 @@ def _kernel():
             column = tl.load(a_base + k * n + idx, mask=live, other=0.0) - (v_old * w_k + w_old * v_k)
             column = tl.where(live, column, 0.0)
             tl.store(d_ptr + b * n + k, tl.sum(tl.where(at_k, column, 0.0), 0))
-            below = idx > k
+            below = (idx > k) & in_range  # never past n: the last matrix's p is the end of the scratch
             x = tl.where(below, column, 0.0)
             x0 = tl.sum(tl.where(idx == k + 1, column, 0.0), 0)
             norm = tl.sqrt(tl.sum(x * x, 0))
@@ -115,7 +122,7 @@ def _kernel():
             w_c = tl.load(w_ptr + cols, mask=col_in, other=0.0)
             u_c = tl.load(u_ptr + cols, mask=col_in, other=0.0)
             mirrored = tl.zeros([N_POW2], tl.float64)  # sum over rows i < j of B[i, j] u[i], per column j
-            for r0 in range(k + 1, n, ROWS):
+            for r0 in tl.range(k + 1, n, ROWS, num_stages=STAGES):
                 r = r0 + strip_rows
                 row_in = r < n
                 upper = row_in[:, None] & col_in[None, :] & (cols[None, :] >= r[:, None])
