@@ -31,9 +31,11 @@ from jaxtyping import Float
 
 #: Largest n handled (a strip of STRIP_ELEMENTS / n_pow2 rows x n_pow2 columns lives in registers).
 MAX_N = 1024
-#: Elements of one row strip (rows x next power of two of n), 4 warps.
-STRIP_ELEMENTS = 4096
-WARPS = 4
+#: Elements of one row strip (rows x next power of two of n) and warps per program. On an H200 (320
+#: matrices of 512, session 28): 2,048 with 2 warps 84.1 ms, 4,096 with 4 (the earlier default)
+#: 94.2 ms; issue 19's row 1 alternated in one process 2.41x / 2.47x against 2.46x / 2.54x.
+STRIP_ELEMENTS = 2048
+WARPS = 2
 #: Software-pipelining stages of the row-strip loop (``tl.range(..., num_stages=STAGES)``): the
 #: next strip's loads are issued while the current one is reduced. 1: no pipelining.
 STAGES = 1
