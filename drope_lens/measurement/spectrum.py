@@ -34,7 +34,8 @@ fast there; CUDA tensors to 1 (one-launch up to n = 1,024, fused above) + 2 when
 cuSOLVER's own batched solver for any n (``cusolverDnXsyevBatched``, which PyTorch does not reach
 above n = 32) is ``method="cusolver_batched"`` (:mod:`drope_lens.measurement.spectrum_cusolver`);
 on an H200 it matched LAPACK and took 98.9 ms for 320 matrices of 512 x 512 against the one-launch
-path's 95.1 ms (``spectrum_bench``, session 27), so "auto" does not choose it (:data:`AUTO_CUDA_METHOD` can).
+path's 95.1 ms (``spectrum_bench``, session 27; 84.1 ms with session 28's launch setting), so "auto"
+does not choose it (:data:`AUTO_CUDA_METHOD` can).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ Status: first run on an H200 in session 27 (torch 2.11 + CUDA 13.0, ``libcusolve
 agrees with LAPACK (``tests/test_spectrum.py::test_cusolver_batched_matches_lapack``; max entropy
 error 1.2e-11 in ``spectrum_bench``) and takes 98.9 ms for one Exp 4 forward's 320 Gram matrices,
 against 95.1 ms for the default one-launch Householder path
-(``docs/gpu_evidence/spectrum_bench_h200_s27.json``). It is ``method="cusolver_batched"`` of
+(``docs/gpu_evidence/spectrum_bench_h200_s27.json``; 84.1 ms with session 28's launch setting,
+``spectrum_bench_h200_s28.json``). It is ``method="cusolver_batched"`` of
 :func:`drope_lens.measurement.spectrum.symmetric_eigenvalues`; ``"auto"`` does not choose it.
 """
 
