@@ -62,6 +62,14 @@ def package_versions() -> dict[str, Optional[str]]:
     return versions
 
 
+def _cpu_products() -> str:
+    """Which library multiplies float32 weights on the CPU in this process (see
+    :mod:`drope_lens.model.cpu_matmul`): ``"onednn"`` (from 64 rows up) or ``"F.linear"``."""
+    from drope_lens.model import cpu_matmul
+
+    return "onednn" if cpu_matmul.ENABLED and cpu_matmul._OP is not None and not cpu_matmul._failed else "F.linear"
+
+
 def git_commit() -> Optional[str]:
     """The drope_lens source tree's commit (None when not run from a git checkout)."""
     here = Path(__file__).resolve().parent
@@ -444,6 +452,7 @@ class RunStore:
                 "packages": package_versions(),
                 "git_commit": git_commit(),
                 "python": platform.python_version(),
+                "cpu_float32_products": _cpu_products(),
                 "world_size": distributed.world().size,
                 **meta,
             }

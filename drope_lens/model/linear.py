@@ -4,14 +4,16 @@ drope_lens stores every weight as a *view* of the checkpoint's ``nn.Linear`` lay
 (``[out_features, in_features]``, contiguous). ``W_Q`` is then ``[head, d_model, d_head]`` as
 TransformerLens expects, but ``W_Q.permute(0, 2, 1).reshape(-1, d_model)`` is free and is exactly
 the checkpoint's ``q_proj.weight``, so a projection is one GEMM with no weight copy and the same
-memory layout, hence the same bf16 accumulation order, as Hugging Face.
+memory layout, hence the same bf16 accumulation order, as Hugging Face. (Float32 products on the
+CPU go through oneDNN instead, see :mod:`drope_lens.model.cpu_matmul`.)
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
+
+from .cpu_matmul import linear as dense
 
 
 def is_4bit(weight: torch.Tensor) -> bool:
@@ -40,7 +42,7 @@ def head_projection(
         out = matmul_4bit(x, weight).unflatten(-1, (n_heads, d_head))
         return out + bias
     as_linear = weight.permute(0, 2, 1).reshape(n_heads * d_head, weight.shape[1])
-    return F.linear(x, as_linear, bias.reshape(-1)).unflatten(-1, (n_heads, d_head))
+    return dense(x, as_linear, bias.reshape(-1)).unflatten(-1, (n_heads, d_head))
 
 
 def output_projection(
@@ -57,7 +59,7 @@ def output_projection(
         return matmul_4bit(flat, weight) + bias
     n_heads, d_head, d_model = weight.shape
     as_linear = weight.permute(2, 0, 1).reshape(d_model, n_heads * d_head)
-    return F.linear(flat, as_linear, bias)
+    return dense(flat, as_linear, bias)
 
 
 def matrix_projection(
@@ -69,4 +71,4 @@ def matrix_projection(
     if is_4bit(weight):
         out = matmul_4bit(x, weight)
         return out if bias is None else out + bias
-    return F.linear(x, weight.T, bias)
+    return dense(x, weight.T, bias)

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from jaxtyping import Float, Int
 from transformer_lens import HookedTransformer
-from transformer_lens.components import Embed
+from transformer_lens.components import Embed, Unembed
 from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
 
 from .attention import (
@@ -19,6 +19,7 @@ from .attention import (
 )
 from .block import LensTransformerBlock
 from .checkpoint import CheckpointSpec
+from .cpu_matmul import linear as dense
 from .mlp import LensGatedMLP
 from .norm import LensRMSNorm
 
@@ -107,6 +108,7 @@ class DropeLensTransformer(HookedTransformer):
             for norm in (block.ln1, block.ln2):
                 norm.__class__ = LensRMSNorm  # same parameters and hooks, fused CUDA path
         self.ln_final.__class__ = LensRMSNorm
+        self.unembed.__class__ = LensUnembed  # same parameters and hooks
         self.setup()  # rebuild the hook dictionary with the new modules
 
     # -- variant ---------------------------------------------------------------------------
@@ -214,6 +216,15 @@ class CheckedEmbed(Embed):
                     "check that the tokenizer matches the model."
                 )
         return super().forward(tokens)
+
+
+class LensUnembed(Unembed):
+    """TransformerLens ``Unembed`` (``F.linear`` with the ``[vocab, d_model]`` weight, as HF's
+    ``lm_head``) whose float32 CPU product may go through oneDNN (:mod:`drope_lens.model.cpu_matmul`)."""
+
+    def forward(self, residual: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch pos d_vocab_out"]:  # type: ignore[override]
+        residual = self.hook_in(residual)
+        return self.hook_out(dense(residual, self.W_U.T.contiguous(), self.b_U))
 
 
 def is_drope(model: HookedTransformer) -> bool:
