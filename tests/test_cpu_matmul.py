@@ -57,10 +57,14 @@ def test_small_products_autograd_and_other_dtypes_stay_on_f_linear(spy):
 
 
 @needs_op
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch.backends.mkldnn.flags says it
 def test_disabled_is_f_linear_bit_for_bit(spy, monkeypatch):
     monkeypatch.setattr(cpu_matmul, "ENABLED", False)
     x, w = torch.randn(500, 64), torch.randn(128, 64)
     with torch.inference_mode():
+        assert torch.equal(cpu_matmul.linear(x, w), F.linear(x, w))
+    monkeypatch.setattr(cpu_matmul, "ENABLED", True)
+    with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=False):  # torch's own switch is obeyed
         assert torch.equal(cpu_matmul.linear(x, w), F.linear(x, w))
     assert spy == []
 

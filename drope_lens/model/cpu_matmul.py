@@ -47,16 +47,20 @@ _failed = False
 
 
 def usable(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    """Whether :func:`linear` sends this product to oneDNN."""
+    """Whether :func:`linear` sends this product to oneDNN: float32 on the CPU, at least
+    :data:`MIN_ROWS` rows, a plain contiguous ``[out, in]`` weight, no autograd graph through it,
+    and oneDNN present and enabled (``torch.backends.mkldnn.enabled``)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return False
+    if x.ndim < 2 or x.shape[-1] == 0 or x.numel() < MIN_ROWS * x.shape[-1]:
+        return False
     if not ENABLED or _failed or _OP is None or not torch.backends.mkldnn.is_available():
         return False
-    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+    if not torch.backends.mkldnn.enabled:
         return False
     if type(weight) not in (torch.Tensor, torch.nn.Parameter) or weight.ndim != 2 or not weight.is_contiguous():
         return False
     if bias is not None and (bias.dtype != torch.float32 or bias.ndim != 1):
-        return False
-    if x.ndim < 2 or x.numel() // max(1, x.shape[-1]) < MIN_ROWS:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
         return False
