@@ -2,20 +2,25 @@
 
 ``torch.nn.functional.linear`` on the CPU in float32 calls MKL's ``sgemm``. On the 2-core AMD EPYC
 (AVX-512) of this project's CPU machine, oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``,
-the op TorchInductor's CPU backend emits for ``nn.Linear``) computes the same products faster at
-the bundled toy pair's shapes from 64 rows up (the unembedding 1.7x from 512 rows; one shape ties): median milliseconds, MKL / oneDNN, session 29
-(``[rows, in] x [in, out]``):
+the op TorchInductor's CPU backend emits for ``nn.Linear``) computes the toy pair's products faster
+once they have a couple of thousand rows. oneDNN first builds a kernel for each new shape, about
+0.5-1 ms, which it then keeps; a forward reuses it in every layer. Median milliseconds over 12 row
+counts from the one named, session 29: oneDNN on a new shape / again / MKL (``[rows, in] x [in, out]``):
 
-- 64 rows: 256 -> 256 0.065 / 0.061; 256 -> 704 0.183 / 0.161; 704 -> 256 0.157 / 0.138;
-  256 -> 4007 0.845 / 0.874
-- 1,024 rows: 0.693 / 0.664; 2.128 / 1.783; 1.857 / 1.776; 21.91 / 11.26
-- 16,384 rows: 12.63 / 10.96; 33.05 / 27.95; 33.80 / 29.25; 301.5 / 173.5
+- 256 rows: 256 -> 704 1.16 / 0.60 / 0.70; the unembedding 256 -> 4007 4.22 / 3.48 / 7.29
+- 1,024 rows: 256 -> 256 1.61 / 1.09 / 1.16; 256 -> 704 2.86 / 2.13 / 2.42; 4007: 13.64 / 12.16 / 22.78
+- 2,048 rows: 256 -> 256 2.31 / 1.70 / 2.58; 256 -> 704 4.77 / 4.12 / 5.71; 704 -> 256 5.21 / 4.17 /
+  5.22; 4007: 25.65 / 29.14 / 45.04
+- 8,192 rows: 256 -> 704 16.94 / 20.72 / 28.05; 4007: 144.5 / 144.6 / 219.7
 
-The whole ``drope-lens study`` on the toy pair, one run without and one with it, twice on that
-machine: 158.5 -> 152.8 s (CPU time 300.9 -> 284.1 s; its weight products only) and 171.3 -> 166.5 s
-(324.1 -> 314.3 s; every product, the unembedding too), about 3-5% less CPU time. Below
-:data:`MIN_ROWS` rows (decoding steps) MKL is as fast or faster and is kept. Other x86-64 CPUs were
-not measured (on Intel's own CPUs MKL may do as well); ARM machines keep ``F.linear``.
+So products of at least :data:`MIN_ROWS` (2,048) rows go to oneDNN: the Exp 10 prefills and the
+perplexity batches. Task prompts (16 prompts of a few dozen tokens, a new row count almost every
+batch) and decoding steps stay on MKL: with a threshold of 64 rows, the Exp 4/5 and Exp 6 ablations
+took 21.7 and 23.3 s, 21.3 and 22.7 s in two README jobs against 19.3 and 19.8 s without oneDNN
+(runs on this machine vary by about 10%). With 2,048 rows, the whole ``drope-lens study`` in one
+process, oneDNN on then off: 163.9 s wall / 300.3 s CPU against 180.2 / 321.1 s (Exp 10 92.5 / 180.6
+against 100.2 / 196.0; the ablations 18.9 and 19.3 s against 19.7 and 20.2 s). Other x86-64 CPUs were not measured (on Intel's own CPUs MKL may do
+as well); ARM machines keep ``F.linear``.
 
 What changes: only the order in which float32 products are summed, so a result may differ from
 ``F.linear``'s in its last bits (tests/test_cpu_matmul.py bounds the difference; the comparisons
@@ -37,8 +42,8 @@ from jaxtyping import Float
 
 #: Route eligible products through oneDNN (set False to keep every product on ``F.linear``).
 ENABLED = True
-#: Products with fewer rows than this stay on ``F.linear`` (MKL is as fast there).
-MIN_ROWS = 64
+#: Products with fewer rows than this stay on ``F.linear`` (below it oneDNN's per-shape kernel build costs more than it saves).
+MIN_ROWS = 2048
 
 #: Only where it was measured faster: x86-64 (on ARM, oneDNN competes with other BLAS libraries).
 _OP = (getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
