@@ -64,7 +64,8 @@ def package_versions() -> dict[str, Optional[str]]:
 
 def _cpu_products() -> str:
     """Which library multiplies float32 weights on the CPU in this process (see
-    :mod:`drope_lens.model.cpu_matmul`): ``"onednn"`` (from 64 rows up) or ``"F.linear"``."""
+    :mod:`drope_lens.model.cpu_matmul`): ``"onednn"`` (products of ``MIN_ROWS`` rows or more) or
+    ``"F.linear"``."""
     from drope_lens.model import cpu_matmul
 
     return "onednn" if cpu_matmul.ENABLED and cpu_matmul._OP is not None and not cpu_matmul._failed else "F.linear"

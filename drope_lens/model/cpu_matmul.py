@@ -18,9 +18,9 @@ perplexity batches. Task prompts (16 prompts of a few dozen tokens, a new row co
 batch) and decoding steps stay on MKL: with a threshold of 64 rows, the Exp 4/5 and Exp 6 ablations
 took 21.7 and 23.3 s, 21.3 and 22.7 s in two README jobs against 19.3 and 19.8 s without oneDNN
 (runs on this machine vary by about 10%). With 2,048 rows, the whole ``drope-lens study`` in one
-process, oneDNN on then off: 163.9 s wall / 300.3 s CPU against 180.2 / 321.1 s (Exp 10 92.5 / 180.6
-against 100.2 / 196.0; the ablations 18.9 and 19.3 s against 19.7 and 20.2 s). Other x86-64 CPUs were not measured (on Intel's own CPUs MKL may do
-as well); ARM machines keep ``F.linear``.
+process, oneDNN on then off: 163.9 s wall / 300.3 s CPU against 180.2 / 321.1 s (Exp 10 92.5 /
+180.6 against 100.2 / 196.0; the ablations 18.9 and 19.3 s against 19.7 and 20.2 s). Other x86-64
+CPUs were not measured (on Intel's own CPUs MKL may do as well); ARM machines keep ``F.linear``.
 
 What changes: only the order in which float32 products are summed, so a result may differ from
 ``F.linear``'s in its last bits (tests/test_cpu_matmul.py bounds the difference; the comparisons
@@ -42,7 +42,7 @@ from jaxtyping import Float
 
 #: Route eligible products through oneDNN (set False to keep every product on ``F.linear``).
 ENABLED = True
-#: Products with fewer rows than this stay on ``F.linear`` (below it oneDNN's per-shape kernel build costs more than it saves).
+#: Products with fewer rows stay on ``F.linear`` (there oneDNN's per-shape kernel build costs more than it saves).
 MIN_ROWS = 2048
 
 #: Only where it was measured faster: x86-64 (on ARM, oneDNN competes with other BLAS libraries).
