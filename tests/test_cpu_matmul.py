@@ -47,7 +47,9 @@ def test_small_products_autograd_and_other_dtypes_stay_on_f_linear(spy):
     big = torch.randn(4 * cpu_matmul.MIN_ROWS, 16)
     assert torch.equal(cpu_matmul.linear(big.double(), w.double()), F.linear(big.double(), w.double()))
     trained = w.clone().requires_grad_()
-    out = cpu_matmul.linear(big, trained)  # an autograd graph is recorded: the op has no backward
+    # an autograd graph is recorded: F.linear (the oneDNN op registers no autograd kernel, and
+    # backpropagating through it silently gives no gradient)
+    out = cpu_matmul.linear(big, trained)
     out.sum().backward()
     assert trained.grad is not None
     torch.testing.assert_close(trained.grad, big.sum(0).expand(32, -1), rtol=1e-4, atol=1e-4)

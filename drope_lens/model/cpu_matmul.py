@@ -25,7 +25,8 @@ CPUs were not measured (on Intel's own CPUs MKL may do as well); ARM machines ke
 What changes: only the order in which float32 products are summed, so a result may differ from
 ``F.linear``'s in its last bits (tests/test_cpu_matmul.py bounds the difference; the comparisons
 with ``transformers`` keep their tolerances). Used only where :func:`usable` says so: float32 CPU
-tensors, plain contiguous weights, no autograd graph through them, the op present in this torch.
+tensors, plain contiguous weights, no autograd graph through them (the op registers no autograd
+kernel: backpropagating through it would silently give no gradient), the op present in this torch.
 ``ENABLED = False`` (module attribute) gives every product back to ``F.linear`` (MKL), the
 function ``transformers`` calls.
 """
