@@ -297,12 +297,13 @@ def _in_place_key_edit(x, hook):
 @pytest.mark.parametrize("hooked", [False, True], ids=["plain", "in-place-rot-k-hook"])
 def test_rotated_key_cache_gives_the_numbers_of_rotating_every_step(checkpoint_factory, hooked, monkeypatch):
     """drope_lens's generation cache stores keys rotated once, as they are appended
-    (``_CacheEntry.ROTATED_KEYS_ON``: the CPU by default; here the test's device); TransformerLens's
-    cache stores them unrotated and the attention rotates every cached key again at every step.
-    Both must give the same numbers to the last bit: greedy decoding (static and dynamic steps),
-    every step's logits and the shared-prefix scores. With a hook that edits ``hook_rot_k`` in place (the whole key buffer it is given), the
-    edit must not reach the stored keys: a planted bug that hands the hook the cache's own buffer
-    compounds the edit step after step and fails here."""
+    (``_CacheEntry.ROTATED_KEYS_ON``: the CPU and CUDA by default; here the test's device);
+    TransformerLens's cache stores them unrotated and the attention rotates every cached key again
+    at every step. Both must give the same numbers to the last bit: greedy decoding (static and
+    dynamic steps), every step's logits and the shared-prefix scores. With a hook that edits
+    ``hook_rot_k`` in place (the whole key buffer it is given), the edit must not reach the stored
+    keys: a planted bug that hands the hook the cache's own buffer compounds the edit step after
+    step and fails here."""
     from drope_lens.measurement.generation import score_shared_prefix
 
     path, _ = checkpoint_factory()

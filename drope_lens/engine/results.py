@@ -47,6 +47,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import pandas as pd
 
+from ..model import cpu_matmul
 from . import distributed
 
 PACKAGES = ("drope_lens", "torch", "transformers", "transformer-lens", "safetensors", "pandas", "scipy", "bitsandbytes")
@@ -60,15 +61,6 @@ def package_versions() -> dict[str, Optional[str]]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-def _cpu_products() -> str:
-    """Which library multiplies float32 weights on the CPU in this process (see
-    :mod:`drope_lens.model.cpu_matmul`): ``"onednn"`` (products of ``MIN_ROWS`` rows or more) or
-    ``"F.linear"``."""
-    from drope_lens.model import cpu_matmul
-
-    return "onednn" if cpu_matmul.ENABLED and cpu_matmul._OP is not None and not cpu_matmul._failed else "F.linear"
 
 
 def git_commit() -> Optional[str]:
@@ -453,7 +445,7 @@ class RunStore:
                 "packages": package_versions(),
                 "git_commit": git_commit(),
                 "python": platform.python_version(),
-                "cpu_float32_products": _cpu_products(),
+                "cpu_float32_products": cpu_matmul.library(),
                 "world_size": distributed.world().size,
                 **meta,
             }

@@ -52,6 +52,19 @@ _OP = (getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 _failed = False
 
 
+def _switched_on() -> bool:
+    """The process-wide conditions: :data:`ENABLED`, the op present and not failed, oneDNN available
+    and enabled (``torch.backends.mkldnn.enabled``)."""
+    return (ENABLED and not _failed and _OP is not None and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled)
+
+
+def library() -> str:
+    """Which library multiplies float32 weights on the CPU in this process: ``"onednn"`` (products
+    of :data:`MIN_ROWS` rows or more) or ``"F.linear"`` (every product); ``meta.json`` records it."""
+    return "onednn" if _switched_on() else "F.linear"
+
+
 def usable(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
     """Whether :func:`linear` sends this product to oneDNN: float32 on the CPU, at least
     :data:`MIN_ROWS` rows, a plain contiguous ``[out, in]`` weight, no autograd graph through it,
@@ -60,9 +73,7 @@ def usable(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) 
         return False
     if x.ndim < 2 or x.shape[-1] == 0 or x.numel() < MIN_ROWS * x.shape[-1]:
         return False
-    if not ENABLED or _failed or _OP is None or not torch.backends.mkldnn.is_available():
-        return False
-    if not torch.backends.mkldnn.enabled:
+    if not _switched_on():
         return False
     if type(weight) not in (torch.Tensor, torch.nn.Parameter) or weight.ndim != 2 or not weight.is_contiguous():
         return False
