@@ -9,6 +9,8 @@ warm-up; largest |entropy - float64 LAPACK entropy| over all matrices, both norm
 
 * ``eigvalsh_cuda``: ``torch.linalg.eigvalsh`` on the batch (cuSOLVER, one matrix at a time);
 * ``eigvalsh_magma``: the same with ``torch.backends.cuda.preferred_linalg_library("magma")``;
+* ``two_stage`` (first): dense -> band -> tridiagonal, :mod:`drope_lens.measurement.spectrum_two_stage`,
+  in a CUDA graph and eagerly, and each stage alone; ``--two-stage BAND,WARPS`` adds settings;
 * ``householder_persistent`` (the default on CUDA for n <= 1,024): one kernel launch per batch,
   :mod:`drope_lens.measurement.spectrum_persistent`, also its tridiagonalisation alone;
   ``--quick`` times only it, ``householder_blocked`` (LAPACK's panels, in a CUDA graph) and
@@ -89,6 +91,8 @@ def main() -> None:
                              "STAGES software-pipelining stages of its strip loop")
     parser.add_argument("--blocked-panels", nargs="*", type=int, metavar="COLUMNS",
                         help="also time householder_blocked with these panel widths")
+    parser.add_argument("--two-stage", nargs="*", metavar="BAND,CHASE_WARPS", default=[],
+                        help="also time two_stage with these band half-widths and bulge-chasing warps")
     parser.add_argument("--quick", action="store_true",
                         help="only householder_persistent (the default) against householder_fused in a graph")
     parser.add_argument("--skip-slow", action="store_true",
@@ -114,6 +118,42 @@ def main() -> None:
         print(f"{name:>22}: {seconds * 1e3:9.1f} ms for {args.matrices} matrices ({row['per_matrix_ms']:.3f} ms each)"
               f"{err} {note}", flush=True)
 
+    from drope_lens.measurement import spectrum_two_stage as two_stage
+
+    def two_stage_rows(settings: str) -> None:
+        """two_stage (graph and eager) and its stages alone, with one band and bulge-chasing warps."""
+        default = (two_stage.BAND, two_stage.CHASE_WARPS)
+        try:
+            two_stage.BAND, two_stage.CHASE_WARPS = map(int, settings.split(",")) if settings else default
+            tag = f"two_stage {two_stage.BAND},{two_stage.CHASE_WARPS}"
+            spectrum._GRAPHS.clear()  # a graph holds the band it was captured with
+            t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="two_stage"), args.repeat)
+            record(tag, t, eig)
+            spectrum.GRAPH = False
+            t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="two_stage"), args.repeat)
+            record(f"{tag} eager", t, eig)
+            work = a.clone()
+            t, _ = cuda_median(lambda: two_stage.reduce_to_band(work.copy_(a), two_stage.BAND), args.repeat)
+            record("  dense -> band (eager, copy included)", t)
+            banded = work.clone()
+            t, (d, e) = cuda_median(lambda: two_stage.band_to_tridiagonal(work.copy_(banded), two_stage.BAND),
+                                    args.repeat)
+            record("  band -> tridiagonal (copy included)", t)
+            t, _ = cuda_median(lambda: spectrum.tridiagonal_eigenvalues(d, e), args.repeat)
+            record("  bisection", t)
+        except Exception as error:  # noqa: BLE001 - one failing setting must not hide the others
+            import traceback
+
+            traceback.print_exc()
+            rows.append({"method": f"two_stage {settings}", "error": repr(error)})
+        finally:
+            two_stage.BAND, two_stage.CHASE_WARPS = default
+            spectrum.GRAPH = True
+            spectrum._GRAPHS.clear()
+        save()
+
+    for settings in [""] + list(args.two_stage):
+        two_stage_rows(settings)
     from drope_lens.measurement.spectrum_persistent import tridiagonalize_persistent
 
     t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_persistent"), args.repeat)

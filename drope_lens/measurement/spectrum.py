@@ -52,11 +52,12 @@ from drope_lens.measurement.householder import reflector
 
 from drope_lens.measurement import spectrum_blocked as blocked
 from drope_lens.measurement import spectrum_persistent as persistent
+from drope_lens.measurement import spectrum_two_stage as two_stage
 
 Method = Literal["auto", "eigvalsh", "householder", "householder_fused", "householder_persistent", "householder_blocked",
-                 "cusolver_batched"]
+                 "cusolver_batched", "two_stage"]
 METHODS = ("auto", "eigvalsh", "householder", "householder_fused", "householder_persistent", "householder_blocked",
-           "cusolver_batched")
+           "cusolver_batched", "two_stage")
 N_HALVINGS = 64
 BLOCK = 128
 #: What ``method="auto"`` uses for CUDA tensors instead of its own choice (None: householder_persistent
@@ -104,8 +105,8 @@ def symmetric_eigenvalues(
         return torch.linalg.eigvalsh(a)
     if method == "householder_persistent":
         return tridiagonal_eigenvalues(*persistent.tridiagonalize_persistent(a))
-    fn = {"householder_fused": tridiagonalize_fused, "householder_blocked": blocked.tridiagonalize_blocked}.get(
-        method, tridiagonalize)
+    fn = {"householder_fused": tridiagonalize_fused, "householder_blocked": blocked.tridiagonalize_blocked,
+          "two_stage": two_stage.tridiagonalize_two_stage}.get(method, tridiagonalize)
     d, e = _graphed(fn, a) if GRAPH and a.is_cuda and not torch.cuda.is_current_stream_capturing() else fn(a)
     return tridiagonal_eigenvalues(d, e)
 

@@ -1,0 +1,109 @@
+"""Triton kernels of :mod:`drope_lens.measurement.spectrum_two_stage` (imported only when Triton is
+present: CPU builds of torch ship none). One program per matrix in both kernels."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _reflect(x, first):
+    """``(v, tau, alpha)`` of the reflector with ``(I - tau v v^T) x = alpha e_first``; x is zero
+    above ``first`` (module ``householder.reflector``'s formulas)."""
+    x0 = tl.sum(tl.where(first, x, 0.0), 0)
+    norm = tl.sqrt(tl.sum(x * x, 0))
+    alpha = tl.where(x0 < 0, norm, -norm)
+    v = tl.where(first, x0 - alpha, x)
+    vv = 2.0 * norm * (norm + tl.abs(x0))
+    tau = tl.where(vv > 0, 2.0 / tl.where(vv > 0, vv, 1.0), 0.0)
+    return v, tau, alpha
+
+
+@triton.jit
+def panel_qr(a_ptr, v_ptr, tau_ptr, n, top, start, m, M_POW2: tl.constexpr, B: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    rows = tl.arange(0, M_POW2)
+    cols = tl.arange(0, B)
+    row_in = rows < m
+    pointers = a_ptr + b * n * n + (top + rows[:, None]).to(tl.int64) * n + start + cols[None, :]
+    panel = tl.load(pointers, mask=row_in[:, None], other=0.0)
+    for c in range(0, B):
+        column = tl.sum(tl.where(cols[None, :] == c, panel, 0.0), 1)  # [M_POW2]
+        x = tl.where(rows >= c, column, 0.0)
+        v, tau, alpha = _reflect(x, rows == c)
+        v = tl.where(rows >= c, v, 0.0)
+        vp = tl.sum(panel * v[:, None], 0)  # [B]: v^T panel
+        panel = panel - (tau * v)[:, None] * vp[None, :]
+        at_c = cols[None, :] == c
+        panel = tl.where(at_c & (rows[:, None] > c), 0.0, panel)
+        panel = tl.where(at_c & (rows[:, None] == c), alpha, panel)
+        tl.store(v_ptr + b * m * B + rows * B + c, v, mask=row_in)
+        tl.store(tau_ptr + b * B + c, tau)
+    tl.store(pointers, panel, mask=row_in[:, None])
+
+@triton.jit
+def chase_bulges(a_ptr, d_ptr, e_ptr, n, B: tl.constexpr, N_POW2: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    base = a_ptr + b * n * n
+    r = tl.arange(0, B)
+    c = tl.arange(0, B)
+    lower = r[:, None] >= c[None, :]
+    for i in range(0, n - 2):
+        tl.debug_barrier()  # the previous sweep's stores are visible to every thread
+        r0 = i + 1
+        rows = r0 + r
+        cols = r0 - B + c
+        tile_mask = (rows < n)[:, None] & (cols >= 0)[None, :]
+        tile = tl.load(base + rows[:, None].to(tl.int64) * n + cols[None, :], mask=tile_mask, other=0.0)
+        for step in range(0, tl.cdiv(n - r0, B)):
+            r_s = r0 + step * B
+            rows = r_s + r
+            row_in = rows < n
+            below_rows = rows + B
+            # the diagonal block and the block below it: loads issued before the reflector's work
+            d_pointers = base + rows[:, None].to(tl.int64) * n + rows[None, :]
+            d_mask = row_in[:, None] & row_in[None, :] & lower
+            stored = tl.load(d_pointers, mask=d_mask, other=0.0)
+            n_pointers = base + below_rows[:, None].to(tl.int64) * n + rows[None, :]
+            n_mask = (below_rows < n)[:, None] & row_in[None, :]
+            below = tl.load(n_pointers, mask=n_mask, other=0.0)
+            # the reflector that annihilates the tile's pivot column below its first row
+            pivot = tl.where(step == 0, B - 1, 0)
+            x = tl.sum(tl.where(c[None, :] == pivot, tile, 0.0), 1)
+            v, tau, alpha = _reflect(x, r == 0)
+            tile = tile - (tau * v)[:, None] * tl.sum(tile * v[:, None], 0)[None, :]
+            at_pivot = c[None, :] == pivot
+            tile = tl.where(at_pivot, tl.where(r[:, None] == 0, alpha, 0.0), tile)
+            cols = r_s - B + c
+            t_mask = row_in[:, None] & (cols >= 0)[None, :]
+            tl.store(base + rows[:, None].to(tl.int64) * n + cols[None, :], tile, mask=t_mask)
+            # two-sided on the diagonal block (both triangles rebuilt from the stored lower one)
+            block = tl.where(lower, stored, tl.trans(stored))
+            p = tau * tl.sum(block * v[None, :], 1)
+            w = p - (0.5 * tau * tl.sum(p * v, 0)) * v
+            block = block - v[:, None] * w[None, :] - w[:, None] * v[None, :]
+            tl.store(d_pointers, block, mask=d_mask)
+            # from the right on the block below: its fill is the next step's tile
+            tile = below - (tau * tl.sum(below * v[None, :], 1))[:, None] * v[None, :]
+    tl.debug_barrier()
+    idx = tl.arange(0, N_POW2)
+    tl.store(d_ptr + b * n + idx, tl.load(base + idx.to(tl.int64) * (n + 1), mask=idx < n), mask=idx < n)
+    sub = idx < n - 1
+    tl.store(e_ptr + b * (n - 1) + idx, tl.load(base + (idx + 1).to(tl.int64) * n + idx, mask=sub), mask=sub)
+
+
+@triton.jit
+def t_factor(gram_ptr, tau_ptr, t_ptr, B: tl.constexpr):
+    """LAPACK ``dlarft``'s upper-triangular T (forward, columnwise) from ``V^T V`` and ``tau``:
+    ``T[:c, c] = -tau_c T[:c, :c] (V^T V)[:c, c]``, ``T[c, c] = tau_c``."""
+    b = tl.program_id(0).to(tl.int64)
+    r = tl.arange(0, B)
+    c = tl.arange(0, B)
+    gram = tl.load(gram_ptr + b * B * B + r[:, None] * B + c[None, :])
+    t = tl.zeros([B, B], tl.float64)
+    for k in range(0, B):
+        tau = tl.load(tau_ptr + b * B + k)
+        g = tl.sum(tl.where((c[None, :] == k) & (r[:, None] < k), gram, 0.0), 1)  # (V^T v_k)[:k]
+        column = -tau * tl.sum(t * g[None, :], 1)  # T[:, :k] (V^T v_k)[:k]
+        column = tl.where(r == k, tau, tl.where(r < k, column, 0.0))
+        t = tl.where(c[None, :] == k, column[:, None], t)
+    tl.store(t_ptr + b * B * B + r[:, None] * B + c[None, :], t)
