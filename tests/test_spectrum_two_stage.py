@@ -105,8 +105,11 @@ def test_triton_kernels_keep_the_spectrum(n, band):
 
 
 @needs_triton
-def test_triton_and_pytorch_stages_agree():
-    """The kernels and the PyTorch stages do the same arithmetic in different orders."""
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_triton_and_pytorch_stages_agree(prefetch, monkeypatch):
+    """The kernels (with and without the bulge chase's prefetch) and the PyTorch stages do the
+    same arithmetic in different orders."""
+    monkeypatch.setattr(two_stage, "CHASE_PREFETCH", prefetch)
     a = _grams(40, seed=5)
     d, e = two_stage.tridiagonalize_two_stage(a, band=8)
     d2, e2 = two_stage.tridiagonalize_two_stage(a.to(DEVICE), band=8)

@@ -17,6 +17,7 @@ Random weights: speed and memory do not depend on the values (DESIGN.md).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -173,24 +174,85 @@ def study_size(model, texts, repeat: int) -> dict:
 
 def profile_study(model, texts) -> None:
     """Where the study-size part's time goes: ``torch.profiler`` over one warm ``measure`` call,
-    the 25 largest entries by CUDA time and by host (self CPU) time, printed."""
-    from torch.profiler import ProfilerActivity, profile
+    the 25 largest entries by CUDA time and by host (self CPU) time, then the timeline
+    (:func:`print_timeline`): the host's phases and the GPU's idle gaps between kernels."""
+    from torch.profiler import ProfilerActivity, profile, record_function
 
-    from drope_lens.engine.measure import measure
+    from drope_lens.engine import measure as measure_module
     from drope_lens.experiments import attention_structure, bos_write, layer_balance, sinks
 
     parts = [sinks.measurement(sinks.SinksConfig()), bos_write.measurement(bos_write.BosWriteConfig()),
              attention_structure.measurement(attention_structure.AttentionStructureConfig()),
              layer_balance.measurement(layer_balance.LayerBalanceConfig())]
-    run = lambda: measure(model, texts, parts, max_tokens=512, batch_size=10, show_progress=False)  # noqa: E731
-    run()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+
+    def labelled(name, fn):
+        def wrapper(*args, **kwargs):
+            with record_function(f"phase: {name}"):
+                return fn(*args, **kwargs)
+        return wrapper
+
+    parts = [dataclasses.replace(p, rows=labelled(f"{p.name} rows", p.rows)) for p in parts]
+    originals = {name: getattr(measure_module, name) for name in ("tokenize", "pack_to_host", "_forward")}
+    for name, fn in originals.items():
+        setattr(measure_module, name, labelled(name, fn))
+    try:
+        def run():
+            with record_function("phase: measure"):
+                return measure_module.measure(model, texts, parts, max_tokens=512, batch_size=10, show_progress=False)
+
+        cuda = torch.cuda.is_available()
         run()
-        torch.cuda.synchronize()
+        _synchronize()
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+            run()
+            _synchronize()
+    finally:
+        for name, fn in originals.items():
+            setattr(measure_module, name, fn)
     table = prof.key_averages()
     print(table.table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60), flush=True)
     print(table.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60), flush=True)
+    print_timeline(prof.events())
+
+
+def print_timeline(events, min_gap_ms: float = 0.2) -> None:
+    """The host's ``phase: ...`` ranges (ms from the start of ``phase: measure``) and every gap of at
+    least ``min_gap_ms`` between GPU kernels, with the phases the host was in meanwhile; then the
+    GPU's busy time against the wall time."""
+    phases = sorted(((e.time_range.start, e.time_range.end, e.name[len("phase: "):]) for e in events
+                     if e.name.startswith("phase: ")), key=lambda x: x[0])
+    if not phases:
+        print("timeline: no phases recorded")
+        return
+    t0, t_end = phases[0][0], phases[0][1]
+    kernels = sorted((e.time_range.start, e.time_range.end, e.name) for e in events
+                     if e.device_type == torch.autograd.DeviceType.CUDA and t0 <= e.time_range.start <= t_end)
+    busy, gaps, cursor, last = 0.0, [], t0, "(start)"
+    for start, end, name in kernels:
+        if start > cursor:
+            gaps.append((cursor, start, last, name))
+        if end > cursor:
+            busy += end - max(start, cursor)
+            cursor = end
+            last = name
+    if t_end > cursor:
+        gaps.append((cursor, t_end, last, "(end)"))
+    ms = lambda us: us / 1e3  # noqa: E731 - profiler times are in microseconds
+    print("host phases (ms from the start):")
+    for start, end, name in phases:
+        print(f"  {ms(start - t0):8.2f} .. {ms(end - t0):8.2f}  {name}")
+    print(f"GPU idle gaps >= {min_gap_ms} ms:")
+    for start, end, before, after in gaps:
+        if ms(end - start) >= min_gap_ms:
+            during = sorted({name for s, e, name in phases[1:] if s < end and e > start})
+            print(f"  {ms(start - t0):8.2f} +{ms(end - start):6.2f} ms  after {before[:40]!r}, before {after[:40]!r};"
+                  f" host in: {', '.join(during) or '-'}")
+    print(f"wall {ms(t_end - t0):.2f} ms, GPU busy {ms(busy):.2f} ms, idle {ms(t_end - t0 - busy):.2f} ms", flush=True)
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def _empty_cache() -> None:
@@ -207,7 +269,7 @@ def main() -> None:
     parser.add_argument("--agreement-tokens", type=int, default=4096)
     parser.add_argument("--sweep", nargs="*", default=None, metavar="BM,BN,WARPS,STAGES",
                         help="time these Triton kernel configurations first (one layer at 32k) and use the fastest")
-    parser.add_argument("--profile", action="store_true", help="profile one study-size measure call (CUDA)")
+    parser.add_argument("--profile", action="store_true", help="profile one study-size measure call")
     parser.add_argument("--shape", choices=["llama2-7b", "tiny"], default="llama2-7b",
                         help="tiny: a CPU smoke run of this script")
     add_spectrum_method_argument(parser)
@@ -249,7 +311,7 @@ def main() -> None:
         result["kernel_config"] = vars(attention_stats_triton.CONFIG)
     result["study_size"] = study_size(model, texts, args.repeat)
     save()
-    if args.profile and device == "cuda":
+    if args.profile:
         profile_study(model, texts)
     result["agreement"] = agreement(model, args.agreement_tokens) if args.agreement_tokens else None
     save()

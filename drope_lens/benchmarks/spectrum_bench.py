@@ -10,7 +10,7 @@ warm-up; largest |entropy - float64 LAPACK entropy| over all matrices, both norm
 * ``eigvalsh_cuda``: ``torch.linalg.eigvalsh`` on the batch (cuSOLVER, one matrix at a time);
 * ``eigvalsh_magma``: the same with ``torch.backends.cuda.preferred_linalg_library("magma")``;
 * ``two_stage`` (first): dense -> band -> tridiagonal, :mod:`drope_lens.measurement.spectrum_two_stage`,
-  in a CUDA graph and eagerly, and each stage alone; ``--two-stage BAND,WARPS`` adds settings;
+  in a CUDA graph and eagerly, and each stage alone; ``--two-stage BAND,WARPS[,PREFETCH]`` adds settings;
 * ``householder_persistent`` (the default on CUDA for n <= 1,024): one kernel launch per batch,
   :mod:`drope_lens.measurement.spectrum_persistent`, also its tridiagonalisation alone;
   ``--quick`` times only it, ``householder_blocked`` (LAPACK's panels, in a CUDA graph) and
@@ -91,8 +91,9 @@ def main() -> None:
                              "STAGES software-pipelining stages of its strip loop")
     parser.add_argument("--blocked-panels", nargs="*", type=int, metavar="COLUMNS",
                         help="also time householder_blocked with these panel widths")
-    parser.add_argument("--two-stage", nargs="*", metavar="BAND,CHASE_WARPS", default=[],
-                        help="also time two_stage with these band half-widths and bulge-chasing warps")
+    parser.add_argument("--two-stage", nargs="*", metavar="BAND,CHASE_WARPS[,PREFETCH]", default=[],
+                        help="also time two_stage with these band half-widths, bulge-chasing warps and "
+                             "prefetch (1) or not (0)")
     parser.add_argument("--quick", action="store_true",
                         help="only householder_persistent (the default) against householder_fused in a graph")
     parser.add_argument("--skip-slow", action="store_true",
@@ -122,10 +123,12 @@ def main() -> None:
 
     def two_stage_rows(settings: str) -> None:
         """two_stage (graph and eager) and its stages alone, with one band and bulge-chasing warps."""
-        default = (two_stage.BAND, two_stage.CHASE_WARPS)
+        default = (two_stage.BAND, two_stage.CHASE_WARPS, two_stage.CHASE_PREFETCH)
         try:
-            two_stage.BAND, two_stage.CHASE_WARPS = map(int, settings.split(",")) if settings else default
-            tag = f"two_stage {two_stage.BAND},{two_stage.CHASE_WARPS}"
+            values = [int(x) for x in settings.split(",")] if settings else []
+            two_stage.BAND, two_stage.CHASE_WARPS, prefetch = values + list(default[len(values):])
+            two_stage.CHASE_PREFETCH = bool(prefetch)
+            tag = f"two_stage {two_stage.BAND},{two_stage.CHASE_WARPS},{int(two_stage.CHASE_PREFETCH)}"
             spectrum._GRAPHS.clear()  # a graph holds the band it was captured with
             t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="two_stage"), args.repeat)
             record(tag, t, eig)
@@ -147,7 +150,7 @@ def main() -> None:
             traceback.print_exc()
             rows.append({"method": f"two_stage {settings}", "error": repr(error)})
         finally:
-            two_stage.BAND, two_stage.CHASE_WARPS = default
+            two_stage.BAND, two_stage.CHASE_WARPS, two_stage.CHASE_PREFETCH = default
             spectrum.GRAPH = True
             spectrum._GRAPHS.clear()
         save()

@@ -94,7 +94,7 @@ def symmetric_eigenvalues(
         elif AUTO_CUDA_METHOD is not None:
             method = AUTO_CUDA_METHOD
         else:
-            method = "householder_persistent" if a.shape[-1] <= persistent.MAX_N else "householder_fused"
+            method = "two_stage" if a.shape[-1] <= two_stage.MAX_N else "householder_fused"
     if method == "cusolver_batched":
         from drope_lens.measurement.spectrum_cusolver import batched_eigenvalues
 

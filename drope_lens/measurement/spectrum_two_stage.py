@@ -37,9 +37,13 @@ from jaxtyping import Float
 from drope_lens.measurement.householder import reflector
 
 #: Half-width of the band between the stages (a power of two: the bulge-chasing tiles are band x band).
-BAND = 32
+#: H200, 320 matrices of 512 (session 30, spectrum_bench): 16 -> 33.5 ms with the bisection, 32 -> 38.3-42.3,
+#: 64 -> 113-182 (docs/gpu_evidence/spectrum_bench_h200_s30.json).
+BAND = 16
 #: Warps per program of the bulge-chasing kernel, and of the panel kernel per 512 panel rows.
 CHASE_WARPS = 4
+#: Load each bulge-chasing step's two next blocks before the step's own work (hides their latency).
+CHASE_PREFETCH = True
 PANEL_WARPS = 8
 #: Largest n on the Triton path (the panel kernel holds a [next_pow2(n), band] float64 tile in registers).
 MAX_N = 1024
@@ -106,7 +110,8 @@ def band_to_tridiagonal(
         d = a.new_empty(batch, n)
         e = a.new_empty(batch, n - 1)
         with torch.cuda.device(a.device) if a.is_cuda else contextlib.nullcontext():
-            kernel.chase_bulges[(batch,)](a, d, e, n, B=band, N_POW2=1 << (n - 1).bit_length(), num_warps=CHASE_WARPS)
+            kernel.chase_bulges[(batch,)](a, d, e, n, B=band, N_POW2=1 << (n - 1).bit_length(),
+                                     PREFETCH=CHASE_PREFETCH, num_warps=CHASE_WARPS)
         return d, e
     return _chase_torch(a, band)
 

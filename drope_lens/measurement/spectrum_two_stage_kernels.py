@@ -41,7 +41,25 @@ def panel_qr(a_ptr, v_ptr, tau_ptr, n, top, start, m, M_POW2: tl.constexpr, B: t
     tl.store(pointers, panel, mask=row_in[:, None])
 
 @triton.jit
-def chase_bulges(a_ptr, d_ptr, e_ptr, n, B: tl.constexpr, N_POW2: tl.constexpr):
+def _diagonal_block(base, n, r_s, r, lower):
+    """The lower triangle of the diagonal block at rows and columns ``r_s .. r_s + B - 1``."""
+    rows = r_s + r
+    row_in = rows < n
+    mask = row_in[:, None] & row_in[None, :] & lower
+    return tl.load(base + rows[:, None].to(tl.int64) * n + rows[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _block_below(base, n, r_s, r):
+    """The block at rows ``r_s + B ..`` and columns ``r_s ..`` (B x B; zero past the matrix)."""
+    rows = r_s + r
+    below_rows = rows + r.shape[0]
+    mask = (below_rows < n)[:, None] & (rows < n)[None, :]
+    return tl.load(base + below_rows[:, None].to(tl.int64) * n + rows[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def chase_bulges(a_ptr, d_ptr, e_ptr, n, B: tl.constexpr, N_POW2: tl.constexpr, PREFETCH: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     base = a_ptr + b * n * n
     r = tl.arange(0, B)
@@ -54,18 +72,15 @@ def chase_bulges(a_ptr, d_ptr, e_ptr, n, B: tl.constexpr, N_POW2: tl.constexpr):
         cols = r0 - B + c
         tile_mask = (rows < n)[:, None] & (cols >= 0)[None, :]
         tile = tl.load(base + rows[:, None].to(tl.int64) * n + cols[None, :], mask=tile_mask, other=0.0)
+        stored = _diagonal_block(base, n, r0, r, lower)
+        below = _block_below(base, n, r0, r)
         for step in range(0, tl.cdiv(n - r0, B)):
             r_s = r0 + step * B
+            if PREFETCH:  # the next step's blocks: this step neither reads nor writes them
+                stored_next = _diagonal_block(base, n, r_s + B, r, lower)
+                below_next = _block_below(base, n, r_s + B, r)
             rows = r_s + r
             row_in = rows < n
-            below_rows = rows + B
-            # the diagonal block and the block below it: loads issued before the reflector's work
-            d_pointers = base + rows[:, None].to(tl.int64) * n + rows[None, :]
-            d_mask = row_in[:, None] & row_in[None, :] & lower
-            stored = tl.load(d_pointers, mask=d_mask, other=0.0)
-            n_pointers = base + below_rows[:, None].to(tl.int64) * n + rows[None, :]
-            n_mask = (below_rows < n)[:, None] & row_in[None, :]
-            below = tl.load(n_pointers, mask=n_mask, other=0.0)
             # the reflector that annihilates the tile's pivot column below its first row
             pivot = tl.where(step == 0, B - 1, 0)
             x = tl.sum(tl.where(c[None, :] == pivot, tile, 0.0), 1)
@@ -81,9 +96,16 @@ def chase_bulges(a_ptr, d_ptr, e_ptr, n, B: tl.constexpr, N_POW2: tl.constexpr):
             p = tau * tl.sum(block * v[None, :], 1)
             w = p - (0.5 * tau * tl.sum(p * v, 0)) * v
             block = block - v[:, None] * w[None, :] - w[:, None] * v[None, :]
-            tl.store(d_pointers, block, mask=d_mask)
+            tl.store(base + rows[:, None].to(tl.int64) * n + rows[None, :], block,
+                     mask=row_in[:, None] & row_in[None, :] & lower)
             # from the right on the block below: its fill is the next step's tile
             tile = below - (tau * tl.sum(below * v[None, :], 1))[:, None] * v[None, :]
+            if PREFETCH:
+                stored = stored_next
+                below = below_next
+            else:
+                stored = _diagonal_block(base, n, r_s + B, r, lower)
+                below = _block_below(base, n, r_s + B, r)
     tl.debug_barrier()
     idx = tl.arange(0, N_POW2)
     tl.store(d_ptr + b * n + idx, tl.load(base + idx.to(tl.int64) * (n + 1), mask=idx < n), mask=idx < n)
