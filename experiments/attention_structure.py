@@ -78,8 +78,9 @@ def measurement(config: AttentionStructureConfig) -> Measurement:
             for name in ("sink_score", "entropy", "local_mass", "local_mass_no_bos")})
         columns["head_class"] = classify(columns, config)
         distance = torch.stack([s.distance for s in stats])  # [layer, batch, head, D] -> rows in (sample, layer, head) order
-        # float32 values as Python floats (exact, as float64): one list per row
-        columns["distance"] = distance.transpose(0, 1).reshape(-1, distance.shape[-1]).float().cpu().numpy().tolist()
+        # one float64 array per row (float32 values, exact), views of one matrix: what reading the
+        # result file back gives, at a fraction of the cost of Python lists (10,240 rows: 1.4 ms, not 32)
+        columns["distance"] = list(distance.transpose(0, 1).reshape(-1, distance.shape[-1]).double().cpu().numpy())
         return pd.DataFrame(columns)
 
     return Measurement(EXPERIMENT, lambda model, captured: [], rows, attention=(config.window, config.max_distance),
@@ -103,7 +104,7 @@ def run(
 ) -> pd.DataFrame:
     """Columns: ``model``, ``variant``, ``sample``, ``text``, ``register``, ``n_tokens``, ``layer``,
     ``head``, ``sink_score``, ``entropy``, ``local_mass``, ``local_mass_no_bos``, ``head_class``,
-    ``distance`` (list)."""
+    ``distance`` (one float64 array of ``max_distance`` values per row)."""
     config = AttentionStructureConfig(window, max_distance, sink_tau, local_tau, local_counts_bos, max_tokens,
                                       batch_size, bos)
     return measure(model, texts, [measurement(config)], max_tokens=max_tokens, bos=bos, batch_size=batch_size,

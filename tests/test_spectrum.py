@@ -48,16 +48,21 @@ def test_householder_and_bisection_match_lapack():
 
 
 @needs_kernel
-def test_bisection_kernel_matches_lapack():
+@pytest.mark.parametrize("fast_reciprocal", [False, True])
+def test_bisection_kernel_matches_lapack(fast_reciprocal, monkeypatch):
+    """Every tridiagonalisation with the bisection kernel, its Sturm recurrence dividing by q or
+    (CUDA only; the interpreter always divides) multiplying by a refined reciprocal of q."""
+    monkeypatch.setattr(spectrum, "FAST_RECIPROCAL", fast_reciprocal)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for a in _matrices(1):
-        for method in ("householder", "householder_fused", "householder_persistent", "householder_blocked"):
+        for method in ("householder", "householder_fused", "householder_persistent", "householder_blocked",
+                       "two_stage"):
             _check(spectrum.symmetric_eigenvalues(a.to(device), method=method), a)
     if torch.cuda.is_available():  # the study's size: 512 x 512, more than one block of eigenvalues
         x = torch.randn(4, 512, 1024, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
         x[:, 0] *= 100.0
         a = x @ x.mT
-        for method in ("auto", "householder_fused", "householder_persistent", "householder_blocked"):
+        for method in ("auto", "householder_fused", "householder_persistent", "householder_blocked", "two_stage"):
             _check(spectrum.symmetric_eigenvalues(a.cuda(), method=method), a)
 
 

@@ -87,15 +87,15 @@ def long_context(model, lengths, repeat: int) -> list[dict]:
     return rows
 
 
-def sweep(configs: list[str], length: int = 32768, repeat: int = 5) -> list[dict]:
-    """Time one layer's statistics (received included) at ``length`` tokens, 32 heads of 128, bf16,
-    for each kernel configuration ``"block_m,block_n,num_warps,num_stages"``; the fastest becomes
-    :data:`drope_lens.measurement.attention_stats_triton.CONFIG` for the rest of the run."""
+def sweep(configs: list[str], length: int = 32768, repeat: int = 5, batch: int = 1) -> list[dict]:
+    """Time one layer's statistics (received included) for ``batch`` sequences of ``length`` tokens,
+    32 heads of 128, bf16, for each kernel configuration ``"block_m,block_n,num_warps,num_stages"``;
+    the fastest becomes :data:`drope_lens.measurement.attention_stats_triton.CONFIG` for the rest of the run."""
     from drope_lens.measurement import attention_stats_triton as triton_stats
 
     gen = torch.Generator(device="cuda").manual_seed(2)
-    q = torch.randn(1, length, 32, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
-    k = torch.randn(1, length, 32, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+    q = torch.randn(batch, length, 32, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k = torch.randn(batch, length, 32, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
     rows = []
     for text in configs:
         config = triton_stats.KernelConfig(*map(int, text.split(",")))
@@ -106,7 +106,7 @@ def sweep(configs: list[str], length: int = 32768, repeat: int = 5) -> list[dict
             print(f"sweep {text}: {error!r}"[:300], flush=True)
             continue
         rows.append({"config": text, "one_layer_s": seconds})
-        print(f"sweep {text}: one layer, {length} tokens, all statistics: {seconds * 1e3:.2f} ms", flush=True)
+        print(f"sweep {text}: one layer, {batch} x {length} tokens, all statistics: {seconds * 1e3:.2f} ms", flush=True)
     best = min(rows, key=lambda row: row["one_layer_s"])
     triton_stats.CONFIG = triton_stats.KernelConfig(*map(int, best["config"].split(",")))
     print(f"sweep: using {triton_stats.CONFIG}", flush=True)
@@ -269,6 +269,8 @@ def main() -> None:
     parser.add_argument("--agreement-tokens", type=int, default=4096)
     parser.add_argument("--sweep", nargs="*", default=None, metavar="BM,BN,WARPS,STAGES",
                         help="time these Triton kernel configurations first (one layer at 32k) and use the fastest")
+    parser.add_argument("--sweep-shape", default="1,32768", metavar="BATCH,LENGTH",
+                        help="the sequences --sweep times its configurations on (study size: 10,512)")
     parser.add_argument("--profile", action="store_true", help="profile one study-size measure call")
     parser.add_argument("--shape", choices=["llama2-7b", "tiny"], default="llama2-7b",
                         help="tiny: a CPU smoke run of this script")
@@ -304,7 +306,8 @@ def main() -> None:
             args.out.write_text(json.dumps(result, indent=2))
 
     if args.sweep:
-        result["sweep"] = sweep(args.sweep)
+        batch, length = map(int, args.sweep_shape.split(","))
+        result["sweep"] = sweep(args.sweep, length=length, batch=batch)
     if device == "cuda":
         from drope_lens.measurement import attention_stats_triton
 

@@ -10,7 +10,7 @@ warm-up; largest |entropy - float64 LAPACK entropy| over all matrices, both norm
 * ``eigvalsh_cuda``: ``torch.linalg.eigvalsh`` on the batch (cuSOLVER, one matrix at a time);
 * ``eigvalsh_magma``: the same with ``torch.backends.cuda.preferred_linalg_library("magma")``;
 * ``two_stage`` (first): dense -> band -> tridiagonal, :mod:`drope_lens.measurement.spectrum_two_stage`,
-  in a CUDA graph and eagerly, and each stage alone; ``--two-stage BAND,WARPS[,PREFETCH]`` adds settings;
+  and each stage alone; ``--two-stage BAND,WARPS[,PREFETCH]`` adds settings;
 * ``householder_persistent`` (the default on CUDA for n <= 1,024): one kernel launch per batch,
   :mod:`drope_lens.measurement.spectrum_persistent`, also its tridiagonalisation alone;
   ``--quick`` times only it, ``householder_blocked`` (LAPACK's panels, in a CUDA graph) and
@@ -122,22 +122,18 @@ def main() -> None:
     from drope_lens.measurement import spectrum_two_stage as two_stage
 
     def two_stage_rows(settings: str) -> None:
-        """two_stage (graph and eager) and its stages alone, with one band and bulge-chasing warps."""
+        """two_stage and its stages alone, with one band, bulge-chasing warps and prefetch."""
         default = (two_stage.BAND, two_stage.CHASE_WARPS, two_stage.CHASE_PREFETCH)
         try:
             values = [int(x) for x in settings.split(",")] if settings else []
             two_stage.BAND, two_stage.CHASE_WARPS, prefetch = values + list(default[len(values):])
             two_stage.CHASE_PREFETCH = bool(prefetch)
             tag = f"two_stage {two_stage.BAND},{two_stage.CHASE_WARPS},{int(two_stage.CHASE_PREFETCH)}"
-            spectrum._GRAPHS.clear()  # a graph holds the band it was captured with
             t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="two_stage"), args.repeat)
             record(tag, t, eig)
-            spectrum.GRAPH = False
-            t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="two_stage"), args.repeat)
-            record(f"{tag} eager", t, eig)
             work = a.clone()
             t, _ = cuda_median(lambda: two_stage.reduce_to_band(work.copy_(a), two_stage.BAND), args.repeat)
-            record("  dense -> band (eager, copy included)", t)
+            record("  dense -> band (copy included)", t)
             banded = work.clone()
             t, (d, e) = cuda_median(lambda: two_stage.band_to_tridiagonal(work.copy_(banded), two_stage.BAND),
                                     args.repeat)
@@ -151,12 +147,21 @@ def main() -> None:
             rows.append({"method": f"two_stage {settings}", "error": repr(error)})
         finally:
             two_stage.BAND, two_stage.CHASE_WARPS, two_stage.CHASE_PREFETCH = default
-            spectrum.GRAPH = True
-            spectrum._GRAPHS.clear()
         save()
 
     for settings in [""] + list(args.two_stage):
         two_stage_rows(settings)
+    fast = spectrum.FAST_RECIPROCAL
+    for setting in (not fast, fast):  # the bisection with the other reciprocal, then this one again
+        spectrum.FAST_RECIPROCAL = setting
+        tag = "fast reciprocal" if setting else "IEEE division"
+        t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="two_stage"), args.repeat)
+        record(f"two_stage, {tag}", t, eig)
+        d, e = two_stage.tridiagonalize_two_stage(a)
+        t, _ = cuda_median(lambda: spectrum.tridiagonal_eigenvalues(d, e), args.repeat)
+        record(f"  bisection, {tag}", t)
+    spectrum.FAST_RECIPROCAL = fast
+    save()
     from drope_lens.measurement.spectrum_persistent import tridiagonalize_persistent
 
     t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_persistent"), args.repeat)

@@ -124,8 +124,8 @@ def measure(
                 continue
             build = _forward(model, texts, samples, batch_tokens, measurements)
             # built one step later by run_sweep: the next batch's forward is queued first
-            yield lambda build=build: {unit(name, sample): rows for name, frame in build().items()
-                                       for sample, rows in split_by_sample(frame)}
+            yield lambda build=build: {unit(name, sample): rows for name, pieces in build().items()
+                                       for sample, rows in pieces}
 
     parts = run_sweep([Planned(tuple(unit(n, i) for i in chunk for n in names), len(chunk)) for chunk in chunks],
                       store, step, label=f"{'+'.join(names)} {model_variant(model)}", device=model.cfg.device,
@@ -133,15 +133,17 @@ def measure(
     return {name: pd.concat([parts[unit(name, i)] for i in range(len(texts))], ignore_index=True) for name in names}
 
 
-def _forward(model, texts, samples, tokens, measurements) -> Callable[[], dict[str, pd.DataFrame]]:
-    """Run one hooked forward; return a callable that builds every measurement's frame.
+def _forward(model, texts, samples, tokens, measurements) -> Callable[[], dict[str, list[tuple[int, pd.DataFrame]]]]:
+    """Run one hooked forward; return a callable that builds every measurement's frame, split by
+    sample (:func:`split_by_sample`: ``{name: [(sample, rows), ...]}``).
 
     After the forward, every captured tensor (captured dicts and attention statistics, except
     :class:`~drope_lens.measurement.deferred.DeferredCapture` values) goes to the host in ONE
     non-blocking copy per device (:func:`~drope_lens.engine.host_transfer.pack_to_host`); then the
     deferred work is launched, so that the device computes it while the host waits for the copy
     only and builds the frames from host tensors. Measurements without deferred captures are built
-    first. On the CPU nothing is copied: the frames are those of the captures as they are.
+    (and split) first, while the device still works on the deferred ones. On the CPU nothing is
+    copied: the frames are those of the captures as they are.
     """
     captured = {m.name: {} for m in measurements}
     hooks: list[HookPair] = []
@@ -167,14 +169,14 @@ def _forward(model, texts, samples, tokens, measurements) -> Callable[[], dict[s
     head = {"model": model_name(model), "variant": model_variant(model), "n_tokens": int(tokens.shape[1]),
             "texts": texts, "samples": samples}
 
-    def build() -> dict[str, pd.DataFrame]:
+    def build() -> dict[str, list[tuple[int, pd.DataFrame]]]:
         with torch.inference_mode():
             host = copy.host()
             out = {}
             for m in sorted(measurements, key=lambda m: bool(deferred[m.name])):  # stable: deferred ones last
                 batch = Batch(samples, [texts[i] for i in samples], tokens, host["captured"][m.name],
                               host["attention"].get(m.attention) if m.attention is not None else None)
-                out[m.name] = _with_head(m.rows(model, batch), **head)
+                out[m.name] = list(split_by_sample(_with_head(m.rows(model, batch), **head)))
         return {m.name: out[m.name] for m in measurements}
 
     return build
@@ -182,18 +184,17 @@ def _forward(model, texts, samples, tokens, measurements) -> Callable[[], dict[s
 
 def _with_head(rows: pd.DataFrame, *, model: str, variant: str, n_tokens: int, texts, samples) -> pd.DataFrame:
     """``rows`` (with a ``sample`` column) behind the columns model, variant, sample, text, register,
-    n_tokens, with a fresh index. Columns are inserted into a shallow copy of ``rows`` (no data copied;
-    the caller's frame is left as it is); text and register are taken per sample, not per row."""
-    out = rows.copy(deep=False)
-    sample = out.pop("sample").to_numpy()
+    n_tokens, with a fresh index; the caller's frame is left as it is. Built in one constructor call
+    from ``rows``' arrays (no data copied); text and register are typed once per sample and then
+    taken per row (10,240 rows: about half the time of inserting object columns one by one)."""
+    sample = rows["sample"].to_numpy()
     present, which = np.unique(sample, return_inverse=True)
-    names = np.array([texts[s].name for s in present.tolist()], dtype=object)
-    registers = np.array([texts[s].register for s in present.tolist()], dtype=object)
-    for i, (name, value) in enumerate((("model", model), ("variant", variant), ("sample", sample),
-                                       ("text", names[which]), ("register", registers[which]),
-                                       ("n_tokens", n_tokens))):
-        out.insert(i, name, value)
-    return out.reset_index(drop=True)
+    names = pd.Series([texts[s].name for s in present.tolist()]).array.take(which)
+    registers = pd.Series([texts[s].register for s in present.tolist()]).array.take(which)
+    columns = {"model": model, "variant": variant, "sample": sample, "text": names, "register": registers,
+               "n_tokens": n_tokens}
+    columns.update((name, rows[name].array) for name in rows.columns if name != "sample")
+    return pd.DataFrame(columns, index=pd.RangeIndex(len(rows)))
 
 
 def split_by_sample(frame: pd.DataFrame):
@@ -208,7 +209,9 @@ def split_by_sample(frame: pd.DataFrame):
         return
     bounds = np.r_[starts, len(sample)]
     for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        yield frame["sample"].iat[a], frame.iloc[a:b].reset_index(drop=True)
+        rows = frame.iloc[a:b]
+        rows.index = pd.RangeIndex(b - a)  # a fresh index without reset_index's copy of the frame
+        yield sample[a].item(), rows
 
 
 def per_head_frame(samples: Sequence[int], columns: dict[str, torch.Tensor]) -> pd.DataFrame:
