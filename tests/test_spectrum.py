@@ -48,11 +48,7 @@ def test_householder_and_bisection_match_lapack():
 
 
 @needs_kernel
-@pytest.mark.parametrize("fast_reciprocal", [False, True])
-def test_bisection_kernel_matches_lapack(fast_reciprocal, monkeypatch):
-    """Every tridiagonalisation with the bisection kernel, its Sturm recurrence dividing by q or
-    (CUDA only; the interpreter always divides) multiplying by a refined reciprocal of q."""
-    monkeypatch.setattr(spectrum, "FAST_RECIPROCAL", fast_reciprocal)
+def test_bisection_kernel_matches_lapack():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for a in _matrices(1):
         for method in ("householder", "householder_fused", "householder_persistent", "householder_blocked",

@@ -151,17 +151,6 @@ def main() -> None:
 
     for settings in [""] + list(args.two_stage):
         two_stage_rows(settings)
-    fast = spectrum.FAST_RECIPROCAL
-    for setting in (not fast, fast):  # the bisection with the other reciprocal, then this one again
-        spectrum.FAST_RECIPROCAL = setting
-        tag = "fast reciprocal" if setting else "IEEE division"
-        t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="two_stage"), args.repeat)
-        record(f"two_stage, {tag}", t, eig)
-        d, e = two_stage.tridiagonalize_two_stage(a)
-        t, _ = cuda_median(lambda: spectrum.tridiagonal_eigenvalues(d, e), args.repeat)
-        record(f"  bisection, {tag}", t)
-    spectrum.FAST_RECIPROCAL = fast
-    save()
     from drope_lens.measurement.spectrum_persistent import tridiagonalize_persistent
 
     t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="householder_persistent"), args.repeat)

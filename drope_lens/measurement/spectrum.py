@@ -60,11 +60,6 @@ METHODS = ("auto", "eigvalsh", "householder", "householder_fused", "householder_
            "cusolver_batched", "two_stage")
 N_HALVINGS = 64
 BLOCK = 128
-#: On CUDA the bisection's Sturm recurrence takes 1 / q as the hardware's float64 reciprocal
-#: approximation (``rcp.approx.ftz.f64``) refined by two Newton steps (relative error squared twice:
-#: full float64 precision from ~22 correct bits) instead of an IEEE division; q is never subnormal
-#: (the pivot guard keeps |q| >= pivmin >= the smallest normal float64).
-FAST_RECIPROCAL = False
 #: What ``method="auto"`` uses for CUDA tensors instead of its own choice (None: householder_persistent
 #: up to n = 1,024, householder_fused above). The benchmarks' ``--spectrum-method`` sets it, so a
 #: whole Exp 4 measurement can be timed with another method without editing code.
@@ -254,8 +249,7 @@ def tridiagonal_eigenvalues(
         grid = (batch, kernel.triton.cdiv(n, BLOCK))
         with torch.cuda.device(d.device) if d.is_cuda else contextlib.nullcontext():
             kernel.bisect[grid](d, e2, low.contiguous(), high.contiguous(), pivmin.contiguous(), out, n,
-                                N_HALVINGS=N_HALVINGS, BLOCK=BLOCK, FAST_RCP=FAST_RECIPROCAL and d.is_cuda,
-                                num_warps=4)
+                                N_HALVINGS=N_HALVINGS, BLOCK=BLOCK, num_warps=4)
         return out
     return _bisect_torch(d, e2, low, high, pivmin)
 
@@ -299,7 +293,7 @@ def _kernel():
 
     @triton.jit
     def bisect_kernel(d_ptr, e2_ptr, low_ptr, high_ptr, pivmin_ptr, out_ptr, n,
-                      N_HALVINGS: tl.constexpr, BLOCK: tl.constexpr, FAST_RCP: tl.constexpr):
+                      N_HALVINGS: tl.constexpr, BLOCK: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
         index = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         zero = tl.zeros([BLOCK], tl.float64)
@@ -313,14 +307,7 @@ def _kernel():
             q = tl.where(tl.abs(q) < pivmin, -pivmin + zero, q)
             count = tl.where(q <= 0, 1, 0)
             for j in range(1, n):
-                if FAST_RCP:  # 1 / q: the hardware's approximation, then two Newton steps (error^4)
-                    r = tl.inline_asm_elementwise("rcp.approx.ftz.f64 $0, $1;", "=d,d", [q], dtype=tl.float64,
-                                                  is_pure=True, pack=1)
-                    r = r + r * (1.0 - q * r)
-                    r = r + r * (1.0 - q * r)
-                    q = (tl.load(d_ptr + base + j) - mid) - tl.load(e2_ptr + base + j - 1) * r
-                else:
-                    q = (tl.load(d_ptr + base + j) - mid) - tl.load(e2_ptr + base + j - 1) / q
+                q = (tl.load(d_ptr + base + j) - mid) - tl.load(e2_ptr + base + j - 1) / q
                 q = tl.where(tl.abs(q) < pivmin, -pivmin + zero, q)
                 count += tl.where(q <= 0, 1, 0)
             left = count > index
