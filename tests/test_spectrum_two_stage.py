@@ -136,6 +136,10 @@ def test_study_size_matches_lapack():
                     assert (mine.cpu() - lapack).abs().max() < 1e-10
     finally:
         two_stage.BAND = default
+    a = _grams(512, batch=2, seed=8).cuda()
+    want = spectrum.symmetric_eigenvalues(a, method="two_stage")
+    got = spectrum.symmetric_eigenvalues(a, method="two_stage", overwrite=True)  # in place: same answer
+    assert torch.equal(want, got)
     with pytest.raises(ValueError, match=f"<= {two_stage.MAX_N}"):
         two_stage.tridiagonalize_two_stage(torch.zeros(1, two_stage.MAX_N + 1, two_stage.MAX_N + 1,
                                                        dtype=torch.float64, device="cuda"))

@@ -26,11 +26,12 @@ def gram_matrix(x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tens
 
 
 def entropies_from_gram(
-    gram: Float[torch.Tensor, "batch m m"], n_pos: int, width: int,
+    gram: Float[torch.Tensor, "batch m m"], n_pos: int, width: int, *, overwrite: bool = False,
 ) -> tuple[Float[torch.Tensor, "batch"], Float[torch.Tensor, "batch"]]:
     """:func:`representation_entropy` of matrices of shape ``[n_pos, width]`` from their
-    :func:`gram_matrix` (any number at once: one batched eigenvalue computation)."""
-    return entropies_from_spectrum(symmetric_eigenvalues(gram), n_pos, width)
+    :func:`gram_matrix` (any number at once: one batched eigenvalue computation; ``overwrite``: the
+    solver may work in place on ``gram``)."""
+    return entropies_from_spectrum(symmetric_eigenvalues(gram, overwrite=overwrite), n_pos, width)
 
 
 def entropies_from_spectrum(
@@ -97,7 +98,8 @@ class DeferredEntropies(DeferredCapture):
             groups.setdefault((gram.device, shape), []).append((layer, gram))
         per_device: dict = {}
         for (device, shape), members in groups.items():
-            h_energy, h_norm = entropies_from_gram(torch.cat([gram for _, gram in members]), *shape)
+            batch = torch.cat([gram for _, gram in members])  # a fresh tensor: solved in place
+            h_energy, h_norm = entropies_from_gram(batch, *shape, overwrite=True)
             per_device.setdefault(device, []).append(([layer for layer, _ in members], torch.stack([h_energy, h_norm])))
         self._grams = []  # the Gram matrices are no longer needed once the solves are queued
         self._copies = []

@@ -69,7 +69,7 @@ UPDATE_ROWS, UPDATE_COLUMNS, UPDATE_WARPS = 8, 512, 4
 
 
 def symmetric_eigenvalues(
-    a: Float[torch.Tensor, "batch n n"], *, method: Method = "auto",
+    a: Float[torch.Tensor, "batch n n"], *, method: Method = "auto", overwrite: bool = False,
 ) -> Float[torch.Tensor, "batch n"]:
     """Ascending eigenvalues (float64) of each symmetric ``[n, n]`` matrix of ``a`` (lower triangle
     and upper are both read: ``a`` must be symmetric).
@@ -80,8 +80,10 @@ def symmetric_eigenvalues(
     triangle only: :mod:`drope_lens.measurement.spectrum_persistent`; n <= 1,024),
     ``"householder_blocked"`` (LAPACK ``dsytrd``'s panels: :mod:`drope_lens.measurement.spectrum_blocked`),
     ``"cusolver_batched"`` (one ``cusolverDnXsyevBatched`` call, CUDA only, cuSOLVER >= 11.7.1:
-    :mod:`drope_lens.measurement.spectrum_cusolver`), ``"auto"``: on CUDA with Triton
-    householder_persistent up to n = 1,024 and householder_fused above, else eigvalsh.
+    :mod:`drope_lens.measurement.spectrum_cusolver`), ``"two_stage"`` (dense -> band -> tridiagonal:
+    :mod:`drope_lens.measurement.spectrum_two_stage`), ``"auto"``: on CUDA with Triton two_stage up to
+    n = 1,024 and householder_fused above, else eigvalsh. ``overwrite=True`` lets two_stage work in
+    place on a contiguous float64 ``a`` (the caller's batch is then garbage; saves one copy).
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r}: allowed values are {list(METHODS)}.")
@@ -106,7 +108,8 @@ def symmetric_eigenvalues(
     if method == "householder_persistent":
         return tridiagonal_eigenvalues(*persistent.tridiagonalize_persistent(a))
     if method == "two_stage":  # ~70 launches for n = 512: a CUDA graph gained nothing (33.8 against 34.4 ms)
-        return tridiagonal_eigenvalues(*two_stage.tridiagonalize_two_stage(a))
+        # overwrite: a contiguous float64 batch of the caller's is worked on in place (no copy)
+        return tridiagonal_eigenvalues(*two_stage.tridiagonalize_two_stage(a, copy=not overwrite))
     fn = {"householder_fused": tridiagonalize_fused, "householder_blocked": blocked.tridiagonalize_blocked}.get(
         method, tridiagonalize)
     d, e = _graphed(fn, a) if GRAPH and a.is_cuda and not torch.cuda.is_current_stream_capturing() else fn(a)
