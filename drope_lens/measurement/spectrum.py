@@ -30,7 +30,10 @@ whole batch moves together:
    (for tests and small inputs).
 
 :func:`symmetric_eigenvalues` picks the path: CPU tensors go to LAPACK (``eigvalsh``), which is
-fast there; CUDA tensors to 1 (one-launch up to n = 1,024, fused above) + 2 when Triton is available.
+fast there; CUDA tensors to 1 + 2 when Triton is available: up to n = 1,024 the two-stage reduction of
+:mod:`drope_lens.measurement.spectrum_two_stage` (dense -> band by blocked Householder GEMMs, band ->
+tridiagonal by bulge chasing; 33.8 ms for the 320 matrices with the bisection against the one-launch
+path's 84.0 ms, spectrum_bench, session 30), above it the fused per-column kernel.
 cuSOLVER's own batched solver for any n (``cusolverDnXsyevBatched``, which PyTorch does not reach
 above n = 32) is ``method="cusolver_batched"`` (:mod:`drope_lens.measurement.spectrum_cusolver`);
 on an H200 it matched LAPACK and took 98.9 ms for 320 matrices of 512 x 512 against the one-launch
