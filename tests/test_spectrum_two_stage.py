@@ -136,6 +136,8 @@ def test_study_size_matches_lapack():
                     assert (mine.cpu() - lapack).abs().max() < 1e-10
     finally:
         two_stage.BAND = default
+    a = _grams(1000, batch=2, seed=9)  # above 512, not a power of two, near MAX_N: wider panels
+    _assert_same_spectrum(spectrum.symmetric_eigenvalues(a.cuda()), a)  # "auto" takes two_stage up to MAX_N
     a = _grams(512, batch=2, seed=8).cuda()
     want = spectrum.symmetric_eigenvalues(a, method="two_stage")
     got = spectrum.symmetric_eigenvalues(a, method="two_stage", overwrite=True)  # in place: same answer
