@@ -11,7 +11,7 @@ warm-up; largest |entropy - float64 LAPACK entropy| over all matrices, both norm
 * ``eigvalsh_magma``: the same with ``torch.backends.cuda.preferred_linalg_library("magma")``;
 * ``two_stage`` (first): dense -> band -> tridiagonal, :mod:`drope_lens.measurement.spectrum_two_stage`,
   and each stage alone; ``--two-stage BAND,WARPS[,PREFETCH]`` adds settings;
-* ``householder_persistent`` (the default on CUDA for n <= 1,024): one kernel launch per batch,
+* ``householder_persistent`` (the default on CUDA for n <= 1,024 until session 30): one kernel launch per batch,
   :mod:`drope_lens.measurement.spectrum_persistent`, also its tridiagonalisation alone;
   ``--quick`` times only it, ``householder_blocked`` (LAPACK's panels, in a CUDA graph) and
   ``householder_fused``;
@@ -95,7 +95,7 @@ def main() -> None:
                         help="also time two_stage with these band half-widths, bulge-chasing warps and "
                              "prefetch (1) or not (0)")
     parser.add_argument("--quick", action="store_true",
-                        help="only householder_persistent (the default) against householder_fused in a graph")
+                        help="only two_stage (the default), householder_persistent, householder_blocked, cusolver_batched and householder_fused")
     parser.add_argument("--skip-slow", action="store_true",
                         help="only householder and cuSOLVER eigvalsh (no MAGMA, host threads or float32)")
     args = parser.parse_args()

@@ -63,8 +63,8 @@ METHODS = ("auto", "eigvalsh", "householder", "householder_fused", "householder_
            "cusolver_batched", "two_stage")
 N_HALVINGS = 64
 BLOCK = 128
-#: What ``method="auto"`` uses for CUDA tensors instead of its own choice (None: householder_persistent
-#: up to n = 1,024, householder_fused above). The benchmarks' ``--spectrum-method`` sets it, so a
+#: What ``method="auto"`` uses for CUDA tensors instead of its own choice (None: two_stage up to
+#: n = 1,024, householder_fused above). The benchmarks' ``--spectrum-method`` sets it, so a
 #: whole Exp 4 measurement can be timed with another method without editing code.
 AUTO_CUDA_METHOD: str | None = None
 #: Tile of the fused update kernel: the fastest of six in spectrum_bench --update-tiles (H200).
