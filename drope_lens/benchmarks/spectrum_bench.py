@@ -9,12 +9,13 @@ warm-up; largest |entropy - float64 LAPACK entropy| over all matrices, both norm
 
 * ``eigvalsh_cuda``: ``torch.linalg.eigvalsh`` on the batch (cuSOLVER, one matrix at a time);
 * ``eigvalsh_magma``: the same with ``torch.backends.cuda.preferred_linalg_library("magma")``;
-* ``two_stage`` (first): dense -> band -> tridiagonal, :mod:`drope_lens.measurement.spectrum_two_stage`,
-  and each stage alone; ``--two-stage BAND,WARPS[,PREFETCH]`` adds settings;
+* ``two_stage`` (first; the default on CUDA for n <= 1,024): dense -> band -> tridiagonal,
+  :mod:`drope_lens.measurement.spectrum_two_stage`, and each stage alone;
+  ``--two-stage BAND,WARPS[,PREFETCH]`` adds settings;
 * ``householder_persistent`` (the default on CUDA for n <= 1,024 until session 30): one kernel launch per batch,
   :mod:`drope_lens.measurement.spectrum_persistent`, also its tridiagonalisation alone;
-  ``--quick`` times only it, ``householder_blocked`` (LAPACK's panels, in a CUDA graph) and
-  ``householder_fused``;
+  ``--quick`` times only two_stage, it, ``householder_blocked`` (LAPACK's panels, in a CUDA graph),
+  ``cusolver_batched`` and ``householder_fused``;
 * ``householder``: :func:`drope_lens.measurement.spectrum.symmetric_eigenvalues` (batched tridiagonalisation
   + Triton bisection), also split into its two stages; ``householder_fused``: the same with
   :func:`~drope_lens.measurement.spectrum.tridiagonalize_fused` (one pass per column); each with
