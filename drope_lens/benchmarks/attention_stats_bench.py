@@ -145,14 +145,20 @@ def agreement(model, length: int) -> dict:
     return out
 
 
-def study_size(model, texts, repeat: int) -> dict:
+def study_parts() -> list:
+    """The measurements of row 1 (Exp 4, 5, 7, 8-9 at their default configs), measured together."""
     from drope_lens.experiments import attention_structure, bos_write, layer_balance, sinks
+
+    return [sinks.measurement(sinks.SinksConfig()), bos_write.measurement(bos_write.BosWriteConfig()),
+            attention_structure.measurement(attention_structure.AttentionStructureConfig()),
+            layer_balance.measurement(layer_balance.LayerBalanceConfig())]
+
+
+def study_size(model, texts, repeat: int) -> dict:
     from drope_lens.measurement.tokens import tokenize
     from drope_lens.engine.measure import measure
 
-    parts = [sinks.measurement(sinks.SinksConfig()), bos_write.measurement(bos_write.BosWriteConfig()),
-             attention_structure.measurement(attention_structure.AttentionStructureConfig()),
-             layer_balance.measurement(layer_balance.LayerBalanceConfig())]
+    parts = study_parts()
     batch = torch.stack(tokenize(model, texts, 512)).to(model.cfg.device)
 
     def bare():
@@ -179,11 +185,8 @@ def profile_study(model, texts) -> None:
     from torch.profiler import ProfilerActivity, profile, record_function
 
     from drope_lens.engine import measure as measure_module
-    from drope_lens.experiments import attention_structure, bos_write, layer_balance, sinks
 
-    parts = [sinks.measurement(sinks.SinksConfig()), bos_write.measurement(bos_write.BosWriteConfig()),
-             attention_structure.measurement(attention_structure.AttentionStructureConfig()),
-             layer_balance.measurement(layer_balance.LayerBalanceConfig())]
+    parts = study_parts()
 
     def labelled(name, fn):
         def wrapper(*args, **kwargs):

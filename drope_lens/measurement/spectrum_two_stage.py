@@ -40,7 +40,8 @@ from drope_lens.measurement.householder import reflector
 #: H200, 320 matrices of 512 (session 30, spectrum_bench): 16 -> 33.5 ms with the bisection, 32 -> 38.3-42.3,
 #: 64 -> 113-182 (docs/gpu_evidence/spectrum_bench_h200_s30.json).
 BAND = 16
-#: Warps per program of the bulge-chasing kernel, and of the panel kernel per 512 panel rows.
+#: Warps per program of the bulge-chasing kernel, and of the panel kernel per 16,384 panel elements
+#: (512 rows x 32 columns; at most 16).
 CHASE_WARPS = 4
 #: Load each bulge-chasing step's two next blocks before the step's own work (hides their latency).
 CHASE_PREFETCH = True
