@@ -218,6 +218,66 @@ def profile_study(model, texts) -> None:
     print_timeline(prof.events())
 
 
+def phase_timeline(model, texts, repeat: int = 3) -> list[dict]:
+    """Where the host and the GPU are during a warm study-size ``measure`` call, without a profiler:
+    each phase (tokenising, the hooked forward, the copy to the host, each measurement's rows, the
+    split into per-sample frames) records ``time.perf_counter`` and a CUDA event on entry and exit.
+    Printed per phase in ms from the call's start: host enter .. exit, and the time the GPU reached
+    the same points of its stream (all work queued before them done). A phase whose host exit is
+    later than the GPU's is host-bound. ``repeat`` calls after one warm-up; the last is printed."""
+    import time
+
+    from drope_lens.engine import measure as measure_module
+
+    records: list = []
+
+    def mark(name: str, edge: str) -> None:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        records.append((name, edge, time.perf_counter(), event))
+
+    def labelled(name, fn):
+        def wrapper(*args, **kwargs):
+            mark(name, "enter")
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                mark(name, "exit")
+        return wrapper
+
+    parts = [dataclasses.replace(p, rows=labelled(f"{p.name} rows", p.rows)) for p in study_parts()]
+    names = ("tokenize", "pack_to_host", "_forward", "split_by_sample")
+    originals = {name: getattr(measure_module, name) for name in names}
+    for name, fn in originals.items():
+        if name == "split_by_sample":  # a generator: time it consumed
+            setattr(measure_module, name, labelled(name, lambda frame, fn=fn: list(fn(frame))))
+        else:
+            setattr(measure_module, name, labelled(name, fn))
+    runs = []
+    try:
+        for k in range(repeat + 1):
+            records.clear()
+            mark("measure", "enter")
+            measure_module.measure(model, texts, parts, max_tokens=512, batch_size=10, show_progress=False)
+            mark("measure", "exit")
+            torch.cuda.synchronize()
+            host0, gpu0 = records[0][2], records[0][3]
+            rows = [{"phase": n, "edge": e, "host_ms": (h - host0) * 1e3, "gpu_ms": gpu0.elapsed_time(ev)}
+                    for n, e, h, ev in records]
+            if k:
+                runs.append(rows)
+    finally:
+        for name, fn in originals.items():
+            setattr(measure_module, name, fn)
+    last = runs[-1]
+    print("phase timeline (ms from the call's start; host = perf_counter, gpu = when the stream got there):")
+    for row in last:
+        print(f"  {row['phase']:>28} {row['edge']:>5}: host {row['host_ms']:8.2f}  gpu {row['gpu_ms']:8.2f}")
+    totals = [r[-1]["host_ms"] for r in runs]
+    print(f"  measure calls: host {', '.join(f'{t:.1f}' for t in totals)} ms", flush=True)
+    return runs
+
+
 def print_timeline(events, min_gap_ms: float = 0.2) -> None:
     """The host's ``phase: ...`` ranges (ms from the start of ``phase: measure``) and every gap of at
     least ``min_gap_ms`` between GPU kernels, with the phases the host was in meanwhile; then the
@@ -275,6 +335,10 @@ def main() -> None:
     parser.add_argument("--sweep-shape", default="1,32768", metavar="BATCH,LENGTH",
                         help="the sequences --sweep times its configurations on (study size: 10,512)")
     parser.add_argument("--profile", action="store_true", help="profile one study-size measure call")
+    parser.add_argument("--phases", action="store_true",
+                        help="host and GPU times of each phase of a study-size measure call (no profiler)")
+    parser.add_argument("--variant", choices=["rope", "drope"], default="drope",
+                        help="the model the statistics run on (same random weights)")
     parser.add_argument("--shape", choices=["llama2-7b", "tiny"], default="llama2-7b",
                         help="tiny: a CPU smoke run of this script")
     add_spectrum_method_argument(parser)
@@ -297,11 +361,11 @@ def main() -> None:
     if not (directory / "tokenizer.json").exists():
         write_tokenizer(directory, [t.text for t in builtin_texts()], vocab_size=min(8000, shape.vocab))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = dl.load_model(directory, dtype="bf16", device=device, variant="drope",
+    model = dl.load_model(directory, dtype="bf16", device=device, variant=args.variant,
                           n_ctx=max(args.lengths + [shape.max_position_embeddings]))
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     result = {"device": name, "torch": torch.__version__, "shape": f"{args.shape} (random bf16)",
-              "variant": "drope", "repeat": args.repeat, "spectrum_method": args.spectrum_method or "default"}
+              "variant": args.variant, "repeat": args.repeat, "spectrum_method": args.spectrum_method or "default"}
 
     def save() -> None:  # after every part, so a run cut short keeps what it measured
         if args.out:
@@ -319,6 +383,9 @@ def main() -> None:
     save()
     if args.profile:
         profile_study(model, texts)
+    if args.phases and device == "cuda":
+        result["phases"] = phase_timeline(model, texts, args.repeat)
+        save()
     result["agreement"] = agreement(model, args.agreement_tokens) if args.agreement_tokens else None
     save()
     result["long_context"] = []

@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -338,6 +339,8 @@ def main() -> None:
                         help="tiny: a CPU smoke run of this script (2 layers, d_model 128)")
     parser.add_argument("--split-lengths", action="store_true",
                         help="run Exp 10 once per length (one result row each) to see where its time goes")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each experiment this many times and report the median wall time (all kept)")
     parser.add_argument("--defer-hf", action="store_true",
                         help="replay the HF work after all of a model's experiments ran (our times come first)")
     parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
@@ -416,15 +419,20 @@ def main() -> None:
             if lengths is not None:
                 row["lengths"] = lengths
             print(f"{stamp()} {_label(row)} ({variant}) ...", flush=True)
-            log = ForwardLog(model)
-            _sync()
-            begin = time.perf_counter()
-            try:
-                frame = run_experiment(name, model, args, texts, lengths)
-            finally:
-                calls = log.close()
-            _sync()
-            ours = time.perf_counter() - begin
+            samples = []
+            for k in range(max(1, args.repeat)):
+                log = ForwardLog(model)
+                _sync()
+                begin = time.perf_counter()
+                try:
+                    frame = run_experiment(name, model, args, texts, lengths)
+                finally:
+                    calls = log.close()  # every repeat makes the same forwards: the last one's are replayed
+                _sync()
+                samples.append(time.perf_counter() - begin)
+            ours = statistics.median(samples)
+            if len(samples) > 1:
+                row["seconds_each_run"] = samples
             row.update(seconds=ours, forwards=len(calls), tokens=sum(b * n for b, n, _, _ in calls), rows=len(frame))
             report["experiments"].append(row)
             save()
