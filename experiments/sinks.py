@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -105,12 +106,28 @@ def measurement(config: SinksConfig) -> Measurement:
         frame = per_head_columns(batch.samples, columns)
         frame = {**{k: frame[k] for k in ("sample", "layer", "head", "sink_score")},
                  "is_sink": frame["sink_score"] >= config.tau, **frame}
-        # the entropies last: on CUDA their spectra were solved while the columns above were built
-        solved = batch.captured[DEFERRED].result() if DEFERRED in batch.captured else {}
-        for i, name in enumerate(("repr_entropy", "repr_entropy_norm")):
-            per_layer = torch.stack([solved[layer][i] if layer in solved else batch.captured[layer][name]
-                                     for layer in range(n_layers)])  # [layer, batch]
-            frame[name] = per_head_values(per_layer[..., None].expand(-1, -1, n_heads))
+        names = ("repr_entropy", "repr_entropy_norm")
+
+        def entropies(solved: dict) -> dict:
+            out = {}
+            for i, name in enumerate(names):
+                per_layer = torch.stack([solved[layer][i] if layer in solved else batch.captured[layer][name]
+                                         for layer in range(n_layers)])  # [layer, batch]
+                out[name] = per_head_values(per_layer[..., None].expand(-1, -1, n_heads))
+            return out
+
+        if DEFERRED not in batch.captured:
+            return pd.DataFrame({**frame, **entropies({})})
+        # On CUDA the spectra are still being solved: the frame is built with the entropy columns
+        # as placeholders, which the engine fills once every frame of the forward is built.
+        deferred = batch.captured[DEFERRED]
+        frame.update((name, np.full(len(frame["sample"]), np.nan)) for name in names)
+
+        def fill(finished: pd.DataFrame) -> None:
+            for name, values in entropies(deferred.result()).items():
+                finished[name] = values
+
+        batch.complete.append(fill)
         return pd.DataFrame(frame)
 
     return Measurement(EXPERIMENT, _resid_hooks, rows, attention=ANY_WINDOW, config=config)

@@ -297,6 +297,33 @@ def test_packed_host_copy_and_deferred_entropies_give_the_same_frames(pair, monk
         assert len(buffers) == 1  # everything the frames read came through the batch's one copy
 
 
+def test_unsaved_frames_equal_saved_ones_with_chunks_of_unequal_lengths(pair, tmp_path, monkeypatch):
+    """Without a store a forward's frames stay whole (no per-sample split and concatenation); they
+    equal the saved path's, cell for cell, when a chunk holds texts of several lengths (several
+    forwards per chunk, samples out of order within it), over two chunks, with Exp 4's entropies
+    filled after the frames were built (the CUDA path, forced here)."""
+    from drope_lens.engine import measure as engine
+
+    path, ref, model = pair["nope"]
+    texts = _texts(7)
+    texts[1] = Text("short1", "synthetic", " ".join(texts[1].text.split()[:8]))
+    texts[4] = Text("short4", "synthetic", " ".join(texts[4].text.split()[:10]))
+    parts = [sinks.measurement(sinks.SinksConfig()), attention_structure.measurement(attention_structure.AttentionStructureConfig())]
+    monkeypatch.setattr(sinks, "_defer", lambda gram, n_layers: True)
+    lengths = []
+    original = engine._forward
+    monkeypatch.setattr(engine, "_forward", lambda *a: lengths.append((a[2], a[3].shape[1])) or original(*a))
+    unsaved = measure(model, texts, parts, max_tokens=MAX_TOKENS, batch_size=5, show_progress=False)
+    first_chunk = [i for samples, _ in lengths[:3] for i in samples]
+    assert len(lengths) == 4 and first_chunk != sorted(first_chunk)  # 3 forwards in chunk 0, out of order
+    saved = measure(model, texts, parts, max_tokens=MAX_TOKENS, batch_size=5, store=RunStore(tmp_path, "s", "r"),
+                    show_progress=False)
+    for name in saved:
+        pd.testing.assert_frame_equal(unsaved[name], saved[name], check_exact=True)
+        assert unsaved[name]["sample"].is_monotonic_increasing
+    assert not unsaved["sinks"]["repr_entropy"].isna().any()
+
+
 def test_user_measurement_with_interleaved_rows_and_nested_captures(pair):
     """A user-defined Measurement (the public shape: name, hooks, rows) whose rows interleave samples,
     put ``sample`` last and carry their own index: each text gets its own rows in their order behind

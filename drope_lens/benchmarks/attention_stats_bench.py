@@ -221,7 +221,7 @@ def profile_study(model, texts) -> None:
 def phase_timeline(model, texts, repeat: int = 3) -> list[dict]:
     """Where the host and the GPU are during a warm study-size ``measure`` call, without a profiler:
     each phase (tokenising, the hooked forward, the copy to the host, each measurement's rows, the
-    split into per-sample frames) records ``time.perf_counter`` and a CUDA event on entry and exit.
+    head columns put in front) records ``time.perf_counter`` and a CUDA event on entry and exit.
     Printed per phase in ms from the call's start: host enter .. exit, and the time the GPU reached
     the same points of its stream (all work queued before them done). A phase whose host exit is
     later than the GPU's is host-bound. ``repeat`` calls after one warm-up; the last is printed."""
@@ -246,13 +246,10 @@ def phase_timeline(model, texts, repeat: int = 3) -> list[dict]:
         return wrapper
 
     parts = [dataclasses.replace(p, rows=labelled(f"{p.name} rows", p.rows)) for p in study_parts()]
-    names = ("tokenize", "pack_to_host", "_forward", "split_by_sample")
+    names = ("tokenize", "pack_to_host", "_forward", "_with_head")
     originals = {name: getattr(measure_module, name) for name in names}
     for name, fn in originals.items():
-        if name == "split_by_sample":  # a generator: time it consumed
-            setattr(measure_module, name, labelled(name, lambda frame, fn=fn: list(fn(frame))))
-        else:
-            setattr(measure_module, name, labelled(name, fn))
+        setattr(measure_module, name, labelled(name, fn))
     runs = []
     try:
         for k in range(repeat + 1):

@@ -65,6 +65,10 @@ class Batch:
     tokens: torch.Tensor  # [batch, pos]
     captured: dict  # what the measurement's hooks stored
     attention: Optional[dict] = None  # layer -> AttentionStats, when requested
+    #: callables ``fn(frame)`` that ``rows`` may add: run on the measurement's finished frame (head
+    #: columns included) after every measurement's frame of the forward was built, to fill columns
+    #: that wait on deferred device work (the frame is built while the device still computes them)
+    complete: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,11 @@ def measure(
     store = bind_store(store, model, "+".join(names),
                        {m.name: {"config": m.config, "attention": m.attention, "options": m.options} for m in measurements},
                        max_tokens=max_tokens, bos=bos, batch_size=batch_size, texts=texts_fingerprint(texts))
-    unit = lambda name, i: f"{unit_prefix(model)}-{name}-sample-{i}"  # noqa: E731
     chunks = [list(range(i, min(i + batch_size, len(texts)))) for i in range(0, len(texts), batch_size)]
+    label = f"{'+'.join(names)} {model_variant(model)}"
+    if store is None:
+        return _measure_unsaved(model, texts, measurements, chunks, max_tokens, bos, batch_size, label, show_progress)
+    unit = lambda name, i: f"{unit_prefix(model)}-{name}-sample-{i}"  # noqa: E731
 
     def step(k: int, done: frozenset):
         chunk = chunks[k]
@@ -124,18 +131,57 @@ def measure(
                 continue
             build = _forward(model, texts, samples, batch_tokens, measurements)
             # built one step later by run_sweep: the next batch's forward is queued first
-            yield lambda build=build: {unit(name, sample): rows for name, pieces in build().items()
-                                       for sample, rows in pieces}
+            yield lambda build=build: {unit(name, sample): rows for name, frame in build().items()
+                                       for sample, rows in split_by_sample(frame)}
 
     parts = run_sweep([Planned(tuple(unit(n, i) for i in chunk for n in names), len(chunk)) for chunk in chunks],
-                      store, step, label=f"{'+'.join(names)} {model_variant(model)}", device=model.cfg.device,
+                      store, step, label=label, device=model.cfg.device,
                       weights=[len(chunk) for chunk in chunks], show_progress=show_progress)
     return {name: pd.concat([parts[unit(name, i)] for i in range(len(texts))], ignore_index=True) for name in names}
 
 
-def _forward(model, texts, samples, tokens, measurements) -> Callable[[], dict[str, list[tuple[int, pd.DataFrame]]]]:
-    """Run one hooked forward; return a callable that builds every measurement's frame, split by
-    sample (:func:`split_by_sample`: ``{name: [(sample, rows), ...]}``).
+def _measure_unsaved(model, texts, measurements, chunks, max_tokens, bos, batch_size, label, show_progress):
+    """:func:`measure` without a store: nothing is saved per text, so a forward's frames stay whole
+    (one unit per chunk of texts and measurement; not split by sample and concatenated back, which
+    cost more host time than building them at the study's size) and are put in sample order at the
+    end, as the per-sample units would be."""
+    names = [m.name for m in measurements]
+    unit = lambda name, k: f"{unit_prefix(model)}-{name}-chunk-{k}"  # noqa: E731
+
+    def step(k: int, done: frozenset):
+        chunk = chunks[k]
+        tokens = tokenize(model, [texts[i] for i in chunk], max_tokens, bos=bos)
+        forwards = list(batches_by_length(tokens, batch_size))
+        built: list = []  # the chunk's earlier forwards' frames (a chunk of unequal lengths has several)
+        for j, (local, batch_tokens) in enumerate(forwards):
+            build = _forward(model, texts, [chunk[i] for i in local], batch_tokens, measurements)
+            if j < len(forwards) - 1:
+                yield lambda build=build: built.append(build()) or {}
+            else:
+                yield lambda build=build: {unit(name, k): _concat([b[name] for b in built] + [frame])
+                                           for name, frame in build().items()}
+
+    parts = run_sweep([Planned(tuple(unit(n, k) for n in names), len(chunk)) for k, chunk in enumerate(chunks)],
+                      None, step, label=label, device=model.cfg.device,
+                      weights=[len(chunk) for chunk in chunks], show_progress=show_progress)
+    return {name: _in_sample_order(_concat([parts[unit(name, k)] for k in range(len(chunks))])) for name in names}
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def _in_sample_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame``'s rows stably sorted by ``sample`` (each sample's rows keep their order), fresh index."""
+    sample = frame["sample"].to_numpy()
+    if len(sample) < 2 or bool((sample[1:] >= sample[:-1]).all()):
+        return frame
+    return frame.iloc[np.argsort(sample, kind="stable")].reset_index(drop=True)
+
+
+def _forward(model, texts, samples, tokens, measurements) -> Callable[[], dict[str, pd.DataFrame]]:
+    """Run one hooked forward; return a callable that builds every measurement's frame (``{name:
+    DataFrame}``, head columns first, see :func:`_with_head`).
 
     After the forward, every captured tensor (captured dicts and attention statistics, except
     :class:`~drope_lens.measurement.deferred.DeferredCapture` values) goes to the host in ONE
@@ -169,14 +215,17 @@ def _forward(model, texts, samples, tokens, measurements) -> Callable[[], dict[s
     head = {"model": model_name(model), "variant": model_variant(model), "n_tokens": int(tokens.shape[1]),
             "texts": texts, "samples": samples}
 
-    def build() -> dict[str, list[tuple[int, pd.DataFrame]]]:
+    def build() -> dict[str, pd.DataFrame]:
         with torch.inference_mode():
             host = copy.host()
-            out = {}
+            out, complete = {}, []
             for m in sorted(measurements, key=lambda m: bool(deferred[m.name])):  # stable: deferred ones last
                 batch = Batch(samples, [texts[i] for i in samples], tokens, host["captured"][m.name],
                               host["attention"].get(m.attention) if m.attention is not None else None)
-                out[m.name] = list(split_by_sample(_with_head(m.rows(model, batch), **head)))
+                out[m.name] = _with_head(m.rows(model, batch), **head)
+                complete += [(fn, m.name) for fn in batch.complete]
+            for fn, name in complete:  # what waits on deferred device work, once every frame is built
+                fn(out[name])
         return {m.name: out[m.name] for m in measurements}
 
     return build
