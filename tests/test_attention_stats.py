@@ -246,10 +246,13 @@ def _float64_pattern(q, k, scale, start, end, offset, sliding):
     return torch.nan_to_num(pattern, nan=0.0)
 
 
-# the default tiles, and small tiles (several whole tiles per block; d_head 24: padded D)
+# the default tiles (long and short sequences' settings), and small tiles (several whole tiles per
+# block; d_head 24: padded D)
 WHOLE_TILE_CASES = [
-    pytest.param(None, 16, 300, 300, None, id="default-tiles-causal"),
-    pytest.param(None, 16, 300, 220, 100, id="default-tiles-window-kvcache"),
+    pytest.param("CONFIG", 16, 300, 300, None, id="default-tiles-causal"),
+    pytest.param("CONFIG", 16, 300, 220, 100, id="default-tiles-window-kvcache"),
+    pytest.param("SHORT_CONFIG", 16, 300, 300, None, id="short-sequence-tiles-causal"),
+    pytest.param("SHORT_CONFIG", 16, 300, 220, 100, id="short-sequence-tiles-window-kvcache"),
     pytest.param((32, 16, 4, 2), 24, 120, 120, None, id="small-tiles-causal"),
     pytest.param((32, 16, 4, 2), 24, 120, 90, 40, id="small-tiles-window-kvcache"),
 ]
@@ -261,8 +264,9 @@ def test_triton_whole_tiles_match_float64_attention(triton_backend, monkeypatch,
     """Long enough rows that most key (query) tiles are seen whole and skip the masks: the statistics
     still equal those of a float64 softmax, with left and right padding, grouped-query heads, a
     sliding window and queries that are the last ``n_q`` of the keys (KV cache)."""
-    if config is not None:
-        monkeypatch.setattr(attention_stats_triton, "CONFIG", attention_stats_triton.KernelConfig(*config))
+    chosen = (getattr(attention_stats_triton, config) if isinstance(config, str)
+              else attention_stats_triton.KernelConfig(*config))
+    monkeypatch.setattr(attention_stats_triton, "config_for", lambda n_queries: chosen)
     gen = torch.Generator().manual_seed(5)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtypes = [torch.float32, torch.bfloat16] if device == "cuda" else [torch.float32]
@@ -332,3 +336,14 @@ def test_bad_parameters_are_named(checkpoint_factory):
     with pytest.raises(ValueError, match="contiguous"):
         attention_stats(torch.zeros(1, 4, 1, 2), torch.zeros(1, 4, 1, 2), 1.0,
                         attention_mask=torch.tensor([[1, 0, 1, 1]]))
+
+
+def test_short_sequences_use_their_own_kernel_settings():
+    """Up to SHORT_QUERIES queries the kernels run with SHORT_CONFIG (faster at the study's 512
+    tokens), above it with CONFIG (faster at 32k)."""
+    from drope_lens.measurement import attention_stats_triton as triton_stats
+
+    limit = triton_stats.SHORT_QUERIES
+    assert triton_stats.config_for(512) is triton_stats.SHORT_CONFIG
+    assert triton_stats.config_for(limit) is triton_stats.SHORT_CONFIG
+    assert triton_stats.config_for(limit + 1) is triton_stats.CONFIG

@@ -88,28 +88,34 @@ def long_context(model, lengths, repeat: int) -> list[dict]:
 
 
 def sweep(configs: list[str], length: int = 32768, repeat: int = 5, batch: int = 1) -> list[dict]:
-    """Time one layer's statistics (received included) for ``batch`` sequences of ``length`` tokens,
-    32 heads of 128, bf16, for each kernel configuration ``"block_m,block_n,num_warps,num_stages"``;
-    the fastest becomes :data:`drope_lens.measurement.attention_stats_triton.CONFIG` for the rest of the run."""
+    """Time one layer's statistics for ``batch`` sequences of ``length`` tokens, 32 heads of 128,
+    bf16, for each kernel configuration ``"block_m,block_n,num_warps,num_stages"``: the row pass alone
+    (what the study-size experiments ask for) and with the received pass. The fastest (by the row pass
+    up to ``SHORT_QUERIES`` tokens, by both passes above) replaces the setting used at that length
+    (:data:`drope_lens.measurement.attention_stats_triton.SHORT_CONFIG` or ``CONFIG``) for the rest of the run."""
     from drope_lens.measurement import attention_stats_triton as triton_stats
 
+    short = length <= triton_stats.SHORT_QUERIES
+    attribute = "SHORT_CONFIG" if short else "CONFIG"
     gen = torch.Generator(device="cuda").manual_seed(2)
     q = torch.randn(batch, length, 32, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
     k = torch.randn(batch, length, 32, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
     rows = []
     for text in configs:
-        config = triton_stats.KernelConfig(*map(int, text.split(",")))
-        triton_stats.CONFIG = config
+        setattr(triton_stats, attribute, triton_stats.KernelConfig(*map(int, text.split(","))))
         try:
-            seconds, _, _ = cuda_time(lambda: triton_stats.attention_stats(q, k, 128 ** -0.5, received=True), repeat)
+            row_s, _, _ = cuda_time(lambda: triton_stats.attention_stats(q, k, 128 ** -0.5), repeat)
+            all_s, _, _ = cuda_time(lambda: triton_stats.attention_stats(q, k, 128 ** -0.5, received=True), repeat)
         except Exception as error:  # noqa: BLE001 - e.g. out of shared memory: report and go on
             print(f"sweep {text}: {error!r}"[:300], flush=True)
             continue
-        rows.append({"config": text, "one_layer_s": seconds})
-        print(f"sweep {text}: one layer, {batch} x {length} tokens, all statistics: {seconds * 1e3:.2f} ms", flush=True)
-    best = min(rows, key=lambda row: row["one_layer_s"])
-    triton_stats.CONFIG = triton_stats.KernelConfig(*map(int, best["config"].split(",")))
-    print(f"sweep: using {triton_stats.CONFIG}", flush=True)
+        rows.append({"config": text, "one_layer_row_pass_s": row_s, "one_layer_s": all_s})
+        print(f"sweep {text}: one layer, {batch} x {length} tokens: row pass {row_s * 1e3:.3f} ms, "
+              f"all statistics {all_s * 1e3:.3f} ms", flush=True)
+    best = min(rows, key=lambda row: row["one_layer_row_pass_s" if short else "one_layer_s"])
+    setattr(triton_stats, attribute, triton_stats.KernelConfig(*map(int, best["config"].split(","))))
+    print(f"sweep: using {getattr(triton_stats, attribute)} up to {triton_stats.SHORT_QUERIES} queries" if short
+          else f"sweep: using {triton_stats.CONFIG} above {triton_stats.SHORT_QUERIES} queries", flush=True)
     return rows
 
 
@@ -376,6 +382,7 @@ def main() -> None:
         from drope_lens.measurement import attention_stats_triton
 
         result["kernel_config"] = vars(attention_stats_triton.CONFIG)
+        result["short_kernel_config"] = vars(attention_stats_triton.SHORT_CONFIG)
     result["study_size"] = study_size(model, texts, args.repeat)
     save()
     if args.profile:

@@ -66,6 +66,16 @@ class KernelConfig:
 #: of 32 heads x 128 at 32k tokens, all statistics: 20.5 ms; 128x64 with 8 warps 28.4 ms, 64x64 with
 #: 4 warps 22.7 ms; docs/gpu_evidence/stats_call1_h200_s24_console.txt).
 CONFIG = KernelConfig()
+#: The settings for sequences of at most :data:`SHORT_QUERIES` queries: at the study's 10 x 512 one
+#: layer's row pass takes 244 us with these against 410 us with :data:`CONFIG` (H200, session 30's
+#: profile, docs/gpu_evidence/lead_call{2,3}_h200_s30_console.txt; fastest of ten in the sweep at 10 x 512).
+SHORT_CONFIG = KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=2)
+SHORT_QUERIES = 2048
+
+
+def config_for(n_queries: int) -> KernelConfig:
+    """The kernel settings used for sequences of ``n_queries`` queries."""
+    return SHORT_CONFIG if n_queries <= SHORT_QUERIES else CONFIG
 NO_WINDOW = 2**62
 #: Triton's floating-point contraction (``a * b + c`` as one FMA). Off: the received pass must
 #: rebuild each score bitwise as the row pass made it (``p = exp(s - lse)`` with the row's own
@@ -128,7 +138,7 @@ def attention_stats(
     start, end = key_spans(attention_mask, batch, n_k, q.device)
     offset, n_gather = n_k - n_q, max(window, max_distance)
     g_pad = max(16, kernels.triton.next_power_of_2(n_gather))
-    config = CONFIG
+    config = config_for(n_q)
     n_blocks = kernels.triton.cdiv(n_q, config.block_m)
     grid = (n_blocks, batch * n_heads)
     lse = torch.empty(batch, n_heads, n_q, dtype=torch.float32, device=q.device)
