@@ -42,6 +42,26 @@ def test_gram_eigenvalues_match_float64_svd():
         torch.testing.assert_close(got_norm.double(), want_norm, atol=1e-6, rtol=0)
 
 
+def test_blocked_gram_matrix_equals_the_product_and_keeps_the_entropies():
+    """From BLOCKED_GRAM_MIN on the Gram matrix is computed by blocks (3 of the 4 products): it equals
+    the plain float64 product, is exactly symmetric, and the entropies still match the SVD's, for
+    an odd size and both orientations (X X^T and X^T X)."""
+    from drope_lens.measurement.entropy import BLOCKED_GRAM_MIN
+
+    for pos, width in ((BLOCKED_GRAM_MIN + 45, 320), (330, BLOCKED_GRAM_MIN + 7)):
+        x = _spiky(2, pos, width, seed=pos).to(torch.bfloat16)
+        x64 = x.double()
+        want = x64 @ x64.mT if pos <= width else x64.mT @ x64
+        got = gram_matrix(x)
+        assert got.dtype == torch.float64 and got.shape == want.shape
+        assert torch.equal(got, got.mT)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12 * float(want.abs().max()))
+        got_energy, got_norm = representation_entropy(x)
+        want_energy, want_norm = _reference(x)
+        torch.testing.assert_close(got_energy.double(), want_energy, atol=1e-6, rtol=0)
+        torch.testing.assert_close(got_norm.double(), want_norm, atol=1e-6, rtol=0)
+
+
 def test_rank_deficient_and_random_rows():
     g = torch.Generator().manual_seed(0)
     low = torch.randn(2, 40, 5, generator=g) @ torch.randn(2, 5, 32, generator=g)  # rank 5

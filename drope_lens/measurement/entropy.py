@@ -18,11 +18,32 @@ from drope_lens.measurement.deferred import DeferredCapture
 from drope_lens.measurement.spectrum import symmetric_eigenvalues
 
 
+#: Gram matrices of at least this size are computed by blocks (see :func:`gram_matrix`).
+BLOCKED_GRAM_MIN = 256
+
+
 def gram_matrix(x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch m m"]:
     """The smaller Gram matrix of each ``[pos, d_model]`` matrix X in float64: X X^T
-    (``m = pos``) or X^T X (``m = d_model``); its eigenvalues are the squared singular values of X."""
+    (``m = pos``) or X^T X (``m = d_model``); its eigenvalues are the squared singular values of X.
+
+    From ``m = BLOCKED_GRAM_MIN`` on, with X's rows (columns) in two halves A and B, the three
+    products A A^T, B A^T and B B^T are computed and the fourth block is B A^T transposed: 3/4 of the
+    multiply-adds of one product (the study's 320 float64 Gram matrices of [512, 4096] matrices
+    are 0.69 TFLOP)."""
     x64 = x.double()
-    return x64 @ x64.mT if x.shape[-2] <= x.shape[-1] else x64.mT @ x64
+    if x.shape[-2] > x.shape[-1]:
+        x64 = x64.mT
+    m = x64.shape[-2]
+    if m < BLOCKED_GRAM_MIN or x64.ndim != 3:
+        return x64 @ x64.mT
+    h = m // 2
+    top, bottom = x64[:, :h], x64[:, h:]
+    out = torch.empty(x64.shape[0], m, m, dtype=torch.float64, device=x64.device)
+    torch.matmul(top, top.mT, out=out[:, :h, :h])
+    torch.matmul(bottom, bottom.mT, out=out[:, h:, h:])
+    torch.matmul(bottom, top.mT, out=out[:, h:, :h])
+    out[:, :h, h:] = out[:, h:, :h].mT
+    return out
 
 
 def entropies_from_gram(
