@@ -24,9 +24,9 @@ whole batch moves together:
    kept as ``method="householder_blocked"``; docs/gpu_evidence/lead_call{1,2,4}_h200_s25_console.txt).
    It needs no CUDA graph and so no graph-held copy of the batch.
 2. :func:`tridiagonal_eigenvalues`: bisection on Sturm counts (LAPACK ``dlaebz``'s recurrence
-   with its pivot guard), every eigenvalue of every matrix independently, 64 halvings of the
-   Gershgorin interval (below float64 resolution). On CUDA a Triton kernel (one program per
-   matrix and block of eigenvalue indices); elsewhere the same recurrence vectorised in PyTorch
+   with its pivot guard), every eigenvalue of every matrix independently, halving the Gershgorin
+   interval until it is eps_float64 * max|bound| wide (about 53 halvings; 64 before session 31).
+   On CUDA a Triton kernel (one program per matrix and block of eigenvalue indices); elsewhere the same recurrence vectorised in PyTorch
    (for tests and small inputs).
 
 :func:`symmetric_eigenvalues` picks the path: CPU tensors go to LAPACK (``eigvalsh``), which is
@@ -248,16 +248,26 @@ def tridiagonal_eigenvalues(
     if n == 0 or batch == 0:
         return d.clone()
     low, high, pivmin = _bounds(d, e)
+    halvings = _halvings(low, high)
     e2 = torch.cat([e * e, e.new_zeros(batch, 1)], dim=1).contiguous()  # padded to n
     kernel = _kernel() if (d.is_cuda or _interpreting()) else None
     if kernel is not None:
         out = torch.empty_like(d)
         grid = (batch, kernel.triton.cdiv(n, BLOCK))
         with torch.cuda.device(d.device) if d.is_cuda else contextlib.nullcontext():
-            kernel.bisect[grid](d, e2, low.contiguous(), high.contiguous(), pivmin.contiguous(), out, n,
-                                N_HALVINGS=N_HALVINGS, BLOCK=BLOCK, num_warps=4)
+            kernel.bisect[grid](d, e2, low.contiguous(), high.contiguous(), pivmin.contiguous(), halvings, out, n,
+                                BLOCK=BLOCK, num_warps=4)
         return out
-    return _bisect_torch(d, e2, low, high, pivmin)
+    return _bisect_torch(d, e2, low, high, pivmin, halvings)
+
+
+def _halvings(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Halvings of each matrix's interval until it is at most eps_float64 * max(|low|, |high|) wide
+    (the resolution of the largest eigenvalue, below the Sturm count's own backward error): about 54
+    for a Gershgorin interval, at most :data:`N_HALVINGS`. int32 ``[batch]``."""
+    tolerance = torch.finfo(torch.float64).eps * torch.maximum(low.abs(), high.abs())
+    ratio = (high - low) / tolerance.clamp(min=torch.finfo(torch.float64).tiny)
+    return torch.log2(ratio.clamp(min=1.0)).ceil().clamp(1, N_HALVINGS).to(torch.int32).contiguous()
 
 
 def _sturm_count(d, e2, x, pivmin):
@@ -272,15 +282,16 @@ def _sturm_count(d, e2, x, pivmin):
     return count
 
 
-def _bisect_torch(d, e2, low, high, pivmin):
+def _bisect_torch(d, e2, low, high, pivmin, halvings):
     batch, n = d.shape
     index = torch.arange(n, device=d.device)[None].expand(batch, n)
     lo, hi = low[:, None].expand(batch, n).clone(), high[:, None].expand(batch, n).clone()
-    for _ in range(N_HALVINGS):
+    for step in range(int(halvings.max())):
         mid = 0.5 * (lo + hi)
         left = _sturm_count(d, e2, mid, pivmin) > index  # eigenvalue `index` is <= mid
-        hi = torch.where(left, mid, hi)
-        lo = torch.where(left, lo, mid)
+        going = (step < halvings.to(d.device))[:, None]  # matrices still halving (as the kernel's loop)
+        hi = torch.where(left & going, mid, hi)
+        lo = torch.where(left | ~going, lo, mid)
     return 0.5 * (lo + hi)
 
 
@@ -298,8 +309,8 @@ def _kernel():
     from types import SimpleNamespace
 
     @triton.jit
-    def bisect_kernel(d_ptr, e2_ptr, low_ptr, high_ptr, pivmin_ptr, out_ptr, n,
-                      N_HALVINGS: tl.constexpr, BLOCK: tl.constexpr):
+    def bisect_kernel(d_ptr, e2_ptr, low_ptr, high_ptr, pivmin_ptr, halvings_ptr, out_ptr, n,
+                      BLOCK: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
         index = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         zero = tl.zeros([BLOCK], tl.float64)
@@ -307,7 +318,7 @@ def _kernel():
         hi = zero + tl.load(high_ptr + b)
         pivmin = tl.load(pivmin_ptr + b)
         base = b * n
-        for _ in range(N_HALVINGS):
+        for _ in range(tl.load(halvings_ptr + b)):
             mid = 0.5 * (lo + hi)
             q = tl.load(d_ptr + base) - mid
             q = tl.where(tl.abs(q) < pivmin, -pivmin + zero, q)
