@@ -26,8 +26,8 @@ whole batch moves together:
 2. :func:`tridiagonal_eigenvalues`: bisection on Sturm counts (LAPACK ``dlaebz``'s recurrence
    with its pivot guard), every eigenvalue of every matrix independently, halving the Gershgorin
    interval until it is eps_float64 * max|bound| wide (about 53 halvings; 64 before session 31).
-   On CUDA a Triton kernel (one program per matrix and block of eigenvalue indices); elsewhere the same recurrence vectorised in PyTorch
-   (for tests and small inputs).
+   On CUDA a Triton kernel (one program per matrix and block of eigenvalue indices); elsewhere
+   the same recurrence vectorised in PyTorch (for tests and small inputs).
 
 :func:`symmetric_eigenvalues` picks the path: CPU tensors go to LAPACK (``eigvalsh``), which is
 fast there; CUDA tensors to 1 + 2 when Triton is available: up to n = 1,024 the two-stage reduction of
