@@ -256,10 +256,22 @@ def phase_timeline(model, texts, repeat: int = 3) -> list[dict]:
     originals = {name: getattr(measure_module, name) for name in names}
     for name, fn in originals.items():
         setattr(measure_module, name, labelled(name, fn))
+    import gc
+
+    collections: list = []  # (generation, seconds) of the garbage collections during a call
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append([info["generation"], time.perf_counter()])
+        elif collections:
+            collections[-1][1] = time.perf_counter() - collections[-1][1]
+
     runs = []
+    gc.callbacks.append(on_gc)
     try:
         for k in range(repeat + 1):
             records.clear()
+            collections.clear()
             mark("measure", "enter")
             measure_module.measure(model, texts, parts, max_tokens=512, batch_size=10, show_progress=False)
             mark("measure", "exit")
@@ -269,14 +281,21 @@ def phase_timeline(model, texts, repeat: int = 3) -> list[dict]:
                     for n, e, h, ev in records]
             if k:
                 runs.append(rows)
+                rows.append({"phase": "garbage collections (generation, ms)",
+                             "collections": [(g, t * 1e3) for g, t in collections]})
     finally:
+        gc.callbacks.remove(on_gc)
         for name, fn in originals.items():
             setattr(measure_module, name, fn)
     last = runs[-1]
     print("phase timeline (ms from the call's start; host = perf_counter, gpu = when the stream got there):")
-    for row in last:
+    for row in last[:-1]:
         print(f"  {row['phase']:>28} {row['edge']:>5}: host {row['host_ms']:8.2f}  gpu {row['gpu_ms']:8.2f}")
-    totals = [r[-1]["host_ms"] for r in runs]
+    for k, run in enumerate(runs):
+        gcs = run[-1]["collections"]
+        print(f"  call {k + 1}: {len(gcs)} garbage collections, {sum(t for _, t in gcs):.2f} ms "
+              f"(generation 2: {sum(1 for g, _ in gcs if g == 2)})")
+    totals = [r[-2]["host_ms"] for r in runs]
     print(f"  measure calls: host {', '.join(f'{t:.1f}' for t in totals)} ms", flush=True)
     return runs
 
