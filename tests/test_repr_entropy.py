@@ -94,3 +94,30 @@ def test_deferred_entropies_solve_every_layer_after_the_forward():
         assert energy.device.type == "cpu" and energy.dtype == torch.float64 and energy.shape == (2,)
         torch.testing.assert_close(energy, want_energy, atol=1e-6, rtol=0)
         torch.testing.assert_close(norm, want_norm, atol=1e-6, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the side stream is CUDA's")
+def test_deferred_entropies_solved_on_a_side_stream_during_the_forward(monkeypatch):
+    """OVERLAP_LAYERS = 3: every 3 layers' Gram matrices are solved on a side stream as they are
+    added (7 layers: two early groups and one at launch), the Gram tensors freed meanwhile; the
+    entropies equal those solved all together after the forward."""
+    from drope_lens.measurement import entropy
+
+    xs = [(_spiky(4, 300, 320, seed=s) * (1 + s)).cuda() for s in range(7)]
+
+    def solve(overlap: int) -> dict:
+        monkeypatch.setattr(entropy, "OVERLAP_LAYERS", overlap)
+        deferred = entropy.DeferredEntropies()
+        for layer, x in enumerate(xs):
+            deferred.add(layer, gram_matrix(x), tuple(x.shape[-2:]))
+            if overlap:
+                torch.cuda.empty_cache()  # frees what the side stream no longer holds
+        assert len(deferred._early) == (2 if overlap else 0)
+        deferred.launch()
+        return deferred.result()
+
+    together, early = solve(0), solve(3)
+    assert sorted(early) == list(range(7))
+    for layer in range(7):
+        for a, b in zip(early[layer], together[layer]):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

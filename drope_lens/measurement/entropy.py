@@ -92,6 +92,18 @@ DEFER_GRAM_BYTES = 2 * 2**30
 
 
 
+#: With N > 0, CUDA Gram matrices are solved N layers at a time on a side stream as soon as they are
+#: added, while the forward goes on (the rest after it); 0: all of them after the forward.
+OVERLAP_LAYERS = 0
+_SIDE_STREAMS: dict = {}
+
+
+def _side_stream(device: torch.device) -> "torch.cuda.Stream":
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    return _SIDE_STREAMS[device]
+
+
 class DeferredEntropies(DeferredCapture):
     """Gram matrices of one forward's layers (:func:`gram_matrix`), solved after the forward.
 
@@ -105,24 +117,50 @@ class DeferredEntropies(DeferredCapture):
     def __init__(self) -> None:
         self._grams: list[tuple[int, torch.Tensor, tuple[int, int]]] = []
         self._copies: Optional[list] = None  # per device: (host buffer, event or None, [(layer, start, n)])
+        self._early: list = []  # (device, layers, [2, n] entropies, event) solved on a side stream
 
     def add(self, layer: int, gram: Float[torch.Tensor, "batch m m"], shape: tuple[int, int]) -> None:
         if self._copies is not None:
             raise RuntimeError(f"layer {layer}: DeferredEntropies was already launched; add Gram matrices before.")
         self._grams.append((int(layer), gram, tuple(shape)))
+        if OVERLAP_LAYERS > 0 and gram.is_cuda and len(self._grams) >= OVERLAP_LAYERS:
+            self._solve_on_side_stream()
+
+    def _groups(self) -> dict:
+        groups: dict = {}
+        for layer, gram, shape in self._grams:
+            groups.setdefault((gram.device, shape), []).append((layer, gram))
+        self._grams = []  # the Gram matrices are no longer needed once the solves are queued
+        return groups
+
+    def _solve_on_side_stream(self) -> None:
+        for (device, shape), members in self._groups().items():
+            main, side = torch.cuda.current_stream(device), _side_stream(device)
+            ready = torch.cuda.Event()
+            ready.record(main)
+            with torch.cuda.stream(side):
+                side.wait_event(ready)
+                for _, gram in members:
+                    gram.record_stream(side)  # made on the main stream: not reused before the side is done
+                batch = torch.cat([gram for _, gram in members])
+                stacked = torch.stack(entropies_from_gram(batch, *shape, overwrite=True))
+                done = torch.cuda.Event()
+                done.record(side)
+            stacked.record_stream(main)  # read on the main stream after ``done``
+            self._early.append((device, [layer for layer, _ in members], stacked, done))
 
     def launch(self) -> None:
         if self._copies is not None:
             return
-        groups: dict = {}
-        for layer, gram, shape in self._grams:
-            groups.setdefault((gram.device, shape), []).append((layer, gram))
         per_device: dict = {}
-        for (device, shape), members in groups.items():
+        for device, layers, stacked, done in self._early:
+            torch.cuda.current_stream(device).wait_event(done)
+            per_device.setdefault(device, []).append((layers, stacked))
+        self._early = []
+        for (device, shape), members in self._groups().items():
             batch = torch.cat([gram for _, gram in members])  # a fresh tensor: solved in place
             h_energy, h_norm = entropies_from_gram(batch, *shape, overwrite=True)
             per_device.setdefault(device, []).append(([layer for layer, _ in members], torch.stack([h_energy, h_norm])))
-        self._grams = []  # the Gram matrices are no longer needed once the solves are queued
         self._copies = []
         for device, parts in per_device.items():
             values = torch.cat([stacked for _, stacked in parts], dim=1) if len(parts) > 1 else parts[0][1]
