@@ -113,9 +113,11 @@ def measure(
     names = [m.name for m in measurements]
     if len(set(names)) != len(names):
         raise ValueError(f"measurement names {names} must be distinct.")
-    store = bind_store(store, model, "+".join(names),
-                       {m.name: {"config": m.config, "attention": m.attention, "options": m.options} for m in measurements},
-                       max_tokens=max_tokens, bos=bos, batch_size=batch_size, texts=texts_fingerprint(texts))
+    if store is not None:  # (the texts' fingerprint costs about a millisecond: only when it is needed)
+        store = bind_store(store, model, "+".join(names),
+                           {m.name: {"config": m.config, "attention": m.attention, "options": m.options}
+                            for m in measurements},
+                           max_tokens=max_tokens, bos=bos, batch_size=batch_size, texts=texts_fingerprint(texts))
     chunks = [list(range(i, min(i + batch_size, len(texts)))) for i in range(0, len(texts), batch_size)]
     label = f"{'+'.join(names)} {model_variant(model)}"
     if store is None:
