@@ -5,9 +5,11 @@ attention statistics it needs (window, distances), and how to turn one batch's c
 :func:`measure` tokenises the texts, runs one forward per batch of equal-length texts with the
 union of every measurement's hooks (attention statistics are computed once per distinct request,
 by :func:`drope_lens.hooks.capture_attention_stats`), saves each text's rows as a RunStore unit,
-and skips texts already saved. Several measurements therefore share one forward. After the forward
+and skips texts already saved (without a store a forward's frames are kept whole, not split by
+text and joined back). Several measurements therefore share one forward. After the forward
 the captures reach the host in one copy per device and deferred device work (Exp 4's spectra) runs
-while the host builds the frames (:func:`_forward`, :mod:`drope_lens.engine.host_transfer`); a
+while the host builds the frames, columns that wait on it filled last (``Batch.complete``;
+:func:`_forward`, :mod:`drope_lens.engine.host_transfer`); a
 batch's frames are built after the next batch's forward was queued. Chunks of
 ``batch_size`` texts are the planned batches of :func:`drope_lens.engine.sweep.run_sweep`: shared
 among ranks under ``torchrun``, each text always measured in the same batch.
