@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -38,9 +37,9 @@ from drope_lens.engine.results import RunStore
 from drope_lens.measurement.entropy import (DEFER_GRAM_BYTES, DeferredEntropies, entropies_from_gram, entropies_from_spectrum,  # noqa: F401
                                           gram_matrix, representation_entropy)
 from drope_lens.measurement.texts import TextsLike
-
 from drope_lens.measurement.tokens import BosPolicy, check_bos
-from drope_lens.engine.measure import ANY_WINDOW, Batch, Measurement, measure, per_head_columns, per_head_values
+from drope_lens.engine.measure import (ANY_WINDOW, Batch, Measurement, filled_later, measure, per_head_columns,
+                                       per_head_values)
 from drope_lens.measurement.summaries import compare_variants, summarize
 
 EXPERIMENT = "sinks"
@@ -69,11 +68,9 @@ DEFERRED = "repr_deferred"
 
 
 def _resid_hooks(model, captured: dict):
-    # On CUDA each layer's hook keeps only its Gram matrix in one DeferredEntropies, which the engine
-    # launches after the forward's captures were copied to the host: one batched solve of all
-    # layers (one batch of 32 x 10 matrices, not 32 batches of 10: the batched solver's cost is per
-    # step, not per matrix) while the host builds the frames. On the CPU, where LAPACK solves
-    # matrix by matrix anyway, and for large matrices, each layer is solved at once.
+    # On CUDA each layer's Gram matrix waits in one DeferredEntropies, launched by the engine after the
+    # captures' host copy: one batched solve of all layers (its cost is per step, not per matrix) while
+    # the host builds the frames. On the CPU (LAPACK, matrix by matrix) and for large matrices: at once.
     n_layers = model.cfg.n_layers
 
     def fn(x, hook):
@@ -108,27 +105,16 @@ def measurement(config: SinksConfig) -> Measurement:
                  "is_sink": frame["sink_score"] >= config.tau, **frame}
         names = ("repr_entropy", "repr_entropy_norm")
 
-        def entropies(solved: dict) -> dict:
-            out = {}
-            for i, name in enumerate(names):
-                per_layer = torch.stack([solved[layer][i] if layer in solved else batch.captured[layer][name]
-                                         for layer in range(n_layers)])  # [layer, batch]
-                out[name] = per_head_values(per_layer[..., None].expand(-1, -1, n_heads))
-            return out
+        def entropies(solved: dict) -> dict:  # [layer, batch] values repeated on the heads
+            per_layer = {name: torch.stack([solved[layer][i] if layer in solved else batch.captured[layer][name]
+                                            for layer in range(n_layers)]) for i, name in enumerate(names)}
+            return {name: per_head_values(v[..., None].expand(-1, -1, n_heads)) for name, v in per_layer.items()}
 
         if DEFERRED not in batch.captured:
             return pd.DataFrame({**frame, **entropies({})})
-        # On CUDA the spectra are still being solved: the frame is built with the entropy columns
-        # as placeholders, which the engine fills once every frame of the forward is built.
-        deferred = batch.captured[DEFERRED]
-        frame.update((name, np.full(len(frame["sample"]), np.nan)) for name in names)
-
-        def fill(finished: pd.DataFrame) -> None:
-            for name, values in entropies(deferred.result()).items():
-                finished[name] = values
-
-        batch.complete.append(fill)
-        return pd.DataFrame(frame)
+        # on CUDA the spectra are still being solved: filled once every frame of the forward is built
+        later = filled_later(batch, names, len(frame["sample"]), lambda: entropies(batch.captured[DEFERRED].result()))
+        return pd.DataFrame({**frame, **later})
 
     return Measurement(EXPERIMENT, _resid_hooks, rows, attention=ANY_WINDOW, config=config)
 

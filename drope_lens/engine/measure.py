@@ -292,6 +292,19 @@ def per_head_values(value: torch.Tensor):
     return list(array.reshape(-1, *array.shape[3:])) if array.ndim > 3 else array.reshape(-1).astype(np.float64)
 
 
+def filled_later(batch: Batch, names: Sequence[str], n_rows: int, columns: Callable[[], dict]) -> dict:
+    """Placeholders (``n_rows`` float64 NaNs) for the columns ``names`` of a frame whose values
+    ``columns()`` returns (``{name: array}``) only once deferred device work is done: ``batch.complete``
+    fills them, after every frame of the forward was built (so the host builds them meanwhile)."""
+
+    def fill(frame: pd.DataFrame) -> None:
+        for name, values in columns().items():
+            frame[name] = values
+
+    batch.complete.append(fill)
+    return {name: np.full(n_rows, np.nan) for name in names}
+
+
 def per_layer_frame(samples: Sequence[int], columns: dict[str, torch.Tensor]) -> pd.DataFrame:
     """Rows (sample, layer) from ``[layer, batch]`` tensors."""
     first = next(iter(columns.values()))
