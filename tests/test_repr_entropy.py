@@ -42,26 +42,6 @@ def test_gram_eigenvalues_match_float64_svd():
         torch.testing.assert_close(got_norm.double(), want_norm, atol=1e-6, rtol=0)
 
 
-def test_blocked_gram_matrix_equals_the_product_and_keeps_the_entropies():
-    """From BLOCKED_GRAM_MIN on the Gram matrix is computed by blocks (3 of the 4 products): it equals
-    the plain float64 product, is exactly symmetric, and the entropies still match the SVD's, for
-    an odd size and both orientations (X X^T and X^T X)."""
-    from drope_lens.measurement.entropy import BLOCKED_GRAM_MIN
-
-    for pos, width in ((BLOCKED_GRAM_MIN + 45, 320), (330, BLOCKED_GRAM_MIN + 7)):
-        x = _spiky(2, pos, width, seed=pos).to(torch.bfloat16)
-        x64 = x.double()
-        want = x64 @ x64.mT if pos <= width else x64.mT @ x64
-        got = gram_matrix(x)
-        assert got.dtype == torch.float64 and got.shape == want.shape
-        assert torch.equal(got, got.mT)
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12 * float(want.abs().max()))
-        got_energy, got_norm = representation_entropy(x)
-        want_energy, want_norm = _reference(x)
-        torch.testing.assert_close(got_energy.double(), want_energy, atol=1e-6, rtol=0)
-        torch.testing.assert_close(got_norm.double(), want_norm, atol=1e-6, rtol=0)
-
-
 def test_rank_deficient_and_random_rows():
     g = torch.Generator().manual_seed(0)
     low = torch.randn(2, 40, 5, generator=g) @ torch.randn(2, 5, 32, generator=g)  # rank 5
@@ -94,30 +74,3 @@ def test_deferred_entropies_solve_every_layer_after_the_forward():
         assert energy.device.type == "cpu" and energy.dtype == torch.float64 and energy.shape == (2,)
         torch.testing.assert_close(energy, want_energy, atol=1e-6, rtol=0)
         torch.testing.assert_close(norm, want_norm, atol=1e-6, rtol=0)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the side stream is CUDA's")
-def test_deferred_entropies_solved_on_a_side_stream_during_the_forward(monkeypatch):
-    """OVERLAP_LAYERS = 3: every 3 layers' Gram matrices are solved on a side stream as they are
-    added (7 layers: two early groups and one at launch), the Gram tensors freed meanwhile; the
-    entropies equal those solved all together after the forward."""
-    from drope_lens.measurement import entropy
-
-    xs = [(_spiky(4, 300, 320, seed=s) * (1 + s)).cuda() for s in range(7)]
-
-    def solve(overlap: int) -> dict:
-        monkeypatch.setattr(entropy, "OVERLAP_LAYERS", overlap)
-        deferred = entropy.DeferredEntropies()
-        for layer, x in enumerate(xs):
-            deferred.add(layer, gram_matrix(x), tuple(x.shape[-2:]))
-            if overlap:
-                torch.cuda.empty_cache()  # frees what the side stream no longer holds
-        assert len(deferred._early) == (2 if overlap else 0)
-        deferred.launch()
-        return deferred.result()
-
-    together, early = solve(0), solve(3)
-    assert sorted(early) == list(range(7))
-    for layer in range(7):
-        for a, b in zip(early[layer], together[layer]):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

@@ -363,16 +363,9 @@ def main() -> None:
                         help="the model the statistics run on (same random weights)")
     parser.add_argument("--shape", choices=["llama2-7b", "tiny"], default="llama2-7b",
                         help="tiny: a CPU smoke run of this script")
-    parser.add_argument("--overlap-layers", type=int, default=None, metavar="N",
-                        help="solve Exp 4's spectra N layers at a time on a side stream during the forward "
-                             "(drope_lens.measurement.entropy.OVERLAP_LAYERS)")
     add_spectrum_method_argument(parser)
     args = parser.parse_args()
     use_spectrum_method(args)
-    if args.overlap_layers is not None:
-        from drope_lens.measurement import entropy
-
-        entropy.OVERLAP_LAYERS = args.overlap_layers
     from .random_checkpoint import SHAPES
 
     import drope_lens as dl
@@ -394,7 +387,7 @@ def main() -> None:
                           n_ctx=max(args.lengths + [shape.max_position_embeddings]))
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     result = {"device": name, "torch": torch.__version__, "shape": f"{args.shape} (random bf16)",
-              "variant": args.variant, "repeat": args.repeat, "overlap_layers": args.overlap_layers, "spectrum_method": args.spectrum_method or "default"}
+              "variant": args.variant, "repeat": args.repeat, "spectrum_method": args.spectrum_method or "default"}
 
     def save() -> None:  # after every part, so a run cut short keeps what it measured
         if args.out:

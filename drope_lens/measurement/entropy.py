@@ -18,32 +18,11 @@ from drope_lens.measurement.deferred import DeferredCapture
 from drope_lens.measurement.spectrum import symmetric_eigenvalues
 
 
-#: Gram matrices of at least this size are computed by blocks (see :func:`gram_matrix`).
-BLOCKED_GRAM_MIN = 256
-
-
 def gram_matrix(x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch m m"]:
     """The smaller Gram matrix of each ``[pos, d_model]`` matrix X in float64: X X^T
-    (``m = pos``) or X^T X (``m = d_model``); its eigenvalues are the squared singular values of X.
-
-    From ``m = BLOCKED_GRAM_MIN`` on, with X's rows (columns) in two halves A and B, the three
-    products A A^T, B A^T and B B^T are computed and the fourth block is B A^T transposed: 3/4 of the
-    multiply-adds of one product (the study's 320 float64 Gram matrices of [512, 4096] matrices
-    are 0.69 TFLOP)."""
+    (``m = pos``) or X^T X (``m = d_model``); its eigenvalues are the squared singular values of X."""
     x64 = x.double()
-    if x.shape[-2] > x.shape[-1]:
-        x64 = x64.mT
-    m = x64.shape[-2]
-    if m < BLOCKED_GRAM_MIN or x64.ndim != 3:
-        return x64 @ x64.mT
-    h = m // 2
-    top, bottom = x64[:, :h], x64[:, h:]
-    out = torch.empty(x64.shape[0], m, m, dtype=torch.float64, device=x64.device)
-    torch.matmul(top, top.mT, out=out[:, :h, :h])
-    torch.matmul(bottom, bottom.mT, out=out[:, h:, h:])
-    torch.matmul(bottom, top.mT, out=out[:, h:, :h])
-    out[:, :h, h:] = out[:, h:, :h].mT
-    return out
+    return x64 @ x64.mT if x.shape[-2] <= x.shape[-1] else x64.mT @ x64
 
 
 def entropies_from_gram(
@@ -92,18 +71,6 @@ DEFER_GRAM_BYTES = 2 * 2**30
 
 
 
-#: With N > 0, CUDA Gram matrices are solved N layers at a time on a side stream as soon as they are
-#: added, while the forward goes on (the rest after it); 0: all of them after the forward.
-OVERLAP_LAYERS = 0
-_SIDE_STREAMS: dict = {}
-
-
-def _side_stream(device: torch.device) -> "torch.cuda.Stream":
-    if device not in _SIDE_STREAMS:
-        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
-    return _SIDE_STREAMS[device]
-
-
 class DeferredEntropies(DeferredCapture):
     """Gram matrices of one forward's layers (:func:`gram_matrix`), solved after the forward.
 
@@ -117,50 +84,24 @@ class DeferredEntropies(DeferredCapture):
     def __init__(self) -> None:
         self._grams: list[tuple[int, torch.Tensor, tuple[int, int]]] = []
         self._copies: Optional[list] = None  # per device: (host buffer, event or None, [(layer, start, n)])
-        self._early: list = []  # (device, layers, [2, n] entropies, event) solved on a side stream
 
     def add(self, layer: int, gram: Float[torch.Tensor, "batch m m"], shape: tuple[int, int]) -> None:
         if self._copies is not None:
             raise RuntimeError(f"layer {layer}: DeferredEntropies was already launched; add Gram matrices before.")
         self._grams.append((int(layer), gram, tuple(shape)))
-        if OVERLAP_LAYERS > 0 and gram.is_cuda and len(self._grams) >= OVERLAP_LAYERS:
-            self._solve_on_side_stream()
-
-    def _groups(self) -> dict:
-        groups: dict = {}
-        for layer, gram, shape in self._grams:
-            groups.setdefault((gram.device, shape), []).append((layer, gram))
-        self._grams = []  # the Gram matrices are no longer needed once the solves are queued
-        return groups
-
-    def _solve_on_side_stream(self) -> None:
-        for (device, shape), members in self._groups().items():
-            main, side = torch.cuda.current_stream(device), _side_stream(device)
-            ready = torch.cuda.Event()
-            ready.record(main)
-            with torch.cuda.stream(side):
-                side.wait_event(ready)
-                for _, gram in members:
-                    gram.record_stream(side)  # made on the main stream: not reused before the side is done
-                batch = torch.cat([gram for _, gram in members])
-                stacked = torch.stack(entropies_from_gram(batch, *shape, overwrite=True))
-                done = torch.cuda.Event()
-                done.record(side)
-            stacked.record_stream(main)  # read on the main stream after ``done``
-            self._early.append((device, [layer for layer, _ in members], stacked, done))
 
     def launch(self) -> None:
         if self._copies is not None:
             return
+        groups: dict = {}
+        for layer, gram, shape in self._grams:
+            groups.setdefault((gram.device, shape), []).append((layer, gram))
         per_device: dict = {}
-        for device, layers, stacked, done in self._early:
-            torch.cuda.current_stream(device).wait_event(done)
-            per_device.setdefault(device, []).append((layers, stacked))
-        self._early = []
-        for (device, shape), members in self._groups().items():
+        for (device, shape), members in groups.items():
             batch = torch.cat([gram for _, gram in members])  # a fresh tensor: solved in place
             h_energy, h_norm = entropies_from_gram(batch, *shape, overwrite=True)
             per_device.setdefault(device, []).append(([layer for layer, _ in members], torch.stack([h_energy, h_norm])))
+        self._grams = []  # the Gram matrices are no longer needed once the solves are queued
         self._copies = []
         for device, parts in per_device.items():
             values = torch.cat([stacked for _, stacked in parts], dim=1) if len(parts) > 1 else parts[0][1]
