@@ -166,12 +166,22 @@ class _CacheEntry:
     #: from 123.6 s to 108.3-120.4 s (session 27). On CUDA since session 28, after that test and the
     #: whole suite passed on an H200 with it on.
     ROTATED_KEYS_ON = frozenset({"cpu", "cuda"})
+    #: Device types on which the buffers are laid out head-major (``[batch, head, pos, d_head]`` in
+    #: memory; ``keys``/``values`` stay ``[batch, pos, head, d_head]`` views of them): the attention
+    #: reads each head's keys contiguously. On the 2-core CPU a decode step's attention over 20 rows x
+    #: 8 heads x 2,068 cached keys of 32 took 5.1 ms instead of 13.5 ms (session 31); CUDA's kernels
+    #: take the strides as they are.
+    HEAD_MAJOR_ON = frozenset({"cpu"})
 
     def __init__(self, batch: int, length: int, n_heads: int, d_head: int, dtype, device, zeroed: bool = False):
         self.stores_rotated_keys = torch.device(device).type in self.ROTATED_KEYS_ON
         make = torch.zeros if zeroed else torch.empty  # static mode reads unwritten slots (masked, times 0)
-        self.keys = make(batch, length, n_heads, d_head, dtype=dtype, device=device)
-        self.values = make(batch, length, n_heads, d_head, dtype=dtype, device=device)
+        if torch.device(device).type in self.HEAD_MAJOR_ON:
+            self.keys = make(batch, n_heads, length, d_head, dtype=dtype, device=device).transpose(1, 2)
+            self.values = make(batch, n_heads, length, d_head, dtype=dtype, device=device).transpose(1, 2)
+        else:
+            self.keys = make(batch, length, n_heads, d_head, dtype=dtype, device=device)
+            self.values = make(batch, length, n_heads, d_head, dtype=dtype, device=device)
         self.length = 0
         self.slot: Optional[torch.Tensor] = None
 
