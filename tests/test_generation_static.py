@@ -333,3 +333,36 @@ def test_rotated_key_cache_gives_the_numbers_of_rotating_every_step(checkpoint_f
         monkeypatch.setattr(generation._CacheEntry, "ROTATED_KEYS_ON", here)
         plain = greedy_generate(model, ROWS, NEW, batch_size=4, score_ids=vocab, score_steps=True)
         assert not torch.equal(plain.step_logits, rotated[0].step_logits)
+
+
+def test_head_major_cache_gives_the_numbers_of_the_token_major_one(checkpoint_factory, monkeypatch):
+    """The generation cache laid out head-major in memory (``_CacheEntry.HEAD_MAJOR_ON``: the CPU by
+    default; here the test's device) reads each head's keys contiguously; its keys and values are
+    still ``[batch, pos, head, d_head]`` views. Greedy decoding (static and dynamic steps), every
+    step's logits and the shared-prefix scores equal those of the token-major layout to the last bit
+    (both are also compared with ``transformers`` by the tests above)."""
+    from drope_lens.measurement.generation import score_shared_prefix
+
+    path, _ = checkpoint_factory()
+    model = dl.load_model(path)
+    vocab = list(range(model.cfg.d_vocab))
+    groups = [[ROWS[0] + [3, 4], ROWS[0] + [5], ROWS[0] + [6, 7, 8]], [ROWS[2] + [9], ROWS[2] + [10, 11], ROWS[2] + [12]]]
+
+    def run():
+        static = greedy_generate(model, ROWS, NEW, batch_size=4, score_ids=vocab, score_steps=True)
+        dynamic = greedy_generate(model, ROWS, NEW, batch_size=4, score_ids=vocab, score_steps=True,
+                                  fwd_hooks=[("blocks.0.hook_resid_pre", _identity)])
+        return static, dynamic, score_shared_prefix(model, groups, vocab, batch_size=6)
+
+    here = frozenset({torch.device(model.cfg.device).type})
+    monkeypatch.setattr(generation._CacheEntry, "HEAD_MAJOR_ON", here)
+    entry = generation._Cache(model, 2, 5)[0]
+    assert entry.keys.shape[1] == 5 and entry.keys.transpose(1, 2).is_contiguous()
+    head_major = run()
+    monkeypatch.setattr(generation._CacheEntry, "HEAD_MAJOR_ON", frozenset())
+    assert generation._Cache(model, 2, 5)[0].keys.is_contiguous()
+    token_major = run()
+    for new, old in zip(head_major[:2], token_major[:2]):
+        assert new.tokens == old.tokens
+        torch.testing.assert_close(new.step_logits, old.step_logits, rtol=0, atol=0)
+    torch.testing.assert_close(head_major[2], token_major[2], rtol=0, atol=0)
