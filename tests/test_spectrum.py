@@ -34,6 +34,23 @@ def _check(got: torch.Tensor, a: torch.Tensor) -> None:
     torch.testing.assert_close((got.cpu() - want) / scale, torch.zeros_like(want), rtol=0, atol=1e-13 * a.shape[-1])
 
 
+def test_bisection_stops_at_float64_resolution():
+    """Each matrix halves its interval until it is eps_float64 * max|bound| wide: fewer halvings than
+    the cap for a Gram-like matrix (about 53), at least one for a zero matrix."""
+    x = torch.randn(2, 64, 96, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    x[:, 0] *= 100.0
+    a = torch.cat([x @ x.mT, torch.zeros(1, 64, 64, dtype=torch.float64)])
+    d, e = spectrum.tridiagonalize(a)
+    low, high, _ = spectrum._bounds(d, e)
+    halvings = spectrum._halvings(low, high)
+    assert halvings.dtype == torch.int32 and bool((halvings[:2] >= 50).all()) and bool((halvings[:2] <= 55).all())
+    assert 1 <= int(halvings[2]) < 50
+    width = (high - low) / 2.0 ** halvings.double()  # each matrix's final interval
+    assert bool((width[:2] <= torch.finfo(torch.float64).eps * torch.maximum(low.abs(), high.abs())[:2]).all())
+    assert bool((2 * width[:2] > torch.finfo(torch.float64).eps * torch.maximum(low.abs(), high.abs())[:2]).all())
+    _check(spectrum.tridiagonal_eigenvalues(d, e), a)
+
+
 def test_householder_and_bisection_match_lapack():
     for a in _matrices(0):
         _check(spectrum.symmetric_eigenvalues(a, method="householder"), a)

@@ -29,7 +29,9 @@ CUDA-event times of those replayed forwards. The ratio ours / HF work is what dr
 statistics and host code cost on top of the forwards the experiment needs (targets: <= 1.2x;
 attention statistics <= 1.5x). Random weights: speed does not depend on the values; accuracies are
 meaningless here. Progress is printed as each experiment starts and finishes; the JSON is rewritten
-after each.
+after each. ``--repeat N`` runs each experiment N times and reports the median (every run's seconds
+kept in the JSON): the first run after loading a model carries one-off costs (session 31: Exp 4
+0.20-0.22 s against 0.17-0.18 s for the next four, on either model).
 
 When the DroPE run of an experiment made exactly the forwards (same shapes, same order) that the RoPE
 run made in the same process, its HF work is the same replay and is not timed twice: the row says

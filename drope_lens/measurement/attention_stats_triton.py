@@ -68,7 +68,8 @@ class KernelConfig:
 CONFIG = KernelConfig()
 #: The settings for sequences of at most :data:`SHORT_QUERIES` queries: at the study's 10 x 512 one
 #: layer's row pass takes 244 us with these against 410 us with :data:`CONFIG` (H200, session 30's
-#: profile, docs/gpu_evidence/lead_call{2,3}_h200_s30_console.txt; fastest of ten in the sweep at 10 x 512).
+#: profile, docs/gpu_evidence/lead_call{2,3}_h200_s30_console.txt; fastest of ten in the sweep at 10 x 512;
+#: with them, session 31's profile: 8.0 ms for the 32 layers, lead_call3_h200_s31_console.txt).
 SHORT_CONFIG = KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=2)
 SHORT_QUERIES = 2048
 
@@ -76,6 +77,8 @@ SHORT_QUERIES = 2048
 def config_for(n_queries: int) -> KernelConfig:
     """The kernel settings used for sequences of ``n_queries`` queries."""
     return SHORT_CONFIG if n_queries <= SHORT_QUERIES else CONFIG
+
+
 NO_WINDOW = 2**62
 #: Triton's floating-point contraction (``a * b + c`` as one FMA). Off: the received pass must
 #: rebuild each score bitwise as the row pass made it (``p = exp(s - lse)`` with the row's own

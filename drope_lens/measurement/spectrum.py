@@ -263,8 +263,8 @@ def tridiagonal_eigenvalues(
 
 def _halvings(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     """Halvings of each matrix's interval until it is at most eps_float64 * max(|low|, |high|) wide
-    (the resolution of the largest eigenvalue, below the Sturm count's own backward error): about 54
-    for a Gershgorin interval, at most :data:`N_HALVINGS`. int32 ``[batch]``."""
+    (the resolution of the largest eigenvalue, below the Sturm count's own backward error): 53
+    for the study's Gram matrices, at most :data:`N_HALVINGS`. int32 ``[batch]``."""
     tolerance = torch.finfo(torch.float64).eps * torch.maximum(low.abs(), high.abs())
     ratio = (high - low) / tolerance.clamp(min=torch.finfo(torch.float64).tiny)
     return torch.log2(ratio.clamp(min=1.0)).ceil().clamp(1, N_HALVINGS).to(torch.int32).contiguous()
