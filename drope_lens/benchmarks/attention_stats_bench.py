@@ -10,6 +10,8 @@
    path (max |difference| per statistic, all layers) and with statistics from ``hook_pattern``.
 2. Study size: Exp 4 + 5 + 7 + 8-9 together (one :func:`drope_lens.engine.measure.measure`
    call, 10 texts x 512 tokens, one batch) against bare forwards over the same token rows.
+   ``--profile`` adds a ``torch.profiler`` table and timeline of one call; ``--phases`` the host's
+   and the GPU's position at each phase of a call without a profiler (:func:`phase_timeline`).
 
 Random weights: speed and memory do not depend on the values (DESIGN.md).
 """
