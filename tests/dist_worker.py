@@ -4,7 +4,8 @@ Each ``--job KIND:DIR`` runs, with batch-shape-dependent numbers (:func:`batch_s
 returned on this rank to ``<out>/<tag>-rank<r>.pkl``:
 
 - ``mv:DIR`` / ``dis:DIR``: Exp 1 / Exp 2 through the Python API with a RunStore under DIR;
-  ``mv:-`` / ``dis:-`` without a store;
+  ``mv:-`` / ``dis:-`` without a store; ``meas:-``: Exp 4 and 7 in one ``measure()`` call without a
+  store (whole frames per chunk of texts, gathered from both ranks);
 - ``cli:DIR``: ``drope-lens run massive-values`` and ``... disruption`` with ``--out DIR``;
 - ``all:DIR``: every experiment of ``drope-lens run`` at the tiny sizes of :data:`ALL_CLI` (toy DroPE), with
   ``--out DIR --run-id t`` (tests/test_torchrun_all.py); ``--die-exp X``: rank 1 is killed after
@@ -126,6 +127,19 @@ def run_mv(models, store_root):
     return [massive_values.run(m, mv_texts, store=store, show_progress=False, **MV) for m in models]
 
 
+def run_meas(models, store_root):
+    from drope_lens.engine.measure import measure
+    from drope_lens.engine.results import RunStore
+    from drope_lens.experiments import attention_structure, sinks
+
+    mv_texts, _, _ = texts()
+    parts = [sinks.measurement(sinks.SinksConfig()),
+             attention_structure.measurement(attention_structure.AttentionStructureConfig())]
+    store = RunStore(store_root, "measure", "run") if store_root else None
+    return [measure(m, mv_texts[:5], parts, max_tokens=40, batch_size=2, store=store, show_progress=False)
+            for m in models]
+
+
 def run_dis(models, store_root):
     from drope_lens.experiments import disruption
     from drope_lens.engine.results import RunStore
@@ -191,7 +205,7 @@ def _jobs(args, me) -> int:
         else:
             if models is None:
                 models = dl.load_pair("toy")
-            result = (run_mv if kind == "mv" else run_dis)(models, store_root)
+            result = {"mv": run_mv, "dis": run_dis, "meas": run_meas}[kind](models, store_root)
         tag = f"{kind}-{Path(directory).name if store_root else 'nostore'}"
         with open(Path(args.out) / f"{tag}-rank{me.rank}.pkl", "wb") as handle:
             pickle.dump(result, handle)

@@ -162,7 +162,7 @@ def sweeps(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     with _one_thread():
         models = dl.load_pair("toy")
-        reference = {"mv": W.run_mv(models, None), "dis": W.run_dis(models, None)}
+        reference = {"mv": W.run_mv(models, None), "dis": W.run_dis(models, None), "meas": W.run_meas(models, None)}
         with _interrupt_after(mp, 3):  # one process, stopped after 3 of 16 parts
             W.run_mv(models, root / "D")
         with _interrupt_after(mp, 2):  # and after 2 of 12 batch checkpoints
@@ -170,7 +170,7 @@ def sweeps(tmp_path_factory):
         assert cli_main([*W.CLI_MV, "--out", str(root / "C1")]) == 0
         assert cli_main([*W.CLI_DIS, "--out", str(root / "C1")]) == 0
     partial_d = _parts(root / "D")
-    first = _torchrun(root / "out1", [f"mv:{root}/A", f"dis:{root}/A", "mv:-", "dis:-", f"cli:{root}/C",
+    first = _torchrun(root / "out1", [f"mv:{root}/A", f"dis:{root}/A", "mv:-", "dis:-", "meas:-", f"cli:{root}/C",
                                       f"mv:{root}/D", f"dis:{root}/D", f"mv:{root}/B1"], die_in=f"mv:{root}/B1")
     if (root / "B1").is_dir():  # (absent only if the launch failed before its last job: the tests say so)
         shutil.copytree(root / "B1", root / "B1-copy")
@@ -201,6 +201,11 @@ def test_two_ranks_give_the_single_process_results(sweeps):
         for rank in (0, 1):  # every rank returns the whole run
             assert (out / f"{tag}-rank{rank}.pkl").is_file(), _log(sweeps.first)
             _assert_equal(_result(out, tag, rank), sweeps.reference[experiment])
+    for rank in (0, 1):  # measure() without a store: whole frames per chunk (3 chunks), from both ranks
+        got, want = _result(out, "meas-nostore", rank), sweeps.reference["meas"]
+        for name in ("sinks", "attention_structure"):
+            _assert_equal([frames[name] for frames in got], [frames[name] for frames in want])
+            assert sorted(set(got[0][name]["sample"])) == list(range(5))
     # parts are named by unit (never by rank); conditions assembled from both ranks' batches
     assert len(_parts(sweeps.root / "A")) == 2 * W.N_TEXTS_MV + 2 * (2 + W.DIS["seeds"])
     assert not list((sweeps.root / "A").rglob("batches")) and not list((sweeps.root / "A").rglob("*.tmp"))
