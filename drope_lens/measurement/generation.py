@@ -169,8 +169,9 @@ class _CacheEntry:
     #: Device types on which the buffers are laid out head-major (``[batch, head, pos, d_head]`` in
     #: memory; ``keys``/``values`` stay ``[batch, pos, head, d_head]`` views of them): the attention
     #: reads each head's keys contiguously. On the 2-core CPU a decode step's attention over 20 rows x
-    #: 8 heads x 2,068 cached keys of 32 took 5.1 ms instead of 13.5 ms (session 31); CUDA's kernels
-    #: take the strides as they are.
+    #: 8 heads x 2,068 cached keys of 32 took 5.1 ms instead of 13.5 ms (session 31; whole Exp 10
+    #: runs through ``drope-lens`` showed no difference beyond the machine's noise, README); CUDA's
+    #: kernels take the strides as they are.
     HEAD_MAJOR_ON = frozenset({"cpu"})
 
     def __init__(self, batch: int, length: int, n_heads: int, d_head: int, dtype, device, zeroed: bool = False):
