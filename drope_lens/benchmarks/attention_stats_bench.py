@@ -19,9 +19,12 @@ Random weights: speed and memory do not depend on the values (DESIGN.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import gc
 import json
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -38,8 +41,6 @@ def cuda_time(fn, repeat: int = 3) -> tuple[float, float, object]:
     during them; also the last result. (Without CUDA, for a smoke run: wall time, no memory.)"""
     result = fn()
     if not torch.cuda.is_available():
-        import time
-
         times = []
         for _ in range(repeat):
             begin = time.perf_counter()
@@ -192,9 +193,7 @@ def profile_study(model, texts) -> None:
     (:func:`print_timeline`): the host's phases and the GPU's idle gaps between kernels."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from drope_lens.engine import measure as measure_module
-
-    parts = study_parts()
+    from drope_lens.engine.measure import measure
 
     def labelled(name, fn):
         def wrapper(*args, **kwargs):
@@ -202,14 +201,10 @@ def profile_study(model, texts) -> None:
                 return fn(*args, **kwargs)
         return wrapper
 
-    parts = [dataclasses.replace(p, rows=labelled(f"{p.name} rows", p.rows)) for p in parts]
-    originals = {name: getattr(measure_module, name) for name in ("tokenize", "pack_to_host", "_forward")}
-    for name, fn in originals.items():
-        setattr(measure_module, name, labelled(name, fn))
-    try:
+    with _phases_labelled(labelled, ("tokenize", "pack_to_host", "_forward")) as parts:
         def run():
             with record_function("phase: measure"):
-                return measure_module.measure(model, texts, parts, max_tokens=512, batch_size=10, show_progress=False)
+                return measure(model, texts, parts, max_tokens=512, batch_size=10, show_progress=False)
 
         cuda = torch.cuda.is_available()
         run()
@@ -217,9 +212,6 @@ def profile_study(model, texts) -> None:
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
             run()
             _synchronize()
-    finally:
-        for name, fn in originals.items():
-            setattr(measure_module, name, fn)
     table = prof.key_averages()
     print(table.table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60), flush=True)
     print(table.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60), flush=True)
@@ -233,9 +225,7 @@ def phase_timeline(model, texts, repeat: int = 3) -> list[dict]:
     Printed per phase in ms from the call's start: host enter .. exit, and the time the GPU reached
     the same points of its stream (all work queued before them done). A phase whose host exit is
     later than the GPU's is host-bound. ``repeat`` calls after one warm-up; the last is printed."""
-    import time
-
-    from drope_lens.engine import measure as measure_module
+    from drope_lens.engine.measure import measure
 
     records: list = []
 
@@ -253,13 +243,6 @@ def phase_timeline(model, texts, repeat: int = 3) -> list[dict]:
                 mark(name, "exit")
         return wrapper
 
-    parts = [dataclasses.replace(p, rows=labelled(f"{p.name} rows", p.rows)) for p in study_parts()]
-    names = ("tokenize", "pack_to_host", "_forward", "_with_head")
-    originals = {name: getattr(measure_module, name) for name in names}
-    for name, fn in originals.items():
-        setattr(measure_module, name, labelled(name, fn))
-    import gc
-
     collections: list = []  # (generation, seconds) of the garbage collections during a call
 
     def on_gc(phase: str, info: dict) -> None:
@@ -271,24 +254,23 @@ def phase_timeline(model, texts, repeat: int = 3) -> list[dict]:
     runs = []
     gc.callbacks.append(on_gc)
     try:
-        for k in range(repeat + 1):
-            records.clear()
-            collections.clear()
-            mark("measure", "enter")
-            measure_module.measure(model, texts, parts, max_tokens=512, batch_size=10, show_progress=False)
-            mark("measure", "exit")
-            torch.cuda.synchronize()
-            host0, gpu0 = records[0][2], records[0][3]
-            rows = [{"phase": n, "edge": e, "host_ms": (h - host0) * 1e3, "gpu_ms": gpu0.elapsed_time(ev)}
-                    for n, e, h, ev in records]
-            if k:
-                runs.append(rows)
-                rows.append({"phase": "garbage collections (generation, ms)",
-                             "collections": [(g, t * 1e3) for g, t in collections]})
+        with _phases_labelled(labelled, ("tokenize", "pack_to_host", "_forward", "_with_head")) as parts:
+            for k in range(repeat + 1):
+                records.clear()
+                collections.clear()
+                mark("measure", "enter")
+                measure(model, texts, parts, max_tokens=512, batch_size=10, show_progress=False)
+                mark("measure", "exit")
+                torch.cuda.synchronize()
+                host0, gpu0 = records[0][2], records[0][3]
+                rows = [{"phase": n, "edge": e, "host_ms": (h - host0) * 1e3, "gpu_ms": gpu0.elapsed_time(ev)}
+                        for n, e, h, ev in records]
+                if k:
+                    runs.append(rows)
+                    rows.append({"phase": "garbage collections (generation, ms)",
+                                 "collections": [(g, t * 1e3) for g, t in collections]})
     finally:
         gc.callbacks.remove(on_gc)
-        for name, fn in originals.items():
-            setattr(measure_module, name, fn)
     last = runs[-1]
     print("phase timeline (ms from the call's start; host = perf_counter, gpu = when the stream got there):")
     for row in last[:-1]:
@@ -300,6 +282,22 @@ def phase_timeline(model, texts, repeat: int = 3) -> list[dict]:
     totals = [r[-2]["host_ms"] for r in runs]
     print(f"  measure calls: host {', '.join(f'{t:.1f}' for t in totals)} ms", flush=True)
     return runs
+
+
+@contextlib.contextmanager
+def _phases_labelled(labelled, engine_functions: tuple[str, ...]):
+    """Row 1's measurements (:func:`study_parts`) with each ``rows`` wrapped by ``labelled(name, fn)``,
+    and the named functions of :mod:`drope_lens.engine.measure` wrapped the same way until exit."""
+    from drope_lens.engine import measure as measure_module
+
+    originals = {name: getattr(measure_module, name) for name in engine_functions}
+    for name, fn in originals.items():
+        setattr(measure_module, name, labelled(name, fn))
+    try:
+        yield [dataclasses.replace(p, rows=labelled(f"{p.name} rows", p.rows)) for p in study_parts()]
+    finally:
+        for name, fn in originals.items():
+            setattr(measure_module, name, fn)
 
 
 def print_timeline(events, min_gap_ms: float = 0.2) -> None:
