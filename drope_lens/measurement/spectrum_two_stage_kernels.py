@@ -114,6 +114,84 @@ def chase_bulges(a_ptr, d_ptr, e_ptr, n, B: tl.constexpr, N_POW2: tl.constexpr, 
 
 
 @triton.jit
+def _reflect_rows(x, first):
+    """:func:`_reflect` for each row of ``x`` ([slots, B]): ``(v [slots, B], tau [slots], alpha [slots])``."""
+    x0 = tl.sum(tl.where(first, x, 0.0), 1)
+    norm = tl.sqrt(tl.sum(x * x, 1))
+    alpha = tl.where(x0 < 0, norm, -norm)
+    v = tl.where(first, (x0 - alpha)[:, None], x)
+    vv = 2.0 * norm * (norm + tl.abs(x0))
+    tau = tl.where(vv > 0, 2.0 / tl.where(vv > 0, vv, 1.0), 0.0)
+    return v, tau, alpha
+
+
+@triton.jit
+def chase_bulges_pipelined(a_ptr, d_ptr, e_ptr, n, lag, B: tl.constexpr, SLOTS: tl.constexpr,
+                           N_POW2: tl.constexpr):
+    """:func:`chase_bulges` with up to ``SLOTS`` sweeps in flight: sweep i starts at iteration
+    ``lag * i`` and makes one step per iteration, so sweep i + 1 runs ``lag`` steps behind sweep i.
+
+    A step of sweep i at row ``r_s`` reads and writes rows ``r_s .. r_s + 2B - 1`` only, and leaves
+    rows below ``r_s + B`` final for that sweep. Sweep i + 1's step s reads rows up to
+    ``i + 1 + (s + 2) B``, final once sweep i has made step s + 2: with ``lag >= 3`` every step of an
+    iteration touches rows no other step of it touches, and reads them after the earlier sweeps are
+    done with them (the host makes ``lag * SLOTS`` >= the longest sweep's steps, so a slot is free
+    again before its next sweep starts). The steps' arithmetic is :func:`chase_bulges`'.
+    """
+    b = tl.program_id(0).to(tl.int64)
+    base = a_ptr + b * n * n
+    k = tl.arange(0, SLOTS)
+    r = tl.arange(0, B)
+    r3 = r[None, :, None]
+    c3 = r[None, None, :]
+    lower = r3 >= c3
+    carried = tl.zeros([SLOTS, B, B], tl.float64)  # each sweep's tile for its next step
+    for t in range(0, lag * (n - 3) + 1):
+        tl.debug_barrier()  # the previous iteration's stores are visible to every thread
+        q = t // lag
+        i = q - (q - k + SLOTS) % SLOTS  # the latest sweep of slot k that has started
+        step = t - lag * i
+        r_s = i + 1 + step * B
+        active = (i >= 0) & (i <= n - 3) & (r_s < n)
+        first = (step == 0)[:, None, None]
+        rows = r_s[:, None] + r[None, :]  # [SLOTS, B]
+        rows3 = rows[:, :, None]
+        cols3 = rows[:, None, :]
+        act3 = active[:, None, None]
+        # the tile: columns r_s - B .. r_s - 1 (a sweep's first one from memory, later ones carried)
+        t_cols = cols3 - B
+        t_mask = act3 & (rows3 < n) & (t_cols >= 0)
+        t_pointers = base + rows3.to(tl.int64) * n + t_cols
+        tile = tl.where(first, tl.load(t_pointers, mask=t_mask & first, other=0.0), carried)
+        # the diagonal block, both triangles gathered from the stored lower one
+        d_mask = act3 & (rows3 < n) & (cols3 < n)
+        block = tl.load(base + tl.maximum(rows3, cols3).to(tl.int64) * n + tl.minimum(rows3, cols3),
+                        mask=d_mask, other=0.0)
+        below_rows = rows3 + B
+        below = tl.load(base + below_rows.to(tl.int64) * n + cols3, mask=act3 & (below_rows < n) & (cols3 < n),
+                        other=0.0)
+        # the reflector that annihilates the tile's pivot column below its first row
+        at_pivot = c3 == tl.where(step == 0, B - 1, 0)[:, None, None]
+        x = tl.sum(tl.where(at_pivot, tile, 0.0), 2)
+        v, tau, alpha = _reflect_rows(x, r[None, :] == 0)
+        tile = tile - (tau[:, None] * v)[:, :, None] * tl.sum(tile * v[:, :, None], 1)[:, None, :]
+        tile = tl.where(at_pivot, tl.where(r3 == 0, alpha[:, None, None], 0.0), tile)
+        tl.store(t_pointers, tile, mask=t_mask)
+        # two-sided on the diagonal block
+        p = tau[:, None] * tl.sum(block * v[:, None, :], 2)
+        w = p - (0.5 * tau * tl.sum(p * v, 1))[:, None] * v
+        block = block - v[:, :, None] * w[:, None, :] - w[:, :, None] * v[:, None, :]
+        tl.store(base + rows3.to(tl.int64) * n + cols3, block, mask=d_mask & lower)
+        # from the right on the block below: its fill is the next step's tile
+        carried = below - (tau[:, None] * tl.sum(below * v[:, None, :], 2))[:, :, None] * v[:, None, :]
+    tl.debug_barrier()
+    idx = tl.arange(0, N_POW2)
+    tl.store(d_ptr + b * n + idx, tl.load(base + idx.to(tl.int64) * (n + 1), mask=idx < n), mask=idx < n)
+    sub = idx < n - 1
+    tl.store(e_ptr + b * (n - 1) + idx, tl.load(base + (idx + 1).to(tl.int64) * n + idx, mask=sub), mask=sub)
+
+
+@triton.jit
 def t_factor(gram_ptr, tau_ptr, t_ptr, B: tl.constexpr):
     """LAPACK ``dlarft``'s upper-triangular T (forward, columnwise) from ``V^T V`` and ``tau``:
     ``T[:c, c] = -tau_c T[:c, :c] (V^T V)[:c, c]``, ``T[c, c] = tau_c``."""
