@@ -11,8 +11,7 @@ warm-up; largest |entropy - float64 LAPACK entropy| over all matrices, both norm
 * ``eigvalsh_magma``: the same with ``torch.backends.cuda.preferred_linalg_library("magma")``;
 * ``two_stage`` (first; the default on CUDA for n <= 1,024): dense -> band -> tridiagonal,
   :mod:`drope_lens.measurement.spectrum_two_stage`, and each stage alone;
-  ``--two-stage BAND,WARPS[,SLOTS]`` adds settings (SLOTS: bulge-chasing sweeps in flight, 0 for the
-  one-sweep-at-a-time kernel); ``--only-two-stage`` times nothing else;
+  ``--two-stage BAND,WARPS[,PREFETCH]`` adds settings; ``--only-two-stage`` times nothing else;
 * ``householder_persistent`` (the default on CUDA for n <= 1,024 until session 30): one kernel launch per batch,
   :mod:`drope_lens.measurement.spectrum_persistent`, also its tridiagonalisation alone;
   ``--quick`` times only two_stage, it, ``householder_blocked`` (LAPACK's panels, in a CUDA graph),
@@ -93,9 +92,9 @@ def main() -> None:
                              "STAGES software-pipelining stages of its strip loop")
     parser.add_argument("--blocked-panels", nargs="*", type=int, metavar="COLUMNS",
                         help="also time householder_blocked with these panel widths")
-    parser.add_argument("--two-stage", nargs="*", metavar="BAND,CHASE_WARPS[,SLOTS]", default=[],
+    parser.add_argument("--two-stage", nargs="*", metavar="BAND,CHASE_WARPS[,PREFETCH]", default=[],
                         help="also time two_stage with these band half-widths, bulge-chasing warps and "
-                             "sweeps in flight (0: one sweep after another, with prefetch)")
+                             "prefetch (1) or not (0)")
     parser.add_argument("--only-two-stage", action="store_true", help="time two_stage's settings only")
     parser.add_argument("--quick", action="store_true",
                         help="only two_stage (the default), householder_persistent, householder_blocked, cusolver_batched and householder_fused")
@@ -126,11 +125,12 @@ def main() -> None:
 
     def two_stage_rows(settings: str) -> None:
         """two_stage and its stages alone, with one band, bulge-chasing warps and prefetch."""
-        default = (two_stage.BAND, two_stage.CHASE_WARPS, two_stage.CHASE_SLOTS)
+        default = (two_stage.BAND, two_stage.CHASE_WARPS, two_stage.CHASE_PREFETCH)
         try:
             values = [int(x) for x in settings.split(",")] if settings else []
-            two_stage.BAND, two_stage.CHASE_WARPS, two_stage.CHASE_SLOTS = values + list(default[len(values):])
-            tag = f"two_stage {two_stage.BAND},{two_stage.CHASE_WARPS},{two_stage.CHASE_SLOTS}"
+            two_stage.BAND, two_stage.CHASE_WARPS, prefetch = values + list(default[len(values):])
+            two_stage.CHASE_PREFETCH = bool(prefetch)
+            tag = f"two_stage {two_stage.BAND},{two_stage.CHASE_WARPS},{int(two_stage.CHASE_PREFETCH)}"
             t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="two_stage"), args.repeat)
             record(tag, t, eig)
             work = a.clone()
@@ -148,7 +148,7 @@ def main() -> None:
             traceback.print_exc()
             rows.append({"method": f"two_stage {settings}", "error": repr(error)})
         finally:
-            two_stage.BAND, two_stage.CHASE_WARPS, two_stage.CHASE_SLOTS = default
+            two_stage.BAND, two_stage.CHASE_WARPS, two_stage.CHASE_PREFETCH = default
         save()
 
     for settings in [""] + list(args.two_stage):

@@ -45,11 +45,6 @@ BAND = 16
 CHASE_WARPS = 4
 #: Load each bulge-chasing step's two next blocks before the step's own work (hides their latency).
 CHASE_PREFETCH = True
-#: Sweeps in flight in one bulge-chasing program (a power of two; 0: one sweep after another, the
-#: kernel with prefetch) and the steps each sweep runs behind the one before (3 at least: see
-#: ``chase_bulges_pipelined``; more when the slots would not cover the longest sweep).
-CHASE_SLOTS = 16
-CHASE_LAG = 3
 PANEL_WARPS = 8
 #: Largest n on the Triton path (the panel kernel holds a [next_pow2(n), band] float64 tile in registers).
 MAX_N = 1024
@@ -116,14 +111,8 @@ def band_to_tridiagonal(
         d = a.new_empty(batch, n)
         e = a.new_empty(batch, n - 1)
         with torch.cuda.device(a.device) if a.is_cuda else contextlib.nullcontext():
-            if CHASE_SLOTS:
-                longest = -(-(n - 1) // band)  # steps of sweep 0
-                lag = max(CHASE_LAG, -(-longest // CHASE_SLOTS))
-                kernel.chase_bulges_pipelined[(batch,)](a, d, e, n, lag, B=band, SLOTS=CHASE_SLOTS,
-                                                        N_POW2=1 << (n - 1).bit_length(), num_warps=CHASE_WARPS)
-            else:
-                kernel.chase_bulges[(batch,)](a, d, e, n, B=band, N_POW2=1 << (n - 1).bit_length(),
-                                              PREFETCH=CHASE_PREFETCH, num_warps=CHASE_WARPS)
+            kernel.chase_bulges[(batch,)](a, d, e, n, B=band, N_POW2=1 << (n - 1).bit_length(),
+                                     PREFETCH=CHASE_PREFETCH, num_warps=CHASE_WARPS)
         return d, e
     return _chase_torch(a, band)
 
