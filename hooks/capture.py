@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Float, Int
 
 from .names import Rotary, qkv_hook
+from .norms import first_position_norms, position_norms
 
 HookPair = tuple[str, Callable]
 
@@ -65,13 +66,12 @@ def capture_dim_norms(
 def capture_token_mean_norm(store: dict, names: Sequence[str]) -> list[HookPair]:
     """Token-mean L2 norm of any hook: ``store[name]`` = ``[batch]``.
 
-    The norm is over all non-batch, non-position axes (so all heads concatenated for q/k/v).
+    The norm is over all non-batch, non-position axes (so all heads concatenated for q/k/v), by
+    :func:`~drope_lens.hooks.norms.position_norms` (shared with other hooks on the same tensor).
     """
 
     def fn(x, hook):
-        # float32 accumulation without materialising a float32 copy of x (nor any copy when x is a view)
-        dims = tuple(range(2, x.ndim))
-        store[hook.name] = torch.linalg.vector_norm(x, dim=dims, dtype=torch.float32).mean(dim=1)
+        store[hook.name] = position_norms(x).mean(dim=1)
         return None
 
     return [(name, fn) for name in names]
@@ -122,18 +122,19 @@ def capture_bos_norms(store: dict, n_layers: int) -> list[HookPair]:
     ``store[layer]`` = dict of ``[batch]`` float32 tensors: ``bos_norm`` = ||resid_post[0]||_2,
     ``bos_norm_pre`` = ||resid_pre[0]||_2 (what enters the block), ``bos_ratio`` = bos_norm /
     mean over t >= 1 of ||resid_post[t]|| (dimensionless). Position 0 is each row's first token:
-    use unpadded (equal-length) batches, as the measurement experiments do.
+    use unpadded (equal-length) batches, as the measurement experiments do. Norms come from
+    :mod:`drope_lens.hooks.norms`: computed once per tensor in a forward that several measurements share.
     """
 
     def post(x, hook):
-        norms = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32)  # [batch, pos], no float32 copy of x
+        norms = position_norms(x)  # [batch, pos]
         entry = store.setdefault(hook.layer(), {})
         entry["bos_norm"] = norms[:, 0]
         entry["bos_ratio"] = norms[:, 0] / norms[:, 1:].mean(dim=1)
         return None
 
     def pre(x, hook):
-        store.setdefault(hook.layer(), {})["bos_norm_pre"] = torch.linalg.vector_norm(x[:, 0], dim=-1, dtype=torch.float32)
+        store.setdefault(hook.layer(), {})["bos_norm_pre"] = first_position_norms(x)
         return None
 
     pairs: list[HookPair] = []

@@ -225,6 +225,24 @@ def test_capture_positions_under_padding_and_generation(rope_model):
         torch.testing.assert_close(store[(name, 8)][r], cache[name][0, 8], rtol=0, atol=2e-5)
 
 
+def test_shared_norms_compute_each_tensor_once_and_forget_freed_ones():
+    from drope_lens.hooks.norms import NormCache
+
+    x = torch.randn(2, 5, 3, 4)
+    with hooks.shared_norms():
+        first = hooks.position_norms(x)
+        assert hooks.position_norms(x) is first  # the same tensor: computed once
+        assert hooks.position_norms(x.clone()) is not first  # another tensor (same values): its own
+        assert torch.equal(hooks.first_position_norms(x), torch.linalg.vector_norm(x[:, 0], dim=(1, 2)))
+    assert hooks.position_norms(x) is not first and torch.equal(hooks.position_norms(x), first)  # outside: every call
+    torch.testing.assert_close(first, x.square().sum(dim=(2, 3)).sqrt())
+    cache, y = NormCache(), torch.randn(2, 3)
+    cache.get(y, "sum", lambda t: t.sum(dim=-1))
+    assert len(cache._entries) == 1
+    del y
+    assert not cache._entries  # an entry goes with its tensor
+
+
 def test_sequence_axis_norm_with_lengths():
     x = torch.randn(2, 6, 3, 4)
     lengths = torch.tensor([6, 4])

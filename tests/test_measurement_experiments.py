@@ -230,6 +230,30 @@ def test_one_forward_serves_every_measurement_and_runs_resume(pair, tmp_path, mo
     assert second.equals(first)
 
 
+@pytest.mark.parametrize("variant, norms_per_layer", [("nope", 7), ("qk_norm_nope", 9)])
+def test_one_forward_computes_each_activation_norm_once(pair, monkeypatch, variant, norms_per_layer):
+    """Exp 4 and 5 share the residual norms (resid_post per position, resid_pre at BOS); Exp 8-9's
+    hook_q_normed / hook_k_normed norms are hook_q's / hook_k's when they are one tensor (no q/k
+    norm). Per layer: resid_post, resid_pre[0], v[0], attn_out, mlp_out, q, k (+ q_normed, k_normed
+    under q/k norms). The values are bit-identical to each experiment's own run."""
+    path, ref, model = pair[variant]
+    texts = _texts(3)
+    parts = [sinks.measurement(sinks.SinksConfig()), bos_write.measurement(bos_write.BosWriteConfig()),
+             attention_structure.measurement(attention_structure.AttentionStructureConfig()),
+             layer_balance.measurement(layer_balance.LayerBalanceConfig())]
+    calls = []
+    original = torch.linalg.vector_norm
+    monkeypatch.setattr(torch.linalg, "vector_norm", lambda x, *a, **k: calls.append(x.shape) or original(x, *a, **k))
+    together = measure(model, texts, parts, max_tokens=MAX_TOKENS, batch_size=3, show_progress=False)
+    assert len(calls) == norms_per_layer * model.cfg.n_layers
+    monkeypatch.undo()
+    norms = {sinks: ["bos_norm", "bos_norm_pre", "bos_ratio"], bos_write: ["v_norm_bos", "bos_norm", "bos_norm_pre",
+             "bos_ratio"], layer_balance: list(layer_balance.VALUES)}
+    for module, columns in norms.items():
+        alone = module.run(model, texts, max_tokens=MAX_TOKENS, batch_size=3, show_progress=False)
+        assert together[module.EXPERIMENT][columns].equals(alone[columns]), module.EXPERIMENT
+
+
 def test_packed_host_copy_and_deferred_entropies_give_the_same_frames(pair, monkeypatch):
     """The GPU path of the engine, forced on the CPU: every capture packed into one copy (rows see
     only tensors of that one buffer), Exp 4's entropies solved by DeferredEntropies launched after

@@ -4,7 +4,8 @@ A :class:`Measurement` names the hooks it needs (capture hooks writing into a pe
 attention statistics it needs (window, distances), and how to turn one batch's captures into rows.
 :func:`measure` tokenises the texts, runs one forward per batch of equal-length texts with the
 union of every measurement's hooks (attention statistics are computed once per distinct request,
-by :func:`drope_lens.hooks.capture_attention_stats`), saves each text's rows as a RunStore unit,
+by :func:`drope_lens.hooks.capture_attention_stats`; activation norms once per tensor, by
+:func:`drope_lens.hooks.shared_norms`), saves each text's rows as a RunStore unit,
 and skips texts already saved (without a store a forward's frames are kept whole, not split by
 text and joined back). Several measurements therefore share one forward. After the forward
 the captures reach the host in one copy per device and deferred device work (Exp 4's spectra) runs
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from drope_lens.hooks import capture_attention_stats
+from drope_lens.hooks import capture_attention_stats, shared_norms
 from drope_lens.engine.host_transfer import find_deferred, pack_to_host
 from drope_lens.engine.results import RunStore, texts_fingerprint
 from drope_lens.measurement.texts import Text, TextsLike, as_texts
@@ -209,7 +210,8 @@ def _forward(model, texts, samples, tokens, measurements) -> Callable[[], dict[s
     if requests:
         attention[ANY_WINDOW] = attention[requests[0]]
     with torch.inference_mode():
-        model.run_with_hooks(tokens.to(model.cfg.device), return_type=None, fwd_hooks=hooks)
+        with shared_norms():  # a tensor's norms computed once for all measurements' hooks
+            model.run_with_hooks(tokens.to(model.cfg.device), return_type=None, fwd_hooks=hooks)
         copy = pack_to_host({"captured": captured, "attention": attention})
         deferred = {m.name: find_deferred(captured[m.name]) for m in measurements}
         for values in deferred.values():
