@@ -247,7 +247,9 @@ def _float64_pattern(q, k, scale, start, end, offset, sliding):
 
 
 # the default tiles (long and short sequences' settings), and small tiles (several whole tiles per
-# block; d_head 24: padded D)
+# block; d_head 24: padded D). With small tiles the 20 distances gathered span two key tiles, so
+# whole (unmasked) tiles hold some of them: in every block of the causal case, and with a window of
+# 80 (not of 40) under a KV cache.
 WHOLE_TILE_CASES = [
     pytest.param("CONFIG", 16, 300, 300, None, id="default-tiles-causal"),
     pytest.param("CONFIG", 16, 300, 220, 100, id="default-tiles-window-kvcache"),
@@ -255,6 +257,7 @@ WHOLE_TILE_CASES = [
     pytest.param("SHORT_CONFIG", 16, 300, 220, 100, id="short-sequence-tiles-window-kvcache"),
     pytest.param((32, 16, 4, 2), 24, 120, 120, None, id="small-tiles-causal"),
     pytest.param((32, 16, 4, 2), 24, 120, 90, 40, id="small-tiles-window-kvcache"),
+    pytest.param((32, 16, 4, 2), 24, 120, 90, 80, id="small-tiles-wide-window-kvcache"),
 ]
 
 

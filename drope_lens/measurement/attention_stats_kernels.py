@@ -1,9 +1,10 @@
 """Triton kernels of :mod:`drope_lens.measurement.attention_stats_triton` (imported only when Triton is).
 
 ``row_kernel``: one program per block of query rows and (batch, head): an online pass over the
-visible keys (running max, sum and entropy accumulator in log2 units), then the band of keys within
-``n_gather`` of its rows (distance profile, local masses) and the sink. ``received_kernel``: one
-program per block of keys, summing the probabilities every visible query gives them. Key (query)
+visible keys (running max, sum and entropy accumulator in log2 units) that also keeps the scores of
+the keys within ``n_gather`` of its rows, turned into probabilities once the row's ``lse`` is known
+(distance profile, local masses); then the sink. ``received_kernel``: one program per block of
+keys, summing the probabilities every visible query gives them. Key (query)
 tiles seen whole by every row (key) of the block skip all masks; only the tiles on the causal
 diagonal, the sliding-window edge and the padding edges are masked.
 """
@@ -31,9 +32,19 @@ def _load(ptrs, ok, MASKED: tl.constexpr, EVEN_D: tl.constexpr, d_ok):
         return tl.load(ptrs, mask=d_ok[None, :], other=0.0)
 
 @triton.jit
-def _online_step(q, k_ptrs, offs_n, rows, n_k, start, end, sliding, c, m_i, l_i, a_i, d_ok,
-                 MASKED: tl.constexpr, EVEN_D: tl.constexpr, IEEE: tl.constexpr):
-    # one key tile of the row pass: running max m, l = sum 2^(s - m), a = sum 2^(s - m) (s - m)
+def _gather_band(s, band, rows, n0, offs_g, BLOCK_N: tl.constexpr):
+    # band[i, g] = s[i, key rows[i] - g] for the keys of this tile (tile column rows[i] - g - n0);
+    # entries whose key lies in another tile keep their value
+    column = rows[:, None] - offs_g[None, :] - n0  # [BLOCK_M, G_PAD]
+    here = (column >= 0) & (column < BLOCK_N)
+    return tl.where(here, tl.gather(s, tl.minimum(tl.maximum(column, 0), BLOCK_N - 1), 1), band)
+
+@triton.jit
+def _online_step(q, k_ptrs, n0, offs_n, rows, n_k, start, end, sliding, c, m_i, l_i, a_i, band, band_start,
+                 offs_g, d_ok, MASKED: tl.constexpr, EVEN_D: tl.constexpr, IEEE: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
+    # one key tile of the row pass: running max m, l = sum 2^(s - m), a = sum 2^(s - m) (s - m);
+    # a tile from band_start on may hold keys within n_gather of the rows: their scores go to band
     k = _load(k_ptrs, offs_n < n_k, MASKED, EVEN_D, d_ok)
     s = _scores(q, k, c, IEEE)
     if MASKED:
@@ -50,11 +61,13 @@ def _online_step(q, k_ptrs, offs_n, rows, n_k, start, end, sliding, c, m_i, l_i,
         m_safe = m_new
         x = s - m_safe[:, None]
         e = tl.exp2(x)
+    if n0 >= band_start:
+        band = _gather_band(s, band, rows, n0, offs_g, BLOCK_N)
     alpha = tl.exp2(m_i - m_safe)
     shift = tl.where(l_i > 0, m_i - m_safe, 0.0)  # m_i = -inf while l_i = 0: no inf * 0
     a_i = alpha * (a_i + shift * l_i) + tl.sum(e * x, 1)
     l_i = alpha * l_i + tl.sum(e, 1)
-    return m_new, l_i, a_i
+    return m_new, l_i, a_i, band
 
 @triton.jit
 def row_kernel(q_ptr, k_ptr, start_ptr, end_ptr, lse_ptr, partial_ptr,
@@ -87,18 +100,26 @@ def row_kernel(q_ptr, k_ptr, start_ptr, end_ptr, lse_ptr, partial_ptr,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     a_i = tl.zeros([BLOCK_M], tl.float32)
+    # band[i, d]: score of key rows[i] - d (d < G_PAD), -inf where not visible; filled by the tiles
+    # from band_start on, which hold every visible key within n_gather of the block's rows
+    offs_g = tl.arange(0, G_PAD)
+    band = tl.full([BLOCK_M, G_PAD], float("-inf"), tl.float32)
+    band_start = (tl.maximum(lo, first_row - n_gather + 1) // BLOCK_N) * BLOCK_N
     for n0 in range((lo // BLOCK_N) * BLOCK_N, mid_lo, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        m_i, l_i, a_i = _online_step(q, k_base + offs_n[:, None] * skt + offs_d[None, :] * skd, offs_n, rows,
-                                     n_k, start, end, sliding, c, m_i, l_i, a_i, d_ok, True, EVEN_D, IEEE)
+        m_i, l_i, a_i, band = _online_step(q, k_base + offs_n[:, None] * skt + offs_d[None, :] * skd, n0, offs_n,
+                                           rows, n_k, start, end, sliding, c, m_i, l_i, a_i, band, band_start,
+                                           offs_g, d_ok, True, EVEN_D, IEEE, BLOCK_N)
     for n0 in range(mid_lo, mid_hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        m_i, l_i, a_i = _online_step(q, k_base + offs_n[:, None] * skt + offs_d[None, :] * skd, offs_n, rows,
-                                     n_k, start, end, sliding, c, m_i, l_i, a_i, d_ok, False, EVEN_D, IEEE)
+        m_i, l_i, a_i, band = _online_step(q, k_base + offs_n[:, None] * skt + offs_d[None, :] * skd, n0, offs_n,
+                                           rows, n_k, start, end, sliding, c, m_i, l_i, a_i, band, band_start,
+                                           offs_g, d_ok, False, EVEN_D, IEEE, BLOCK_N)
     for n0 in range(mid_hi, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        m_i, l_i, a_i = _online_step(q, k_base + offs_n[:, None] * skt + offs_d[None, :] * skd, offs_n, rows,
-                                     n_k, start, end, sliding, c, m_i, l_i, a_i, d_ok, True, EVEN_D, IEEE)
+        m_i, l_i, a_i, band = _online_step(q, k_base + offs_n[:, None] * skt + offs_d[None, :] * skd, n0, offs_n,
+                                           rows, n_k, start, end, sliding, c, m_i, l_i, a_i, band, band_start,
+                                           offs_g, d_ok, True, EVEN_D, IEEE, BLOCK_N)
     m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     lse = m_safe + tl.log2(l_safe)  # log2 units
@@ -107,28 +128,13 @@ def row_kernel(q_ptr, k_ptr, start_ptr, end_ptr, lse_ptr, partial_ptr,
     tl.store(lse_ptr + out, lse, mask=offs_m < n_q)
     used = (offs_m < n_q) & (rows >= start + 1) & (rows < end)  # query positions t >= 1
 
-    # Band phase: probabilities at distances 0..G-1 of each row, gathered out of the tiles
-    # that hold them (at most ceil((BLOCK_M + G) / BLOCK_N) + 1 tiles per program).
-    offs_g = tl.arange(0, G_PAD)
-    dist_acc = tl.zeros([G_PAD], tl.float32)
-    local_acc = tl.zeros([BLOCK_M], tl.float32)
-    local_nb_acc = tl.zeros([BLOCK_M], tl.float32)
-    band_lo = tl.maximum(lo, first_row - n_gather + 1)
-    for n0 in range((band_lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        k = _load(k_base + offs_n[:, None] * skt + offs_d[None, :] * skd, offs_n < n_k, True, EVEN_D, d_ok)
-        s = _scores(q, k, c, IEEE)
-        vis = (offs_n[None, :] <= rows[:, None]) & (offs_n[None, :] >= start) & (offs_n[None, :] < end)
-        vis = vis & (rows[:, None] - offs_n[None, :] < sliding) & used[:, None]
-        p = tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
-        column = rows[:, None] - offs_g[None, :] - n0  # [BLOCK_M, G_PAD]: tile column of key t - d
-        here = (column >= 0) & (column < BLOCK_N) & (offs_g[None, :] < n_gather)
-        near = tl.where(here, tl.gather(p, tl.minimum(tl.maximum(column, 0), BLOCK_N - 1), 1), 0.0)
-        dist_acc += tl.sum(near, 0)
-        in_window = offs_g[None, :] < window
-        local_acc += tl.sum(tl.where(in_window, near, 0.0), 1)
-        is_bos = (rows[:, None] - offs_g[None, :]) == start
-        local_nb_acc += tl.sum(tl.where(in_window & ~is_bos, near, 0.0), 1)
+    # probability at distances 0..n_gather-1 of each measured row: distance profile, local masses
+    near = tl.where(used[:, None] & (offs_g[None, :] < n_gather), tl.exp2(band - lse[:, None]), 0.0)
+    dist_acc = tl.sum(near, 0)
+    in_window = offs_g[None, :] < window
+    local_acc = tl.sum(tl.where(in_window, near, 0.0), 1)
+    is_bos = (rows[:, None] - offs_g[None, :]) == start
+    local_nb_acc = tl.sum(tl.where(in_window & ~is_bos, near, 0.0), 1)
     # sink: the key at position 0, wherever it is
     k0 = tl.load(k_base + start * skt + offs_d * skd, mask=d_ok, other=0.0)  # start < n_k always
     s0 = tl.sum(q.to(tl.float32) * k0.to(tl.float32)[None, :], 1) * c

@@ -13,10 +13,10 @@ of ``block_m`` query rows and (batch, head):
    DroPE scores (|s| ~ 1e4) cost no precision (``lse - sum p s`` in float32 would). Key tiles that
    every row of the block sees whole (all but the causal diagonal, the window edge and padding)
    skip the masks;
-2. it revisits only the key tiles within ``G = max(window, max_distance)`` of its rows, turns
-   their scores into probabilities with the row's ``lse`` and gathers (``tl.gather``) the
-   probability at each distance 0..G-1: distance profile and local masses; the sink is
-   ``2^(q . k_0 * scale * log2 e - lse)``;
+2. in the same pass, the key tiles within ``G = max(window, max_distance)`` of its rows also
+   gather (``tl.gather``) the score at each distance 0..G-1 of each row into a ``[block_m, G]``
+   tensor; once ``lse`` is known these become probabilities ``2^(s - lse)``: distance profile and
+   local masses; the sink is ``2^(q . k_0 * scale * log2 e - lse)``;
 3. it writes per-program partial sums over its rows t >= 1, summed afterwards in PyTorch
    (deterministic, no atomics).
 
