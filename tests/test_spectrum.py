@@ -79,6 +79,35 @@ def test_bisection_kernel_matches_lapack():
             _check(spectrum.symmetric_eigenvalues(a.cuda(), method=method), a)
 
 
+@needs_kernel
+@pytest.mark.parametrize("halvings_32,margin", [(0, 32.0), (22, 32.0), (22, 0.0), (22, -1e6), (40, 32.0)])
+def test_float32_stage_of_the_bisection_keeps_float64_accuracy(halvings_32, margin, monkeypatch):
+    """The kernel's float32 halvings, checked by float64 counts: LAPACK's spectrum without them, with
+    them, with no margin (intervals that may miss their eigenvalue), with a margin that inverts every
+    interval (each check fails: the float64 halvings restart from the Gershgorin bounds) and with more
+    float32 halvings than float32 resolves; a Gram matrix with a massive row, an indefinite one,
+    zeros."""
+    monkeypatch.setattr(spectrum, "FLOAT32_HALVINGS", halvings_32)
+    monkeypatch.setattr(spectrum, "FLOAT32_MARGIN", margin)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for k in (0, 2, 3):
+        a = _matrices(4)[k]
+        d, e = spectrum.tridiagonalize(a)
+        _check(spectrum.tridiagonal_eigenvalues(d.to(device), e.to(device)), a)
+
+
+def test_float32_stage_leaves_fewer_float64_halvings():
+    """After 22 float32 halvings a Gram matrix's intervals need about 36 float64 halvings instead of 53."""
+    x = torch.randn(2, 64, 96, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    x[:, 0] *= 100.0
+    d, e = spectrum.tridiagonalize(x @ x.mT)
+    low, high, _ = spectrum._bounds(d, e)
+    halvings = spectrum._halvings(low, high)
+    *_, scale, margin, left = spectrum._single_precision_stage(d, e, low, high, halvings)
+    assert bool((scale >= torch.maximum(low.abs(), high.abs())).all()) and bool((scale < 2 * torch.maximum(low.abs(), high.abs())).all())
+    assert bool((left < halvings - 12).all()) and bool((left >= 30).all())
+
+
 @pytest.mark.skipif(INTERPRET, reason="the interpreter runs the kernel on CPU tensors")
 def test_fused_tridiagonalization_needs_triton_on_cuda():
     for a in (torch.eye(4, dtype=torch.float64)[None],):  # CPU tensors: no kernel outside the interpreter

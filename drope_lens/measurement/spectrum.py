@@ -26,8 +26,11 @@ whole batch moves together:
 2. :func:`tridiagonal_eigenvalues`: bisection on Sturm counts (LAPACK ``dlaebz``'s recurrence
    with its pivot guard), every eigenvalue of every matrix independently, halving the Gershgorin
    interval until it is eps_float64 * max|bound| wide (about 53 halvings; 64 before session 31).
-   On CUDA a Triton kernel (one program per matrix and block of eigenvalue indices); elsewhere
-   the same recurrence vectorised in PyTorch (for tests and small inputs).
+   On CUDA a Triton kernel (one program per matrix and block of eigenvalue indices,
+   :mod:`drope_lens.measurement.spectrum_kernels`): its first :data:`FLOAT32_HALVINGS` halvings run
+   in float32 on the scaled matrix, the interval is widened and checked by two float64 counts, and
+   about 36 float64 halvings finish it; elsewhere the float64 recurrence vectorised in PyTorch (for
+   tests and small inputs).
 
 :func:`symmetric_eigenvalues` picks the path: CPU tensors go to LAPACK (``eigvalsh``), which is
 fast there; CUDA tensors to 1 + 2 when Triton is available: up to n = 1,024 the two-stage reduction of
@@ -254,18 +257,47 @@ def tridiagonal_eigenvalues(
     if kernel is not None:
         out = torch.empty_like(d)
         grid = (batch, kernel.triton.cdiv(n, BLOCK))
+        single = _single_precision_stage(d, e, low, high, halvings)
         with torch.cuda.device(d.device) if d.is_cuda else contextlib.nullcontext():
             kernel.bisect[grid](d, e2, low.contiguous(), high.contiguous(), pivmin.contiguous(), halvings, out, n,
-                                BLOCK=BLOCK, num_warps=4)
+                                *single, BLOCK=BLOCK, HALVINGS_32=FLOAT32_HALVINGS, num_warps=4)
         return out
     return _bisect_torch(d, e2, low, high, pivmin, halvings)
 
 
-def _halvings(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+#: Halvings of the Triton bisection's float32 stage (0: float64 only). Each eigenvalue's interval is
+#: first halved in float32 on the matrix scaled to norm <= 1, then widened by
+#: :data:`FLOAT32_MARGIN` * eps_float32 on each side, checked with two float64 Sturm counts (an
+#: interval that fails the check restarts from the Gershgorin bounds) and halved on in float64.
+FLOAT32_HALVINGS = 22
+FLOAT32_MARGIN = 32.0
+
+
+def _single_precision_stage(d, e, low, high, halvings):
+    """The float32 stage's inputs: ``d / s`` and ``(e / s)^2`` in float32 (s: the power of two at or
+    above max(|low|, |high|)), s, the margin in float64 units, float32 bounds rounded outwards, and
+    the float64 halvings left after the stage (int32 ``[batch]``, from the widened interval)."""
+    norm = torch.maximum(low.abs(), high.abs())
+    scale = torch.ldexp(torch.ones_like(norm), torch.frexp(norm)[1]).where(norm > 0, torch.ones_like(norm))
+    d32 = (d / scale[:, None]).float().contiguous()
+    e2_32 = torch.cat([(e / scale[:, None]) ** 2, e.new_zeros(e.shape[0], 1)], dim=1).float().contiguous()
+    low32, high32 = (low / scale).float(), (high / scale).float()
+    low32 = torch.where(low32.double() * scale > low, torch.nextafter(low32, torch.full_like(low32, -2.0)), low32)
+    high32 = torch.where(high32.double() * scale < high, torch.nextafter(high32, torch.full_like(high32, 2.0)), high32)
+    margin = FLOAT32_MARGIN * torch.finfo(torch.float32).eps * scale
+    width = (high32 - low32).double() * scale / 2.0 ** FLOAT32_HALVINGS + 2 * margin
+    left = _halvings(torch.zeros_like(width), width, reference=norm)
+    return (d32, e2_32, low32.contiguous(), high32.contiguous(), scale.contiguous(), margin.contiguous(),
+            torch.minimum(left, halvings).contiguous())
+
+
+def _halvings(low: torch.Tensor, high: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
     """Halvings of each matrix's interval until it is at most eps_float64 * max(|low|, |high|) wide
     (the resolution of the largest eigenvalue, below the Sturm count's own backward error): 53
-    for the study's Gram matrices, at most :data:`N_HALVINGS`. int32 ``[batch]``."""
-    tolerance = torch.finfo(torch.float64).eps * torch.maximum(low.abs(), high.abs())
+    for the study's Gram matrices, at most :data:`N_HALVINGS`. ``reference``: the magnitude to
+    take instead of max(|low|, |high|). int32 ``[batch]``."""
+    reference = torch.maximum(low.abs(), high.abs()) if reference is None else reference
+    tolerance = torch.finfo(torch.float64).eps * reference
     ratio = (high - low) / tolerance.clamp(min=torch.finfo(torch.float64).tiny)
     return torch.log2(ratio.clamp(min=1.0)).ceil().clamp(1, N_HALVINGS).to(torch.int32).contiguous()
 
@@ -301,61 +333,14 @@ def _interpreting() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _kernel():
+    """The Triton kernels' module (:mod:`drope_lens.measurement.spectrum_kernels`) with ``triton``, or
+    None without Triton."""
     try:
         import triton
-        import triton.language as tl
+
+        from drope_lens.measurement import spectrum_kernels
     except Exception:  # CPU builds of torch ship no Triton
         return None
     from types import SimpleNamespace
 
-    @triton.jit
-    def bisect_kernel(d_ptr, e2_ptr, low_ptr, high_ptr, pivmin_ptr, halvings_ptr, out_ptr, n,
-                      BLOCK: tl.constexpr):
-        b = tl.program_id(0).to(tl.int64)
-        index = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        zero = tl.zeros([BLOCK], tl.float64)
-        lo = zero + tl.load(low_ptr + b)
-        hi = zero + tl.load(high_ptr + b)
-        pivmin = tl.load(pivmin_ptr + b)
-        base = b * n
-        for _ in range(tl.load(halvings_ptr + b)):
-            mid = 0.5 * (lo + hi)
-            q = tl.load(d_ptr + base) - mid
-            q = tl.where(tl.abs(q) < pivmin, -pivmin + zero, q)
-            count = tl.where(q <= 0, 1, 0)
-            for j in range(1, n):
-                q = (tl.load(d_ptr + base + j) - mid) - tl.load(e2_ptr + base + j - 1) / q
-                q = tl.where(tl.abs(q) < pivmin, -pivmin + zero, q)
-                count += tl.where(q <= 0, 1, 0)
-            left = count > index
-            hi = tl.where(left, mid, hi)
-            lo = tl.where(left, lo, mid)
-        tl.store(out_ptr + base + index, 0.5 * (lo + hi), mask=index < n)
-
-    @triton.jit
-    def update_matvec_kernel(a_ptr, v_ptr, w_ptr, u_ptr, p_ptr, n, start, m,
-                             BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-        # block B = a[b, start:, start:] (m x m): B -= v w^T + w v^T in place; p = B_new u
-        b = tl.program_id(0).to(tl.int64)
-        rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-        row_ok = rows < m
-        base = a_ptr + b * n * n + start * n + start
-        v_r = tl.load(v_ptr + b * m + rows, mask=row_ok, other=0.0)
-        w_r = tl.load(w_ptr + b * m + rows, mask=row_ok, other=0.0)
-        acc = tl.zeros([BLOCK_R], tl.float64)
-        for c0 in range(0, m, BLOCK_C):
-            cols = c0 + tl.arange(0, BLOCK_C)
-            col_ok = cols < m
-            ok = row_ok[:, None] & col_ok[None, :]
-            pointers = base + rows[:, None].to(tl.int64) * n + cols[None, :]
-            tile = tl.load(pointers, mask=ok, other=0.0)
-            v_c = tl.load(v_ptr + b * m + cols, mask=col_ok, other=0.0)
-            w_c = tl.load(w_ptr + b * m + cols, mask=col_ok, other=0.0)
-            u_c = tl.load(u_ptr + b * m + cols, mask=col_ok, other=0.0)
-            tile = tile - v_r[:, None] * w_c[None, :] - w_r[:, None] * v_c[None, :]
-            tl.store(pointers, tile, mask=ok)
-            acc += tl.sum(tile * u_c[None, :], 1)
-        tl.store(p_ptr + b * m + rows, acc, mask=row_ok)
-
-    return SimpleNamespace(triton=triton, bisect=bisect_kernel, update_matvec=update_matvec_kernel)
-
+    return SimpleNamespace(triton=triton, bisect=spectrum_kernels.bisect, update_matvec=spectrum_kernels.update_matvec)
