@@ -321,17 +321,26 @@ def test_massive_values_early_stop_leaves_the_model_clean(planted):
 
 @pytest.mark.parametrize("max_tokens", [16, 100, 512])
 def test_prefix_tokenisation_equals_whole_text_tokenisation(planted, max_tokens):
-    """tokenize() reads only a prefix of each text; the tokens kept are those of the whole text."""
+    """tokenize() reads only a prefix of each text; the tokens kept are those of the whole text: on
+    the first call (6 characters per token), on later calls (prefixes sized from the characters per
+    token seen), and when that size is far too short (every prefix tokenised whole again)."""
+    from drope_lens.measurement import tokens as token_module
     from drope_lens.measurement.tokens import tokenize
     from drope_lens.measurement.texts import Text, builtin_texts, toy_texts
 
     texts = builtin_texts() + toy_texts()[:4] + [Text("short", "x", "a few words only")]
     for source in (planted["rope"][0], "bundled:toy/rope"):
         model = dl.load_model(source)
-        got = tokenize(model, texts, max_tokens)
-        for text, tokens in zip(texts, got):
-            whole = model.tokenizer(text.text, add_special_tokens=True)["input_ids"]
-            assert tokens.tolist() == whole[:max_tokens]
+        token_module._CHARS_PER_TOKEN.pop(model.tokenizer, None)
+        wholes = [model.tokenizer(text.text, add_special_tokens=True)["input_ids"][:max_tokens] for text in texts]
+        first = tokenize(model, texts, max_tokens)
+        if max_tokens == 512 and str(source).startswith("bundled"):  # a BPE: about 2.5 characters per token
+            assert token_module._prefix_chars(model.tokenizer, max_tokens) < 4 * max_tokens
+        second = tokenize(model, texts, max_tokens)
+        token_module._CHARS_PER_TOKEN[model.tokenizer] = 0.5  # prefixes of a quarter of the tokens needed
+        short = tokenize(model, texts, max_tokens)
+        for got in (first, second, short):
+            assert [t.tolist() for t in got] == wholes
 
 
 @pytest.mark.parametrize("attention_type", [None, "nope"])

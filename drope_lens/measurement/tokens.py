@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import statistics
 import warnings
+import weakref
 from collections import defaultdict
 from typing import Iterator, Literal, Optional, Sequence
 
@@ -45,6 +46,10 @@ def model_variant(model) -> str:
 
 PREFIX_CHARS_PER_TOKEN = 6  # generous: English BPE averages about 4 characters per token
 PREFIX_MARGIN_TOKENS = 16  # tokens past max_tokens that a prefix must reach to be trusted
+#: Headroom over the most characters per token a tokenizer has shown on cut prefixes so far: the
+#: prefix length after its first call (never above PREFIX_CHARS_PER_TOKEN per token).
+PREFIX_HEADROOM = 1.15
+_CHARS_PER_TOKEN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def tokenize(
@@ -81,13 +86,13 @@ def tokenize(
         raise ValueError(
             f"bos='always' but the tokenizer of {model_name(model)} defines no BOS token; use bos='checkpoint'."
         )
-    limit = max_tokens * PREFIX_CHARS_PER_TOKEN
-    prefixes = [_whitespace_prefix(t.text, limit) for t in texts]
-    encoded = tokenizer(prefixes, add_special_tokens=True)["input_ids"]
-    redo = [i for i, (ids, prefix) in enumerate(zip(encoded, prefixes))
-            if len(prefix) < len(texts[i].text) and len(ids) < max_tokens + PREFIX_MARGIN_TOKENS]
+    prefixes = [_whitespace_prefix(t.text, _prefix_chars(tokenizer, max_tokens)) for t in texts]
+    encoded = _encode(tokenizer, prefixes)
+    cut = [i for i, prefix in enumerate(prefixes) if len(prefix) < len(texts[i].text)]
+    redo = [i for i in cut if len(encoded[i]) < max_tokens + PREFIX_MARGIN_TOKENS]
+    _remember_chars_per_token(tokenizer, [(len(prefixes[i]), len(encoded[i])) for i in cut if i not in redo])
     if redo:
-        for i, ids in zip(redo, tokenizer([texts[i].text for i in redo], add_special_tokens=True)["input_ids"]):
+        for i, ids in zip(redo, _encode(tokenizer, [texts[i].text for i in redo])):
             encoded[i] = ids
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     out, not_special = [], []
@@ -111,6 +116,44 @@ def tokenize(
             stacklevel=2,
         )
     return out
+
+
+def _prefix_chars(tokenizer, max_tokens: int) -> int:
+    """Characters of each text to tokenise for ``max_tokens`` tokens: :data:`PREFIX_CHARS_PER_TOKEN`
+    per token until the tokenizer has shown its characters per token on cut prefixes, then
+    :data:`PREFIX_HEADROOM` times the most it showed, for ``max_tokens + PREFIX_MARGIN_TOKENS`` tokens,
+    if that is fewer characters. (A prefix that falls short is tokenised whole again, so this sets the cost, never the tokens.)"""
+    try:
+        seen = _CHARS_PER_TOKEN.get(tokenizer)
+    except TypeError:  # a tokenizer that cannot be weakly referenced
+        seen = None
+    if seen is None:
+        return max_tokens * PREFIX_CHARS_PER_TOKEN
+    return min(max_tokens * PREFIX_CHARS_PER_TOKEN,
+               int(PREFIX_HEADROOM * seen * (max_tokens + PREFIX_MARGIN_TOKENS)) + 1)
+
+
+def _remember_chars_per_token(tokenizer, lengths: list[tuple[int, int]]) -> None:
+    """Keep the most characters per token among ``(characters, tokens)`` of cut prefixes."""
+    ratios = [chars / tokens for chars, tokens in lengths if tokens]
+    if ratios:
+        try:
+            _CHARS_PER_TOKEN[tokenizer] = max(ratios + [_CHARS_PER_TOKEN.get(tokenizer, 0.0)])
+        except TypeError:
+            pass
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of ``texts`` with the tokenizer's special tokens: a fast tokenizer's Rust backend
+    directly (``encode_batch_fast``: no character offsets) when it has no truncation, padding or
+    special-token splitting set, which is what ``tokenizer(texts)`` then does; else ``tokenizer(texts)``."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    fast = getattr(backend, "encode_batch_fast", None)
+    if (fast is not None and getattr(tokenizer, "is_fast", False) and backend.truncation is None
+            and backend.padding is None
+            and bool(getattr(backend, "encode_special_tokens", False)) == bool(getattr(tokenizer, "split_special_tokens", False))):
+        return [encoding.ids for encoding in fast(texts, add_special_tokens=True)]
+    return tokenizer(texts, add_special_tokens=True)["input_ids"]
 
 
 def _whitespace_prefix(text: str, limit: int) -> str:
