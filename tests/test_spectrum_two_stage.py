@@ -105,11 +105,12 @@ def test_triton_kernels_keep_the_spectrum(n, band):
 
 
 @needs_triton
-@pytest.mark.parametrize("prefetch", [True, False])
-def test_triton_and_pytorch_stages_agree(prefetch, monkeypatch):
-    """The kernels (with and without the bulge chase's prefetch) and the PyTorch stages do the
-    same arithmetic in different orders."""
+@pytest.mark.parametrize("prefetch,symmetric", [(True, False), (False, False), (True, True), (False, True)])
+def test_triton_and_pytorch_stages_agree(prefetch, symmetric, monkeypatch):
+    """The kernels (with and without the bulge chase's prefetch, its diagonal blocks read whole or as
+    a lower triangle) and the PyTorch stages do the same arithmetic in different orders."""
     monkeypatch.setattr(two_stage, "CHASE_PREFETCH", prefetch)
+    monkeypatch.setattr(two_stage, "CHASE_SYMMETRIC_LOAD", symmetric)
     a = _grams(40, seed=5)
     d, e = two_stage.tridiagonalize_two_stage(a, band=8)
     d2, e2 = two_stage.tridiagonalize_two_stage(a.to(DEVICE), band=8)

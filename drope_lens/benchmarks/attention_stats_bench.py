@@ -387,7 +387,8 @@ def main() -> None:
                           n_ctx=max(args.lengths + [shape.max_position_embeddings]))
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     result = {"device": name, "torch": torch.__version__, "shape": f"{args.shape} (random bf16)",
-              "variant": args.variant, "repeat": args.repeat, "spectrum_method": args.spectrum_method or "default"}
+              "variant": args.variant, "repeat": args.repeat, "spectrum_method": args.spectrum_method or "default",
+              "two_stage_settings": args.two_stage_settings or "default"}
 
     def save() -> None:  # after every part, so a run cut short keeps what it measured
         if args.out:

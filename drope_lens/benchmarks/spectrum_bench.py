@@ -11,7 +11,7 @@ warm-up; largest |entropy - float64 LAPACK entropy| over all matrices, both norm
 * ``eigvalsh_magma``: the same with ``torch.backends.cuda.preferred_linalg_library("magma")``;
 * ``two_stage`` (first; the default on CUDA for n <= 1,024): dense -> band -> tridiagonal,
   :mod:`drope_lens.measurement.spectrum_two_stage`, and each stage alone;
-  ``--two-stage BAND,WARPS[,PREFETCH]`` adds settings; ``--only-two-stage`` times nothing else;
+  ``--two-stage BAND,WARPS[,PREFETCH[,SYMMETRIC]]`` adds settings; ``--only-two-stage`` times nothing else;
 * ``householder_persistent`` (the default on CUDA for n <= 1,024 until session 30): one kernel launch per batch,
   :mod:`drope_lens.measurement.spectrum_persistent`, also its tridiagonalisation alone;
   ``--quick`` times only two_stage, it, ``householder_blocked`` (LAPACK's panels, in a CUDA graph),
@@ -50,14 +50,43 @@ def add_spectrum_method_argument(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--spectrum-method", default=None, choices=[m for m in METHODS if m != "auto"],
                         help="the Exp 4 spectra's method on CUDA (default: drope_lens.measurement.spectrum's own choice)")
+    parser.add_argument("--two-stage-settings", default=None, metavar="BAND,WARPS[,PREFETCH[,SYMMETRIC]]",
+                        help="the two-stage spectra's band, bulge-chasing warps, prefetch and whole diagonal blocks")
 
 
 def use_spectrum_method(args: argparse.Namespace) -> None:
-    """Apply ``--spectrum-method`` (:data:`drope_lens.measurement.spectrum.AUTO_CUDA_METHOD`)."""
+    """Apply ``--spectrum-method`` (:data:`drope_lens.measurement.spectrum.AUTO_CUDA_METHOD`) and
+    ``--two-stage-settings``."""
     if args.spectrum_method is not None:
         from drope_lens.measurement import spectrum
 
         spectrum.AUTO_CUDA_METHOD = args.spectrum_method
+    if getattr(args, "two_stage_settings", None):
+        set_two_stage(args.two_stage_settings)
+
+
+#: what ``BAND,WARPS,PREFETCH,SYMMETRIC`` set, in order (module spectrum_two_stage's constants)
+TWO_STAGE_FIELDS = ("BAND", "CHASE_WARPS", "CHASE_PREFETCH", "CHASE_SYMMETRIC_LOAD")
+
+
+def set_two_stage(settings: str) -> tuple:
+    """Set :mod:`drope_lens.measurement.spectrum_two_stage`'s band, bulge-chasing warps, prefetch (1/0)
+    and whole diagonal blocks (1/0) from ``"BAND,WARPS[,PREFETCH[,SYMMETRIC]]"`` (fields left out
+    keep their values); returns the values before, for :func:`restore_two_stage`."""
+    from drope_lens.measurement import spectrum_two_stage as two_stage
+
+    before = tuple(getattr(two_stage, name) for name in TWO_STAGE_FIELDS)
+    values = [int(x) for x in settings.split(",")] if settings else []
+    for name, value in zip(TWO_STAGE_FIELDS, values):
+        setattr(two_stage, name, bool(value) if name in ("CHASE_PREFETCH", "CHASE_SYMMETRIC_LOAD") else value)
+    return before
+
+
+def restore_two_stage(before: tuple) -> None:
+    from drope_lens.measurement import spectrum_two_stage as two_stage
+
+    for name, value in zip(TWO_STAGE_FIELDS, before):
+        setattr(two_stage, name, value)
 
 
 def cuda_median(fn, repeat: int) -> tuple[float, object]:
@@ -92,9 +121,9 @@ def main() -> None:
                              "STAGES software-pipelining stages of its strip loop")
     parser.add_argument("--blocked-panels", nargs="*", type=int, metavar="COLUMNS",
                         help="also time householder_blocked with these panel widths")
-    parser.add_argument("--two-stage", nargs="*", metavar="BAND,CHASE_WARPS[,PREFETCH]", default=[],
-                        help="also time two_stage with these band half-widths, bulge-chasing warps and "
-                             "prefetch (1) or not (0)")
+    parser.add_argument("--two-stage", nargs="*", metavar="BAND,CHASE_WARPS[,PREFETCH[,SYMMETRIC]]", default=[],
+                        help="also time two_stage with these band half-widths, bulge-chasing warps, "
+                             "prefetch (1) or not (0) and diagonal blocks read whole (1) or as a lower triangle (0)")
     parser.add_argument("--only-two-stage", action="store_true", help="time two_stage's settings only")
     parser.add_argument("--quick", action="store_true",
                         help="only two_stage (the default), householder_persistent, householder_blocked, cusolver_batched and householder_fused")
@@ -125,12 +154,9 @@ def main() -> None:
 
     def two_stage_rows(settings: str) -> None:
         """two_stage and its stages alone, with one band, bulge-chasing warps and prefetch."""
-        default = (two_stage.BAND, two_stage.CHASE_WARPS, two_stage.CHASE_PREFETCH)
+        default = set_two_stage(settings)
         try:
-            values = [int(x) for x in settings.split(",")] if settings else []
-            two_stage.BAND, two_stage.CHASE_WARPS, prefetch = values + list(default[len(values):])
-            two_stage.CHASE_PREFETCH = bool(prefetch)
-            tag = f"two_stage {two_stage.BAND},{two_stage.CHASE_WARPS},{int(two_stage.CHASE_PREFETCH)}"
+            tag = "two_stage " + ",".join(str(int(getattr(two_stage, name))) for name in TWO_STAGE_FIELDS)
             t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="two_stage"), args.repeat)
             record(tag, t, eig)
             work = a.clone()
@@ -148,7 +174,7 @@ def main() -> None:
             traceback.print_exc()
             rows.append({"method": f"two_stage {settings}", "error": repr(error)})
         finally:
-            two_stage.BAND, two_stage.CHASE_WARPS, two_stage.CHASE_PREFETCH = default
+            restore_two_stage(default)
         save()
 
     for settings in [""] + list(args.two_stage):

@@ -45,6 +45,9 @@ BAND = 16
 CHASE_WARPS = 4
 #: Load each bulge-chasing step's two next blocks before the step's own work (hides their latency).
 CHASE_PREFETCH = True
+#: Read each step's diagonal block whole (entry (i, j) at (max(i, j), min(i, j))) instead of its
+#: lower triangle and a transpose in registers.
+CHASE_SYMMETRIC_LOAD = False
 PANEL_WARPS = 8
 #: Largest n on the Triton path (the panel kernel holds a [next_pow2(n), band] float64 tile in registers).
 MAX_N = 1024
@@ -112,7 +115,7 @@ def band_to_tridiagonal(
         e = a.new_empty(batch, n - 1)
         with torch.cuda.device(a.device) if a.is_cuda else contextlib.nullcontext():
             kernel.chase_bulges[(batch,)](a, d, e, n, B=band, N_POW2=1 << (n - 1).bit_length(),
-                                     PREFETCH=CHASE_PREFETCH, num_warps=CHASE_WARPS)
+                                     PREFETCH=CHASE_PREFETCH, SYMMETRIC=CHASE_SYMMETRIC_LOAD, num_warps=CHASE_WARPS)
         return d, e
     return _chase_torch(a, band)
 

@@ -41,10 +41,15 @@ def panel_qr(a_ptr, v_ptr, tau_ptr, n, top, start, m, M_POW2: tl.constexpr, B: t
     tl.store(pointers, panel, mask=row_in[:, None])
 
 @triton.jit
-def _diagonal_block(base, n, r_s, r, lower):
-    """The lower triangle of the diagonal block at rows and columns ``r_s .. r_s + B - 1``."""
+def _diagonal_block(base, n, r_s, r, lower, SYMMETRIC: tl.constexpr):
+    """The diagonal block at rows and columns ``r_s .. r_s + B - 1``: its lower triangle, or with
+    ``SYMMETRIC`` both triangles, each entry (i, j) read at (max(i, j), min(i, j))."""
     rows = r_s + r
     row_in = rows < n
+    if SYMMETRIC:
+        i, j = rows[:, None], rows[None, :]
+        return tl.load(base + tl.maximum(i, j).to(tl.int64) * n + tl.minimum(i, j),
+                       mask=row_in[:, None] & row_in[None, :], other=0.0)
     mask = row_in[:, None] & row_in[None, :] & lower
     return tl.load(base + rows[:, None].to(tl.int64) * n + rows[None, :], mask=mask, other=0.0)
 
@@ -59,7 +64,8 @@ def _block_below(base, n, r_s, r):
 
 
 @triton.jit
-def chase_bulges(a_ptr, d_ptr, e_ptr, n, B: tl.constexpr, N_POW2: tl.constexpr, PREFETCH: tl.constexpr):
+def chase_bulges(a_ptr, d_ptr, e_ptr, n, B: tl.constexpr, N_POW2: tl.constexpr, PREFETCH: tl.constexpr,
+                 SYMMETRIC: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     base = a_ptr + b * n * n
     r = tl.arange(0, B)
@@ -72,12 +78,12 @@ def chase_bulges(a_ptr, d_ptr, e_ptr, n, B: tl.constexpr, N_POW2: tl.constexpr, 
         cols = r0 - B + c
         tile_mask = (rows < n)[:, None] & (cols >= 0)[None, :]
         tile = tl.load(base + rows[:, None].to(tl.int64) * n + cols[None, :], mask=tile_mask, other=0.0)
-        stored = _diagonal_block(base, n, r0, r, lower)
+        stored = _diagonal_block(base, n, r0, r, lower, SYMMETRIC)
         below = _block_below(base, n, r0, r)
         for step in range(0, tl.cdiv(n - r0, B)):
             r_s = r0 + step * B
             if PREFETCH:  # the next step's blocks: this step neither reads nor writes them
-                stored_next = _diagonal_block(base, n, r_s + B, r, lower)
+                stored_next = _diagonal_block(base, n, r_s + B, r, lower, SYMMETRIC)
                 below_next = _block_below(base, n, r_s + B, r)
             rows = r_s + r
             row_in = rows < n
@@ -91,8 +97,8 @@ def chase_bulges(a_ptr, d_ptr, e_ptr, n, B: tl.constexpr, N_POW2: tl.constexpr, 
             cols = r_s - B + c
             t_mask = row_in[:, None] & (cols >= 0)[None, :]
             tl.store(base + rows[:, None].to(tl.int64) * n + cols[None, :], tile, mask=t_mask)
-            # two-sided on the diagonal block (both triangles rebuilt from the stored lower one)
-            block = tl.where(lower, stored, tl.trans(stored))
+            # two-sided on the diagonal block (both triangles: read so, or rebuilt from the lower one)
+            block = stored if SYMMETRIC else tl.where(lower, stored, tl.trans(stored))
             p = tau * tl.sum(block * v[None, :], 1)
             w = p - (0.5 * tau * tl.sum(p * v, 0)) * v
             block = block - v[:, None] * w[None, :] - w[:, None] * v[None, :]
@@ -104,7 +110,7 @@ def chase_bulges(a_ptr, d_ptr, e_ptr, n, B: tl.constexpr, N_POW2: tl.constexpr, 
                 stored = stored_next
                 below = below_next
             else:
-                stored = _diagonal_block(base, n, r_s + B, r, lower)
+                stored = _diagonal_block(base, n, r_s + B, r, lower, SYMMETRIC)
                 below = _block_below(base, n, r_s + B, r)
     tl.debug_barrier()
     idx = tl.arange(0, N_POW2)
