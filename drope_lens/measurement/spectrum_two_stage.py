@@ -46,7 +46,8 @@ CHASE_WARPS = 4
 #: Load each bulge-chasing step's two next blocks before the step's own work (hides their latency).
 CHASE_PREFETCH = True
 #: Read each step's diagonal block whole (entry (i, j) at (max(i, j), min(i, j))) instead of its
-#: lower triangle and a transpose in registers.
+#: lower triangle and a transpose in registers. Slower on an H200 (band -> tridiagonal 13.4 against
+#: 12.3 ms for 320 matrices of 512, docs/gpu_evidence/spectrum_bench_h200_s32_call3.json): off.
 CHASE_SYMMETRIC_LOAD = False
 PANEL_WARPS = 8
 #: Largest n on the Triton path (the panel kernel holds a [next_pow2(n), band] float64 tile in registers).
