@@ -53,7 +53,10 @@ _CURRENT: ContextVar[Optional[NormCache]] = ContextVar("drope_lens_norm_cache", 
 
 @contextlib.contextmanager
 def shared_norms() -> Iterator[None]:
-    """Within the block, each tensor's norms are computed once (see module doc)."""
+    """Within the block, each tensor's norms are computed once (see module doc). For forwards whose
+    hooks only read activations: a hook that changed a tensor in place after another had taken its
+    norms would leave later callers the old ones (inference tensors keep no version counter to
+    notice it)."""
     token = _CURRENT.set(NormCache())
     try:
         yield

@@ -18,10 +18,14 @@ def sturm_count(d_ptr, e2_ptr, base, n, x, pivmin):
         count += tl.where(q <= 0, 1, 0)
     return count
 
+
 @triton.jit
 def bisect(d_ptr, e2_ptr, low_ptr, high_ptr, pivmin_ptr, halvings_ptr, out_ptr, n,
-                  d32_ptr, e2_32_ptr, low32_ptr, high32_ptr, scale_ptr, margin_ptr, left_ptr,
-                  BLOCK: tl.constexpr, HALVINGS_32: tl.constexpr):
+           d32_ptr, e2_32_ptr, low32_ptr, high32_ptr, scale_ptr, margin_ptr, left_ptr,
+           BLOCK: tl.constexpr, HALVINGS_32: tl.constexpr):
+    """Eigenvalues ``index`` of matrix ``b`` (one program per matrix and block of indices): the
+    Gershgorin interval halved, first ``HALVINGS_32`` times in float32 on the scaled copy (``*32``
+    arrays), then in float64 (module ``spectrum``'s ``tridiagonal_eigenvalues``)."""
     b = tl.program_id(0).to(tl.int64)
     index = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     zero = tl.zeros([BLOCK], tl.float64)
@@ -60,9 +64,10 @@ def bisect(d_ptr, e2_ptr, low_ptr, high_ptr, pivmin_ptr, halvings_ptr, out_ptr, 
         lo = tl.where(left, lo, mid)
     tl.store(out_ptr + base + index, 0.5 * (lo + hi), mask=index < n)
 
+
 @triton.jit
 def update_matvec(a_ptr, v_ptr, w_ptr, u_ptr, p_ptr, n, start, m,
-                         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+                  BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     # block B = a[b, start:, start:] (m x m): B -= v w^T + w v^T in place; p = B_new u
     b = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
