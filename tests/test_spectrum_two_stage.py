@@ -50,6 +50,21 @@ def test_pytorch_stages_keep_the_spectrum(n, band):
     _assert_same_spectrum(_tridiagonal_spectrum(*two_stage.tridiagonalize_two_stage(a, band=band)), a)
 
 
+@pytest.mark.parametrize("n,band", [(64, 16), (50, 8), (37, 4), (10, 16), (4, 2)])
+@pytest.mark.parametrize("panels", [2, 3])
+def test_stage_one_with_grouped_updates_keeps_the_spectrum(n, band, panels):
+    """Trailing updates of 2 or 3 panels applied together: exact zeros below the band, LAPACK's
+    spectrum; one panel per update is the plain reduction, bit for bit."""
+    a = _grams(n, seed=20 + n)
+    plain, grouped, single = a.clone(), a.clone(), a.clone()
+    two_stage.reduce_to_band(plain, band, use_triton=False)
+    two_stage.reduce_to_band(single, band, use_triton=False, panels_per_update=1)
+    two_stage.reduce_to_band(grouped, band, use_triton=False, panels_per_update=panels)
+    assert torch.equal(torch.tril(single), torch.tril(plain))
+    assert torch.count_nonzero(torch.tril(grouped, diagonal=-band - 1)) == 0
+    _assert_same_spectrum(torch.linalg.eigvalsh(torch.tril(grouped) + torch.tril(grouped, diagonal=-1).mT), a)
+
+
 def test_stage_one_leaves_exact_zeros_below_the_band_and_keeps_the_spectrum():
     a = _grams(40, seed=1)
     work = a.clone()
@@ -84,6 +99,8 @@ def test_bad_arguments():
         two_stage.tridiagonalize_two_stage(_grams(8), band=6)
     with pytest.raises(ValueError, match="expected"):
         two_stage.tridiagonalize_two_stage(torch.zeros(3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="panels_per_update"):
+        two_stage.reduce_to_band(_grams(8), 2, use_triton=False, panels_per_update=-1)
 
 
 def test_zero_and_tiny_matrices():
@@ -98,8 +115,9 @@ def test_zero_and_tiny_matrices():
 
 
 @needs_triton
-@pytest.mark.parametrize("n,band", [(50, 16), (37, 8), (10, 16), (33, 32)])
-def test_triton_kernels_keep_the_spectrum(n, band):
+@pytest.mark.parametrize("n,band,panels", [(50, 16, 1), (37, 8, 1), (10, 16, 1), (33, 32, 1), (50, 8, 2)])
+def test_triton_kernels_keep_the_spectrum(n, band, panels, monkeypatch):
+    monkeypatch.setattr(two_stage, "PANELS_PER_UPDATE", panels)
     a = _grams(n, seed=10 + n).to(DEVICE)
     _assert_same_spectrum(_tridiagonal_spectrum(*two_stage.tridiagonalize_two_stage(a, band=band)), a)
 

@@ -50,6 +50,9 @@ CHASE_PREFETCH = True
 #: 12.3 ms for 320 matrices of 512, docs/gpu_evidence/spectrum_bench_h200_s32_call3.json): off.
 CHASE_SYMMETRIC_LOAD = False
 PANEL_WARPS = 8
+#: Panels of stage 1 whose trailing updates are applied together (see :func:`reduce_to_band`): 1
+#: until timed on a GPU (more reads the trailing block as often but writes it less often).
+PANELS_PER_UPDATE = 1
 #: Largest n on the Triton path (the panel kernel holds a [next_pow2(n), band] float64 tile in registers).
 MAX_N = 1024
 
@@ -82,25 +85,51 @@ def tridiagonalize_two_stage(
     return band_to_tridiagonal(a, band, use_triton=use_triton)
 
 
-def reduce_to_band(a: Float[torch.Tensor, "batch n n"], band: int, *, use_triton: bool | None = None) -> None:
+def reduce_to_band(
+    a: Float[torch.Tensor, "batch n n"], band: int, *, use_triton: bool | None = None, panels_per_update: int = 0,
+) -> None:
     """Stage 1, in place: make each symmetric matrix of ``a`` (contiguous float64) banded with
     half-width ``band`` by orthogonal similarity (module docstring). Entries below the band become
     exact zeros in the lower triangle; the upper triangle outside the trailing blocks goes stale
-    (stage 2 reads only the lower triangle)."""
+    (stage 2 reads only the lower triangle).
+
+    ``panels_per_update`` (0: :data:`PANELS_PER_UPDATE`): panels whose trailing updates are applied
+    together. The trailing block is then read once per panel (``A V``, corrected for the updates
+    still pending by products with their thin factors) but written once per group: with k panels,
+    one rank-2k*band update instead of k rank-2*band ones; a panel's own columns get the pending
+    updates before its QR. k = 1 is the plain blocked reduction, operation for operation."""
     batch, n, _ = a.shape
     use_triton = _uses_triton(a) if use_triton is None else use_triton
+    group = panels_per_update or PANELS_PER_UPDATE
+    if group < 1:
+        raise ValueError(f"panels_per_update={panels_per_update}: need at least 1.")
+    pending_v = pending_y = None  # updates not yet applied, [batch, n - start, rank] from row `start`
     for start in range(0, n, band):
         top = start + band  # first row below the diagonal block of this panel
         m = n - top
         if m < 2:  # a single row below the band is already inside it
             break
+        if pending_v is not None:  # this panel's columns (diagonal block and below) made current
+            columns = a[:, start:, start:top]
+            columns.baddbmm_(pending_v, pending_y[:, :band].mT, alpha=-1.0)
+            columns.baddbmm_(pending_y, pending_v[:, :band].mT, alpha=-1.0)
+            pending_v, pending_y = pending_v[:, band:], pending_y[:, band:]  # rows from `top` on
         v, tau = (_panel_triton if use_triton else _panel_torch)(a, top, start, m, band)
         t = _t_factor(v.mT @ v, tau, use_triton)  # Q = H_1 ... H_band = I - V T V^T
         trailing = a[:, top:, top:]
-        x = (trailing @ v) @ t  # A V T
+        av = trailing @ v  # the stored block, with the pending updates subtracted below
+        if pending_v is not None:
+            av -= pending_v @ (pending_y.mT @ v) + pending_y @ (pending_v.mT @ v)
+        x = av @ t  # A V T
         m_small = t.mT @ (v.mT @ x)  # T^T V^T A V T
         y = torch.baddbmm(x, v, m_small, alpha=-0.5)
-        trailing.baddbmm_(torch.cat((v, y), dim=-1), torch.cat((y, v), dim=-1).mT, alpha=-1.0)
+        pending_v = v if pending_v is None else torch.cat((pending_v, v), dim=-1)
+        pending_y = y if pending_y is None else torch.cat((pending_y, y), dim=-1)
+        last = n - (top + band) < 2
+        if last or pending_v.shape[-1] >= group * band:
+            trailing.baddbmm_(torch.cat((pending_v, pending_y), dim=-1), torch.cat((pending_y, pending_v), dim=-1).mT,
+                              alpha=-1.0)
+            pending_v = pending_y = None
 
 
 def band_to_tridiagonal(
