@@ -50,8 +50,9 @@ CHASE_PREFETCH = True
 #: 12.3 ms for 320 matrices of 512, docs/gpu_evidence/spectrum_bench_h200_s32_call3.json): off.
 CHASE_SYMMETRIC_LOAD = False
 PANEL_WARPS = 8
-#: Panels of stage 1 whose trailing updates are applied together (see :func:`reduce_to_band`): 1
-#: until timed on a GPU (more reads the trailing block as often but writes it less often).
+#: Panels of stage 1 whose trailing updates are applied together (see :func:`reduce_to_band`; k > 1
+#: reads the trailing block once per panel, as 1 does, but writes it once per k panels). 1 until
+#: timed on a GPU.
 PANELS_PER_UPDATE = 1
 #: Largest n on the Triton path (the panel kernel holds a [next_pow2(n), band] float64 tile in registers).
 MAX_N = 1024

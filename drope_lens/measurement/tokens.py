@@ -69,7 +69,8 @@ def tokenize(
     ``min_tokens`` tokens raises :class:`~drope_lens.measurement.texts.TextInputError` naming it.
 
     Only a prefix of each text is tokenised: the text cut at a whitespace boundary after about
-    ``6 * max_tokens`` characters. The prefix's tokens are used only if they run at least
+    ``6 * max_tokens`` characters, or fewer once the tokenizer has shown how many characters its
+    tokens take (:func:`_prefix_chars`). The prefix's tokens are used only if they run at least
     ``PREFIX_MARGIN_TOKENS`` past ``max_tokens``, so that the cut cannot reach the tokens kept;
     otherwise the whole text is tokenised. (Tokenising 900-word texts whole to keep 512 tokens
     costs as much as a third of a 7B forward on a fast GPU.) One batched tokenizer call per pass.
@@ -86,11 +87,13 @@ def tokenize(
         raise ValueError(
             f"bos='always' but the tokenizer of {model_name(model)} defines no BOS token; use bos='checkpoint'."
         )
-    prefixes = [_whitespace_prefix(t.text, _prefix_chars(tokenizer, max_tokens)) for t in texts]
+    limit = _prefix_chars(tokenizer, max_tokens)
+    prefixes = [_whitespace_prefix(t.text, limit) for t in texts]
     encoded = _encode(tokenizer, prefixes)
     cut = [i for i, prefix in enumerate(prefixes) if len(prefix) < len(texts[i].text)]
     redo = [i for i in cut if len(encoded[i]) < max_tokens + PREFIX_MARGIN_TOKENS]
-    _remember_chars_per_token(tokenizer, [(len(prefixes[i]), len(encoded[i])) for i in cut if i not in redo])
+    trusted = set(cut) - set(redo)
+    _remember_chars_per_token(tokenizer, [(len(prefixes[i]), len(encoded[i])) for i in sorted(trusted)])
     if redo:
         for i, ids in zip(redo, _encode(tokenizer, [texts[i].text for i in redo])):
             encoded[i] = ids
@@ -122,7 +125,8 @@ def _prefix_chars(tokenizer, max_tokens: int) -> int:
     """Characters of each text to tokenise for ``max_tokens`` tokens: :data:`PREFIX_CHARS_PER_TOKEN`
     per token until the tokenizer has shown its characters per token on cut prefixes, then
     :data:`PREFIX_HEADROOM` times the most it showed, for ``max_tokens + PREFIX_MARGIN_TOKENS`` tokens,
-    if that is fewer characters. (A prefix that falls short is tokenised whole again, so this sets the cost, never the tokens.)"""
+    if that is fewer characters. (A prefix that falls short is tokenised whole again, so this sets
+    the cost, never the tokens.)"""
     try:
         seen = _CHARS_PER_TOKEN.get(tokenizer)
     except TypeError:  # a tokenizer that cannot be weakly referenced
@@ -149,9 +153,9 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     special-token splitting set, which is what ``tokenizer(texts)`` then does; else ``tokenizer(texts)``."""
     backend = getattr(tokenizer, "_tokenizer", None)
     fast = getattr(backend, "encode_batch_fast", None)
+    splits_special = bool(getattr(tokenizer, "split_special_tokens", False))
     if (fast is not None and getattr(tokenizer, "is_fast", False) and backend.truncation is None
-            and backend.padding is None
-            and bool(getattr(backend, "encode_special_tokens", False)) == bool(getattr(tokenizer, "split_special_tokens", False))):
+            and backend.padding is None and bool(getattr(backend, "encode_special_tokens", False)) == splits_special):
         return [encoding.ids for encoding in fast(texts, add_special_tokens=True)]
     return tokenizer(texts, add_special_tokens=True)["input_ids"]
 
