@@ -12,6 +12,8 @@
    call, 10 texts x 512 tokens, one batch) against bare forwards over the same token rows.
    ``--profile`` adds a ``torch.profiler`` table and timeline of one call; ``--phases`` the host's
    and the GPU's position at each phase of a call without a profiler (:func:`phase_timeline`).
+   ``--compare SETTING ...`` times the same call under several module settings, interleaved round
+   by round with the bare forward (:func:`compare_settings`).
 
 Random weights: speed and memory do not depend on the values (DESIGN.md).
 """
@@ -187,6 +189,90 @@ def study_size(model, texts, repeat: int) -> dict:
     return row
 
 
+def parse_setting(setting: str) -> dict[str, object]:
+    """``"entropy.HALF_BLOCKS=0;spectrum_two_stage.PANELS_PER_UPDATE=2"`` -> ``{attribute path under
+    drope_lens.measurement: value}`` ("default": no change)."""
+    import ast
+
+    out: dict[str, object] = {}
+    for part in filter(None, setting.split(";")):
+        if part == "default":
+            continue
+        name, _, value = part.partition("=")
+        if not _ or "." not in name:
+            raise ValueError(f"{part!r}: expected MODULE.ATTRIBUTE=VALUE (module under drope_lens.measurement).")
+        out[name] = ast.literal_eval(value)
+    return out
+
+
+@contextlib.contextmanager
+def applied(setting: dict[str, object]):
+    """Set the module attributes of :func:`parse_setting`'s dict for the block, then restore them."""
+    import importlib
+
+    before = []
+    try:
+        for name, value in setting.items():
+            module_name, attribute = name.rsplit(".", 1)
+            module = importlib.import_module(f"drope_lens.measurement.{module_name}")
+            if not hasattr(module, attribute):
+                raise AttributeError(f"drope_lens.measurement.{module_name} has no {attribute}")
+            before.append((module, attribute, getattr(module, attribute)))
+            setattr(module, attribute, value)
+        yield
+    finally:
+        for module, attribute, value in reversed(before):
+            setattr(module, attribute, value)
+
+
+def compare_settings(model, texts, settings: list[str], repeat: int) -> list[dict]:
+    """Row 1's call (:func:`study_size`) under each of ``settings`` (:func:`parse_setting`), measured
+    side by side: one warm-up per setting, then ``repeat`` rounds of [bare forward, each setting once]
+    (CUDA events). Per setting the median seconds and its ratio to the bare forward's median."""
+    from drope_lens.measurement.tokens import tokenize
+    from drope_lens.engine.measure import measure
+
+    parts = study_parts()
+    batch = torch.stack(tokenize(model, texts, 512)).to(model.cfg.device)
+    parsed = [parse_setting(setting) for setting in settings]
+
+    def bare():
+        with torch.inference_mode():
+            return model(batch, return_type=None)
+
+    def everything():
+        return measure(model, texts, parts, max_tokens=512, batch_size=10, show_progress=False)
+
+    def seconds(fn) -> float:  # CUDA events; wall time on the CPU (a smoke run)
+        if torch.cuda.is_available():
+            return event_seconds(fn)[0]
+        begin = time.perf_counter()
+        fn()
+        return time.perf_counter() - begin
+
+    bare()
+    for setting in parsed:
+        with applied(setting):
+            everything()
+    bare_times, times = [], [[] for _ in settings]
+    for round_ in range(repeat):
+        bare_times.append(seconds(bare))
+        for i, setting in enumerate(parsed):
+            with applied(setting):
+                times[i].append(seconds(everything))
+        print(f"  round {round_ + 1}/{repeat}: bare {bare_times[-1] * 1e3:.1f} ms; "
+              + ", ".join(f"{t[-1] * 1e3:.1f}" for t in times), flush=True)
+    bare_s = statistics.median(bare_times)
+    rows = []
+    for setting, per_setting in zip(settings, times):
+        median = statistics.median(per_setting)
+        rows.append({"setting": setting, "bare_s": bare_s, "all_s": median, "time_ratio": median / bare_s,
+                     "all_times_s": per_setting})
+        print(f"Exp 4+5+7+8-9 at {len(texts)} x {batch.shape[1]} with {setting}: bare forward {bare_s:.4f} s, "
+              f"all statistics {median:.4f} s -> {median / bare_s:.3f}x", flush=True)
+    return rows
+
+
 def profile_study(model, texts) -> None:
     """Where the study-size part's time goes: ``torch.profiler`` over one warm ``measure`` call,
     the 25 largest entries by CUDA time and by host (self CPU) time, then the timeline
@@ -357,6 +443,9 @@ def main() -> None:
     parser.add_argument("--sweep-shape", default="1,32768", metavar="BATCH,LENGTH",
                         help="the sequences --sweep times its configurations on (study size: 10,512)")
     parser.add_argument("--profile", action="store_true", help="profile one study-size measure call")
+    parser.add_argument("--compare", nargs="+", default=None, metavar="SETTING",
+                        help="row 1 under each setting side by side, e.g. default 'entropy.HALF_BLOCKS=False' "
+                             "'entropy.EARLY_SOLVE_FRACTION=0.5;spectrum_two_stage.PANELS_PER_UPDATE=2'")
     parser.add_argument("--phases", action="store_true",
                         help="host and GPU times of each phase of a study-size measure call (no profiler)")
     parser.add_argument("--variant", choices=["rope", "drope"], default="drope",
@@ -403,6 +492,9 @@ def main() -> None:
 
         result["kernel_config"] = vars(attention_stats_triton.CONFIG)
         result["short_kernel_config"] = vars(attention_stats_triton.SHORT_CONFIG)
+    if args.compare:
+        result["compare"] = compare_settings(model, texts, args.compare, args.repeat)
+        save()
     result["study_size"] = study_size(model, texts, args.repeat)
     save()
     if args.profile:
