@@ -76,7 +76,7 @@ def _resid_hooks(model, captured: dict):
     def fn(x, hook):
         gram, shape = gram_matrix(x), tuple(x.shape[-2:])
         if _defer(gram, n_layers):
-            captured.setdefault(DEFERRED, DeferredEntropies(n_layers)).add(hook.layer(), gram, shape)
+            captured.setdefault(DEFERRED, DeferredEntropies()).add(hook.layer(), gram, shape)
         else:
             slot = captured.setdefault(hook.layer(), {})
             slot["repr_entropy"], slot["repr_entropy_norm"] = entropies_from_gram(gram, *shape)

@@ -76,15 +76,16 @@ def test_deferred_entropies_solve_every_layer_after_the_forward():
         torch.testing.assert_close(norm, want_norm, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("half_blocks", [True, False])
-def test_gram_matrix_in_half_blocks_is_the_full_product(monkeypatch, half_blocks):
-    """X X^T from its two diagonal half blocks and the mirrored block below them (3/4 of the products)
-    equals one full float64 product to rounding, exactly symmetric; odd ``pos`` and X^T X take one
-    product. Checked against a float64 product written out here."""
+@pytest.mark.parametrize("blocks", [1, 2, 4])
+def test_gram_matrix_in_blocks_is_the_full_product(monkeypatch, blocks):
+    """X X^T from the block columns on and below the diagonal, mirrored ((k + 1) / 2k of the
+    products), equals one full float64 product to rounding and is exactly symmetric; ``pos`` not
+    divisible by the blocks and X^T X take one product. Checked against a float64 product written
+    out here."""
     from drope_lens.measurement import entropy
 
-    monkeypatch.setattr(entropy, "HALF_BLOCKS", half_blocks)
-    monkeypatch.setattr(entropy, "HALF_BLOCKS_MIN_POS", 8)
+    monkeypatch.setattr(entropy, "GRAM_BLOCKS", blocks)
+    monkeypatch.setattr(entropy, "BLOCKS_MIN_POS", 8)
     g = torch.Generator().manual_seed(1)
     for shape in ((3, 16, 40), (2, 9, 40), (2, 40, 12)):
         x = (torch.randn(*shape, generator=g) * torch.logspace(2, -2, shape[1])[:, None]).bfloat16()
@@ -93,27 +94,5 @@ def test_gram_matrix_in_half_blocks_is_the_full_product(monkeypatch, half_blocks
         got = entropy.gram_matrix(x)
         assert got.dtype == torch.float64 and got.shape == want.shape
         torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13 * want.abs().max().item())
-        if half_blocks:
+        if blocks > 1:
             assert torch.equal(got, got.mT)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the early solve runs on a CUDA side stream")
-@pytest.mark.parametrize("fraction", [0.25, 0.5, 1.0])
-def test_early_solve_on_a_side_stream_gives_the_same_entropies(monkeypatch, fraction):
-    """With EARLY_SOLVE_FRACTION > 0 the first layers' matrices are solved on a side stream while
-    later layers are still added (their Gram matrices freed and overwritten meanwhile); every
-    layer's entropies equal the float64 SVD's. 1.0 solves everything at launch()."""
-    from drope_lens.measurement import entropy
-
-    monkeypatch.setattr(entropy, "EARLY_SOLVE_FRACTION", fraction)
-    xs = {layer: _spiky(2, 24, 40, seed=10 + layer) * (1 + layer) for layer in range(4)}
-    deferred = entropy.DeferredEntropies(n_layers=len(xs))
-    for layer, x in xs.items():
-        deferred.add(layer, entropy.gram_matrix(x.cuda()), tuple(x.shape[-2:]))
-        torch.empty(1 << 20, dtype=torch.float64, device="cuda").fill_(float("nan"))  # reuse freed memory
-    assert bool(deferred._early) == (fraction < 1.0)
-    solved = deferred.result()
-    for layer, x in xs.items():
-        want_energy, want_norm = _reference(x)
-        torch.testing.assert_close(solved[layer][0], want_energy, atol=1e-6, rtol=0)
-        torch.testing.assert_close(solved[layer][1], want_norm, atol=1e-6, rtol=0)

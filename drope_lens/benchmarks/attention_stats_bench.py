@@ -190,7 +190,7 @@ def study_size(model, texts, repeat: int) -> dict:
 
 
 def parse_setting(setting: str) -> dict[str, object]:
-    """``"entropy.HALF_BLOCKS=0;spectrum_two_stage.PANELS_PER_UPDATE=2"`` -> ``{attribute path under
+    """``"entropy.GRAM_BLOCKS=1;spectrum_two_stage.PANELS_PER_UPDATE=2"`` -> ``{attribute path under
     drope_lens.measurement: value}`` ("default": no change)."""
     import ast
 
@@ -444,7 +444,7 @@ def main() -> None:
                         help="the sequences --sweep times its configurations on (study size: 10,512)")
     parser.add_argument("--profile", action="store_true", help="profile one study-size measure call")
     parser.add_argument("--compare", nargs="+", default=None, metavar="SETTING",
-                        help="row 1 under each setting side by side, e.g. default 'entropy.HALF_BLOCKS=False' "
+                        help="row 1 under each setting side by side, e.g. default 'entropy.GRAM_BLOCKS=4' "
                              "'entropy.EARLY_SOLVE_FRACTION=0.5;spectrum_two_stage.PANELS_PER_UPDATE=2'")
     parser.add_argument("--phases", action="store_true",
                         help="host and GPU times of each phase of a study-size measure call (no profiler)")

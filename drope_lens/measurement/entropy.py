@@ -9,7 +9,6 @@ batches by :func:`drope_lens.measurement.spectrum.symmetric_eigenvalues`.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import torch
@@ -19,32 +18,32 @@ from drope_lens.measurement.deferred import DeferredCapture
 from drope_lens.measurement.spectrum import symmetric_eigenvalues
 
 
-#: :func:`gram_matrix` of X X^T computes its two diagonal half blocks and the block below them,
-#: then mirrors that block: 3/4 of the float64 multiply-adds of one full product, for ``pos >=``
-#: :data:`HALF_BLOCKS_MIN_POS` (even). ``False``: one full product.
-HALF_BLOCKS = True
-HALF_BLOCKS_MIN_POS = 256
+#: :func:`gram_matrix` of X X^T splits X's rows into this many blocks and computes only the block
+#: columns on and below the diagonal, one batched product each (X_{j:} X_j^T), then mirrors them:
+#: (k + 1) / 2k of one full product's float64 multiply-adds (2: 3/4, 4: 5/8). For ``pos`` divisible
+#: by k and at least :data:`BLOCKS_MIN_POS`; 1: one full product. H200, row 1: 2 blocks 170.3 against
+#: 173.8 ms for 1 (docs/gpu_evidence/lead_call1_h200_s33_console.txt).
+GRAM_BLOCKS = 2
+BLOCKS_MIN_POS = 256
 
 
 def gram_matrix(x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch m m"]:
     """The smaller Gram matrix of each ``[pos, d_model]`` matrix X in float64: X X^T
     (``m = pos``) or X^T X (``m = d_model``); its eigenvalues are the squared singular values of X.
-    Exactly symmetric when computed in half blocks (:data:`HALF_BLOCKS`)."""
+    Exactly symmetric when computed in blocks (:data:`GRAM_BLOCKS`)."""
     x64 = x.double()
     if x.shape[-2] > x.shape[-1]:
         return x64.mT @ x64
-    n = x.shape[-2]
-    if not HALF_BLOCKS or n < HALF_BLOCKS_MIN_POS or n % 2 or x64.ndim != 3:
+    n, k = x.shape[-2], GRAM_BLOCKS
+    if k <= 1 or n < BLOCKS_MIN_POS or n % k or x64.ndim != 3:
         return x64 @ x64.mT
-    batch, h = x64.shape[0], n // 2
-    halves = x64.reshape(batch * 2, h, x64.shape[-1])  # [X_a; X_b] per matrix, no copy
-    diagonal = torch.bmm(halves, halves.mT).view(batch, 2, h, h)  # X_a X_a^T, X_b X_b^T
-    below = torch.bmm(x64[:, h:], x64[:, :h].mT)  # X_b X_a^T (strided views, no copy)
-    gram = x64.new_empty(batch, n, n)
-    gram[:, :h, :h] = diagonal[:, 0]
-    gram[:, h:, h:] = diagonal[:, 1]
-    gram[:, h:, :h] = below
-    gram[:, :h, h:] = below.mT
+    b = n // k
+    gram = x64.new_empty(x64.shape[0], n, n)
+    for j in range(k):  # block column j on and below the diagonal: strided views, no copies of X
+        column = slice(j * b, (j + 1) * b)
+        gram[:, j * b:, column] = torch.bmm(x64[:, j * b:], x64[:, column].mT)
+    for j in range(k - 1):  # the blocks right of the diagonal block, mirrored from below it
+        gram[:, j * b:(j + 1) * b, (j + 1) * b:] = gram[:, (j + 1) * b:, j * b:(j + 1) * b].mT
     return gram
 
 
@@ -92,21 +91,6 @@ def representation_entropy(
 #: tokens x 32 layers: 0.67 GB); larger ones (long texts) are solved layer by layer as they come.
 DEFER_GRAM_BYTES = 2 * 2**30
 
-#: On CUDA, the first ``round(EARLY_SOLVE_FRACTION * n_layers)`` layers' Gram matrices are solved
-#: on a side stream as soon as the last of them is added, while the forward runs the later layers
-#: (the solver's bulge chase and bisection leave most of the GPU idle); the rest after the forward.
-#: 0: every layer after the forward. Slower on an H200 (row 1: 177.0-180.3 ms with 0.5-0.75 against
-#: 170.3 ms, docs/gpu_evidence/lead_call1_h200_s33_console.txt: the forward's GEMMs slow down): off.
-EARLY_SOLVE_FRACTION = 0.0
-_SIDE_STREAMS: dict = {}
-
-
-def _side_stream(device: torch.device) -> "torch.cuda.Stream":
-    stream = _SIDE_STREAMS.get(device)
-    if stream is None:
-        stream = _SIDE_STREAMS[device] = torch.cuda.Stream(device)
-    return stream
-
 
 class DeferredEntropies(DeferredCapture):
     """Gram matrices of one forward's layers (:func:`gram_matrix`), solved after the forward.
@@ -115,62 +99,32 @@ class DeferredEntropies(DeferredCapture):
     one batched :func:`entropies_from_gram` call per (device, shape) (asynchronous on CUDA) and
     starts ONE non-blocking copy of all the entropies per device into pinned host memory;
     ``result()`` waits for that copy and returns ``{layer: (repr_entropy, repr_entropy_norm)}``,
-    float64 ``[batch]`` CPU tensors. With ``n_layers`` given and :data:`EARLY_SOLVE_FRACTION` > 0,
-    CUDA matrices of the first layers added are solved during the forward, on a side stream.
+    float64 ``[batch]`` CPU tensors. (Solving the first layers during the forward, on a side stream,
+    was slower on an H200: row 1 177.0-180.3 against 170.3 ms, the forward's GEMMs slowed down;
+    docs/gpu_evidence/lead_call1_h200_s33_console.txt.)
     """
 
-    def __init__(self, n_layers: Optional[int] = None) -> None:
+    def __init__(self) -> None:
         self._grams: list[tuple[int, torch.Tensor, tuple[int, int]]] = []
         self._copies: Optional[list] = None  # per device: (host buffer, event or None, [(layer, start, n)])
-        self._early: list = []  # (device, layers, stacked entropies, side stream) solved during the forward
-        early = round(EARLY_SOLVE_FRACTION * n_layers) if n_layers else 0
-        self._early_at = early if 0 < early < (n_layers or 0) else 0
 
     def add(self, layer: int, gram: Float[torch.Tensor, "batch m m"], shape: tuple[int, int]) -> None:
         if self._copies is not None:
             raise RuntimeError(f"layer {layer}: DeferredEntropies was already launched; add Gram matrices before.")
         self._grams.append((int(layer), gram, tuple(shape)))
-        if self._early_at and len(self._grams) == self._early_at and not self._early and gram.is_cuda:
-            self._solve_early()
-
-    def _solve_early(self) -> None:
-        """Queue the solves of the matrices added so far on a side stream (one per device)."""
-        streams = {}
-        for device in {gram.device for _, gram, _ in self._grams}:
-            streams[device] = side = _side_stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))  # the Gram matrices are written
-        for device, layers, stacked in self._solve_groups(streams):
-            self._early.append((device, layers, stacked, streams[device]))
-        for _, gram, _ in self._grams:
-            gram.record_stream(streams[gram.device])  # not reused before the side stream read it
-        self._grams = []
-
-    def _solve_groups(self, streams: Optional[dict] = None) -> list:
-        """``[(device, layers, [2, batch * len(layers)] entropies)]`` of the kept matrices, one batched
-        solve per (device, shape), queued on ``streams[device]`` (default: the current stream)."""
-        groups: dict = {}
-        for layer, gram, shape in self._grams:
-            groups.setdefault((gram.device, shape), []).append((layer, gram))
-        out = []
-        for (device, shape), members in groups.items():
-            with torch.cuda.stream(streams[device]) if streams else contextlib.nullcontext():
-                batch = torch.cat([gram for _, gram in members])  # a fresh tensor: solved in place
-                h_energy, h_norm = entropies_from_gram(batch, *shape, overwrite=True)
-                out.append((device, [layer for layer, _ in members], torch.stack([h_energy, h_norm])))
-        return out
 
     def launch(self) -> None:
         if self._copies is not None:
             return
+        groups: dict = {}
+        for layer, gram, shape in self._grams:
+            groups.setdefault((gram.device, shape), []).append((layer, gram))
         per_device: dict = {}
-        for device, layers, stacked, side in self._early:
-            current = torch.cuda.current_stream(device)
-            current.wait_stream(side)
-            stacked.record_stream(current)
-            per_device.setdefault(device, []).append((layers, stacked))
-        for device, layers, stacked in self._solve_groups():
-            per_device.setdefault(device, []).append((layers, stacked))
-        self._grams, self._early = [], []  # no longer needed once the solves are queued
+        for (device, shape), members in groups.items():
+            batch = torch.cat([gram for _, gram in members])  # a fresh tensor: solved in place
+            h_energy, h_norm = entropies_from_gram(batch, *shape, overwrite=True)
+            per_device.setdefault(device, []).append(([layer for layer, _ in members], torch.stack([h_energy, h_norm])))
+        self._grams = []  # the Gram matrices are no longer needed once the solves are queued
         self._copies = []
         for device, parts in per_device.items():
             values = torch.cat([stacked for _, stacked in parts], dim=1) if len(parts) > 1 else parts[0][1]
