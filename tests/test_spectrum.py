@@ -142,26 +142,6 @@ def test_cuda_graph_replays_follow_new_inputs():
         assert len(spectrum._GRAPHS) == 1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or spectrum._kernel() is None, reason="streams need CUDA")
-@pytest.mark.parametrize("chunks", [2, 3, 7])
-@pytest.mark.parametrize("overwrite", [False, True])
-def test_two_stage_in_chunks_on_streams_matches_lapack(monkeypatch, chunks, overwrite):
-    """STREAM_CHUNKS > 1: the batch solved in chunks on prioritised side streams, joined back into
-    the current stream; every matrix's spectrum is LAPACK's, in place or not, also when the caller
-    frees the batch right after the call and its memory is reused on the current stream."""
-    monkeypatch.setattr(spectrum, "STREAM_CHUNKS", chunks)
-    g = torch.Generator().manual_seed(chunks)
-    x = torch.randn(5, 64, 80, generator=g, dtype=torch.float64)
-    x[:, 0] *= 40.0
-    a = x @ x.mT
-    batch = a.cuda()
-    got = spectrum.symmetric_eigenvalues(batch, method="two_stage", overwrite=overwrite)
-    del batch
-    torch.empty(5 * 64 * 64, dtype=torch.float64, device="cuda").fill_(float("nan"))  # reuses the batch's memory
-    assert len(spectrum._STREAMS[(str(got.device), min(chunks, 5))]) == min(chunks, 5)
-    _check(got, a)
-
-
 @needs_kernel
 def test_persistent_tridiagonalization_reads_only_the_upper_triangle_and_keeps_its_input():
     """The one-launch kernel works on a copy, reads the upper triangle only (garbage below the

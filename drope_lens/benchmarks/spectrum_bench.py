@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -129,8 +128,6 @@ def main() -> None:
                              "prefetch (1) or not (0), diagonal blocks read whole (1) or as a lower triangle (0) "
                              "and stage 1's panels per trailing update")
     parser.add_argument("--only-two-stage", action="store_true", help="time two_stage's settings only")
-    parser.add_argument("--stream-chunks", nargs="*", type=int, default=[], metavar="CHUNKS",
-                        help="time two_stage with spectrum.STREAM_CHUNKS set to each, interleaved round by round")
     parser.add_argument("--quick", action="store_true",
                         help="only two_stage (the default), householder_persistent, householder_blocked, cusolver_batched and householder_fused")
     parser.add_argument("--skip-slow", action="store_true",
@@ -183,26 +180,6 @@ def main() -> None:
             restore_two_stage(default)
         save()
 
-    if args.stream_chunks:  # side by side: one call per chunk count per round, medians
-        before = spectrum.STREAM_CHUNKS
-        times: dict = {c: [] for c in args.stream_chunks}
-        try:
-            for chunks in args.stream_chunks:  # warm-up (streams created, kernels compiled)
-                spectrum.STREAM_CHUNKS = chunks
-                spectrum.symmetric_eigenvalues(a, method="two_stage")
-            for _ in range(args.repeat):
-                for chunks in args.stream_chunks:
-                    spectrum.STREAM_CHUNKS = chunks
-                    times[chunks].append(timing.event_seconds(
-                        lambda: spectrum.symmetric_eigenvalues(a, method="two_stage"))[0])
-            for chunks in args.stream_chunks:
-                spectrum.STREAM_CHUNKS = chunks
-                eig = spectrum.symmetric_eigenvalues(a, method="two_stage")
-                record(f"two_stage, {chunks} stream chunks", statistics.median(times[chunks]), eig,
-                       note="(interleaved rounds)")
-        finally:
-            spectrum.STREAM_CHUNKS = before
-        save()
     for settings in [""] + list(args.two_stage):
         two_stage_rows(settings)
     if args.only_two_stage:

@@ -115,49 +115,14 @@ def symmetric_eigenvalues(
         return tridiagonal_eigenvalues(*persistent.tridiagonalize_persistent(a))
     if method == "two_stage":  # ~70 launches for n = 512: a CUDA graph gained nothing (33.8 against 34.4 ms)
         # overwrite: a contiguous float64 batch of the caller's is worked on in place (no copy)
-        def solve(part: torch.Tensor) -> torch.Tensor:
-            return tridiagonal_eigenvalues(*two_stage.tridiagonalize_two_stage(part, copy=not overwrite))
-
-        chunks = min(STREAM_CHUNKS, a.shape[0]) if a.is_cuda else 1
-        return _on_streams(solve, a, chunks) if chunks > 1 else solve(a)
+        # (in chunks on prioritised streams, to overlap one chunk's latency-bound bulge chase with the
+        # next chunk's band reduction: slower, 43-51 against 32 ms for 320 matrices of 512 on an H200,
+        # docs/gpu_evidence/lead_call2_h200_s33_console.txt)
+        return tridiagonal_eigenvalues(*two_stage.tridiagonalize_two_stage(a, copy=not overwrite))
     fn = {"householder_fused": tridiagonalize_fused, "householder_blocked": blocked.tridiagonalize_blocked}.get(
         method, tridiagonalize)
     d, e = _graphed(fn, a) if GRAPH and a.is_cuda and not torch.cuda.is_current_stream_capturing() else fn(a)
     return tridiagonal_eigenvalues(d, e)
-
-
-#: On CUDA, the two-stage solve splits the batch into this many chunks, each on its own stream, the
-#: first with the highest priority: while a chunk's bulge chase (one program per matrix, bound by
-#: memory latency, not bandwidth) runs, the next chunk's band reduction (bandwidth-bound GEMMs) and
-#: the previous chunk's bisection fill the GPU. 1: one solve on the current stream.
-STREAM_CHUNKS = 1
-_STREAMS: dict = {}
-
-
-def _streams(device: torch.device, count: int) -> list:
-    """``count`` cached side streams of ``device``, in decreasing priority: -(count - 1), ..., 0 (lower
-    numbers run first; CUDA maps numbers beyond the device's levels to its highest one)."""
-    key = (str(device), count)
-    if key not in _STREAMS:
-        _STREAMS[key] = [torch.cuda.Stream(device, priority=i - (count - 1)) for i in range(count)]
-    return _STREAMS[key]
-
-
-def _on_streams(solve, a: torch.Tensor, chunks: int) -> torch.Tensor:
-    """``solve(a)`` (eigenvalues ``[batch, n]``) computed chunk by chunk on :func:`_streams`, joined
-    back into the current stream before returning."""
-    current = torch.cuda.current_stream(a.device)
-    out = torch.empty(a.shape[:2], dtype=torch.float64, device=a.device)
-    bounds = [round(i * a.shape[0] / chunks) for i in range(chunks + 1)]
-    streams = _streams(a.device, chunks)
-    for stream in streams:
-        stream.wait_stream(current)  # the batch is written
-    for stream, begin, end in zip(streams, bounds[:-1], bounds[1:]):
-        with torch.cuda.stream(stream):
-            out[begin:end] = solve(a[begin:end])  # a contiguous batch's slice: contiguous
-    for stream in streams:
-        current.wait_stream(stream)  # later work of the current stream (the caller freeing a, using out) waits
-    return out
 
 
 #: Replay the tridiagonalisation on CUDA as one CUDA graph (about 7,700 kernels for n = 512: their
