@@ -21,8 +21,9 @@ from drope_lens.measurement.spectrum import symmetric_eigenvalues
 #: :func:`gram_matrix` of X X^T splits X's rows into this many blocks and computes only the block
 #: columns on and below the diagonal, one batched product each (X_{j:} X_j^T), then mirrors them:
 #: (k + 1) / 2k of one full product's float64 multiply-adds (2: 3/4, 4: 5/8). For ``pos`` divisible
-#: by k and at least :data:`BLOCKS_MIN_POS`; 1: one full product. H200, row 1: 2 blocks 170.3 against
-#: 173.8 ms for 1 (docs/gpu_evidence/lead_call1_h200_s33_console.txt).
+#: by k and at least :data:`BLOCKS_MIN_POS`; 1: one full product. H200, 32 layers of [10, 512, 4096]
+#: bfloat16 (conversions included, medians of 15): 1 block 14.00 ms, 2 blocks 13.15 ms, 4 blocks
+#: 14.89 ms, the same bits (docs/gpu_evidence/lead_call3_h200_s33_console.txt).
 GRAM_BLOCKS = 2
 BLOCKS_MIN_POS = 256
 

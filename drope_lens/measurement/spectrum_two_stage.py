@@ -51,8 +51,9 @@ CHASE_PREFETCH = True
 CHASE_SYMMETRIC_LOAD = False
 PANEL_WARPS = 8
 #: Panels of stage 1 whose trailing updates are applied together (see :func:`reduce_to_band`; k > 1
-#: reads the trailing block once per panel, as 1 does, but writes it once per k panels). 1 until
-#: timed on a GPU.
+#: reads the trailing block once per panel, as 1 does, but writes it once per k panels). Slower on an
+#: H200: dense -> band 16.8 / 20.8 / 23.7 ms with k = 2 / 3 / 4 against 12.9-15.0 ms with 1 (320
+#: matrices of 512, medians of 9; docs/gpu_evidence/spectrum_bench_h200_s33_call1.json): 1.
 PANELS_PER_UPDATE = 1
 #: Largest n on the Triton path (the panel kernel holds a [next_pow2(n), band] float64 tile in registers).
 MAX_N = 1024
