@@ -115,20 +115,25 @@ def test_zero_and_tiny_matrices():
 
 
 @needs_triton
+@pytest.mark.parametrize("carry", [False, True])
 @pytest.mark.parametrize("n,band,panels", [(50, 16, 1), (37, 8, 1), (10, 16, 1), (33, 32, 1), (50, 8, 2)])
-def test_triton_kernels_keep_the_spectrum(n, band, panels, monkeypatch):
+def test_triton_kernels_keep_the_spectrum(n, band, panels, carry, monkeypatch):
     monkeypatch.setattr(two_stage, "PANELS_PER_UPDATE", panels)
+    monkeypatch.setattr(two_stage, "CHASE_CARRY_PIVOT", carry)
     a = _grams(n, seed=10 + n).to(DEVICE)
     _assert_same_spectrum(_tridiagonal_spectrum(*two_stage.tridiagonalize_two_stage(a, band=band)), a)
 
 
 @needs_triton
-@pytest.mark.parametrize("prefetch,symmetric", [(True, False), (False, False), (True, True), (False, True)])
-def test_triton_and_pytorch_stages_agree(prefetch, symmetric, monkeypatch):
+@pytest.mark.parametrize("prefetch,symmetric,carry", [(True, False, False), (False, False, False), (True, True, False),
+                                                      (False, True, False), (True, False, True)])
+def test_triton_and_pytorch_stages_agree(prefetch, symmetric, carry, monkeypatch):
     """The kernels (with and without the bulge chase's prefetch, its diagonal blocks read whole or as
-    a lower triangle) and the PyTorch stages do the same arithmetic in different orders."""
+    a lower triangle, the pivot column carried from step to step) and the PyTorch stages do the same
+    arithmetic in different orders."""
     monkeypatch.setattr(two_stage, "CHASE_PREFETCH", prefetch)
     monkeypatch.setattr(two_stage, "CHASE_SYMMETRIC_LOAD", symmetric)
+    monkeypatch.setattr(two_stage, "CHASE_CARRY_PIVOT", carry)
     a = _grams(40, seed=5)
     d, e = two_stage.tridiagonalize_two_stage(a, band=8)
     d2, e2 = two_stage.tridiagonalize_two_stage(a.to(DEVICE), band=8)

@@ -11,7 +11,8 @@ warm-up; largest |entropy - float64 LAPACK entropy| over all matrices, both norm
 * ``eigvalsh_magma``: the same with ``torch.backends.cuda.preferred_linalg_library("magma")``;
 * ``two_stage`` (first; the default on CUDA for n <= 1,024): dense -> band -> tridiagonal,
   :mod:`drope_lens.measurement.spectrum_two_stage`, and each stage alone;
-  ``--two-stage BAND,WARPS[,PREFETCH[,SYMMETRIC[,PANELS]]]`` adds settings; ``--only-two-stage`` times nothing else;
+  ``--two-stage BAND,WARPS[,PREFETCH[,SYMMETRIC[,PANELS[,CARRY]]]]`` adds settings; ``--only-two-stage``
+  times nothing else;
 * ``householder_persistent`` (the default on CUDA for n <= 1,024 until session 30): one kernel launch per batch,
   :mod:`drope_lens.measurement.spectrum_persistent`, also its tridiagonalisation alone;
   ``--quick`` times only two_stage, it, ``householder_blocked`` (LAPACK's panels, in a CUDA graph),
@@ -50,7 +51,7 @@ def add_spectrum_method_argument(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--spectrum-method", default=None, choices=[m for m in METHODS if m != "auto"],
                         help="the Exp 4 spectra's method on CUDA (default: drope_lens.measurement.spectrum's own choice)")
-    parser.add_argument("--two-stage-settings", default=None, metavar="BAND,WARPS[,PREFETCH[,SYMMETRIC[,PANELS]]]",
+    parser.add_argument("--two-stage-settings", default=None, metavar="BAND,WARPS[,PREFETCH[,SYMMETRIC[,PANELS[,CARRY]]]]",
                         help="the two-stage spectra's band, bulge-chasing warps, prefetch, whole diagonal blocks "
                              "and panels per trailing update")
 
@@ -67,20 +68,22 @@ def use_spectrum_method(args: argparse.Namespace) -> None:
 
 
 #: what ``BAND,WARPS,PREFETCH,SYMMETRIC,PANELS`` set, in order (module spectrum_two_stage's constants)
-TWO_STAGE_FIELDS = ("BAND", "CHASE_WARPS", "CHASE_PREFETCH", "CHASE_SYMMETRIC_LOAD", "PANELS_PER_UPDATE")
+TWO_STAGE_FIELDS = ("BAND", "CHASE_WARPS", "CHASE_PREFETCH", "CHASE_SYMMETRIC_LOAD", "PANELS_PER_UPDATE",
+                    "CHASE_CARRY_PIVOT")
 
 
 def set_two_stage(settings: str) -> tuple:
     """Set :mod:`drope_lens.measurement.spectrum_two_stage`'s band, bulge-chasing warps, prefetch (1/0),
-    whole diagonal blocks (1/0) and stage 1's panels per trailing update from
-    ``"BAND,WARPS[,PREFETCH[,SYMMETRIC[,PANELS]]]"`` (fields left out keep their values); returns the
-    values before, for :func:`restore_two_stage`."""
+    whole diagonal blocks (1/0), stage 1's panels per trailing update and the chase's carried pivot
+    column (1/0) from ``"BAND,WARPS[,PREFETCH[,SYMMETRIC[,PANELS[,CARRY]]]]"`` (fields left out keep
+    their values); returns the values before, for :func:`restore_two_stage`."""
     from drope_lens.measurement import spectrum_two_stage as two_stage
 
     before = tuple(getattr(two_stage, name) for name in TWO_STAGE_FIELDS)
     values = [int(x) for x in settings.split(",")] if settings else []
     for name, value in zip(TWO_STAGE_FIELDS, values):
-        setattr(two_stage, name, bool(value) if name in ("CHASE_PREFETCH", "CHASE_SYMMETRIC_LOAD") else value)
+        flag = name in ("CHASE_PREFETCH", "CHASE_SYMMETRIC_LOAD", "CHASE_CARRY_PIVOT")
+        setattr(two_stage, name, bool(value) if flag else value)
     return before
 
 
@@ -123,7 +126,7 @@ def main() -> None:
                              "STAGES software-pipelining stages of its strip loop")
     parser.add_argument("--blocked-panels", nargs="*", type=int, metavar="COLUMNS",
                         help="also time householder_blocked with these panel widths")
-    parser.add_argument("--two-stage", nargs="*", metavar="BAND,CHASE_WARPS[,PREFETCH[,SYMMETRIC[,PANELS]]]", default=[],
+    parser.add_argument("--two-stage", nargs="*", metavar="BAND,CHASE_WARPS[,PREFETCH[,SYMMETRIC[,PANELS[,CARRY]]]]", default=[],
                         help="also time two_stage with these band half-widths, bulge-chasing warps, "
                              "prefetch (1) or not (0), diagonal blocks read whole (1) or as a lower triangle (0) "
                              "and stage 1's panels per trailing update")

@@ -49,6 +49,10 @@ CHASE_PREFETCH = True
 #: lower triangle and a transpose in registers. Slower on an H200 (band -> tridiagonal 13.4 against
 #: 12.3 ms for 320 matrices of 512, docs/gpu_evidence/spectrum_bench_h200_s32_call3.json): off.
 CHASE_SYMMETRIC_LOAD = False
+#: The bulge chase with 2-D indices and each step's pivot column carried from the previous step
+#: (``spectrum_two_stage_kernels._chase_carrying_the_pivot``): a shorter chain of dependent
+#: reductions per step. Untimed: off.
+CHASE_CARRY_PIVOT = False
 PANEL_WARPS = 8
 #: Panels of stage 1 whose trailing updates are applied together (see :func:`reduce_to_band`; k > 1
 #: reads the trailing block once per panel, as 1 does, but writes it once per k panels). Slower on an
@@ -147,7 +151,8 @@ def band_to_tridiagonal(
         e = a.new_empty(batch, n - 1)
         with torch.cuda.device(a.device) if a.is_cuda else contextlib.nullcontext():
             kernel.chase_bulges[(batch,)](a, d, e, n, B=band, N_POW2=1 << (n - 1).bit_length(),
-                                     PREFETCH=CHASE_PREFETCH, SYMMETRIC=CHASE_SYMMETRIC_LOAD, num_warps=CHASE_WARPS)
+                                     PREFETCH=CHASE_PREFETCH, SYMMETRIC=CHASE_SYMMETRIC_LOAD,
+                                     CARRY_PIVOT=CHASE_CARRY_PIVOT, num_warps=CHASE_WARPS)
         return d, e
     return _chase_torch(a, band)
 

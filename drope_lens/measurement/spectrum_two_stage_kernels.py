@@ -65,12 +65,25 @@ def _block_below(base, n, r_s, r):
 
 @triton.jit
 def chase_bulges(a_ptr, d_ptr, e_ptr, n, B: tl.constexpr, N_POW2: tl.constexpr, PREFETCH: tl.constexpr,
-                 SYMMETRIC: tl.constexpr):
+                 SYMMETRIC: tl.constexpr, CARRY_PIVOT: tl.constexpr = False):
     b = tl.program_id(0).to(tl.int64)
     base = a_ptr + b * n * n
     r = tl.arange(0, B)
     c = tl.arange(0, B)
     lower = r[:, None] >= c[None, :]
+    if CARRY_PIVOT:
+        _chase_carrying_the_pivot(base, n, B)
+    else:
+        _chase(base, n, r, c, lower, B, PREFETCH, SYMMETRIC)
+    tl.debug_barrier()
+    idx = tl.arange(0, N_POW2)
+    tl.store(d_ptr + b * n + idx, tl.load(base + idx.to(tl.int64) * (n + 1), mask=idx < n), mask=idx < n)
+    sub = idx < n - 1
+    tl.store(e_ptr + b * (n - 1) + idx, tl.load(base + (idx + 1).to(tl.int64) * n + idx, mask=sub), mask=sub)
+
+
+@triton.jit
+def _chase(base, n, r, c, lower, B: tl.constexpr, PREFETCH: tl.constexpr, SYMMETRIC: tl.constexpr):
     for i in range(0, n - 2):
         tl.debug_barrier()  # the previous sweep's stores are visible to every thread
         r0 = i + 1
@@ -112,11 +125,67 @@ def chase_bulges(a_ptr, d_ptr, e_ptr, n, B: tl.constexpr, N_POW2: tl.constexpr, 
             else:
                 stored = _diagonal_block(base, n, r_s + B, r, lower, SYMMETRIC)
                 below = _block_below(base, n, r_s + B, r)
-    tl.debug_barrier()
-    idx = tl.arange(0, N_POW2)
-    tl.store(d_ptr + b * n + idx, tl.load(base + idx.to(tl.int64) * (n + 1), mask=idx < n), mask=idx < n)
-    sub = idx < n - 1
-    tl.store(e_ptr + b * (n - 1) + idx, tl.load(base + (idx + 1).to(tl.int64) * n + idx, mask=sub), mask=sub)
+
+
+@triton.jit
+def _chase_carrying_the_pivot(base, n, B: tl.constexpr):
+    """:func:`_chase` (prefetching, lower triangles) with two changes that shorten each step's chain
+    of dependent reductions and layout changes: indices and masks are 2-D from the start, and the
+    next step's pivot column ``x`` is carried instead of extracted from the new tile: the new tile is
+    ``below - tau (below v) v^T``, so its column 0 is ``below[:, 0] - tau (below v) v_0``, with
+    ``below[:, 0]`` taken from the block loaded a step ahead."""
+    rr = tl.arange(0, B)[:, None]  # [B, 1]
+    cc = tl.arange(0, B)[None, :]  # [1, B]
+    lower = rr >= cc
+    first = tl.arange(0, B) == 0  # [B] over rows
+    for i in range(0, n - 2):
+        tl.debug_barrier()  # the previous sweep's stores are visible to every thread
+        r0 = i + 1
+        rows = r0 + rr
+        cols = r0 - B + cc
+        tile = tl.load(base + rows.to(tl.int64) * n + cols, mask=(rows < n) & (cols >= 0), other=0.0)
+        x = tl.sum(tl.where(cc == B - 1, tile, 0.0), 1)  # the pivot column of the sweep's first tile
+        stored = _block_2d(base, n, r0 + rr, r0 + cc, lower)
+        below = _block_2d(base, n, r0 + B + rr, r0 + cc, rr >= 0)
+        for step in range(0, tl.cdiv(n - r0, B)):
+            r_s = r0 + step * B
+            rows = r_s + rr
+            rows_t = r_s + cc
+            stored_next = _block_2d(base, n, r_s + B + rr, r_s + B + cc, lower)
+            below_next = _block_2d(base, n, r_s + 2 * B + rr, r_s + B + cc, rr >= 0)
+            below_first = tl.sum(tl.where(cc == 0, below, 0.0), 1)  # below[:, 0]: off the chain
+            x0 = tl.sum(tl.where(first, x, 0.0), 0)  # _reflect's formulas, with v_0 kept
+            norm = tl.sqrt(tl.sum(x * x, 0))
+            alpha = tl.where(x0 < 0, norm, -norm)
+            v0 = x0 - alpha
+            v = tl.where(first, v0, x)
+            vv = 2.0 * norm * (norm + tl.abs(x0))
+            tau = tl.where(vv > 0, 2.0 / tl.where(vv > 0, vv, 1.0), 0.0)
+            pivot = tl.where(step == 0, B - 1, 0)
+            tile = tile - (tau * v)[:, None] * tl.sum(tile * v[:, None], 0)[None, :]
+            at_pivot = cc == pivot
+            tile = tl.where(at_pivot, tl.where(rr == 0, alpha, 0.0), tile)
+            cols = r_s - B + cc
+            tl.store(base + rows.to(tl.int64) * n + cols, tile, mask=(rows < n) & (cols >= 0))
+            # two-sided on the diagonal block, rebuilt from its lower triangle
+            block = tl.where(lower, stored, tl.trans(stored))
+            v_t = v[None, :]
+            p = tau * tl.sum(block * v_t, 1)
+            w = p - (0.5 * tau * tl.sum(p * v, 0)) * v
+            block = block - v[:, None] * w[None, :] - w[:, None] * v_t
+            tl.store(base + rows.to(tl.int64) * n + rows_t, block, mask=(rows < n) & (rows_t < n) & lower)
+            # from the right on the block below: its fill is the next step's tile, its column 0 the next x
+            s = tau * tl.sum(below * v_t, 1)
+            tile = below - s[:, None] * v_t
+            x = below_first - s * v0
+            stored = stored_next
+            below = below_next
+
+
+@triton.jit
+def _block_2d(base, n, rows, cols, keep):
+    """The entries at 2-D ``rows`` x ``cols`` where ``keep`` (zero elsewhere and past the matrix)."""
+    return tl.load(base + rows.to(tl.int64) * n + cols, mask=(rows < n) & (cols < n) & keep, other=0.0)
 
 
 @triton.jit
