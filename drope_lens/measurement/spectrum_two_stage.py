@@ -17,7 +17,7 @@ at memory latency). Here, as in PLASMA / MAGMA / ELPA's two-stage eigensolvers:
    to the block below (from the right), which creates a bulge; the bulge's first column is
    annihilated by the next reflector, and so on down the band (``ceil((n - 1 - i) / band)`` steps).
    Every step touches three ``band x band`` tiles of the lower triangle; the tile below the diagonal
-   block is kept in registers as the next step's tile. One Triton program per matrix
+   block is kept in registers as the next step's tile (and its first column as the next pivot column). One Triton program per matrix
    (:func:`_chase_kernel`); a PyTorch version without Triton.
 
 Every transform is an orthogonal similarity in float64: the eigenvalues keep LAPACK's backward
@@ -50,9 +50,11 @@ CHASE_PREFETCH = True
 #: 12.3 ms for 320 matrices of 512, docs/gpu_evidence/spectrum_bench_h200_s32_call3.json): off.
 CHASE_SYMMETRIC_LOAD = False
 #: The bulge chase with 2-D indices and each step's pivot column carried from the previous step
-#: (``spectrum_two_stage_kernels._chase_carrying_the_pivot``): a shorter chain of dependent
-#: reductions per step. Untimed: off.
-CHASE_CARRY_PIVOT = False
+#: (``spectrum_two_stage_kernels._chase_carrying_the_pivot``; it always prefetches and reads lower
+#: triangles: :data:`CHASE_PREFETCH` and :data:`CHASE_SYMMETRIC_LOAD` apply only without it): one
+#: dependent reduction fewer per step. H200, 320 matrices of 512: band -> tridiagonal 11.9 and
+#: 11.9 ms against 12.4 and 12.4 ms without (docs/gpu_evidence/spectrum_bench_h200_s33_call4.json).
+CHASE_CARRY_PIVOT = True
 PANEL_WARPS = 8
 #: Panels of stage 1 whose trailing updates are applied together (see :func:`reduce_to_band`; k > 1
 #: reads the trailing block once per panel, as 1 does, but writes it once per k panels). Slower on an
