@@ -17,8 +17,8 @@ at memory latency). Here, as in PLASMA / MAGMA / ELPA's two-stage eigensolvers:
    to the block below (from the right), which creates a bulge; the bulge's first column is
    annihilated by the next reflector, and so on down the band (``ceil((n - 1 - i) / band)`` steps).
    Every step touches three ``band x band`` tiles of the lower triangle; the tile below the diagonal
-   block is kept in registers as the next step's tile (and its first column as the next pivot column). One Triton program per matrix
-   (:func:`_chase_kernel`); a PyTorch version without Triton.
+   block is kept in registers as the next step's tile, and its first column as the next pivot
+   column. One Triton program per matrix (:func:`_chase_kernel`); a PyTorch version without Triton.
 
 Every transform is an orthogonal similarity in float64: the eigenvalues keep LAPACK's backward
 error (~ n * eps_float64 * ||A||). The tests compare the spectra with LAPACK's ``eigvalsh``.
