@@ -52,8 +52,8 @@ def add_spectrum_method_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spectrum-method", default=None, choices=[m for m in METHODS if m != "auto"],
                         help="the Exp 4 spectra's method on CUDA (default: drope_lens.measurement.spectrum's own choice)")
     parser.add_argument("--two-stage-settings", default=None, metavar="BAND,WARPS[,PREFETCH[,SYMMETRIC[,PANELS[,CARRY]]]]",
-                        help="the two-stage spectra's band, bulge-chasing warps, prefetch, whole diagonal blocks "
-                             "and panels per trailing update")
+                        help="the two-stage spectra's band, bulge-chasing warps, prefetch, whole diagonal blocks, "
+                             "panels per trailing update and carried pivot column")
 
 
 def use_spectrum_method(args: argparse.Namespace) -> None:
@@ -67,7 +67,7 @@ def use_spectrum_method(args: argparse.Namespace) -> None:
         set_two_stage(args.two_stage_settings)
 
 
-#: what ``BAND,WARPS,PREFETCH,SYMMETRIC,PANELS`` set, in order (module spectrum_two_stage's constants)
+#: what ``BAND,WARPS,PREFETCH,SYMMETRIC,PANELS,CARRY`` set, in order (module spectrum_two_stage's constants)
 TWO_STAGE_FIELDS = ("BAND", "CHASE_WARPS", "CHASE_PREFETCH", "CHASE_SYMMETRIC_LOAD", "PANELS_PER_UPDATE",
                     "CHASE_CARRY_PIVOT")
 
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--two-stage", nargs="*", metavar="BAND,CHASE_WARPS[,PREFETCH[,SYMMETRIC[,PANELS[,CARRY]]]]", default=[],
                         help="also time two_stage with these band half-widths, bulge-chasing warps, "
                              "prefetch (1) or not (0), diagonal blocks read whole (1) or as a lower triangle (0) "
-                             "and stage 1's panels per trailing update")
+                             "stage 1's panels per trailing update and the chase's carried pivot column (1) or not (0)")
     parser.add_argument("--only-two-stage", action="store_true", help="time two_stage's settings only")
     parser.add_argument("--quick", action="store_true",
                         help="only two_stage (the default), householder_persistent, householder_blocked, cusolver_batched and householder_fused")

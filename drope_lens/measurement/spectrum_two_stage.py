@@ -7,8 +7,8 @@ at memory latency). Here, as in PLASMA / MAGMA / ELPA's two-stage eigensolvers:
 
 1. :func:`reduce_to_band`: blocked Householder reduction to a band of half-width :data:`BAND`.
    Per panel of ``band`` columns: the QR factorisation of the panel below the band (one Triton
-   program per matrix holds the panel in registers: :func:`_panel_kernel`; a PyTorch loop without
-   Triton), its reflectors accumulated as ``Q = I - V T V^T`` (``T^-1 = striu(V^T V) + diag(1 / tau)``),
+   program per matrix holds the panel in registers: ``spectrum_two_stage_kernels.panel_qr``; a
+   PyTorch loop without Triton), its reflectors accumulated as ``Q = I - V T V^T`` (``T^-1 = striu(V^T V) + diag(1 / tau)``),
    and the trailing block updated as ``Q^T A Q = A - V Y^T - Y V^T`` with
    ``Y = A V T - (1/2) V (T^T V^T A V T)``: batched float64 GEMMs (tensor cores on sm_80+).
 2. :func:`band_to_tridiagonal`: bulge chasing (Householder form of LAPACK ``dsbtrd``, the
@@ -18,7 +18,8 @@ at memory latency). Here, as in PLASMA / MAGMA / ELPA's two-stage eigensolvers:
    annihilated by the next reflector, and so on down the band (``ceil((n - 1 - i) / band)`` steps).
    Every step touches three ``band x band`` tiles of the lower triangle; the tile below the diagonal
    block is kept in registers as the next step's tile, and its first column as the next pivot
-   column. One Triton program per matrix (:func:`_chase_kernel`); a PyTorch version without Triton.
+   column. One Triton program per matrix (``spectrum_two_stage_kernels.chase_bulges``); a PyTorch
+   version without Triton.
 
 Every transform is an orthogonal similarity in float64: the eigenvalues keep LAPACK's backward
 error (~ n * eps_float64 * ||A||). The tests compare the spectra with LAPACK's ``eigvalsh``.
