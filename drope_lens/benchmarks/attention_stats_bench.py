@@ -33,29 +33,33 @@ import torch
 
 from .random_checkpoint import write_random_checkpoint, write_tokenizer
 from .timing import event_seconds
-from .spectrum_bench import add_spectrum_method_argument, use_spectrum_method
+from .spectrum_bench import add_spectrum_method_argument, applied, parse_setting, use_spectrum_method
 
 FIELDS = ("sink_score", "entropy", "local_mass", "local_mass_no_bos", "distance", "received")
 
 
-def cuda_time(fn, repeat: int = 3) -> tuple[float, float, object]:
-    """Median seconds over ``repeat`` runs (CUDA events, after one warm-up) and peak GiB allocated
-    during them; also the last result. (Without CUDA, for a smoke run: wall time, no memory.)"""
+def call_seconds(fn) -> tuple[float, object]:
+    """Seconds of one ``fn()`` call (CUDA events; without CUDA, for a smoke run, wall time) and its result."""
+    if torch.cuda.is_available():
+        return event_seconds(fn)
+    begin = time.perf_counter()
     result = fn()
-    if not torch.cuda.is_available():
-        times = []
-        for _ in range(repeat):
-            begin = time.perf_counter()
-            result = fn()
-            times.append(time.perf_counter() - begin)
-        return statistics.median(times), 0.0, result
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    return time.perf_counter() - begin, result
+
+
+def cuda_time(fn, repeat: int = 3) -> tuple[float, float, object]:
+    """Median seconds over ``repeat`` runs (:func:`call_seconds`, after one warm-up) and peak GiB
+    allocated during them (0 without CUDA); also the last result."""
+    result = fn()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(repeat):
-        seconds, result = event_seconds(fn)
+        seconds, result = call_seconds(fn)
         times.append(seconds)
-    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**30, result
+    return statistics.median(times), (torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0), result
 
 
 def long_context(model, lengths, repeat: int) -> list[dict]:
@@ -165,7 +169,10 @@ def study_parts() -> list:
             layer_balance.measurement(layer_balance.LayerBalanceConfig())]
 
 
-def study_size(model, texts, repeat: int) -> dict:
+def study_calls(model, texts) -> tuple[torch.Tensor, object, object]:
+    """Row 1's two calls: ``(token rows, bare, everything)``. ``bare()`` is the bare forward over the
+    token rows :func:`~drope_lens.engine.measure.measure` takes (10 texts x 512 tokens), ``everything()``
+    that ``measure`` call with :func:`study_parts` (tokenising and DataFrames included)."""
     from drope_lens.measurement.tokens import tokenize
     from drope_lens.engine.measure import measure
 
@@ -179,6 +186,11 @@ def study_size(model, texts, repeat: int) -> dict:
     def everything():
         return measure(model, texts, parts, max_tokens=512, batch_size=10, show_progress=False)
 
+    return batch, bare, everything
+
+
+def study_size(model, texts, repeat: int) -> dict:
+    batch, bare, everything = study_calls(model, texts)
     bare_s, bare_gib, _ = cuda_time(bare, repeat)
     all_s, all_gib, frames = cuda_time(everything, repeat)
     row = {"texts": len(texts), "tokens_per_text": int(batch.shape[1]), "bare_s": bare_s, "all_s": all_s,
@@ -189,77 +201,22 @@ def study_size(model, texts, repeat: int) -> dict:
     return row
 
 
-def parse_setting(setting: str) -> dict[str, object]:
-    """``"entropy.GRAM_BLOCKS=1;spectrum_two_stage.PANELS_PER_UPDATE=2"`` -> ``{attribute path under
-    drope_lens.measurement: value}`` ("default": no change)."""
-    import ast
-
-    out: dict[str, object] = {}
-    for part in filter(None, setting.split(";")):
-        if part == "default":
-            continue
-        name, _, value = part.partition("=")
-        if not _ or "." not in name:
-            raise ValueError(f"{part!r}: expected MODULE.ATTRIBUTE=VALUE (module under drope_lens.measurement).")
-        out[name] = ast.literal_eval(value)
-    return out
-
-
-@contextlib.contextmanager
-def applied(setting: dict[str, object]):
-    """Set the module attributes of :func:`parse_setting`'s dict for the block, then restore them."""
-    import importlib
-
-    before = []
-    try:
-        for name, value in setting.items():
-            module_name, attribute = name.rsplit(".", 1)
-            module = importlib.import_module(f"drope_lens.measurement.{module_name}")
-            if not hasattr(module, attribute):
-                raise AttributeError(f"drope_lens.measurement.{module_name} has no {attribute}")
-            before.append((module, attribute, getattr(module, attribute)))
-            setattr(module, attribute, value)
-        yield
-    finally:
-        for module, attribute, value in reversed(before):
-            setattr(module, attribute, value)
-
-
 def compare_settings(model, texts, settings: list[str], repeat: int) -> list[dict]:
     """Row 1's call (:func:`study_size`) under each of ``settings`` (:func:`parse_setting`), measured
     side by side: one warm-up per setting, then ``repeat`` rounds of [bare forward, each setting once]
-    (CUDA events). Per setting the median seconds and its ratio to the bare forward's median."""
-    from drope_lens.measurement.tokens import tokenize
-    from drope_lens.engine.measure import measure
-
-    parts = study_parts()
-    batch = torch.stack(tokenize(model, texts, 512)).to(model.cfg.device)
+    (:func:`call_seconds`). Per setting the median seconds and its ratio to the bare forward's median."""
+    batch, bare, everything = study_calls(model, texts)
     parsed = [parse_setting(setting) for setting in settings]
-
-    def bare():
-        with torch.inference_mode():
-            return model(batch, return_type=None)
-
-    def everything():
-        return measure(model, texts, parts, max_tokens=512, batch_size=10, show_progress=False)
-
-    def seconds(fn) -> float:  # CUDA events; wall time on the CPU (a smoke run)
-        if torch.cuda.is_available():
-            return event_seconds(fn)[0]
-        begin = time.perf_counter()
-        fn()
-        return time.perf_counter() - begin
-
     bare()
     for setting in parsed:
         with applied(setting):
             everything()
     bare_times, times = [], [[] for _ in settings]
     for round_ in range(repeat):
-        bare_times.append(seconds(bare))
+        bare_times.append(call_seconds(bare)[0])
         for i, setting in enumerate(parsed):
             with applied(setting):
-                times[i].append(seconds(everything))
+                times[i].append(call_seconds(everything)[0])
         print(f"  round {round_ + 1}/{repeat}: bare {bare_times[-1] * 1e3:.1f} ms; "
               + ", ".join(f"{t[-1] * 1e3:.1f}" for t in times), flush=True)
     bare_s = statistics.median(bare_times)

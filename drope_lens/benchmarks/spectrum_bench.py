@@ -33,6 +33,7 @@ warm-up; largest |entropy - float64 LAPACK entropy| over all matrices, both norm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -58,40 +59,80 @@ def add_spectrum_method_argument(parser: argparse.ArgumentParser) -> None:
 
 def use_spectrum_method(args: argparse.Namespace) -> None:
     """Apply ``--spectrum-method`` (:data:`drope_lens.measurement.spectrum.AUTO_CUDA_METHOD`) and
-    ``--two-stage-settings``."""
+    ``--two-stage-settings``, for the rest of the run."""
     if args.spectrum_method is not None:
         from drope_lens.measurement import spectrum
 
         spectrum.AUTO_CUDA_METHOD = args.spectrum_method
     if getattr(args, "two_stage_settings", None):
-        set_two_stage(args.two_stage_settings)
+        set_attributes(two_stage_setting(args.two_stage_settings))
 
 
 #: what ``BAND,WARPS,PREFETCH,SYMMETRIC,PANELS,CARRY`` set, in order (module spectrum_two_stage's constants)
 TWO_STAGE_FIELDS = ("BAND", "CHASE_WARPS", "CHASE_PREFETCH", "CHASE_SYMMETRIC_LOAD", "PANELS_PER_UPDATE",
                     "CHASE_CARRY_PIVOT")
+_TWO_STAGE_FLAGS = ("CHASE_PREFETCH", "CHASE_SYMMETRIC_LOAD", "CHASE_CARRY_PIVOT")
 
 
-def set_two_stage(settings: str) -> tuple:
-    """Set :mod:`drope_lens.measurement.spectrum_two_stage`'s band, bulge-chasing warps, prefetch (1/0),
+def two_stage_setting(settings: str) -> dict[str, object]:
+    """:mod:`drope_lens.measurement.spectrum_two_stage`'s band, bulge-chasing warps, prefetch (1/0),
     whole diagonal blocks (1/0), stage 1's panels per trailing update and the chase's carried pivot
-    column (1/0) from ``"BAND,WARPS[,PREFETCH[,SYMMETRIC[,PANELS[,CARRY]]]]"`` (fields left out keep
-    their values); returns the values before, for :func:`restore_two_stage`."""
-    from drope_lens.measurement import spectrum_two_stage as two_stage
-
-    before = tuple(getattr(two_stage, name) for name in TWO_STAGE_FIELDS)
+    column (1/0) from ``"BAND,WARPS[,PREFETCH[,SYMMETRIC[,PANELS[,CARRY]]]]"``, as a setting for
+    :func:`set_attributes` / :func:`applied` (fields left out are not set)."""
     values = [int(x) for x in settings.split(",")] if settings else []
-    for name, value in zip(TWO_STAGE_FIELDS, values):
-        flag = name in ("CHASE_PREFETCH", "CHASE_SYMMETRIC_LOAD", "CHASE_CARRY_PIVOT")
-        setattr(two_stage, name, bool(value) if flag else value)
+    return {f"spectrum_two_stage.{name}": bool(value) if name in _TWO_STAGE_FLAGS else value
+            for name, value in zip(TWO_STAGE_FIELDS, values)}
+
+
+def parse_setting(setting: str) -> dict[str, object]:
+    """``"entropy.GRAM_BLOCKS=1;spectrum_two_stage.PANELS_PER_UPDATE=2"`` -> ``{attribute path under
+    drope_lens.measurement: value}`` ("default": no change)."""
+    import ast
+
+    out: dict[str, object] = {}
+    for part in filter(None, setting.split(";")):
+        if part == "default":
+            continue
+        name, _, value = part.partition("=")
+        if not _ or "." not in name:
+            raise ValueError(f"{part!r}: expected MODULE.ATTRIBUTE=VALUE (module under drope_lens.measurement).")
+        out[name] = ast.literal_eval(value)
+    return out
+
+
+def set_attributes(setting: dict[str, object]) -> list[tuple[object, str, object]]:
+    """Set the module attributes of a setting (``{"module.ATTRIBUTE": value}``, modules under
+    drope_lens.measurement); returns ``(module, attribute, value before)`` for each."""
+    import importlib
+
+    before = []
+    try:
+        for name, value in setting.items():
+            module_name, attribute = name.rsplit(".", 1)
+            module = importlib.import_module(f"drope_lens.measurement.{module_name}")
+            if not hasattr(module, attribute):
+                raise AttributeError(f"drope_lens.measurement.{module_name} has no {attribute}")
+            before.append((module, attribute, getattr(module, attribute)))
+            setattr(module, attribute, value)
+    except Exception:
+        _restore(before)
+        raise
     return before
 
 
-def restore_two_stage(before: tuple) -> None:
-    from drope_lens.measurement import spectrum_two_stage as two_stage
+def _restore(before: list[tuple[object, str, object]]) -> None:
+    for module, attribute, value in reversed(before):
+        setattr(module, attribute, value)
 
-    for name, value in zip(TWO_STAGE_FIELDS, before):
-        setattr(two_stage, name, value)
+
+@contextlib.contextmanager
+def applied(setting: dict[str, object]):
+    """:func:`set_attributes` for the block, then the values before restored."""
+    before = set_attributes(setting)
+    try:
+        yield
+    finally:
+        _restore(before)
 
 
 def cuda_median(fn, repeat: int) -> tuple[float, object]:
@@ -128,7 +169,7 @@ def main() -> None:
                         help="also time householder_blocked with these panel widths")
     parser.add_argument("--two-stage", nargs="*", metavar="BAND,CHASE_WARPS[,PREFETCH[,SYMMETRIC[,PANELS[,CARRY]]]]", default=[],
                         help="also time two_stage with these band half-widths, bulge-chasing warps, "
-                             "prefetch (1) or not (0), diagonal blocks read whole (1) or as a lower triangle (0) "
+                             "prefetch (1) or not (0), diagonal blocks read whole (1) or as a lower triangle (0), "
                              "stage 1's panels per trailing update and the chase's carried pivot column (1) or not (0)")
     parser.add_argument("--only-two-stage", action="store_true", help="time two_stage's settings only")
     parser.add_argument("--quick", action="store_true",
@@ -159,29 +200,32 @@ def main() -> None:
     from drope_lens.measurement import spectrum_two_stage as two_stage
 
     def two_stage_rows(settings: str) -> None:
-        """two_stage and its stages alone, with one band, bulge-chasing warps and prefetch."""
-        default = set_two_stage(settings)
+        """:func:`two_stage_stages` under one ``--two-stage`` setting (restored after)."""
+        setting = two_stage_setting(settings)
         try:
-            tag = "two_stage " + ",".join(str(int(getattr(two_stage, name))) for name in TWO_STAGE_FIELDS)
-            t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="two_stage"), args.repeat)
-            record(tag, t, eig)
-            work = a.clone()
-            t, _ = cuda_median(lambda: two_stage.reduce_to_band(work.copy_(a), two_stage.BAND), args.repeat)
-            record("  dense -> band (copy included)", t)
-            banded = work.clone()
-            t, (d, e) = cuda_median(lambda: two_stage.band_to_tridiagonal(work.copy_(banded), two_stage.BAND),
-                                    args.repeat)
-            record("  band -> tridiagonal (copy included)", t)
-            t, _ = cuda_median(lambda: spectrum.tridiagonal_eigenvalues(d, e), args.repeat)
-            record("  bisection", t)
+            with applied(setting):
+                two_stage_stages()
         except Exception as error:  # noqa: BLE001 - one failing setting must not hide the others
             import traceback
 
             traceback.print_exc()
             rows.append({"method": f"two_stage {settings}", "error": repr(error)})
-        finally:
-            restore_two_stage(default)
         save()
+
+    def two_stage_stages() -> None:
+        """two_stage and its stages alone, with the module's current settings."""
+        tag = "two_stage " + ",".join(str(int(getattr(two_stage, name))) for name in TWO_STAGE_FIELDS)
+        t, eig = cuda_median(lambda: spectrum.symmetric_eigenvalues(a, method="two_stage"), args.repeat)
+        record(tag, t, eig)
+        work = a.clone()
+        t, _ = cuda_median(lambda: two_stage.reduce_to_band(work.copy_(a), two_stage.BAND), args.repeat)
+        record("  dense -> band (copy included)", t)
+        banded = work.clone()
+        t, (d, e) = cuda_median(lambda: two_stage.band_to_tridiagonal(work.copy_(banded), two_stage.BAND),
+                                args.repeat)
+        record("  band -> tridiagonal (copy included)", t)
+        t, _ = cuda_median(lambda: spectrum.tridiagonal_eigenvalues(d, e), args.repeat)
+        record("  bisection", t)
 
     for settings in [""] + list(args.two_stage):
         two_stage_rows(settings)
