@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -74,10 +75,13 @@ def _resid_hooks(model, captured: dict):
     n_layers = model.cfg.n_layers
 
     def fn(x, hook):
-        gram, shape = gram_matrix(x), tuple(x.shape[-2:])
-        if _defer(gram, n_layers):
-            captured.setdefault(DEFERRED, DeferredEntropies()).add(hook.layer(), gram, shape)
+        shape = tuple(x.shape[-2:])
+        m = min(shape)
+        if _defer(x, m, n_layers):  # written into the layers' one buffer: solved there, no concatenation
+            deferred = captured.setdefault(DEFERRED, DeferredEntropies(n_layers))
+            deferred.add(hook.layer(), gram_matrix(x, out=deferred.slot(x.shape[0], m, x.device)), shape)
         else:
+            gram = gram_matrix(x)
             slot = captured.setdefault(hook.layer(), {})
             slot["repr_entropy"], slot["repr_entropy_norm"] = entropies_from_gram(gram, *shape)
         return None
@@ -86,10 +90,10 @@ def _resid_hooks(model, captured: dict):
         (f"blocks.{layer}.hook_resid_post", fn) for layer in range(n_layers)]
 
 
-def _defer(gram: torch.Tensor, n_layers: int) -> bool:
-    """Whether a layer's Gram matrix waits for the batched solve after the forward (CUDA, and all
-    layers' matrices within :data:`DEFER_GRAM_BYTES`)."""
-    return gram.is_cuda and gram.numel() * gram.element_size() * n_layers <= DEFER_GRAM_BYTES
+def _defer(x: torch.Tensor, m: int, n_layers: int) -> bool:
+    """Whether a layer's ``[batch, m, m]`` float64 Gram matrix of ``x`` waits for the batched solve after
+    the forward (CUDA, and all layers' matrices within :data:`DEFER_GRAM_BYTES`)."""
+    return x.is_cuda and x.shape[0] * m * m * 8 * n_layers <= DEFER_GRAM_BYTES
 
 
 def measurement(config: SinksConfig) -> Measurement:
@@ -105,15 +109,28 @@ def measurement(config: SinksConfig) -> Measurement:
                  "is_sink": frame["sink_score"] >= config.tau, **frame}
         names = ("repr_entropy", "repr_entropy_norm")
 
-        def entropies(solved: dict) -> dict:  # [layer, batch] values repeated on the heads
-            per_layer = {name: torch.stack([solved[layer][i] if layer in solved else batch.captured[layer][name]
-                                            for layer in range(n_layers)]) for i, name in enumerate(names)}
-            return {name: per_head_values(v[..., None].expand(-1, -1, n_heads)) for name, v in per_layer.items()}
+        def spread(table) -> dict:
+            # [2, layer, batch] values repeated on the heads, rows in (sample, layer, head) order, float32
+            # values as float64 as per_head_values gives them; in NumPy: on CUDA this runs after the
+            # device's last work, so its host time adds to the call's
+            return {name: np.repeat(np.asarray(table[i]).T.astype(np.float32), n_heads, axis=1).reshape(-1)
+                    .astype(np.float64) for i, name in enumerate(names)}
+
+        def entropies(solved: dict) -> dict:
+            return spread(np.stack([np.stack([(solved[layer][i] if layer in solved else batch.captured[layer][name])
+                                              .detach().cpu().numpy() for layer in range(n_layers)])
+                                    for i, name in enumerate(names)]))
 
         if DEFERRED not in batch.captured:
             return pd.DataFrame({**frame, **entropies({})})
+
+        def solved() -> dict:
+            deferred = batch.captured[DEFERRED]
+            table = deferred.table(n_layers)  # every layer in one solve: one view, no per-layer tensors
+            return spread(table.numpy()) if table is not None else entropies(deferred.result())
+
         # on CUDA the spectra are still being solved: filled once every frame of the forward is built
-        later = filled_later(batch, names, len(frame["sample"]), lambda: entropies(batch.captured[DEFERRED].result()))
+        later = filled_later(batch, names, len(frame["sample"]), solved)
         return pd.DataFrame({**frame, **later})
 
     return Measurement(EXPERIMENT, _resid_hooks, rows, attention=ANY_WINDOW, config=config)

@@ -295,9 +295,10 @@ def test_packed_host_copy_and_deferred_entropies_give_the_same_frames(pair, monk
         return wrapped
 
     monkeypatch.setattr(engine, "pack_to_host", pack)
-    monkeypatch.setattr(sinks, "_defer", lambda gram, n_layers: True)
+    monkeypatch.setattr(sinks, "_defer", lambda x, m, n_layers: True)
     monkeypatch.setattr(entropy.DeferredEntropies, "launch", traced(entropy.DeferredEntropies.launch, "launch"))
     monkeypatch.setattr(entropy.DeferredEntropies, "result", traced(entropy.DeferredEntropies.result, "result"))
+    monkeypatch.setattr(entropy.DeferredEntropies, "table", traced(entropy.DeferredEntropies.table, "result"))
     spied = [dataclasses.replace(m, rows=spy(m.name, m.rows)) for m in parts]
     packed = measure(model, texts, spied, max_tokens=MAX_TOKENS, batch_size=3, show_progress=False)
 
@@ -333,7 +334,7 @@ def test_unsaved_frames_equal_saved_ones_with_chunks_of_unequal_lengths(pair, tm
     texts[1] = Text("short1", "synthetic", " ".join(texts[1].text.split()[:8]))
     texts[4] = Text("short4", "synthetic", " ".join(texts[4].text.split()[:10]))
     parts = [sinks.measurement(sinks.SinksConfig()), attention_structure.measurement(attention_structure.AttentionStructureConfig())]
-    monkeypatch.setattr(sinks, "_defer", lambda gram, n_layers: True)
+    monkeypatch.setattr(sinks, "_defer", lambda x, m, n_layers: True)
     lengths = []
     original = engine._forward
     monkeypatch.setattr(engine, "_forward", lambda *a: lengths.append((a[2], a[3].shape[1])) or original(*a))

@@ -76,6 +76,44 @@ def test_deferred_entropies_solve_every_layer_after_the_forward():
         torch.testing.assert_close(norm, want_norm, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("order", ["in order", "out of order", "one slot short"])
+def test_deferred_entropies_solve_their_buffer_in_place(monkeypatch, order):
+    """Gram matrices written into DeferredEntropies' slots (one buffer for every layer) are solved as
+    that buffer, with no concatenation, when every slot was filled and added in order; otherwise the
+    layers are concatenated as before. Either way each layer gets its SVD entropies."""
+    from drope_lens.measurement import entropy
+
+    seen = []
+    solve = entropy.entropies_from_gram
+    monkeypatch.setattr(entropy, "entropies_from_gram", lambda batch, *a, **k: seen.append(batch) or solve(batch, *a, **k))
+    xs = [_spiky(2, 24, 40, seed=s) for s in range(3)]
+    deferred = entropy.DeferredEntropies(n_layers=3)
+    used = xs[:2] if order == "one slot short" else xs
+    slots = [deferred.slot(2, 24, "cpu") for _ in used]
+    for x, slot in zip(used, slots):
+        assert entropy.gram_matrix(x, out=slot) is slot
+    added = list(enumerate(slots))[::-1] if order == "out of order" else list(enumerate(slots))
+    for layer, slot in added:
+        deferred.add(layer, slot, (24, 40))
+    deferred.launch()
+    solved = deferred.result()
+    assert len(seen) == 1
+    in_place = seen[0].data_ptr() == slots[0].data_ptr()
+    assert in_place == (order == "in order")
+    for layer, x in enumerate(used):
+        want_energy, want_norm = _reference(x)
+        torch.testing.assert_close(solved[layer][0], want_energy, atol=1e-6, rtol=0)
+        torch.testing.assert_close(solved[layer][1], want_norm, atol=1e-6, rtol=0)
+    table = deferred.table(3)  # [2, layer, batch] view: only for layers 0..2 added in order
+    assert (table is not None) == (order == "in order")
+    if table is not None:
+        for layer in range(3):
+            assert torch.equal(table[0, layer], solved[layer][0]) and torch.equal(table[1, layer], solved[layer][1])
+    assert deferred.slot(2, 24, "cpu").shape == (2, 24, 24)  # after launch: a fresh tensor
+    with pytest.raises(ValueError, match="expected a contiguous float64"):
+        entropy.gram_matrix(xs[0], out=torch.empty(2, 24, 24))
+
+
 @pytest.mark.parametrize("blocks", [1, 2, 4])
 def test_gram_matrix_in_blocks_is_the_full_product(monkeypatch, blocks):
     """X X^T from the block columns on and below the diagonal, mirrored ((k + 1) / 2k of the

@@ -96,6 +96,48 @@ def test_float32_stage_of_the_bisection_keeps_float64_accuracy(halvings_32, marg
         _check(spectrum.tridiagonal_eigenvalues(d.to(device), e.to(device)), a)
 
 
+def _hard_tridiagonals() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(d, e) batches that stress the Sturm recurrence: Wilkinson's W+ (pairs of eigenvalues equal to
+    many digits), zero and tiny off-diagonals (split and nearly split matrices, pivots at the guard),
+    integer diagonals (bisection midpoints on a diagonal entry), entries from 1e-120 to 1e120, zeros."""
+    out = []
+    m = 10  # W21+: d = |10 - i|, e = 1
+    d = torch.tensor([abs(m - i) for i in range(2 * m + 1)], dtype=torch.float64)
+    out.append((d[None], torch.ones(1, 2 * m, dtype=torch.float64)))
+    g = torch.Generator().manual_seed(11)
+    d = torch.randn(3, 40, generator=g, dtype=torch.float64)
+    e = torch.randn(3, 39, generator=g, dtype=torch.float64)
+    e[0, ::3] = 0.0
+    e[1] *= 1e-150
+    e[2, 5:] = 1e-300
+    out.append((d, e))
+    out.append((torch.arange(24, dtype=torch.float64).remainder(5)[None].repeat(2, 1),
+                torch.tensor([0.0, 1.0]).repeat(12)[:23][None].repeat(2, 1).double()))
+    for scale in (1e-120, 1e120):
+        out.append((torch.randn(2, 33, generator=g, dtype=torch.float64) * scale,
+                    torch.randn(2, 32, generator=g, dtype=torch.float64) * scale))
+    out.append((torch.zeros(1, 17, dtype=torch.float64), torch.zeros(1, 16, dtype=torch.float64)))
+    return out
+
+
+@needs_kernel
+@pytest.mark.parametrize("fast", [True, False])
+def test_bisection_kernel_on_hard_tridiagonals(fast, monkeypatch):
+    """The kernel's Sturm counts, with the pivots' reciprocals approximated and refined (``fast``, on
+    CUDA) and with IEEE division: LAPACK's eigenvalues of matrices that push the recurrence to its
+    guard and its range (:func:`_hard_tridiagonals`), and of the study's kind of Gram matrix."""
+    monkeypatch.setattr(spectrum, "FAST_RECIPROCAL", fast)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for d, e in _hard_tridiagonals():
+        t = torch.diag_embed(d) + torch.diag_embed(e, offset=1) + torch.diag_embed(e, offset=-1)
+        _check(spectrum.tridiagonal_eigenvalues(d.to(device), e.to(device)), t)
+    x = torch.randn(3, 200, 300, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    x[:, 0] *= 300.0
+    a = x @ x.mT
+    d, e = spectrum.tridiagonalize(a)
+    _check(spectrum.tridiagonal_eigenvalues(d.to(device), e.to(device)), a)
+
+
 def test_float32_stage_leaves_fewer_float64_halvings():
     """After 22 float32 halvings a Gram matrix's intervals need about 36 float64 halvings instead of 53."""
     x = torch.randn(2, 64, 96, dtype=torch.float64, generator=torch.Generator().manual_seed(3))

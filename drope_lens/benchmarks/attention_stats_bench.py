@@ -294,10 +294,15 @@ def phase_timeline(model, texts, repeat: int = 3) -> list[dict]:
         elif collections:
             collections[-1][1] = time.perf_counter() - collections[-1][1]
 
+    from drope_lens.measurement import entropy
+
     runs = []
     gc.callbacks.append(on_gc)
+    result = entropy.DeferredEntropies.result
+    entropy.DeferredEntropies.result = labelled("entropies' result", result)  # the wait for the spectra
     try:
-        with _phases_labelled(labelled, ("tokenize", "pack_to_host", "_forward", "_with_head")) as parts:
+        with _phases_labelled(labelled, ("tokenize", "pack_to_host", "_forward", "_with_head", "_complete_frames",
+                                         "_in_sample_order")) as parts:
             for k in range(repeat + 1):
                 records.clear()
                 collections.clear()
@@ -314,6 +319,7 @@ def phase_timeline(model, texts, repeat: int = 3) -> list[dict]:
                                  "collections": [(g, t * 1e3) for g, t in collections]})
     finally:
         gc.callbacks.remove(on_gc)
+        entropy.DeferredEntropies.result = result
     last = runs[-1]
     print("phase timeline (ms from the call's start; host = perf_counter, gpu = when the stream got there):")
     for row in last[:-1]:

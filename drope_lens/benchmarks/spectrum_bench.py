@@ -171,6 +171,9 @@ def main() -> None:
                         help="also time two_stage with these band half-widths, bulge-chasing warps, "
                              "prefetch (1) or not (0), diagonal blocks read whole (1) or as a lower triangle (0), "
                              "stage 1's panels per trailing update and the chase's carried pivot column (1) or not (0)")
+    parser.add_argument("--settings", nargs="*", metavar="SETTING", default=[],
+                        help="also time two_stage and its stages under these module settings, e.g. "
+                             "'spectrum.FAST_RECIPROCAL=False' (see parse_setting)")
     parser.add_argument("--only-two-stage", action="store_true", help="time two_stage's settings only")
     parser.add_argument("--quick", action="store_true",
                         help="only two_stage (the default), householder_persistent, householder_blocked, cusolver_batched and householder_fused")
@@ -229,6 +232,20 @@ def main() -> None:
 
     for settings in [""] + list(args.two_stage):
         two_stage_rows(settings)
+    for setting in args.settings:
+        print(f"with {setting}:", flush=True)
+        first = len(rows)
+        try:
+            with applied(parse_setting(setting)):
+                two_stage_stages()
+        except Exception as error:  # noqa: BLE001 - one failing setting must not hide the others
+            import traceback
+
+            traceback.print_exc()
+            rows.append({"method": f"two_stage with {setting}", "error": repr(error)})
+        for row in rows[first:]:
+            row["setting"] = setting
+        save()
     if args.only_two_stage:
         return
     from drope_lens.measurement.spectrum_persistent import tridiagonalize_persistent

@@ -153,10 +153,14 @@ def _measure_unsaved(model, texts, measurements, chunks, max_tokens, bos, batch_
     names = [m.name for m in measurements]
     unit = lambda name, k: f"{unit_prefix(model)}-{name}-chunk-{k}"  # noqa: E731
 
+    split = []  # chunks measured in more than one forward (texts of unequal lengths): rows out of order
+
     def step(k: int, done: frozenset):
         chunk = chunks[k]
         tokens = tokenize(model, [texts[i] for i in chunk], max_tokens, bos=bos)
         forwards = list(batches_by_length(tokens, batch_size))
+        if len(forwards) > 1:
+            split.append(k)
         built: list = []  # the chunk's earlier forwards' frames (a chunk of unequal lengths has several)
         for j, (local, batch_tokens) in enumerate(forwards):
             build = _forward(model, texts, [chunk[i] for i in local], batch_tokens, measurements)
@@ -169,7 +173,11 @@ def _measure_unsaved(model, texts, measurements, chunks, max_tokens, bos, batch_
     parts = run_sweep([Planned(tuple(unit(n, k) for n in names), len(chunk)) for k, chunk in enumerate(chunks)],
                       None, step, label=label, device=model.cfg.device,
                       weights=[len(chunk) for chunk in chunks], show_progress=show_progress)
-    return {name: _in_sample_order(_concat([parts[unit(name, k)] for k in range(len(chunks))])) for name in names}
+    # one forward per chunk: each frame is in sample order already (build() sorts a forward's frames;
+    # chunks ascend), so the check (a label lookup on each fresh frame, host time after the device's)
+    # is left out
+    order = _in_sample_order if split else (lambda frame: frame)
+    return {name: order(_concat([parts[unit(name, k)] for k in range(len(chunks))])) for name in names}
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -179,9 +187,13 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def _in_sample_order(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame``'s rows stably sorted by ``sample`` (each sample's rows keep their order), fresh index."""
     sample = frame["sample"].to_numpy()
-    if len(sample) < 2 or bool((sample[1:] >= sample[:-1]).all()):
+    if _ascending(sample):
         return frame
     return frame.iloc[np.argsort(sample, kind="stable")].reset_index(drop=True)
+
+
+def _ascending(sample: np.ndarray) -> bool:
+    return len(sample) < 2 or bool((sample[1:] >= sample[:-1]).all())
 
 
 def _forward(model, texts, samples, tokens, measurements) -> Callable[[], dict[str, pd.DataFrame]]:
@@ -224,17 +236,28 @@ def _forward(model, texts, samples, tokens, measurements) -> Callable[[], dict[s
     def build() -> dict[str, pd.DataFrame]:
         with torch.inference_mode():
             host = copy.host()
-            out, complete = {}, []
+            out, complete, unordered = {}, [], []
             for m in sorted(measurements, key=lambda m: bool(deferred[m.name])):  # stable: deferred ones last
                 batch = Batch(samples, [texts[i] for i in samples], tokens, host["captured"][m.name],
                               host["attention"].get(m.attention) if m.attention is not None else None)
-                out[m.name] = _with_head(m.rows(model, batch), **head)
+                rows = m.rows(model, batch)
+                if not _ascending(rows["sample"].to_numpy()):
+                    unordered.append(m.name)
+                out[m.name] = _with_head(rows, **head)
                 complete += [(fn, m.name) for fn in batch.complete]
-            for fn, name in complete:  # what waits on deferred device work, once every frame is built
-                fn(out[name])
+            _complete_frames(complete, out)
+            for name in unordered:  # rows of a measurement not built sample by sample (none of the study's)
+                out[name] = _in_sample_order(out[name])
         return {m.name: out[m.name] for m in measurements}
 
     return build
+
+
+def _complete_frames(complete: list, frames: dict[str, pd.DataFrame]) -> None:
+    """Fill the columns that wait on deferred device work (``(fn, measurement name)`` pairs from
+    ``Batch.complete``), once every frame of the forward is built."""
+    for fn, name in complete:
+        fn(frames[name])
 
 
 def _with_head(rows: pd.DataFrame, *, model: str, variant: str, n_tokens: int, texts, samples) -> pd.DataFrame:
@@ -300,8 +323,11 @@ def filled_later(batch: Batch, names: Sequence[str], n_rows: int, columns: Calla
     fills them, after every frame of the forward was built (so the host builds them meanwhile)."""
 
     def fill(frame: pd.DataFrame) -> None:
+        # the columns' positions first: a fresh frame's first lookup by label builds its column
+        # index (a few hundred us), host work best done before the wait for the device, not after
+        where = {name: frame.columns.get_loc(name) for name in names}
         for name, values in columns().items():
-            frame[name] = values
+            frame.isetitem(where[name], values)
 
     batch.complete.append(fill)
     return {name: np.full(n_rows, np.nan) for name in names}

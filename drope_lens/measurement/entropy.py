@@ -28,18 +28,26 @@ GRAM_BLOCKS = 2
 BLOCKS_MIN_POS = 256
 
 
-def gram_matrix(x: Float[torch.Tensor, "batch pos d_model"]) -> Float[torch.Tensor, "batch m m"]:
+def gram_matrix(
+    x: Float[torch.Tensor, "batch pos d_model"], *, out: Optional[torch.Tensor] = None,
+) -> Float[torch.Tensor, "batch m m"]:
     """The smaller Gram matrix of each ``[pos, d_model]`` matrix X in float64: X X^T
     (``m = pos``) or X^T X (``m = d_model``); its eigenvalues are the squared singular values of X.
-    Exactly symmetric when computed in blocks (:data:`GRAM_BLOCKS`)."""
+    Exactly symmetric when computed in blocks (:data:`GRAM_BLOCKS`). ``out``: a contiguous float64
+    ``[batch, m, m]`` tensor to write it into (returned)."""
     x64 = x.double()
+    m = min(x.shape[-2:])
+    if out is not None and (out.shape != (*x.shape[:-2], m, m) or out.dtype != torch.float64
+                            or not out.is_contiguous()):
+        raise ValueError(f"out has shape {tuple(out.shape)} ({out.dtype}): expected a contiguous float64 "
+                         f"{(*x.shape[:-2], m, m)}.")
     if x.shape[-2] > x.shape[-1]:
-        return x64.mT @ x64
+        return torch.matmul(x64.mT, x64, out=out)
     n, k = x.shape[-2], GRAM_BLOCKS
     if k <= 1 or n < BLOCKS_MIN_POS or n % k or x64.ndim != 3:
-        return x64 @ x64.mT
+        return torch.matmul(x64, x64.mT, out=out)
     b = n // k
-    gram = x64.new_empty(x64.shape[0], n, n)
+    gram = x64.new_empty(x64.shape[0], n, n) if out is None else out
     for j in range(k):  # block column j on and below the diagonal: strided views, no copies of X
         column = slice(j * b, (j + 1) * b)
         gram[:, j * b:, column] = torch.bmm(x64[:, j * b:], x64[:, column].mT)
@@ -100,14 +108,32 @@ class DeferredEntropies(DeferredCapture):
     one batched :func:`entropies_from_gram` call per (device, shape) (asynchronous on CUDA) and
     starts ONE non-blocking copy of all the entropies per device into pinned host memory;
     ``result()`` waits for that copy and returns ``{layer: (repr_entropy, repr_entropy_norm)}``,
-    float64 ``[batch]`` CPU tensors. (Solving the first layers during the forward, on a side stream,
+    float64 ``[batch]`` CPU tensors. ``slot(batch, m, device)`` hands out the next ``[batch, m, m]``
+    slice of one float64 buffer for ``n_layers`` layers (allocated on first use): Gram matrices
+    written there (:func:`gram_matrix`'s ``out``) and added in slot order are solved in place, with no
+    ``torch.cat`` of the layers (a copy of 0.67 GB at the study's size). (Solving the first layers during the forward, on a side stream,
     was slower on an H200: row 1 177.0-180.3 against 170.3 ms, the forward's GEMMs slowed down;
     docs/gpu_evidence/lead_call1_h200_s33_console.txt.)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, n_layers: int = 0) -> None:
         self._grams: list[tuple[int, torch.Tensor, tuple[int, int]]] = []
         self._copies: Optional[list] = None  # per device: (host buffer, event or None, [(layer, start, n)])
+        self._n_layers = n_layers
+        self._buffer: Optional[torch.Tensor] = None  # [n_layers * batch, m, m] float64, see slot()
+        self._slots = 0  # slices of the buffer handed out
+
+    def slot(self, batch: int, m: int, device) -> Float[torch.Tensor, "batch m m"]:
+        """The next ``[batch, m, m]`` float64 slice of the layers' shared buffer (a fresh tensor once
+        the buffer is full or for another shape or device)."""
+        if self._buffer is None and self._n_layers > 0 and self._copies is None:
+            self._buffer = torch.empty(self._n_layers * batch, m, m, dtype=torch.float64, device=device)
+        buffer = self._buffer
+        if (buffer is None or self._slots >= self._n_layers or buffer.shape[1:] != (m, m)
+                or buffer.shape[0] != self._n_layers * batch or buffer.device != torch.device(device)):
+            return torch.empty(batch, m, m, dtype=torch.float64, device=device)
+        self._slots += 1
+        return buffer[(self._slots - 1) * batch: self._slots * batch]
 
     def add(self, layer: int, gram: Float[torch.Tensor, "batch m m"], shape: tuple[int, int]) -> None:
         if self._copies is not None:
@@ -122,10 +148,11 @@ class DeferredEntropies(DeferredCapture):
             groups.setdefault((gram.device, shape), []).append((layer, gram))
         per_device: dict = {}
         for (device, shape), members in groups.items():
-            batch = torch.cat([gram for _, gram in members])  # a fresh tensor: solved in place
+            batch = self._buffer if self._filled_in_order(members) else torch.cat([gram for _, gram in members])
             h_energy, h_norm = entropies_from_gram(batch, *shape, overwrite=True)
             per_device.setdefault(device, []).append(([layer for layer, _ in members], torch.stack([h_energy, h_norm])))
         self._grams = []  # the Gram matrices are no longer needed once the solves are queued
+        self._buffer = None
         self._copies = []
         for device, parts in per_device.items():
             values = torch.cat([stacked for _, stacked in parts], dim=1) if len(parts) > 1 else parts[0][1]
@@ -143,6 +170,32 @@ class DeferredEntropies(DeferredCapture):
                     index.append((layer, start, n))
                     start += n
             self._copies.append((host, event, index))
+
+    def _filled_in_order(self, members: list) -> bool:
+        """Whether ``members`` (layer, gram) are the buffer's slots, every one, in order (then the
+        buffer is the batch: solved in place, the slots' values are not needed afterwards)."""
+        buffer = self._buffer
+        if buffer is None or len(members) != self._n_layers or self._slots != self._n_layers:
+            return False
+        step = buffer.shape[0] // self._n_layers
+        return all(gram.data_ptr() == buffer[i * step].data_ptr() and gram.shape[0] == step
+                   for i, (_, gram) in enumerate(members))
+
+    def table(self, n_layers: int) -> Optional[torch.Tensor]:
+        """``result()`` as one float64 ``[2, n_layers, batch]`` CPU tensor (repr_entropy, then
+        repr_entropy_norm; a view of the host copy) when the layers solved are 0 .. n_layers - 1, in
+        order, in one batch; else None. Waits for the copy as ``result()`` does, without its 2 x
+        n_layers tensor views (host time, spent after the device's last work)."""
+        if self._copies is None:
+            self.launch()
+        if len(self._copies) != 1:
+            return None
+        host, event, index = self._copies[0]
+        if [layer for layer, _, _ in index] != list(range(n_layers)) or len({n for _, _, n in index}) != 1:
+            return None
+        if event is not None:
+            event.synchronize()
+        return host.view(2, n_layers, -1)
 
     def result(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         if self._copies is None:
