@@ -443,3 +443,61 @@ def test_cli_commands_write_results(pair, tmp_path, capsys):
         meta = json.loads((run_dir / "meta.json").read_text())
         assert [m["variant"] for m in meta["models"]] == ["rope", "drope"] and len(meta["texts"]) == 3
         assert (run_dir / "data.parquet").is_file()
+
+
+@pytest.mark.parametrize("saved", [False, True])
+def test_hooks_are_registered_while_the_tokenizer_runs(pair, tmp_path, monkeypatch, saved):
+    """The first forward's hooks are registered on this thread while a worker thread tokenises (the
+    tokenizer here waits until the registration is done: run one after the other, the wait would
+    time out), and the frames are those of a plain run."""
+    import threading
+
+    from drope_lens.engine import measure as engine
+
+    path, ref, model = pair["nope"]
+    texts = _texts(3)
+    parts = [layer_balance.measurement(layer_balance.LayerBalanceConfig()), sinks.measurement(sinks.SinksConfig())]
+    plain = measure(model, texts, parts, max_tokens=MAX_TOKENS, show_progress=False)
+    registered, on_main, hooks_in_place = threading.Event(), [], []
+    original_tokenize, original_hooked = engine.tokenize, engine._Hooked.__init__
+
+    def slow_tokenize(*args, **kwargs):
+        on_main.append(threading.current_thread() is threading.main_thread())
+        assert registered.wait(timeout=20), "the hooks were not registered while the tokenizer ran"
+        return original_tokenize(*args, **kwargs)
+
+    def hooked(self, *args):
+        original_hooked(self, *args)
+        hooks_in_place.append(sum(len(hp.fwd_hooks) for hp in model.hook_dict.values()))
+        registered.set()
+
+    monkeypatch.setattr(engine, "tokenize", slow_tokenize)
+    monkeypatch.setattr(engine._Hooked, "__init__", hooked)
+    store = RunStore(tmp_path, "lb", "r") if saved else None
+    overlapped = measure(model, texts, parts, max_tokens=MAX_TOKENS, store=store, show_progress=False)
+    assert on_main == [False] and hooks_in_place[0] > 0  # tokenised off the main thread; hooks in place meanwhile
+    for name, frame in plain.items():
+        pd.testing.assert_frame_equal(overlapped[name], frame, check_exact=True)
+    assert sum(len(hp.fwd_hooks) for hp in model.hook_dict.values()) == 0
+
+
+def test_a_tokenizer_error_leaves_no_hooks_behind(pair, monkeypatch):
+    """An error in the tokenizer's thread reaches the caller, and the hooks registered meanwhile are
+    removed (the model measures normally afterwards)."""
+    from drope_lens.engine import measure as engine
+
+    path, ref, model = pair["nope"]
+    parts = [layer_balance.measurement(layer_balance.LayerBalanceConfig())]
+    original = engine.tokenize
+
+    def failing(model, texts, *args, **kwargs):
+        raise TextInputError(f"text {texts[-1].name!r} cannot be tokenised")
+
+    monkeypatch.setattr(engine, "tokenize", failing)
+    with pytest.raises(TextInputError, match="'tiny' cannot be tokenised"):
+        measure(model, _texts(2) + [Text("tiny", "synthetic", "a b c")], parts, max_tokens=MAX_TOKENS,
+                show_progress=False)
+    assert sum(len(hp.fwd_hooks) for hp in model.hook_dict.values()) == 0
+    monkeypatch.setattr(engine, "tokenize", original)
+    frames = measure(model, _texts(2), parts, max_tokens=MAX_TOKENS, show_progress=False)
+    assert len(frames[layer_balance.EXPERIMENT]) > 0

@@ -2,7 +2,8 @@
 
 A :class:`Measurement` names the hooks it needs (capture hooks writing into a per-batch dict), the
 attention statistics it needs (window, distances), and how to turn one batch's captures into rows.
-:func:`measure` tokenises the texts, runs one forward per batch of equal-length texts with the
+:func:`measure` tokenises the texts (on a worker thread, while the first forward's hooks are
+registered: :func:`_tokenize_hooked`), runs one forward per batch of equal-length texts with the
 union of every measurement's hooks (attention statistics are computed once per distinct request,
 by :func:`drope_lens.hooks.capture_attention_stats`; activation norms once per tensor, by
 :func:`drope_lens.hooks.shared_norms`), saves each text's rows as a RunStore unit,
@@ -129,15 +130,20 @@ def measure(
 
     def step(k: int, done: frozenset):
         chunk = chunks[k]
-        tokens = tokenize(model, [texts[i] for i in chunk], max_tokens, bos=bos)
-        for local, batch_tokens in batches_by_length(tokens, batch_size):
-            samples = [chunk[i] for i in local]
-            if done.issuperset(unit(n, i) for n in names for i in samples):
-                continue
-            build = _forward(model, texts, samples, batch_tokens, measurements)
-            # built one step later by run_sweep: the next batch's forward is queued first
-            yield lambda build=build: {unit(name, sample): rows for name, frame in build().items()
-                                       for sample, rows in split_by_sample(frame)}
+        tokens, hooked = _tokenize_hooked(model, [texts[i] for i in chunk], max_tokens, bos, measurements)
+        try:
+            for local, batch_tokens in batches_by_length(tokens, batch_size):
+                samples = [chunk[i] for i in local]
+                if done.issuperset(unit(n, i) for n in names for i in samples):
+                    continue
+                build = _forward(model, texts, samples, batch_tokens, measurements, hooked)
+                hooked = None
+                # built one step later by run_sweep: the next batch's forward is queued first
+                yield lambda build=build: {unit(name, sample): rows for name, frame in build().items()
+                                           for sample, rows in split_by_sample(frame)}
+        finally:
+            if hooked is not None:  # every batch of the chunk was done before
+                hooked.close()
 
     parts = run_sweep([Planned(tuple(unit(n, i) for i in chunk for n in names), len(chunk)) for chunk in chunks],
                       store, step, label=label, device=model.cfg.device,
@@ -157,13 +163,13 @@ def _measure_unsaved(model, texts, measurements, chunks, max_tokens, bos, batch_
 
     def step(k: int, done: frozenset):
         chunk = chunks[k]
-        tokens = tokenize(model, [texts[i] for i in chunk], max_tokens, bos=bos)
+        tokens, hooked = _tokenize_hooked(model, [texts[i] for i in chunk], max_tokens, bos, measurements)
         forwards = list(batches_by_length(tokens, batch_size))
         if len(forwards) > 1:
             split.append(k)
         built: list = []  # the chunk's earlier forwards' frames (a chunk of unequal lengths has several)
         for j, (local, batch_tokens) in enumerate(forwards):
-            build = _forward(model, texts, [chunk[i] for i in local], batch_tokens, measurements)
+            build = _forward(model, texts, [chunk[i] for i in local], batch_tokens, measurements, hooked if j == 0 else None)
             if j < len(forwards) - 1:
                 yield lambda build=build: built.append(build()) or {}
             else:
@@ -196,7 +202,65 @@ def _ascending(sample: np.ndarray) -> bool:
     return len(sample) < 2 or bool((sample[1:] >= sample[:-1]).all())
 
 
-def _forward(model, texts, samples, tokens, measurements) -> Callable[[], dict[str, pd.DataFrame]]:
+class _Hooked:
+    """One forward's captures (``captured``: per measurement; ``attention``: per statistics request)
+    with every measurement's hooks registered on the model (``model.hooks``, entered here) until
+    :meth:`close`. Registering a study's ~450 hooks takes a few milliseconds of host time: made
+    while the tokenizer runs (:func:`_tokenize_hooked`), not after it, it no longer delays the forward."""
+
+    def __init__(self, model, measurements: Sequence[Measurement]) -> None:
+        self.captured = {m.name: {} for m in measurements}
+        hooks: list[HookPair] = []
+        for m in measurements:
+            hooks += m.hooks(model, self.captured[m.name])
+        self.attention: dict = {}
+        requests = sorted({m.attention for m in measurements if m.attention not in (None, ANY_WINDOW)})
+        if not requests and any(m.attention == ANY_WINDOW for m in measurements):
+            requests = [(1, 1)]
+        for request in requests:
+            self.attention[request] = {}
+            hooks += capture_attention_stats(self.attention[request], model, window=request[0],
+                                             max_distance=request[1])
+        if requests:
+            self.attention[ANY_WINDOW] = self.attention[requests[0]]
+        self._context = model.hooks(fwd_hooks=hooks)
+        self._context.__enter__()
+
+    def close(self) -> None:
+        """Remove the hooks (once)."""
+        if self._context is not None:
+            context, self._context = self._context, None
+            context.__exit__(None, None, None)
+
+
+_TOKENIZER_THREAD = None
+
+
+def _tokenize_hooked(model, texts: list, max_tokens: int, bos, measurements) -> tuple[list[torch.Tensor], "_Hooked"]:
+    """:func:`~drope_lens.measurement.tokens.tokenize` on a worker thread (a fast tokenizer's Rust
+    backend releases the GIL) while this thread registers the first forward's hooks
+    (:class:`_Hooked`): the two host costs overlap instead of adding up before the device's first
+    kernel. On an error in either, the hooks are removed and the error raised."""
+    global _TOKENIZER_THREAD
+    if _TOKENIZER_THREAD is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _TOKENIZER_THREAD = ThreadPoolExecutor(1, thread_name_prefix="drope-lens-tokenize")
+    pending = _TOKENIZER_THREAD.submit(tokenize, model, texts, max_tokens, bos=bos)
+    try:
+        hooked = _Hooked(model, measurements)
+    except BaseException:
+        pending.result()  # let the tokenizer finish before the error propagates
+        raise
+    try:
+        return pending.result(), hooked
+    except BaseException:
+        hooked.close()
+        raise
+
+
+def _forward(model, texts, samples, tokens, measurements, hooked: Optional[_Hooked] = None,
+             ) -> Callable[[], dict[str, pd.DataFrame]]:
     """Run one hooked forward; return a callable that builds every measurement's frame (``{name:
     DataFrame}``, head columns first, see :func:`_with_head`).
 
@@ -206,30 +270,23 @@ def _forward(model, texts, samples, tokens, measurements) -> Callable[[], dict[s
     deferred work is launched, so that the device computes it while the host waits for the copy
     only and builds the frames from host tensors. Measurements without deferred captures are built
     (and split) first, while the device still works on the deferred ones. On the CPU nothing is
-    copied: the frames are those of the captures as they are.
+    copied: the frames are those of the captures as they are. ``hooked``: the captures and hooks
+    registered beforehand (:class:`_Hooked`; removed here), else made here.
     """
-    captured = {m.name: {} for m in measurements}
-    hooks: list[HookPair] = []
-    for m in measurements:
-        hooks += m.hooks(model, captured[m.name])
-    attention: dict = {}
-    requests = sorted({m.attention for m in measurements if m.attention not in (None, ANY_WINDOW)})
-    if not requests and any(m.attention == ANY_WINDOW for m in measurements):
-        requests = [(1, 1)]
-    for request in requests:
-        attention[request] = {}
-        hooks += capture_attention_stats(attention[request], model, window=request[0], max_distance=request[1])
-    if requests:
-        attention[ANY_WINDOW] = attention[requests[0]]
+    hooked = _Hooked(model, measurements) if hooked is None else hooked
+    captured, attention = hooked.captured, hooked.attention
     with torch.inference_mode():
-        with shared_norms():  # a tensor's norms computed once for all measurements' hooks
-            model.run_with_hooks(tokens.to(model.cfg.device), return_type=None, fwd_hooks=hooks)
+        try:
+            with shared_norms():  # a tensor's norms computed once for all measurements' hooks
+                model.forward(tokens.to(model.cfg.device), return_type=None)  # as run_with_hooks runs it
+        finally:
+            hooked.close()
         copy = pack_to_host({"captured": captured, "attention": attention})
         deferred = {m.name: find_deferred(captured[m.name]) for m in measurements}
         for values in deferred.values():
             for value in values:
                 value.launch()
-    del captured, attention  # device tensors: the host copy holds what the frames need
+    del captured, attention, hooked  # device tensors: the host copy holds what the frames need
     head = {"model": model_name(model), "variant": model_variant(model), "n_tokens": int(tokens.shape[1]),
             "texts": texts, "samples": samples}
 
