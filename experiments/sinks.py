@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -35,12 +34,13 @@ from drope_lens.measurement import analysis
 from drope_lens.hooks.capture import capture_bos_norms
 from drope_lens.engine.results import RunStore
 # representation entropy plumbing (importable here as before)
-from drope_lens.measurement.entropy import (DEFER_GRAM_BYTES, DeferredEntropies, entropies_from_gram, entropies_from_spectrum,  # noqa: F401
-                                          gram_matrix, representation_entropy)
+from drope_lens.measurement.entropy import (DEFER_GRAM_BYTES, ENTROPY_COLUMNS, DeferredEntropies,  # noqa: F401
+                                          entropies_from_gram, entropies_from_spectrum, gram_matrix,
+                                          representation_entropy)
+from drope_lens.measurement.entropy import layer_table as entropy_table, per_head_columns as per_head_entropies
 from drope_lens.measurement.texts import TextsLike
 from drope_lens.measurement.tokens import BosPolicy, check_bos
-from drope_lens.engine.measure import (ANY_WINDOW, Batch, Measurement, filled_later, measure, per_head_columns,
-                                       per_head_values)
+from drope_lens.engine.measure import ANY_WINDOW, Batch, Measurement, filled_later, measure, per_head_columns
 from drope_lens.measurement.summaries import compare_variants, summarize
 
 EXPERIMENT = "sinks"
@@ -107,30 +107,12 @@ def measurement(config: SinksConfig) -> Measurement:
         frame = per_head_columns(batch.samples, columns)
         frame = {**{k: frame[k] for k in ("sample", "layer", "head", "sink_score")},
                  "is_sink": frame["sink_score"] >= config.tau, **frame}
-        names = ("repr_entropy", "repr_entropy_norm")
-
-        def spread(table) -> dict:
-            # [2, layer, batch] values repeated on the heads, rows in (sample, layer, head) order, float32
-            # values as float64 as per_head_values gives them; in NumPy: on CUDA this runs after the
-            # device's last work, so its host time adds to the call's
-            return {name: np.repeat(np.asarray(table[i]).T.astype(np.float32), n_heads, axis=1).reshape(-1)
-                    .astype(np.float64) for i, name in enumerate(names)}
-
-        def entropies(solved: dict) -> dict:
-            return spread(np.stack([np.stack([(solved[layer][i] if layer in solved else batch.captured[layer][name])
-                                              .detach().cpu().numpy() for layer in range(n_layers)])
-                                    for i, name in enumerate(names)]))
-
         if DEFERRED not in batch.captured:
-            return pd.DataFrame({**frame, **entropies({})})
-
-        def solved() -> dict:
-            deferred = batch.captured[DEFERRED]
-            table = deferred.table(n_layers)  # every layer in one solve: one view, no per-layer tensors
-            return spread(table.numpy()) if table is not None else entropies(deferred.result())
-
+            solved = {layer: tuple(batch.captured[layer][name] for name in ENTROPY_COLUMNS) for layer in range(n_layers)}
+            return pd.DataFrame({**frame, **per_head_entropies(entropy_table(solved, n_layers), n_heads)})
         # on CUDA the spectra are still being solved: filled once every frame of the forward is built
-        later = filled_later(batch, names, len(frame["sample"]), solved)
+        later = filled_later(batch, ENTROPY_COLUMNS, len(frame["sample"]),
+                             lambda: per_head_entropies(batch.captured[DEFERRED].layer_table(n_layers), n_heads))
         return pd.DataFrame({**frame, **later})
 
     return Measurement(EXPERIMENT, _resid_hooks, rows, attention=ANY_WINDOW, config=config)

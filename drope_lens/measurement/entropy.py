@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 from jaxtyping import Float
 
@@ -94,6 +95,26 @@ def representation_entropy(
     ``rank`` counts s above ``max(s) * max(pos, d_model) * eps_float32``, as for a float32 SVD.
     """
     return entropies_from_gram(gram_matrix(x), *x.shape[-2:])
+
+
+#: The per-layer columns Exp 4's frames take from :func:`representation_entropy`.
+ENTROPY_COLUMNS = ("repr_entropy", "repr_entropy_norm")
+
+
+def layer_table(per_layer: dict, n_layers: int) -> np.ndarray:
+    """``{layer: (repr_entropy, repr_entropy_norm)}`` (``[batch]`` tensors, layers 0 .. n_layers - 1)
+    as one float64 ``[2, n_layers, batch]`` array."""
+    return np.stack([np.stack([per_layer[layer][i].detach().cpu().double().numpy() for layer in range(n_layers)])
+                     for i in range(len(ENTROPY_COLUMNS))])
+
+
+def per_head_columns(table, n_heads: int) -> dict[str, np.ndarray]:
+    """:data:`ENTROPY_COLUMNS` for rows in (sample, layer, head) order from a ``[2, layer, batch]``
+    table, each layer's value repeated on its heads: float32 values as float64, as
+    :func:`drope_lens.engine.measure.per_head_values` gives a frame's other columns. In NumPy: on CUDA
+    this runs after the device's last work, so its host time adds to the call's."""
+    return {name: np.repeat(np.asarray(table[i]).T.astype(np.float32), n_heads, axis=1).reshape(-1).astype(np.float64)
+            for i, name in enumerate(ENTROPY_COLUMNS)}
 
 
 #: Gram matrices of one forward kept for a batched solve, at most this many bytes (10 texts x 512
@@ -180,6 +201,12 @@ class DeferredEntropies(DeferredCapture):
         step = buffer.shape[0] // self._n_layers
         return all(gram.data_ptr() == buffer[i * step].data_ptr() and gram.shape[0] == step
                    for i, (_, gram) in enumerate(members))
+
+    def layer_table(self, n_layers: int) -> np.ndarray:
+        """The solved entropies of layers 0 .. n_layers - 1 as one float64 ``[2, n_layers, batch]``
+        array (:meth:`table`'s view when it has one, else stacked from :meth:`result`)."""
+        table = self.table(n_layers)
+        return table.numpy() if table is not None else layer_table(self.result(), n_layers)
 
     def table(self, n_layers: int) -> Optional[torch.Tensor]:
         """``result()`` as one float64 ``[2, n_layers, batch]`` CPU tensor (repr_entropy, then
