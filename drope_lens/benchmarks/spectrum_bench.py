@@ -86,7 +86,7 @@ def two_stage_setting(settings: str) -> dict[str, object]:
 
 def parse_setting(setting: str) -> dict[str, object]:
     """``"entropy.GRAM_BLOCKS=1;spectrum_two_stage.PANELS_PER_UPDATE=2"`` -> ``{attribute path under
-    drope_lens.measurement: value}`` ("default": no change)."""
+    drope_lens.measurement, or a full path from drope_lens. on: value}`` ("default": no change)."""
     import ast
 
     out: dict[str, object] = {}
@@ -95,7 +95,8 @@ def parse_setting(setting: str) -> dict[str, object]:
             continue
         name, _, value = part.partition("=")
         if not _ or "." not in name:
-            raise ValueError(f"{part!r}: expected MODULE.ATTRIBUTE=VALUE (module under drope_lens.measurement).")
+            raise ValueError(f"{part!r}: expected MODULE.ATTRIBUTE=VALUE (module under drope_lens.measurement, "
+                             "or drope_lens.PACKAGE.MODULE).")
         out[name] = ast.literal_eval(value)
     return out
 
@@ -109,9 +110,11 @@ def set_attributes(setting: dict[str, object]) -> list[tuple[object, str, object
     try:
         for name, value in setting.items():
             module_name, attribute = name.rsplit(".", 1)
-            module = importlib.import_module(f"drope_lens.measurement.{module_name}")
+            if not module_name.startswith("drope_lens."):
+                module_name = f"drope_lens.measurement.{module_name}"
+            module = importlib.import_module(module_name)
             if not hasattr(module, attribute):
-                raise AttributeError(f"drope_lens.measurement.{module_name} has no {attribute}")
+                raise AttributeError(f"{module_name} has no {attribute}")
             before.append((module, attribute, getattr(module, attribute)))
             setattr(module, attribute, value)
     except Exception:

@@ -234,6 +234,8 @@ class _Hooked:
 
 
 _TOKENIZER_THREAD = None
+#: Tokenise on a worker thread while the first forward's hooks are registered (False: one after the other).
+OVERLAP_TOKENIZER = True
 
 
 def _tokenize_hooked(model, texts: list, max_tokens: int, bos, measurements) -> tuple[list[torch.Tensor], "_Hooked"]:
@@ -242,6 +244,9 @@ def _tokenize_hooked(model, texts: list, max_tokens: int, bos, measurements) -> 
     (:class:`_Hooked`): the two host costs overlap instead of adding up before the device's first
     kernel. On an error in either, the hooks are removed and the error raised."""
     global _TOKENIZER_THREAD
+    if not OVERLAP_TOKENIZER:
+        tokens = tokenize(model, texts, max_tokens, bos=bos)
+        return tokens, _Hooked(model, measurements)
     if _TOKENIZER_THREAD is None:
         from concurrent.futures import ThreadPoolExecutor
 
