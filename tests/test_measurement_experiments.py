@@ -447,9 +447,9 @@ def test_cli_commands_write_results(pair, tmp_path, capsys):
 
 @pytest.mark.parametrize("saved", [False, True])
 def test_hooks_are_registered_while_the_tokenizer_runs(pair, tmp_path, monkeypatch, saved):
-    """The first forward's hooks are registered on this thread while a worker thread tokenises (the
-    tokenizer here waits until the registration is done: run one after the other, the wait would
-    time out), and the frames are those of a plain run."""
+    """The first forward's hooks are registered on a worker thread while this thread tokenises (the
+    tokenizer and the registration here each wait for the other to have started: run one after the
+    other, in either order, the wait times out), and the frames are those of a plain run."""
     import threading
 
     from drope_lens.engine import measure as engine
@@ -458,24 +458,25 @@ def test_hooks_are_registered_while_the_tokenizer_runs(pair, tmp_path, monkeypat
     texts = _texts(3)
     parts = [layer_balance.measurement(layer_balance.LayerBalanceConfig()), sinks.measurement(sinks.SinksConfig())]
     plain = measure(model, texts, parts, max_tokens=MAX_TOKENS, show_progress=False)
-    registered, on_main, hooks_in_place = threading.Event(), [], []
+    both = threading.Barrier(2, timeout=20)  # each side waits for the other to have started
+    on_main, hooks_in_place = [], []
     original_tokenize, original_hooked = engine.tokenize, engine._Hooked.__init__
 
     def slow_tokenize(*args, **kwargs):
-        on_main.append(threading.current_thread() is threading.main_thread())
-        assert registered.wait(timeout=20), "the hooks were not registered while the tokenizer ran"
+        both.wait()  # raises BrokenBarrierError after 20 s if the registration is not under way
         return original_tokenize(*args, **kwargs)
 
     def hooked(self, *args):
+        on_main.append(threading.current_thread() is threading.main_thread())
+        both.wait()
         original_hooked(self, *args)
         hooks_in_place.append(sum(len(hp.fwd_hooks) for hp in model.hook_dict.values()))
-        registered.set()
 
     monkeypatch.setattr(engine, "tokenize", slow_tokenize)
     monkeypatch.setattr(engine._Hooked, "__init__", hooked)
     store = RunStore(tmp_path, "lb", "r") if saved else None
     overlapped = measure(model, texts, parts, max_tokens=MAX_TOKENS, store=store, show_progress=False)
-    assert on_main == [False] and hooks_in_place[0] > 0  # tokenised off the main thread; hooks in place meanwhile
+    assert on_main == [False] and hooks_in_place[0] > 0  # registered off the main thread, while tokenising
     for name, frame in plain.items():
         pd.testing.assert_frame_equal(overlapped[name], frame, check_exact=True)
     assert sum(len(hp.fwd_hooks) for hp in model.hook_dict.values()) == 0

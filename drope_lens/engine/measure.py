@@ -2,8 +2,8 @@
 
 A :class:`Measurement` names the hooks it needs (capture hooks writing into a per-batch dict), the
 attention statistics it needs (window, distances), and how to turn one batch's captures into rows.
-:func:`measure` tokenises the texts (on a worker thread, while the first forward's hooks are
-registered: :func:`_tokenize_hooked`), runs one forward per batch of equal-length texts with the
+:func:`measure` tokenises the texts (while a worker thread registers the first forward's hooks:
+:func:`_tokenize_hooked`), runs one forward per batch of equal-length texts with the
 union of every measurement's hooks (attention statistics are computed once per distinct request,
 by :func:`drope_lens.hooks.capture_attention_stats`; activation norms once per tensor, by
 :func:`drope_lens.hooks.shared_norms`), saves each text's rows as a RunStore unit,
@@ -205,8 +205,9 @@ def _ascending(sample: np.ndarray) -> bool:
 class _Hooked:
     """One forward's captures (``captured``: per measurement; ``attention``: per statistics request)
     with every measurement's hooks registered on the model (``model.hooks``, entered here) until
-    :meth:`close`. Registering a study's ~450 hooks takes a few milliseconds of host time: made
-    while the tokenizer runs (:func:`_tokenize_hooked`), not after it, it no longer delays the forward."""
+    :meth:`close` (from any thread). Registering a study's ~450 hooks takes a few milliseconds of
+    host time: made while the tokenizer runs (:func:`_tokenize_hooked`), not after it, it no longer
+    delays the forward."""
 
     def __init__(self, model, measurements: Sequence[Measurement]) -> None:
         self.captured = {m.name: {} for m in measurements}
@@ -234,15 +235,19 @@ class _Hooked:
 
 
 _TOKENIZER_THREAD = None
-#: Tokenise on a worker thread while the first forward's hooks are registered (False: one after the other).
+#: Register the first forward's hooks on a worker thread while this one tokenises (False: one after
+#: the other). H200, row 1 of attention_stats_bench side by side (tokenising on the worker then):
+#: 168.0 against 170.5 ms (docs/gpu_evidence/lead_call3_h200_s34_console.txt).
 OVERLAP_TOKENIZER = True
 
 
 def _tokenize_hooked(model, texts: list, max_tokens: int, bos, measurements) -> tuple[list[torch.Tensor], "_Hooked"]:
-    """:func:`~drope_lens.measurement.tokens.tokenize` on a worker thread (a fast tokenizer's Rust
-    backend releases the GIL) while this thread registers the first forward's hooks
-    (:class:`_Hooked`): the two host costs overlap instead of adding up before the device's first
-    kernel. On an error in either, the hooks are removed and the error raised."""
+    """:func:`~drope_lens.measurement.tokens.tokenize` on this thread while a worker thread registers
+    the first forward's hooks (:class:`_Hooked`): the two host costs overlap instead of adding up
+    before the device's first kernel. The tokenizer's Rust backend releases the GIL, which the
+    registration (pure Python) then takes; the other way round, the worker would wait for the GIL
+    held by this thread's registration (up to the 5 ms switch interval) before it could start. On an
+    error in either, the hooks are removed and the error raised."""
     global _TOKENIZER_THREAD
     if not OVERLAP_TOKENIZER:
         tokens = tokenize(model, texts, max_tokens, bos=bos)
@@ -250,18 +255,17 @@ def _tokenize_hooked(model, texts: list, max_tokens: int, bos, measurements) -> 
     if _TOKENIZER_THREAD is None:
         from concurrent.futures import ThreadPoolExecutor
 
-        _TOKENIZER_THREAD = ThreadPoolExecutor(1, thread_name_prefix="drope-lens-tokenize")
-    pending = _TOKENIZER_THREAD.submit(tokenize, model, texts, max_tokens, bos=bos)
+        _TOKENIZER_THREAD = ThreadPoolExecutor(1, thread_name_prefix="drope-lens-hooks")
+    pending = _TOKENIZER_THREAD.submit(_Hooked, model, measurements)
     try:
-        hooked = _Hooked(model, measurements)
+        tokens = tokenize(model, texts, max_tokens, bos=bos)
     except BaseException:
-        pending.result()  # let the tokenizer finish before the error propagates
+        try:
+            pending.result().close()
+        except BaseException:  # noqa: BLE001 - the tokenizer's error is the one to raise
+            pass
         raise
-    try:
-        return pending.result(), hooked
-    except BaseException:
-        hooked.close()
-        raise
+    return tokens, pending.result()
 
 
 def _forward(model, texts, samples, tokens, measurements, hooked: Optional[_Hooked] = None,
