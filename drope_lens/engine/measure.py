@@ -22,6 +22,7 @@ Summaries over texts live in :mod:`drope_lens.measurement.summaries` (:func:`~dr
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -239,6 +240,11 @@ _TOKENIZER_THREAD = None
 #: the other). H200, row 1 of attention_stats_bench side by side (tokenising on the worker then):
 #: 168.0 against 170.5 ms (docs/gpu_evidence/lead_call3_h200_s34_console.txt).
 OVERLAP_TOKENIZER = True
+#: The interpreter's GIL switch interval while the two overlap (restored after): when the tokenizer
+#: returns from Rust it needs the GIL back from the registering thread, which by default keeps it
+#: up to 5 ms (H200, phase timeline: tokenising took 7.8 ms instead of ~3.7 with the default,
+#: docs/gpu_evidence/lead_call4_h200_s34_console.txt).
+GIL_SWITCH_SECONDS = 0.0002
 
 
 def _tokenize_hooked(model, texts: list, max_tokens: int, bos, measurements) -> tuple[list[torch.Tensor], "_Hooked"]:
@@ -256,16 +262,21 @@ def _tokenize_hooked(model, texts: list, max_tokens: int, bos, measurements) -> 
         from concurrent.futures import ThreadPoolExecutor
 
         _TOKENIZER_THREAD = ThreadPoolExecutor(1, thread_name_prefix="drope-lens-hooks")
-    pending = _TOKENIZER_THREAD.submit(_Hooked, model, measurements)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, GIL_SWITCH_SECONDS))  # see GIL_SWITCH_SECONDS
     try:
-        tokens = tokenize(model, texts, max_tokens, bos=bos)
-    except BaseException:
+        pending = _TOKENIZER_THREAD.submit(_Hooked, model, measurements)
         try:
-            pending.result().close()
-        except BaseException:  # noqa: BLE001 - the tokenizer's error is the one to raise
-            pass
-        raise
-    return tokens, pending.result()
+            tokens = tokenize(model, texts, max_tokens, bos=bos)
+        except BaseException:
+            try:
+                pending.result().close()
+            except BaseException:  # noqa: BLE001 - the tokenizer's error is the one to raise
+                pass
+            raise
+        return tokens, pending.result()
+    finally:
+        sys.setswitchinterval(switch)
 
 
 def _forward(model, texts, samples, tokens, measurements, hooked: Optional[_Hooked] = None,
