@@ -4,7 +4,6 @@ activations and numpy SVDs; resume, CLI and named errors."""
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pandas as pd
@@ -446,51 +445,11 @@ def test_cli_commands_write_results(pair, tmp_path, capsys):
         assert (run_dir / "data.parquet").is_file()
 
 
-@pytest.mark.parametrize("saved", [False, True])
-def test_hooks_are_registered_while_the_tokenizer_runs(pair, tmp_path, monkeypatch, saved):
-    """The first forward's hooks are registered on a worker thread while this thread tokenises (the
-    tokenizer and the registration here each wait for the other to have started: run one after the
-    other, in either order, the wait times out), and the frames are those of a plain run."""
-    import threading
+def test_errors_leave_no_hooks_behind(pair, monkeypatch):
+    """An error in the tokenizer, or in a forward's hooks, reaches the caller with no hooks left on
+    the model (it measures normally afterwards)."""
+    import dataclasses
 
-    from drope_lens.engine import measure as engine
-
-    path, ref, model = pair["nope"]
-    texts = _texts(3)
-    parts = [layer_balance.measurement(layer_balance.LayerBalanceConfig()), sinks.measurement(sinks.SinksConfig())]
-    plain = measure(model, texts, parts, max_tokens=MAX_TOKENS, show_progress=False)
-    both = threading.Barrier(2, timeout=20)  # each side waits for the other to have started
-    on_main, hooks_in_place = [], []
-    original_tokenize, original_hooked = engine.tokenize, engine._Hooked.__init__
-
-    switch = sys.getswitchinterval()
-    intervals = []
-
-    def slow_tokenize(*args, **kwargs):
-        intervals.append(sys.getswitchinterval())
-        both.wait()  # raises BrokenBarrierError after 20 s if the registration is not under way
-        return original_tokenize(*args, **kwargs)
-
-    def hooked(self, *args):
-        on_main.append(threading.current_thread() is threading.main_thread())
-        both.wait()
-        original_hooked(self, *args)
-        hooks_in_place.append(sum(len(hp.fwd_hooks) for hp in model.hook_dict.values()))
-
-    monkeypatch.setattr(engine, "tokenize", slow_tokenize)
-    monkeypatch.setattr(engine._Hooked, "__init__", hooked)
-    store = RunStore(tmp_path, "lb", "r") if saved else None
-    overlapped = measure(model, texts, parts, max_tokens=MAX_TOKENS, store=store, show_progress=False)
-    assert on_main == [False] and hooks_in_place[0] > 0  # registered off the main thread, while tokenising
-    assert intervals == [pytest.approx(engine.GIL_SWITCH_SECONDS)] and sys.getswitchinterval() == switch  # shortened, restored
-    for name, frame in plain.items():
-        pd.testing.assert_frame_equal(overlapped[name], frame, check_exact=True)
-    assert sum(len(hp.fwd_hooks) for hp in model.hook_dict.values()) == 0
-
-
-def test_a_tokenizer_error_leaves_no_hooks_behind(pair, monkeypatch):
-    """An error in the tokenizer's thread reaches the caller, and the hooks registered meanwhile are
-    removed (the model measures normally afterwards)."""
     from drope_lens.engine import measure as engine
 
     path, ref, model = pair["nope"]
@@ -506,5 +465,15 @@ def test_a_tokenizer_error_leaves_no_hooks_behind(pair, monkeypatch):
                 show_progress=False)
     assert sum(len(hp.fwd_hooks) for hp in model.hook_dict.values()) == 0
     monkeypatch.setattr(engine, "tokenize", original)
+
+    def failing_hooks(model, captured):
+        def fail(x, hook):
+            raise RuntimeError(f"hook at {hook.name} failed")
+        return [("blocks.0.hook_resid_post", fail)]
+
+    broken = [*parts, dataclasses.replace(parts[0], name="broken", hooks=failing_hooks)]
+    with pytest.raises(RuntimeError, match="hook at blocks.0.hook_resid_post failed"):
+        measure(model, _texts(2), broken, max_tokens=MAX_TOKENS, show_progress=False)
+    assert sum(len(hp.fwd_hooks) for hp in model.hook_dict.values()) == 0
     frames = measure(model, _texts(2), parts, max_tokens=MAX_TOKENS, show_progress=False)
     assert len(frames[layer_balance.EXPERIMENT]) > 0

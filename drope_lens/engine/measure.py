@@ -2,8 +2,7 @@
 
 A :class:`Measurement` names the hooks it needs (capture hooks writing into a per-batch dict), the
 attention statistics it needs (window, distances), and how to turn one batch's captures into rows.
-:func:`measure` tokenises the texts (while a worker thread registers the first forward's hooks:
-:func:`_tokenize_hooked`), runs one forward per batch of equal-length texts with the
+:func:`measure` tokenises the texts, runs one forward per batch of equal-length texts with the
 union of every measurement's hooks (attention statistics are computed once per distinct request,
 by :func:`drope_lens.hooks.capture_attention_stats`; activation norms once per tensor, by
 :func:`drope_lens.hooks.shared_norms`), saves each text's rows as a RunStore unit,
@@ -22,7 +21,6 @@ Summaries over texts live in :mod:`drope_lens.measurement.summaries` (:func:`~dr
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -131,20 +129,15 @@ def measure(
 
     def step(k: int, done: frozenset):
         chunk = chunks[k]
-        tokens, hooked = _tokenize_hooked(model, [texts[i] for i in chunk], max_tokens, bos, measurements)
-        try:
-            for local, batch_tokens in batches_by_length(tokens, batch_size):
-                samples = [chunk[i] for i in local]
-                if done.issuperset(unit(n, i) for n in names for i in samples):
-                    continue
-                build = _forward(model, texts, samples, batch_tokens, measurements, hooked)
-                hooked = None
-                # built one step later by run_sweep: the next batch's forward is queued first
-                yield lambda build=build: {unit(name, sample): rows for name, frame in build().items()
-                                           for sample, rows in split_by_sample(frame)}
-        finally:
-            if hooked is not None:  # every batch of the chunk was done before
-                hooked.close()
+        tokens = tokenize(model, [texts[i] for i in chunk], max_tokens, bos=bos)
+        for local, batch_tokens in batches_by_length(tokens, batch_size):
+            samples = [chunk[i] for i in local]
+            if done.issuperset(unit(n, i) for n in names for i in samples):
+                continue
+            build = _forward(model, texts, samples, batch_tokens, measurements)
+            # built one step later by run_sweep: the next batch's forward is queued first
+            yield lambda build=build: {unit(name, sample): rows for name, frame in build().items()
+                                       for sample, rows in split_by_sample(frame)}
 
     parts = run_sweep([Planned(tuple(unit(n, i) for i in chunk for n in names), len(chunk)) for chunk in chunks],
                       store, step, label=label, device=model.cfg.device,
@@ -164,13 +157,13 @@ def _measure_unsaved(model, texts, measurements, chunks, max_tokens, bos, batch_
 
     def step(k: int, done: frozenset):
         chunk = chunks[k]
-        tokens, hooked = _tokenize_hooked(model, [texts[i] for i in chunk], max_tokens, bos, measurements)
+        tokens = tokenize(model, [texts[i] for i in chunk], max_tokens, bos=bos)
         forwards = list(batches_by_length(tokens, batch_size))
         if len(forwards) > 1:
             split.append(k)
         built: list = []  # the chunk's earlier forwards' frames (a chunk of unequal lengths has several)
         for j, (local, batch_tokens) in enumerate(forwards):
-            build = _forward(model, texts, [chunk[i] for i in local], batch_tokens, measurements, hooked if j == 0 else None)
+            build = _forward(model, texts, [chunk[i] for i in local], batch_tokens, measurements)
             if j < len(forwards) - 1:
                 yield lambda build=build: built.append(build()) or {}
             else:
@@ -206,9 +199,11 @@ def _ascending(sample: np.ndarray) -> bool:
 class _Hooked:
     """One forward's captures (``captured``: per measurement; ``attention``: per statistics request)
     with every measurement's hooks registered on the model (``model.hooks``, entered here) until
-    :meth:`close` (from any thread). Registering a study's ~450 hooks takes a few milliseconds of
-    host time: made while the tokenizer runs (:func:`_tokenize_hooked`), not after it, it no longer
-    delays the forward."""
+    :meth:`close`. (Registering a study's ~450 hooks takes 2-3 ms of host time before the device's
+    first kernel. Registering them on a worker thread while the tokenizer ran was measured on an
+    H200 and taken back: row 1 of attention_stats_bench 165.6 against 164.0 and 161.2 ms done one
+    after the other; with the tokenizer on the worker 168.0 against 170.5; the two threads wait for
+    each other's GIL. docs/gpu_evidence/lead_call{3,4,5}_h200_s34_console.txt.)"""
 
     def __init__(self, model, measurements: Sequence[Measurement]) -> None:
         self.captured = {m.name: {} for m in measurements}
@@ -235,52 +230,7 @@ class _Hooked:
             context.__exit__(None, None, None)
 
 
-_TOKENIZER_THREAD = None
-#: Register the first forward's hooks on a worker thread while this one tokenises (False: one after
-#: the other). H200, row 1 of attention_stats_bench side by side (tokenising on the worker then):
-#: 168.0 against 170.5 ms (docs/gpu_evidence/lead_call3_h200_s34_console.txt).
-OVERLAP_TOKENIZER = True
-#: The interpreter's GIL switch interval while the two overlap (restored after): when the tokenizer
-#: returns from Rust it needs the GIL back from the registering thread, which by default keeps it
-#: up to 5 ms (H200, phase timeline: tokenising took 7.8 ms instead of ~3.7 with the default,
-#: docs/gpu_evidence/lead_call4_h200_s34_console.txt).
-GIL_SWITCH_SECONDS = 0.0002
-
-
-def _tokenize_hooked(model, texts: list, max_tokens: int, bos, measurements) -> tuple[list[torch.Tensor], "_Hooked"]:
-    """:func:`~drope_lens.measurement.tokens.tokenize` on this thread while a worker thread registers
-    the first forward's hooks (:class:`_Hooked`): the two host costs overlap instead of adding up
-    before the device's first kernel. The tokenizer's Rust backend releases the GIL, which the
-    registration (pure Python) then takes; the other way round, the worker would wait for the GIL
-    held by this thread's registration (up to the 5 ms switch interval) before it could start. On an
-    error in either, the hooks are removed and the error raised."""
-    global _TOKENIZER_THREAD
-    if not OVERLAP_TOKENIZER:
-        tokens = tokenize(model, texts, max_tokens, bos=bos)
-        return tokens, _Hooked(model, measurements)
-    if _TOKENIZER_THREAD is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _TOKENIZER_THREAD = ThreadPoolExecutor(1, thread_name_prefix="drope-lens-hooks")
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(min(switch, GIL_SWITCH_SECONDS))  # see GIL_SWITCH_SECONDS
-    try:
-        pending = _TOKENIZER_THREAD.submit(_Hooked, model, measurements)
-        try:
-            tokens = tokenize(model, texts, max_tokens, bos=bos)
-        except BaseException:
-            try:
-                pending.result().close()
-            except BaseException:  # noqa: BLE001 - the tokenizer's error is the one to raise
-                pass
-            raise
-        return tokens, pending.result()
-    finally:
-        sys.setswitchinterval(switch)
-
-
-def _forward(model, texts, samples, tokens, measurements, hooked: Optional[_Hooked] = None,
-             ) -> Callable[[], dict[str, pd.DataFrame]]:
+def _forward(model, texts, samples, tokens, measurements) -> Callable[[], dict[str, pd.DataFrame]]:
     """Run one hooked forward; return a callable that builds every measurement's frame (``{name:
     DataFrame}``, head columns first, see :func:`_with_head`).
 
@@ -290,10 +240,9 @@ def _forward(model, texts, samples, tokens, measurements, hooked: Optional[_Hook
     deferred work is launched, so that the device computes it while the host waits for the copy
     only and builds the frames from host tensors. Measurements without deferred captures are built
     (and split) first, while the device still works on the deferred ones. On the CPU nothing is
-    copied: the frames are those of the captures as they are. ``hooked``: the captures and hooks
-    registered beforehand (:class:`_Hooked`; removed here), else made here.
+    copied: the frames are those of the captures as they are.
     """
-    hooked = _Hooked(model, measurements) if hooked is None else hooked
+    hooked = _Hooked(model, measurements)
     captured, attention = hooked.captured, hooked.attention
     with torch.inference_mode():
         try:
