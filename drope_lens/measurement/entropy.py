@@ -129,12 +129,13 @@ class DeferredEntropies(DeferredCapture):
     one batched :func:`entropies_from_gram` call per (device, shape) (asynchronous on CUDA) and
     starts ONE non-blocking copy of all the entropies per device into pinned host memory;
     ``result()`` waits for that copy and returns ``{layer: (repr_entropy, repr_entropy_norm)}``,
-    float64 ``[batch]`` CPU tensors. ``slot(batch, m, device)`` hands out the next ``[batch, m, m]``
-    slice of one float64 buffer for ``n_layers`` layers (allocated on first use): Gram matrices
-    written there (:func:`gram_matrix`'s ``out``) and added in slot order are solved in place, with no
-    ``torch.cat`` of the layers (a copy of 0.67 GB at the study's size). (Solving the first layers during the forward, on a side stream,
-    was slower on an H200: row 1 177.0-180.3 against 170.3 ms, the forward's GEMMs slowed down;
-    docs/gpu_evidence/lead_call1_h200_s33_console.txt.)
+    float64 ``[batch]`` CPU tensors; ``table(n_layers)`` / ``layer_table(n_layers)`` give them as one
+    ``[2, n_layers, batch]`` view / array. ``slot(batch, m, device)`` hands out the next
+    ``[batch, m, m]`` slice of one float64 buffer for ``n_layers`` layers (allocated on first use):
+    Gram matrices written there (:func:`gram_matrix`'s ``out``) and added in slot order are solved in
+    place, with no ``torch.cat`` of the layers (a copy of 0.67 GB at the study's size). (Solving the
+    first layers during the forward, on a side stream, was slower on an H200: row 1 177.0-180.3
+    against 170.3 ms, the forward's GEMMs slowed down; docs/gpu_evidence/lead_call1_h200_s33_console.txt.)
     """
 
     def __init__(self, n_layers: int = 0) -> None:
