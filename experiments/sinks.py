@@ -37,7 +37,7 @@ from drope_lens.engine.results import RunStore
 from drope_lens.measurement.entropy import (DEFER_GRAM_BYTES, ENTROPY_COLUMNS, DeferredEntropies,  # noqa: F401
                                           entropies_from_gram, entropies_from_spectrum, gram_matrix,
                                           representation_entropy)
-from drope_lens.measurement.entropy import layer_table as entropy_table, per_head_columns as per_head_entropies
+from drope_lens.measurement.entropy import entropy_table, per_head_entropies
 from drope_lens.measurement.texts import TextsLike
 from drope_lens.measurement.tokens import BosPolicy, check_bos
 from drope_lens.engine.measure import ANY_WINDOW, Batch, Measurement, filled_later, measure, per_head_columns
@@ -112,7 +112,7 @@ def measurement(config: SinksConfig) -> Measurement:
             return pd.DataFrame({**frame, **per_head_entropies(entropy_table(solved, n_layers), n_heads)})
         # on CUDA the spectra are still being solved: filled once every frame of the forward is built
         later = filled_later(batch, ENTROPY_COLUMNS, len(frame["sample"]),
-                             lambda: per_head_entropies(batch.captured[DEFERRED].layer_table(n_layers), n_heads))
+                             lambda: per_head_entropies(batch.captured[DEFERRED].entropy_table(n_layers), n_heads))
         return pd.DataFrame({**frame, **later})
 
     return Measurement(EXPERIMENT, _resid_hooks, rows, attention=ANY_WINDOW, config=config)

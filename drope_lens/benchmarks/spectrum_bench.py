@@ -205,9 +205,10 @@ def main() -> None:
 
     from drope_lens.measurement import spectrum_two_stage as two_stage
 
-    def two_stage_rows(settings: str) -> None:
-        """:func:`two_stage_stages` under one ``--two-stage`` setting (restored after)."""
-        setting = two_stage_setting(settings)
+    def stages_under(setting: dict, name: str, tag: str | None = None) -> None:
+        """:func:`two_stage_stages` under one setting (restored after); its rows get ``tag`` as their
+        ``setting``; a failure is recorded as an error row ``name``, and the other settings go on."""
+        first = len(rows)
         try:
             with applied(setting):
                 two_stage_stages()
@@ -215,7 +216,10 @@ def main() -> None:
             import traceback
 
             traceback.print_exc()
-            rows.append({"method": f"two_stage {settings}", "error": repr(error)})
+            rows.append({"method": name, "error": repr(error)})
+        if tag is not None:
+            for row in rows[first:]:
+                row["setting"] = tag
         save()
 
     def two_stage_stages() -> None:
@@ -234,21 +238,10 @@ def main() -> None:
         record("  bisection", t)
 
     for settings in [""] + list(args.two_stage):
-        two_stage_rows(settings)
+        stages_under(two_stage_setting(settings), f"two_stage {settings}")
     for setting in args.settings:
         print(f"with {setting}:", flush=True)
-        first = len(rows)
-        try:
-            with applied(parse_setting(setting)):
-                two_stage_stages()
-        except Exception as error:  # noqa: BLE001 - one failing setting must not hide the others
-            import traceback
-
-            traceback.print_exc()
-            rows.append({"method": f"two_stage with {setting}", "error": repr(error)})
-        for row in rows[first:]:
-            row["setting"] = setting
-        save()
+        stages_under(parse_setting(setting), f"two_stage with {setting}", setting)
     if args.only_two_stage:
         return
     from drope_lens.measurement.spectrum_persistent import tridiagonalize_persistent

@@ -101,14 +101,14 @@ def representation_entropy(
 ENTROPY_COLUMNS = ("repr_entropy", "repr_entropy_norm")
 
 
-def layer_table(per_layer: dict, n_layers: int) -> np.ndarray:
+def entropy_table(per_layer: dict, n_layers: int) -> np.ndarray:
     """``{layer: (repr_entropy, repr_entropy_norm)}`` (``[batch]`` tensors, layers 0 .. n_layers - 1)
     as one float64 ``[2, n_layers, batch]`` array."""
     return np.stack([np.stack([per_layer[layer][i].detach().cpu().double().numpy() for layer in range(n_layers)])
                      for i in range(len(ENTROPY_COLUMNS))])
 
 
-def per_head_columns(table, n_heads: int) -> dict[str, np.ndarray]:
+def per_head_entropies(table, n_heads: int) -> dict[str, np.ndarray]:
     """:data:`ENTROPY_COLUMNS` for rows in (sample, layer, head) order from a ``[2, layer, batch]``
     table, each layer's value repeated on its heads: float32 values as float64, as
     :func:`drope_lens.engine.measure.per_head_values` gives a frame's other columns. In NumPy: on CUDA
@@ -129,7 +129,7 @@ class DeferredEntropies(DeferredCapture):
     one batched :func:`entropies_from_gram` call per (device, shape) (asynchronous on CUDA) and
     starts ONE non-blocking copy of all the entropies per device into pinned host memory;
     ``result()`` waits for that copy and returns ``{layer: (repr_entropy, repr_entropy_norm)}``,
-    float64 ``[batch]`` CPU tensors; ``table(n_layers)`` / ``layer_table(n_layers)`` give them as one
+    float64 ``[batch]`` CPU tensors; ``table(n_layers)`` / ``entropy_table(n_layers)`` give them as one
     ``[2, n_layers, batch]`` view / array. ``slot(batch, m, device)`` hands out the next
     ``[batch, m, m]`` slice of one float64 buffer for ``n_layers`` layers (allocated on first use):
     Gram matrices written there (:func:`gram_matrix`'s ``out``) and added in slot order are solved in
@@ -203,11 +203,11 @@ class DeferredEntropies(DeferredCapture):
         return all(gram.data_ptr() == buffer[i * step].data_ptr() and gram.shape[0] == step
                    for i, (_, gram) in enumerate(members))
 
-    def layer_table(self, n_layers: int) -> np.ndarray:
+    def entropy_table(self, n_layers: int) -> np.ndarray:
         """The solved entropies of layers 0 .. n_layers - 1 as one float64 ``[2, n_layers, batch]``
         array (:meth:`table`'s view when it has one, else stacked from :meth:`result`)."""
         table = self.table(n_layers)
-        return table.numpy() if table is not None else layer_table(self.result(), n_layers)
+        return table.numpy() if table is not None else entropy_table(self.result(), n_layers)
 
     def table(self, n_layers: int) -> Optional[torch.Tensor]:
         """``result()`` as one float64 ``[2, n_layers, batch]`` CPU tensor (repr_entropy, then
