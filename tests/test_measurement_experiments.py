@@ -445,6 +445,12 @@ def test_cli_commands_write_results(pair, tmp_path, capsys):
         assert (run_dir / "data.parquet").is_file()
 
 
+def _hooks_on(model) -> int:
+    """Forward hooks on ``model``'s hook points: PyTorch's own (what a forward calls) and
+    TransformerLens's books."""
+    return sum(len(hp._forward_hooks) + len(hp.fwd_hooks) for hp in model.hook_dict.values())
+
+
 def test_errors_leave_no_hooks_behind(pair, monkeypatch):
     """An error in the tokenizer, or in a forward's hooks, reaches the caller with no hooks left on
     the model (it measures normally afterwards)."""
@@ -463,7 +469,7 @@ def test_errors_leave_no_hooks_behind(pair, monkeypatch):
     with pytest.raises(TextInputError, match="'tiny' cannot be tokenised"):
         measure(model, _texts(2) + [Text("tiny", "synthetic", "a b c")], parts, max_tokens=MAX_TOKENS,
                 show_progress=False)
-    assert sum(len(hp.fwd_hooks) for hp in model.hook_dict.values()) == 0
+    assert _hooks_on(model) == 0
     monkeypatch.setattr(engine, "tokenize", original)
 
     def failing_hooks(model, captured):
@@ -474,6 +480,43 @@ def test_errors_leave_no_hooks_behind(pair, monkeypatch):
     broken = [*parts, dataclasses.replace(parts[0], name="broken", hooks=failing_hooks)]
     with pytest.raises(RuntimeError, match="hook at blocks.0.hook_resid_post failed"):
         measure(model, _texts(2), broken, max_tokens=MAX_TOKENS, show_progress=False)
-    assert sum(len(hp.fwd_hooks) for hp in model.hook_dict.values()) == 0
+    assert _hooks_on(model) == 0
     frames = measure(model, _texts(2), parts, max_tokens=MAX_TOKENS, show_progress=False)
     assert len(frames[layer_balance.EXPERIMENT]) > 0
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_register_hooks_keeps_the_transformer_lens_contract(pair, monkeypatch, direct):
+    """``engine.measure.register_hooks`` (the measurement forward's hooks): a hook gets the activation
+    and its hook point, what it returns replaces the activation (the logits equal those under
+    ``model.hooks``), names may be predicates, removal leaves no hook, and an unknown name raises a
+    KeyError naming it before anything is registered. Also through ``model.hooks`` (``direct=False``)."""
+    from drope_lens.engine import measure as engine
+
+    monkeypatch.setattr(engine, "DIRECT_HOOKS", direct)
+    _, _, model = pair["nope"]
+    tokens = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    seen = []
+
+    def double(x, hook):
+        seen.append(hook.name)
+        return 2 * x
+
+    hooks = [("blocks.0.hook_resid_post", double), (lambda name: name.endswith("ln_final.hook_scale"),
+                                                     lambda x, hook: seen.append(hook.name))]
+    with torch.inference_mode():
+        with model.hooks(fwd_hooks=hooks):
+            expected = model(tokens)
+        seen.clear()
+        handles = engine.register_hooks(model, hooks)
+        assert _hooks_on(model) == (2 if direct else 4)  # model.hooks: in both books
+        got = model(tokens)
+        for handle in handles:
+            handle.remove()
+        assert seen == ["blocks.0.hook_resid_post", "ln_final.hook_scale"]
+        assert _hooks_on(model) == 0
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        assert not torch.equal(got, model(tokens))  # the hook's return value was used
+        with pytest.raises(KeyError, match="no hook point 'blocks.0.hook_nothing'"):
+            engine.register_hooks(model, [("blocks.0.hook_resid_post", double), ("blocks.0.hook_nothing", double)])
+        assert _hooks_on(model) == 0

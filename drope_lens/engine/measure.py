@@ -198,12 +198,13 @@ def _ascending(sample: np.ndarray) -> bool:
 
 class _Hooked:
     """One forward's captures (``captured``: per measurement; ``attention``: per statistics request)
-    with every measurement's hooks registered on the model (``model.hooks``, entered here) until
-    :meth:`close`. (Registering a study's ~450 hooks takes 2-3 ms of host time before the device's
-    first kernel. Registering them on a worker thread while the tokenizer ran was measured on an
-    H200 and taken back: row 1 of attention_stats_bench 165.6 against 164.0 and 161.2 ms done one
-    after the other; with the tokenizer on the worker 168.0 against 170.5; the two threads wait for
-    each other's GIL. docs/gpu_evidence/lead_call{3,4,5}_h200_s34_console.txt.)"""
+    with every measurement's hooks registered on the model until :meth:`close`
+    (:func:`register_hooks`: TransformerLens's ``hook(activation, hook=hook_point)`` contract,
+    registered as plain PyTorch forward hooks). (Through ``model.hooks()`` a study's ~450 hooks took
+    2.8-3.6 ms of host time before the device's first kernel on an H200's host. Registering them on
+    a worker thread while the tokenizer ran was measured there and taken back: row 1 of
+    attention_stats_bench 165.6 against 164.0 and 161.2 ms done one after the other; the two
+    threads wait for each other's GIL. docs/gpu_evidence/lead_call{3,4,5}_h200_s34_console.txt.)"""
 
     def __init__(self, model, measurements: Sequence[Measurement]) -> None:
         self.captured = {m.name: {} for m in measurements}
@@ -220,14 +221,75 @@ class _Hooked:
                                              max_distance=request[1])
         if requests:
             self.attention[ANY_WINDOW] = self.attention[requests[0]]
-        self._context = model.hooks(fwd_hooks=hooks)
-        self._context.__enter__()
+        self._handles = register_hooks(model, hooks)
 
     def close(self) -> None:
         """Remove the hooks (once)."""
-        if self._context is not None:
-            context, self._context = self._context, None
-            context.__exit__(None, None, None)
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
+
+
+#: Register :class:`_Hooked`'s hooks directly on the hook points' modules (False: through
+#: TransformerLens's ``model.hooks()`` context, which wraps and books every hook: about 10x the host
+#: time for the study's ~450 hooks on a 2-core CPU, 20 against 1.7 ms for registering and removing them).
+DIRECT_HOOKS = True
+
+
+def register_hooks(model, hooks: Sequence[HookPair]) -> list:
+    """Register forward hooks ``(name, fn)`` on ``model``'s hook points; returns removable handles.
+
+    ``fn(activation, hook=hook_point)`` is called, and what it returns (if not None) replaces the
+    activation, as with ``model.hooks(fwd_hooks=hooks)``; a name may also be a predicate on hook
+    names, as there. The hooks are plain PyTorch forward hooks on the ``HookPoint`` modules, in
+    order: ``model.reset_hooks()`` and the hook points' ``fwd_hooks`` lists do not see them (the
+    caller removes them). Hook points with a TransformerLens ``hook_conversion``, or
+    ``DIRECT_HOOKS = False``, go through ``model.hooks()`` instead (its context is exited by the
+    handle returned for it). On an error nothing stays registered."""
+    points = model.hook_dict
+    pairs = []
+    for name, fn in hooks:
+        if isinstance(name, str):
+            if name not in points:
+                raise KeyError(f"{model_name(model)} has no hook point {name!r} (see model.hook_dict).")
+            pairs.append((points[name], fn))
+        else:
+            pairs += [(point, fn) for hook_name, point in points.items() if name(hook_name)]
+    if not DIRECT_HOOKS or any(getattr(point, "hook_conversion", None) is not None for point, _ in pairs):
+        context = model.hooks(fwd_hooks=list(hooks))
+        context.__enter__()
+        return [_ExitOnRemove(context)]
+    handles = []
+    try:
+        for point, fn in pairs:
+            handles.append(point.register_forward_hook(_TransformerLensHook(fn)))
+    except BaseException:
+        for handle in handles:
+            handle.remove()
+        raise
+    return handles
+
+
+class _TransformerLensHook:
+    """A PyTorch forward hook calling ``fn(output, hook=module)`` (TransformerLens's hook contract)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+
+    def __call__(self, module, args, output):
+        return self.fn(output, hook=module)
+
+
+class _ExitOnRemove:
+    """A handle whose ``remove()`` exits a ``model.hooks()`` context."""
+
+    def __init__(self, context) -> None:
+        self.context = context
+
+    def remove(self) -> None:
+        self.context.__exit__(None, None, None)
 
 
 def _forward(model, texts, samples, tokens, measurements) -> Callable[[], dict[str, pd.DataFrame]]:
