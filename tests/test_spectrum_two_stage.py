@@ -125,6 +125,23 @@ def test_triton_kernels_keep_the_spectrum(n, band, panels, carry, monkeypatch):
 
 
 @needs_triton
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("n,block", [(50, 16), (70, 32), (40, 64), (18, 16), (34, 16), (19, 64)])
+def test_fused_stage_one_keeps_the_spectrum(n, block, fused, monkeypatch):
+    """Stage 1 on the Triton path, each trailing update fused with the next panel's product
+    (``FUSED_UPDATE``, tiles of 16 / 32 / 64: several tile rows, partial tiles, one row or two past the
+    band) and without: exact zeros below the band, LAPACK's spectrum from the lower triangle."""
+    monkeypatch.setattr(two_stage, "FUSED_UPDATE", fused)
+    monkeypatch.setattr(two_stage, "FUSED_BLOCK", block)
+    a = _grams(n, seed=30 + n).to(DEVICE)
+    work = a.clone()
+    two_stage.reduce_to_band(work, 16)
+    assert torch.count_nonzero(torch.tril(work, diagonal=-17)) == 0
+    banded = torch.tril(work) + torch.tril(work, diagonal=-1).mT
+    _assert_same_spectrum(torch.linalg.eigvalsh(banded.cpu()), a)
+
+
+@needs_triton
 @pytest.mark.parametrize("prefetch,symmetric,carry", [(True, False, False), (False, False, False), (True, True, False),
                                                       (False, True, False), (True, False, True)])
 def test_triton_and_pytorch_stages_agree(prefetch, symmetric, carry, monkeypatch):

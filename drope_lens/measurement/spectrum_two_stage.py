@@ -62,6 +62,15 @@ PANEL_WARPS = 8
 #: H200: dense -> band 16.8 / 20.8 / 23.7 ms with k = 2 / 3 / 4 against 12.9-15.0 ms with 1 (320
 #: matrices of 512, medians of 9; docs/gpu_evidence/spectrum_bench_h200_s33_call1.json): 1.
 PANELS_PER_UPDATE = 1
+#: Stage 1 on the Triton path with each panel's trailing update fused with the next panel's
+#: product ``A V`` (``spectrum_two_stage_kernels.update_and_multiply``), both on the lower triangle:
+#: the trailing block is read and written once per panel (about 1.5 m^2 words moved, against 3 m^2
+#: for a separate ``A V`` GEMM and a rank-2 band update of the whole block). Needs ``band >= 16``
+#: (``tl.dot``) and one panel per update.
+FUSED_UPDATE = True
+#: Tile size (rows = columns) of :data:`FUSED_UPDATE`'s kernel.
+FUSED_BLOCK = 32
+FUSED_WARPS = 4
 #: Largest n on the Triton path (the panel kernel holds a [next_pow2(n), band] float64 tile in registers).
 MAX_N = 1024
 
@@ -112,6 +121,8 @@ def reduce_to_band(
     group = panels_per_update or PANELS_PER_UPDATE
     if group < 1:
         raise ValueError(f"panels_per_update={panels_per_update}: need at least 1.")
+    if use_triton and group == 1 and FUSED_UPDATE and band >= 16:
+        return _reduce_to_band_fused(a, band)
     pending_v = pending_y = None  # updates not yet applied, [batch, n - start, rank] from row `start`
     for start in range(0, n, band):
         top = start + band  # first row below the diagonal block of this panel
@@ -139,6 +150,46 @@ def reduce_to_band(
             trailing.baddbmm_(torch.cat((pending_v, pending_y), dim=-1), torch.cat((pending_y, pending_v), dim=-1).mT,
                               alpha=-1.0)
             pending_v = pending_y = None
+
+
+def _reduce_to_band_fused(a, band):
+    """:func:`reduce_to_band` (one panel per update) with each panel's trailing update applied to
+    the lower triangle only, fused with the next panel's ``A V`` (:data:`FUSED_UPDATE`). Per panel:
+    ``Y`` from ``A V`` as in the unfused loop; the next panel's columns updated alone (an m x band
+    slab) and factorised; then one kernel pair updates the rest of the block's lower triangle and
+    returns the next ``A V`` from it. The upper triangle is read only by the first panel's product."""
+    kernel = _kernels()
+    batch, n, _ = a.shape
+    top = band
+    if n - top < 2:
+        return
+    v, tau = _panel_triton(a, top, 0, n - top, band)
+    av = a[:, top:, top:] @ v  # the whole block: both triangles are current before the first update
+    while True:
+        t = _t_factor(v.mT @ v, tau, True)  # Q = I - V T V^T
+        x = av @ t  # A V T
+        y = torch.baddbmm(x, v, t.mT @ (v.mT @ x), alpha=-0.5)
+        vy = torch.cat((v, y), dim=-1)
+        next_top = top + band
+        m = n - next_top
+        if m < 2:  # the last panel: the rest of the block is inside the band
+            a[:, top:, top:].baddbmm_(vy, torch.cat((y, v), dim=-1).mT, alpha=-1.0)
+            return
+        a[:, top:, top:next_top].baddbmm_(vy, torch.cat((y[:, :band], v[:, :band]), dim=-1).mT, alpha=-1.0)
+        v_next, tau = _panel_triton(a, next_top, top, m, band)
+        w1 = vy[:, band:].contiguous()
+        w2 = torch.cat((y[:, band:], v[:, band:]), dim=-1)
+        av = a.new_empty(batch, m, band)
+        grid = (_cdiv(m, FUSED_BLOCK), batch)
+        with torch.cuda.device(a.device) if a.is_cuda else contextlib.nullcontext():
+            for columns in (False, True):
+                kernel.update_and_multiply[grid](a, w1, w2, v_next, av, n, next_top, m, R=2 * band, B=band,
+                                                 BLOCK=FUSED_BLOCK, COLUMNS=columns, num_warps=FUSED_WARPS)
+        v, top = v_next, next_top
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def band_to_tridiagonal(

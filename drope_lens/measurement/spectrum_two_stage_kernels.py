@@ -204,3 +204,54 @@ def t_factor(gram_ptr, tau_ptr, t_ptr, B: tl.constexpr):
         column = tl.where(r == k, tau, tl.where(r < k, column, 0.0))
         t = tl.where(c[None, :] == k, column[:, None], t)
     tl.store(t_ptr + b * B * B + r[:, None] * B + c[None, :], t)
+
+
+@triton.jit
+def update_and_multiply(a_ptr, w1_ptr, w2_ptr, vn_ptr, out_ptr, n, off, m, R: tl.constexpr, B: tl.constexpr,
+                        BLOCK: tl.constexpr, COLUMNS: tl.constexpr):
+    """Stage 1's trailing update fused with the next panel's product, on the lower triangle of the
+    block ``A = a[off:, off:]`` (m x m) of each matrix: ``A <- A - W1 W2^T`` (W1 = [V Y], W2 = [Y V],
+    m x R: a symmetric update) and ``out = A V_next`` (m x B) with A symmetric, read from its lower
+    triangle only. Two launches: ``COLUMNS=False``, one program per block row I, updates and stores
+    the lower tiles (I, J <= I) and writes ``out_I = sum_{J<I} A_IJ V_J + A_II V_I``; then
+    ``COLUMNS=True``, one program per block column J, adds ``sum_{I>J} A_IJ^T V_I`` (the tiles already
+    updated) to ``out_J``. Every sum in a fixed order: the result does not depend on scheduling."""
+    p = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    base = a_ptr + b * n * n + off * n + off
+    k = tl.arange(0, R)[None, :]
+    q = tl.arange(0, B)[None, :]
+    mine = p * BLOCK + tl.arange(0, BLOCK)  # this program's block row (block column with COLUMNS)
+    mine_in = mine < m
+    acc = tl.zeros([BLOCK, B], tl.float64)
+    if COLUMNS:
+        for i in range(p + 1, tl.cdiv(m, BLOCK)):
+            rows = i * BLOCK + tl.arange(0, BLOCK)
+            rows_in = rows < m
+            tile = tl.load(base + rows[:, None].to(tl.int64) * n + mine[None, :],
+                           mask=rows_in[:, None] & mine_in[None, :], other=0.0)
+            v_rows = tl.load(vn_ptr + b * m * B + rows[:, None] * B + q, mask=rows_in[:, None], other=0.0)
+            acc += tl.dot(tl.trans(tile), v_rows)
+        out = out_ptr + b * m * B + mine[:, None] * B + q
+        tl.store(out, tl.load(out, mask=mine_in[:, None], other=0.0) + acc, mask=mine_in[:, None])
+    else:
+        w1 = tl.load(w1_ptr + b * m * R + mine[:, None] * R + k, mask=mine_in[:, None], other=0.0)
+        for j in range(0, p):
+            cols = j * BLOCK + tl.arange(0, BLOCK)
+            pointers = base + mine[:, None].to(tl.int64) * n + cols[None, :]
+            tile = tl.load(pointers, mask=mine_in[:, None], other=0.0)  # cols < m: j < p
+            w2 = tl.load(w2_ptr + b * m * R + cols[:, None] * R + k)
+            tile -= tl.dot(w1, tl.trans(w2))
+            tl.store(pointers, tile, mask=mine_in[:, None])
+            acc += tl.dot(tile, tl.load(vn_ptr + b * m * B + cols[:, None] * B + q))
+        lower = mine[:, None] >= mine[None, :]
+        keep = mine_in[:, None] & mine_in[None, :] & lower
+        pointers = base + mine[:, None].to(tl.int64) * n + mine[None, :]
+        tile = tl.load(pointers, mask=keep, other=0.0)
+        w2 = tl.load(w2_ptr + b * m * R + mine[:, None] * R + k, mask=mine_in[:, None], other=0.0)
+        tile -= tl.dot(w1, tl.trans(w2))
+        tl.store(pointers, tile, mask=keep)
+        tile = tl.where(lower, tile, tl.trans(tile))  # the whole symmetric diagonal block
+        v_mine = tl.load(vn_ptr + b * m * B + mine[:, None] * B + q, mask=mine_in[:, None], other=0.0)
+        acc += tl.dot(tile, v_mine)
+        tl.store(out_ptr + b * m * B + mine[:, None] * B + q, acc, mask=mine_in[:, None])
