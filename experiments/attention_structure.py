@@ -77,12 +77,17 @@ def measurement(config: AttentionStructureConfig) -> Measurement:
             name: torch.stack([getattr(s, name) for s in stats])
             for name in ("sink_score", "entropy", "local_mass", "local_mass_no_bos")})
         columns["head_class"] = classify(columns, config)
-        distance = torch.stack([s.distance for s in stats])  # [layer, batch, head, D] -> rows in (sample, layer, head) order
         # float32 values as float64 (exact, the same numbers as before), one array per row, views of
-        # one matrix: what reading the result file back gives, at a fraction of the cost of Python
-        # lists (10,240 rows: 1.4 ms, not 32)
-        columns["distance"] = list(distance.transpose(0, 1).reshape(-1, distance.shape[-1]).float().double()
-                                   .cpu().numpy())
+        # one matrix in (sample, layer, head) order: what reading the result file back gives, at a
+        # fraction of the cost of Python lists (10,240 rows: 1.4 ms, not 32). Copied layer by layer in
+        # NumPy, on this thread: PyTorch's CPU ops on the stacked tensor (512,000 values at the study's
+        # size) run on its thread pool, and this step took 12-33 ms instead of 5-8 in about a third of
+        # the calls on an H200's 16-core host (attention_stats_bench --phases, sessions 33-35).
+        first = stats[0].distance
+        distance = np.empty((first.shape[0], len(stats), *first.shape[1:]))  # [batch, layer, head, D]
+        for layer, s in enumerate(stats):
+            distance[:, layer] = s.distance.detach().float().cpu().numpy()
+        columns["distance"] = list(distance.reshape(-1, distance.shape[-1]))
         return pd.DataFrame(columns)
 
     return Measurement(EXPERIMENT, lambda model, captured: [], rows, attention=(config.window, config.max_distance),
