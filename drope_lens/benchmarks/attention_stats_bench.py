@@ -302,7 +302,7 @@ def phase_timeline(model, texts, repeat: int = 3) -> list[dict]:
     entropy.DeferredEntropies.result = labelled("entropies' result", result)  # the wait for the spectra
     try:
         with _phases_labelled(labelled, ("tokenize", "pack_to_host", "_forward", "_with_head", "_complete_frames",
-                                         "_in_sample_order")) as parts:
+                                         "_in_sample_order", "run_sweep", "_measure_unsaved")) as parts:
             for k in range(repeat + 1):
                 records.clear()
                 collections.clear()

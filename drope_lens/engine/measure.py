@@ -322,8 +322,9 @@ def _forward(model, texts, samples, tokens, measurements) -> Callable[[], dict[s
             "texts": texts, "samples": samples}
 
     def build() -> dict[str, pd.DataFrame]:
+        nonlocal copy
         with torch.inference_mode():
-            host = copy.host()
+            host, copy = copy.host(), None
             out, complete, unordered = {}, [], []
             for m in sorted(measurements, key=lambda m: bool(deferred[m.name])):  # stable: deferred ones last
                 batch = Batch(samples, [texts[i] for i in samples], tokens, host["captured"][m.name],
@@ -333,6 +334,8 @@ def _forward(model, texts, samples, tokens, measurements) -> Callable[[], dict[s
                     unordered.append(m.name)
                 out[m.name] = _with_head(rows, **head)
                 complete += [(fn, m.name) for fn in batch.complete]
+            # the host captures no frame kept are freed before the wait for the device, not after it
+            host = batch = None
             _complete_frames(complete, out)
             for name in unordered:  # rows of a measurement not built sample by sample (none of the study's)
                 out[name] = _in_sample_order(out[name])
