@@ -204,7 +204,11 @@ def study_size(model, texts, repeat: int) -> dict:
 def compare_settings(model, texts, settings: list[str], repeat: int) -> list[dict]:
     """Row 1's call (:func:`study_size`) under each of ``settings`` (:func:`parse_setting`), measured
     side by side: one warm-up per setting, then ``repeat`` rounds of [bare forward, each setting once]
-    (:func:`call_seconds`). Per setting the median seconds and its ratio to the bare forward's median."""
+    (:func:`call_seconds`), the settings' order rotated by one each round (round r starts with setting
+    r mod k): the call right after the bare forward was 4-8 ms slower than the next ones in sessions
+    33-35's runs, whatever its setting, so a fixed order favoured every setting but the first. Use a
+    multiple of the number of settings for ``repeat``. Per setting the median seconds and its ratio to
+    the bare forward's median."""
     batch, bare, everything = study_calls(model, texts)
     parsed = [parse_setting(setting) for setting in settings]
     bare()
@@ -214,8 +218,9 @@ def compare_settings(model, texts, settings: list[str], repeat: int) -> list[dic
     bare_times, times = [], [[] for _ in settings]
     for round_ in range(repeat):
         bare_times.append(call_seconds(bare)[0])
-        for i, setting in enumerate(parsed):
-            with applied(setting):
+        for k in range(len(parsed)):
+            i = (round_ + k) % len(parsed)
+            with applied(parsed[i]):
                 times[i].append(call_seconds(everything)[0])
         print(f"  round {round_ + 1}/{repeat}: bare {bare_times[-1] * 1e3:.1f} ms; "
               + ", ".join(f"{t[-1] * 1e3:.1f}" for t in times), flush=True)

@@ -71,6 +71,8 @@ FUSED_UPDATE = True
 #: Tile size (rows = columns) of :data:`FUSED_UPDATE`'s kernel.
 FUSED_BLOCK = 32
 FUSED_WARPS = 4
+#: Its launches' ``num_stages`` (software pipelining of the tile loops; 3 is Triton's default on CUDA).
+FUSED_STAGES = 3
 #: Largest n on the Triton path (the panel kernel holds a [next_pow2(n), band] float64 tile in registers).
 MAX_N = 1024
 
@@ -184,7 +186,8 @@ def _reduce_to_band_fused(a, band):
         with torch.cuda.device(a.device) if a.is_cuda else contextlib.nullcontext():
             for columns in (False, True):
                 kernel.update_and_multiply[grid](a, w1, w2, v_next, av, n, next_top, m, R=2 * band, B=band,
-                                                 BLOCK=FUSED_BLOCK, COLUMNS=columns, num_warps=FUSED_WARPS)
+                                                 BLOCK=FUSED_BLOCK, COLUMNS=columns, num_warps=FUSED_WARPS,
+                                                 num_stages=FUSED_STAGES)
         v, top = v_next, next_top
 
 
