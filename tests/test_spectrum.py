@@ -184,6 +184,26 @@ def test_cuda_graph_replays_follow_new_inputs():
         assert len(spectrum._GRAPHS) == 1
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or spectrum._kernel() is None, reason="CUDA graphs need CUDA")
+def test_two_stage_graph_follows_new_inputs_and_settings(monkeypatch):
+    """The two-stage reduction of a batch of at least TWO_STAGE_GRAPH_MIN_BATCH matrices is replayed
+    as one CUDA graph: each answer is the new matrices' spectrum, and a changed module setting of
+    spectrum_two_stage captures a new graph (the kernels it launches differ) instead of replaying."""
+    from drope_lens.measurement import spectrum_two_stage as two_stage
+
+    spectrum._GRAPHS.clear()
+    batch = max(spectrum.TWO_STAGE_GRAPH_MIN_BATCH, 2)
+    for update in (True, False):
+        monkeypatch.setattr(two_stage, "FUSED_UPDATE", update)
+        for seed in (3, 4):
+            x = torch.randn(batch, 48, 80, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+            x[:, 0] *= 30.0 * seed
+            a = x @ x.mT
+            _check(spectrum.symmetric_eigenvalues(a.cuda(), method="two_stage"), a)
+        assert [key[3] for key in spectrum._GRAPHS] == [two_stage.settings()]
+    spectrum._GRAPHS.clear()
+
+
 @needs_kernel
 def test_persistent_tridiagonalization_reads_only_the_upper_triangle_and_keeps_its_input():
     """The one-launch kernel works on a copy, reads the upper triangle only (garbage below the

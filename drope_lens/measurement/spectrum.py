@@ -113,11 +113,14 @@ def symmetric_eigenvalues(
         return torch.linalg.eigvalsh(a)
     if method == "householder_persistent":
         return tridiagonal_eigenvalues(*persistent.tridiagonalize_persistent(a))
-    if method == "two_stage":  # ~70 launches for n = 512: a CUDA graph gained nothing (33.8 against 34.4 ms)
+    if method == "two_stage":
         # overwrite: a contiguous float64 batch of the caller's is worked on in place (no copy)
         # (in chunks on prioritised streams, to overlap one chunk's latency-bound bulge chase with the
         # next chunk's band reduction: slower, 43-51 against 32 ms for 320 matrices of 512 on an H200,
         # docs/gpu_evidence/lead_call2_h200_s33_console.txt)
+        if TWO_STAGE_GRAPH and a.is_cuda and a.shape[0] >= TWO_STAGE_GRAPH_MIN_BATCH \
+                and not torch.cuda.is_current_stream_capturing():
+            return tridiagonal_eigenvalues(*_graphed(two_stage.tridiagonalize_two_stage, a, two_stage.settings()))
         return tridiagonal_eigenvalues(*two_stage.tridiagonalize_two_stage(a, copy=not overwrite))
     fn = {"householder_fused": tridiagonalize_fused, "householder_blocked": blocked.tridiagonalize_blocked}.get(
         method, tridiagonalize)
@@ -129,13 +132,23 @@ def symmetric_eigenvalues(
 #: launches, not the GPU, set the eager loop's pace). One graph is kept, for the last
 #: (function, shape, device): it holds a copy of the batch (0.67 GB for 320 matrices of 512 x 512).
 GRAPH = True
+#: The same for the two-stage reduction (method ``two_stage``) of batches of at least
+#: :data:`TWO_STAGE_GRAPH_MIN_BATCH` matrices. On the GPU it gained nothing (33.8 against 34.4 ms for
+#: 320 matrices of 512, session 30), but its ~600 launches took 19-25 ms of host time after a study-size
+#: forward, and the host, which builds the frames meanwhile, finished after the GPU when the forward's
+#: own launches ran late (attention_stats_bench --phases, docs/gpu_evidence/lead_call4_h200_s35_console.txt).
+#: Costs a device copy of the batch per call (0.67 GB for 320 matrices of 512) and keeps the graph's
+#: memory (the batch's copy and the reduction's buffers) until another shape or setting is solved.
+TWO_STAGE_GRAPH = True
+TWO_STAGE_GRAPH_MIN_BATCH = 32
 _GRAPHS: dict = {}
 
 
-def _graphed(fn, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``fn(a)`` (a tridiagonalisation), captured once per (function, shape, device) as a CUDA
-    graph working in place on a static copy of ``a``, then replayed."""
-    key = (fn.__name__, tuple(a.shape), str(a.device))
+def _graphed(fn, a: torch.Tensor, settings: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fn(a)`` (a tridiagonalisation), captured once per (function, shape, device, ``settings``:
+    the module settings the captured kernels depend on) as a CUDA graph working in place on a
+    static copy of ``a``, then replayed."""
+    key = (fn.__name__, tuple(a.shape), str(a.device), settings)
     entry = _GRAPHS.get(key)
     if entry is None:
         _GRAPHS.clear()  # the last shape only: each graph keeps its batch's memory

@@ -68,13 +68,24 @@ PANELS_PER_UPDATE = 1
 #: for a separate ``A V`` GEMM and a rank-2 band update of the whole block). Needs ``band >= 16``
 #: (``tl.dot``) and one panel per update.
 FUSED_UPDATE = True
-#: Tile size (rows = columns) of :data:`FUSED_UPDATE`'s kernel.
-FUSED_BLOCK = 32
-FUSED_WARPS = 4
+#: Tile size (rows = columns) of :data:`FUSED_UPDATE`'s kernel, and its warps. H200, row 1 of
+#: attention_stats_bench side by side (settings' order rotated, 9 rounds each): 16 / 2 took 164.0 and
+#: 161.6 ms against 165.0 and 163.1 ms with 32 / 4, and 165.9 and 163.8 ms unfused; alone, in
+#: spectrum_bench, the fused reduction took 11.9 against 12.8 ms unfused in one session-35 call and
+#: 16.6-17.8 against 12.9 ms in another (docs/gpu_evidence/lead_call{1,3,4}_h200_s35_console.txt).
+FUSED_BLOCK = 16
+FUSED_WARPS = 2
 #: Its launches' ``num_stages`` (software pipelining of the tile loops; 3 is Triton's default on CUDA).
 FUSED_STAGES = 3
 #: Largest n on the Triton path (the panel kernel holds a [next_pow2(n), band] float64 tile in registers).
 MAX_N = 1024
+
+
+def settings() -> tuple:
+    """This module's settings that change the kernels :func:`tridiagonalize_two_stage` launches (a
+    CUDA graph captured under other values must not be replayed)."""
+    return (BAND, CHASE_WARPS, CHASE_PREFETCH, CHASE_SYMMETRIC_LOAD, CHASE_CARRY_PIVOT, PANEL_WARPS,
+            PANELS_PER_UPDATE, FUSED_UPDATE, FUSED_BLOCK, FUSED_WARPS, FUSED_STAGES, MAX_N)
 
 
 def tridiagonalize_two_stage(
