@@ -138,10 +138,17 @@ GRAPH = True
 #: forward, and the host, which builds the frames meanwhile, finished after the GPU when the forward's
 #: own launches ran late (attention_stats_bench --phases, docs/gpu_evidence/lead_call4_h200_s35_console.txt).
 #: Costs a device copy of the batch per call (0.67 GB for 320 matrices of 512) and keeps the graph's
-#: memory (the batch's copy and the reduction's buffers) until another shape or setting is solved.
+#: memory (the batch's copy and the reduction's buffers) until another shape or setting is solved,
+#: or :func:`release_graphs`.
 TWO_STAGE_GRAPH = True
 TWO_STAGE_GRAPH_MIN_BATCH = 32
 _GRAPHS: dict = {}
+
+
+def release_graphs() -> None:
+    """Drop the kept CUDA graph of a tridiagonalisation (:data:`GRAPH`, :data:`TWO_STAGE_GRAPH`) and
+    the device memory it holds (the next solve of that shape captures it again)."""
+    _GRAPHS.clear()
 
 
 def _graphed(fn, a: torch.Tensor, settings: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
