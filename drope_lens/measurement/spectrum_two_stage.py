@@ -10,7 +10,9 @@ at memory latency). Here, as in PLASMA / MAGMA / ELPA's two-stage eigensolvers:
    program per matrix holds the panel in registers: ``spectrum_two_stage_kernels.panel_qr``; a
    PyTorch loop without Triton), its reflectors accumulated as ``Q = I - V T V^T`` (``T^-1 = striu(V^T V) + diag(1 / tau)``),
    and the trailing block updated as ``Q^T A Q = A - V Y^T - Y V^T`` with
-   ``Y = A V T - (1/2) V (T^T V^T A V T)``: batched float64 GEMMs (tensor cores on sm_80+).
+   ``Y = A V T - (1/2) V (T^T V^T A V T)``: batched float64 GEMMs (tensor cores on sm_80+). On the
+   Triton path the update is applied to the lower triangle only, fused with the next panel's ``A V``
+   (:data:`FUSED_UPDATE`).
 2. :func:`band_to_tridiagonal`: bulge chasing (Householder form of LAPACK ``dsbtrd``, the
    "sweep" order of PLASMA's ``xHBCEU / xHBREL`` kernels). Sweep i annihilates column i below its
    subdiagonal with a reflector of length ``band``, applies it to the diagonal block (two-sided) and
