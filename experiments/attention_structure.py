@@ -82,7 +82,7 @@ def measurement(config: AttentionStructureConfig) -> Measurement:
         # fraction of the cost of Python lists (10,240 rows: 1.4 ms, not 32). Copied layer by layer in
         # NumPy, on this thread: with PyTorch's CPU ops on the stacked tensor (512,000 values at the
         # study's size, run on its thread pool, the likely cause) this step took 12-33 ms instead of 5-8
-        # in about a third of the calls on an H200's 16-core host, 3.8-6.3 ms in 20 of 20 since
+        # in about a third of the calls on an H200's 16-core host, 3.4-6.3 ms in 35 of 35 since
         # (attention_stats_bench --phases, sessions 33-35).
         first = stats[0].distance
         distance = np.empty((first.shape[0], len(stats), *first.shape[1:]))  # [batch, layer, head, D]
