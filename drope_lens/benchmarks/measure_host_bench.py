@@ -3,8 +3,8 @@
 A model with Llama-2-7B's layer and head counts but tiny widths (32 layers, 32 heads, d_model 256,
 d_mlp 512, vocab 32,000; random weights written once under --workdir, float32 on the CPU) and 10
 builtin texts x 512 tokens, one batch. One real hooked forward (all four measurements) records
-what every capture hook stored; each timed ``measure`` call then replaces ``run_with_hooks`` by
-filling the fresh capture dicts with those values, so only the work after the forward (host copy,
+what every capture hook stored; each timed ``measure`` call then replaces the model's ``forward``
+(what the engine calls under its hooks) by filling the fresh capture dicts with those values, so only the work after the forward (host copy,
 frames, per-text split, concatenation) is repeated. Printed: per measurement alone and all four
 together, the median and minimum over ``--repeat`` calls of the wall time from the (replayed)
 forward's return to ``measure``'s return, in ms.
@@ -80,7 +80,7 @@ def main() -> None:
             store.update(saved_stats)
         forward_end[0] = time.perf_counter()
 
-    model.run_with_hooks = replay
+    model.forward = replay  # the engine's hooked forward (an instance attribute shadows the method)
     sets = {name: [m] for name, m in parts.items()} | {"all four": list(parts.values())}
     for label, chosen in sets.items():
         host = []
