@@ -35,9 +35,8 @@ from drope_lens.hooks.capture import capture_bos_norms
 from drope_lens.engine.results import RunStore
 # representation entropy plumbing (importable here as before)
 from drope_lens.measurement.entropy import (DEFER_GRAM_BYTES, ENTROPY_COLUMNS, DeferredEntropies,  # noqa: F401
-                                          entropies_from_gram, entropies_from_spectrum, gram_matrix,
-                                          representation_entropy)
-from drope_lens.measurement.entropy import entropy_table, per_head_entropies
+                                          entropies_from_gram, entropies_from_spectrum, entropy_table,
+                                          gram_matrix, per_head_entropies, representation_entropy)
 from drope_lens.measurement.texts import TextsLike
 from drope_lens.measurement.tokens import BosPolicy, check_bos
 from drope_lens.engine.measure import ANY_WINDOW, Batch, Measurement, filled_later, measure, per_head_columns
