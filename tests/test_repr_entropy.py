@@ -134,3 +134,46 @@ def test_gram_matrix_in_blocks_is_the_full_product(monkeypatch, blocks):
         torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13 * want.abs().max().item())
         if blocks > 1:
             assert torch.equal(got, got.mT)
+
+
+def _triton_device():
+    """Where the Triton Gram kernel runs: CUDA, or the CPU under TRITON_INTERPRET=1; else None."""
+    import os
+
+    from drope_lens.measurement import entropy
+
+    if entropy._gram_kernel() is None:
+        return None
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None
+
+
+@pytest.mark.skipif(_triton_device() is None, reason="the Triton Gram kernel needs CUDA, or Triton with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("tile,tile_k", [(16, 16), (32, 16), (64, 32)])
+def test_triton_gram_is_the_float64_product(monkeypatch, tile, tile_k):
+    """The Triton kernel's X X^T / X^T X (lower tiles, mirrored) against a float64 product written
+    out here: equal to rounding, exactly symmetric, for partial tiles, partial k steps, strided X,
+    float32 and bfloat16 inputs and ``out=``."""
+    from drope_lens.measurement import entropy
+
+    device = _triton_device()
+    monkeypatch.setattr(entropy, "GRAM_TILE", tile)
+    monkeypatch.setattr(entropy, "GRAM_TILE_K", tile_k)
+    g = torch.Generator().manual_seed(tile)
+    cases = [((2, 70, 150), torch.bfloat16, False), ((1, 130, 40), torch.float32, False),
+             ((3, 16, 33), torch.bfloat16, True), ((1, 1, 7), torch.float32, False)]
+    for shape, dtype, strided in cases:
+        x = torch.randn(*shape, generator=g) * torch.logspace(2, -2, shape[1])[:, None]
+        x[:, 0] *= 40.0
+        x = x.to(dtype).to(device)
+        if strided:  # a [batch, pos, d_model] view with d_model's stride > 1
+            x = x.mT.contiguous().mT
+        x64 = x.double().cpu()
+        want = torch.einsum("bik,bjk->bij", x64, x64) if shape[1] <= shape[2] else torch.einsum("bki,bkj->bij", x64, x64)
+        assert entropy._triton_gram(x)
+        out = torch.full(want.shape, float("nan"), dtype=torch.float64, device=device)
+        got = entropy.gram_matrix(x, out=out)
+        assert got.data_ptr() == out.data_ptr() and got.dtype == torch.float64
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-13, atol=1e-13 * want.abs().max().item())
+        assert torch.equal(got, got.mT)

@@ -9,6 +9,9 @@ batches by :func:`drope_lens.measurement.spectrum.symmetric_eigenvalues`.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
 from typing import Optional
 
 import numpy as np
@@ -27,6 +30,12 @@ from drope_lens.measurement.spectrum import symmetric_eigenvalues
 #: 14.89 ms, the same bits (docs/gpu_evidence/lead_call3_h200_s33_console.txt).
 GRAM_BLOCKS = 2
 BLOCKS_MIN_POS = 256
+#: On CUDA (or under ``TRITON_INTERPRET=1``) with Triton, :func:`gram_matrix` runs one Triton kernel
+#: (:mod:`drope_lens.measurement.gram_kernel`): only the tiles on and below the diagonal, from X in
+#: its own dtype (no float64 copy of X), float64 ``tl.dot``; ``GRAM_TILE`` x ``GRAM_TILE`` tiles over
+#: ``GRAM_TILE_K`` columns per step, ``GRAM_WARPS`` warps and ``GRAM_STAGES`` pipeline stages.
+TRITON_GRAM = True
+GRAM_TILE, GRAM_TILE_K, GRAM_WARPS, GRAM_STAGES = 64, 32, 4, 3
 
 
 def gram_matrix(
@@ -36,12 +45,14 @@ def gram_matrix(
     (``m = pos``) or X^T X (``m = d_model``); its eigenvalues are the squared singular values of X.
     Exactly symmetric when computed in blocks (:data:`GRAM_BLOCKS`). ``out``: a contiguous float64
     ``[batch, m, m]`` tensor to write it into (returned)."""
-    x64 = x.double()
     m = min(x.shape[-2:])
     if out is not None and (out.shape != (*x.shape[:-2], m, m) or out.dtype != torch.float64
                             or not out.is_contiguous()):
         raise ValueError(f"out has shape {tuple(out.shape)} ({out.dtype}): expected a contiguous float64 "
                          f"{(*x.shape[:-2], m, m)}.")
+    if x.ndim == 3 and _triton_gram(x):
+        return _gram_triton(x, out)
+    x64 = x.double()
     if x.shape[-2] > x.shape[-1]:
         return torch.matmul(x64.mT, x64, out=out)
     n, k = x.shape[-2], GRAM_BLOCKS
@@ -55,6 +66,39 @@ def gram_matrix(
     for j in range(k - 1):  # the blocks right of the diagonal block, mirrored from below it
         gram[:, j * b:(j + 1) * b, (j + 1) * b:] = gram[:, (j + 1) * b:, j * b:(j + 1) * b].mT
     return gram
+
+
+def _triton_gram(x: torch.Tensor) -> bool:
+    return (TRITON_GRAM and x.dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+            and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") and _gram_kernel() is not None)
+
+
+def _gram_triton(x: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
+    """:func:`gram_matrix` of a ``[batch, pos, d_model]`` X by :func:`gram_kernel.gram_lower_tiles`."""
+    batch, pos, width = x.shape
+    n, k = min(pos, width), max(pos, width)
+    stride_row, stride_k = x.stride(1), x.stride(2)
+    if pos > width:  # X^T X: the rows of X^T are X's columns
+        stride_row, stride_k = stride_k, stride_row
+    gram = torch.empty(batch, n, n, dtype=torch.float64, device=x.device) if out is None else out
+    if batch == 0 or n == 0:
+        return gram
+    tiles = -(-n // GRAM_TILE)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _gram_kernel().gram_lower_tiles[(tiles * (tiles + 1) // 2, batch)](
+            x, gram, n, k, x.stride(0), stride_row, stride_k, BLOCK=GRAM_TILE, BLOCK_K=GRAM_TILE_K,
+            num_warps=GRAM_WARPS, num_stages=GRAM_STAGES)
+    return gram
+
+
+@functools.lru_cache(maxsize=None)
+def _gram_kernel():
+    """The Triton Gram kernel's module, or None without Triton."""
+    try:
+        from drope_lens.measurement import gram_kernel
+    except Exception:  # CPU builds of torch ship no Triton
+        return None
+    return gram_kernel
 
 
 def entropies_from_gram(

@@ -1,0 +1,47 @@
+"""Triton kernel of :func:`drope_lens.measurement.entropy.gram_matrix` (imported only when Triton is
+present: CPU builds of torch ship none).
+
+``gram_lower_tiles`` computes Y Y^T in float64 for a batch of ``[n, k]`` matrices Y given by their
+strides (Y = X for X X^T, Y = X^T for X^T X), reading Y in its own dtype (bfloat16 hidden states:
+a quarter of the bytes of a float64 copy, and no copy written) and converting in registers. One
+program per tile on or below the diagonal and matrix: it accumulates its ``BLOCK x BLOCK`` tile over
+k in float64 ``tl.dot`` (DMMA on sm_90) in a fixed order, stores it and, off the diagonal, its
+transpose: the result is exactly symmetric, every product of two bfloat16 or float32 values is
+exact in float64, and only the sums' order differs from a float64 GEMM's.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def gram_lower_tiles(y_ptr, out_ptr, n, k, stride_batch, stride_row, stride_k,
+                     BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
+    tile = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    # tile -> (ti, tj), tj <= ti, row by row: tile = ti (ti + 1) / 2 + tj (float32 root, then corrected)
+    ti = ((tl.sqrt((8 * tile + 1).to(tl.float32)) - 1.0) * 0.5).to(tl.int32)
+    ti = tl.where(ti * (ti + 1) // 2 > tile, ti - 1, ti)
+    ti = tl.where((ti + 1) * (ti + 2) // 2 <= tile, ti + 1, ti)
+    tj = tile - ti * (ti + 1) // 2
+    r = tl.arange(0, BLOCK)
+    rows = ti * BLOCK + r
+    cols = tj * BLOCK + r
+    ks = tl.arange(0, BLOCK_K)
+    base = y_ptr + b * stride_batch
+    row_pointers = base + rows[:, None].to(tl.int64) * stride_row + ks[None, :].to(tl.int64) * stride_k
+    col_pointers = base + cols[:, None].to(tl.int64) * stride_row + ks[None, :].to(tl.int64) * stride_k
+    acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float64)
+    for start in range(0, k, BLOCK_K):
+        k_in = (start + ks) < k
+        a = tl.load(row_pointers, mask=(rows[:, None] < n) & k_in[None, :], other=0.0).to(tl.float64)
+        c = tl.load(col_pointers, mask=(cols[:, None] < n) & k_in[None, :], other=0.0).to(tl.float64)
+        acc = tl.dot(a, tl.trans(c), acc)
+        row_pointers += BLOCK_K * stride_k
+        col_pointers += BLOCK_K * stride_k
+    out = out_ptr + b * n * n
+    mask = (rows[:, None] < n) & (cols[None, :] < n)
+    tl.store(out + rows[:, None].to(tl.int64) * n + cols[None, :], acc, mask=mask)
+    if tj < ti:
+        mask_t = (cols[:, None] < n) & (rows[None, :] < n)
+        tl.store(out + cols[:, None].to(tl.int64) * n + rows[None, :], tl.trans(acc), mask=mask_t)
