@@ -2,6 +2,8 @@
 # Lead's call 1 (session 36): gram_matrix as one Triton kernel (lower tiles, bf16 read, float64 tl.dot):
 # tile settings against the cuBLAS path, alone; row 1 side by side (rotated order) with the kernel off,
 # default and the fastest tile setting; row 1 with its phases; the whole CUDA suite.
+# (Call 1 first ran without out_dtype=tl.float64 in the kernel's tl.dot: the device's Triton defaults it to float32 and
+# refused to compile; nothing was measured; its console is lead_call1_failed_h200_s36_console.txt.)
 set -o pipefail
 W=/tmp/bench; T0=$(date +%s)
 el() { echo "[t+$(( $(date +%s) - T0 ))s] $*"; }

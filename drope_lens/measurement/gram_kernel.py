@@ -36,7 +36,7 @@ def gram_lower_tiles(y_ptr, out_ptr, n, k, stride_batch, stride_row, stride_k,
         k_in = (start + ks) < k
         a = tl.load(row_pointers, mask=(rows[:, None] < n) & k_in[None, :], other=0.0).to(tl.float64)
         c = tl.load(col_pointers, mask=(cols[:, None] < n) & k_in[None, :], other=0.0).to(tl.float64)
-        acc = tl.dot(a, tl.trans(c), acc)
+        acc = tl.dot(a, tl.trans(c), acc, out_dtype=tl.float64)
         row_pointers += BLOCK_K * stride_k
         col_pointers += BLOCK_K * stride_k
     out = out_ptr + b * n * n
