@@ -150,20 +150,22 @@ def _triton_device():
 
 
 @pytest.mark.skipif(_triton_device() is None, reason="the Triton Gram kernel needs CUDA, or Triton with TRITON_INTERPRET=1")
-@pytest.mark.parametrize("tile,tile_k", [(16, 16), (32, 16), (64, 32)])
+@pytest.mark.parametrize("tile,tile_k", [(16, 32), (32, 64), (64, 32)])
 def test_triton_gram_is_the_float64_product(monkeypatch, tile, tile_k):
     """The Triton kernel's X X^T / X^T X (lower tiles, mirrored) against a float64 product written
-    out here: equal to rounding, exactly symmetric, for partial tiles, partial k steps, strided X,
-    float32 and bfloat16 inputs and ``out=``."""
+    out here: equal to rounding, exactly symmetric, for partial tiles, partial k steps, bfloat16 read
+    as int32 pairs, strided and odd-width bfloat16, float16, float32, and ``out=``."""
     from drope_lens.measurement import entropy
 
     device = _triton_device()
     monkeypatch.setattr(entropy, "GRAM_TILE", tile)
     monkeypatch.setattr(entropy, "GRAM_TILE_K", tile_k)
     g = torch.Generator().manual_seed(tile)
-    cases = [((2, 70, 150), torch.bfloat16, False), ((1, 130, 40), torch.float32, False),
-             ((3, 16, 33), torch.bfloat16, True), ((1, 1, 7), torch.float32, False)]
-    for shape, dtype, strided in cases:
+    cases = [((2, 70, 150), torch.bfloat16, False, True), ((1, 130, 40), torch.float32, False, False),
+             ((3, 16, 34), torch.bfloat16, True, False), ((2, 20, 33), torch.bfloat16, False, False),
+             ((2, 40, 24), torch.bfloat16, False, False), ((1, 24, 66), torch.float16, False, False),
+             ((1, 1, 8), torch.bfloat16, False, True)]
+    for shape, dtype, strided, pairs in cases:
         x = torch.randn(*shape, generator=g) * torch.logspace(2, -2, shape[1])[:, None]
         x[:, 0] *= 40.0
         x = x.to(dtype).to(device)
@@ -171,7 +173,7 @@ def test_triton_gram_is_the_float64_product(monkeypatch, tile, tile_k):
             x = x.mT.contiguous().mT
         x64 = x.double().cpu()
         want = torch.einsum("bik,bjk->bij", x64, x64) if shape[1] <= shape[2] else torch.einsum("bki,bkj->bij", x64, x64)
-        assert entropy._triton_gram(x)
+        assert entropy._triton_gram(x) and entropy._as_pairs(x) == pairs
         out = torch.full(want.shape, float("nan"), dtype=torch.float64, device=device)
         got = entropy.gram_matrix(x, out=out)
         assert got.data_ptr() == out.data_ptr() and got.dtype == torch.float64
