@@ -74,16 +74,18 @@ def gram_matrix(
 
 
 def _triton_gram(x: torch.Tensor) -> bool:
-    return (TRITON_GRAM and x.dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+    """Whether :func:`gram_matrix` runs the Triton kernel for X: X X^T (``pos <= d_model``; X^T X, for
+    texts longer than d_model, keeps the cuBLAS product: not timed with the kernel)."""
+    return (TRITON_GRAM and x.shape[-2] <= x.shape[-1]
+            and x.dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64)
             and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") and _gram_kernel() is not None)
 
 
 def _gram_triton(x: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
-    """:func:`gram_matrix` of a ``[batch, pos, d_model]`` X by :func:`gram_kernel.gram_lower_tiles`:
-    bfloat16 rows with contiguous, even k as int32 pairs (the kernel's ``BF16_PAIRS``), other 16-bit
-    inputs through one float32 copy (exact), float32 and float64 as they are."""
-    batch, pos, width = x.shape
-    n, k = min(pos, width), max(pos, width)
+    """X X^T of a ``[batch, pos, d_model]`` X (``pos <= d_model``) by :func:`gram_kernel.gram_lower_tiles`:
+    bfloat16 rows with contiguous, even d_model as int32 pairs (the kernel's ``BF16_PAIRS``), other
+    16-bit inputs through one float32 copy (exact), float32 and float64 as they are."""
+    batch, n, k = x.shape
     gram = torch.empty(batch, n, n, dtype=torch.float64, device=x.device) if out is None else out
     if batch == 0 or n == 0:
         return gram
@@ -91,13 +93,10 @@ def _gram_triton(x: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
         x = x.float()
     pairs = x.dtype == torch.bfloat16
     y = x.view(torch.int32) if pairs else x
-    stride_row, stride_k = y.stride(1), y.stride(2)
-    if pos > width:  # X^T X: the rows of X^T are X's columns
-        stride_row, stride_k = stride_k, stride_row
     tiles = -(-n // GRAM_TILE)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         _gram_kernel().gram_lower_tiles[(tiles * (tiles + 1) // 2, batch)](
-            y, gram, n, k // 2 if pairs else k, y.stride(0), stride_row, stride_k, BLOCK=GRAM_TILE,
+            y, gram, n, k // 2 if pairs else k, y.stride(0), y.stride(1), y.stride(2), BLOCK=GRAM_TILE,
             BLOCK_K=GRAM_TILE_K // 2 if pairs else GRAM_TILE_K, BF16_PAIRS=pairs,
             num_warps=GRAM_WARPS, num_stages=GRAM_STAGES)
     return gram
@@ -105,7 +104,7 @@ def _gram_triton(x: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
 
 def _as_pairs(x: torch.Tensor) -> bool:
     """Whether bfloat16 X (X X^T) can be read as int32 words of two values along d_model."""
-    return (x.dtype == torch.bfloat16 and x.shape[-2] <= x.shape[-1] and x.shape[-1] % 2 == 0 and x.stride(2) == 1
+    return (x.dtype == torch.bfloat16 and x.shape[-1] % 2 == 0 and x.stride(2) == 1
             and x.stride(1) % 2 == 0 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0)
 
 
