@@ -48,8 +48,9 @@ def gram_matrix(
 ) -> Float[torch.Tensor, "batch m m"]:
     """The smaller Gram matrix of each ``[pos, d_model]`` matrix X in float64: X X^T
     (``m = pos``) or X^T X (``m = d_model``); its eigenvalues are the squared singular values of X.
-    Exactly symmetric when computed in blocks (:data:`GRAM_BLOCKS`). ``out``: a contiguous float64
-    ``[batch, m, m]`` tensor to write it into (returned)."""
+    On CUDA with Triton, X X^T comes from one kernel (:data:`TRITON_GRAM`), elsewhere from float64
+    products, in blocks (:data:`GRAM_BLOCKS`) where they apply; both are exactly symmetric then.
+    ``out``: a contiguous float64 ``[batch, m, m]`` tensor to write it into (returned)."""
     m = min(x.shape[-2:])
     if out is not None and (out.shape != (*x.shape[:-2], m, m) or out.dtype != torch.float64
                             or not out.is_contiguous()):
