@@ -181,3 +181,14 @@ def test_triton_gram_is_the_float64_product(monkeypatch, tile, tile_k):
         assert got.data_ptr() == out.data_ptr() and got.dtype == torch.float64
         torch.testing.assert_close(got.cpu(), want, rtol=1e-13, atol=1e-13 * want.abs().max().item())
         assert torch.equal(got, got.mT)
+
+
+@pytest.mark.skipif(_triton_device() is None, reason="the Triton Gram kernel needs CUDA, or Triton with TRITON_INTERPRET=1")
+def test_triton_gram_rejects_a_step_too_narrow_for_tl_dot(monkeypatch):
+    from drope_lens.measurement import entropy
+
+    x = torch.randn(1, 8, 64).bfloat16().to(_triton_device())
+    for width in (16, 48):
+        monkeypatch.setattr(entropy, "GRAM_TILE_K", width)
+        with pytest.raises(ValueError, match=f"GRAM_TILE_K={width}: must be a power of two of at least 32"):
+            entropy.gram_matrix(x)

@@ -93,6 +93,9 @@ def _gram_triton(x: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
     if x.dtype in (torch.bfloat16, torch.float16) and not _as_pairs(x):
         x = x.float()
     pairs = x.dtype == torch.bfloat16
+    if GRAM_TILE_K < (32 if pairs else 16) or GRAM_TILE_K & (GRAM_TILE_K - 1):
+        raise ValueError(f"entropy.GRAM_TILE_K={GRAM_TILE_K}: must be a power of two of at least "
+                         f"{32 if pairs else 16} for {x.dtype} (tl.dot takes 16 or more columns per step).")
     y = x.view(torch.int32) if pairs else x
     tiles = -(-n // GRAM_TILE)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
