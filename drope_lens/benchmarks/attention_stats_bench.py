@@ -412,8 +412,8 @@ def main() -> None:
                         help="the sequences --sweep times its configurations on (study size: 10,512)")
     parser.add_argument("--profile", action="store_true", help="profile one study-size measure call")
     parser.add_argument("--compare", nargs="+", default=None, metavar="SETTING",
-                        help="row 1 under each setting side by side, e.g. default 'entropy.GRAM_BLOCKS=4' "
-                             "'entropy.EARLY_SOLVE_FRACTION=0.5;spectrum_two_stage.PANELS_PER_UPDATE=2'")
+                        help="row 1 under each setting side by side, e.g. default 'entropy.TRITON_GRAM=False' "
+                             "'entropy.GRAM_TILE=64;spectrum_two_stage.PANELS_PER_UPDATE=2'")
     parser.add_argument("--phases", action="store_true",
                         help="host and GPU times of each phase of a study-size measure call (no profiler)")
     parser.add_argument("--variant", choices=["rope", "drope"], default="drope",

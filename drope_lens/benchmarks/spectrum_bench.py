@@ -85,7 +85,7 @@ def two_stage_setting(settings: str) -> dict[str, object]:
 
 
 def parse_setting(setting: str) -> dict[str, object]:
-    """``"entropy.GRAM_BLOCKS=1;spectrum_two_stage.PANELS_PER_UPDATE=2"`` -> ``{attribute path under
+    """``"entropy.GRAM_TILE=64;spectrum_two_stage.PANELS_PER_UPDATE=2"`` -> ``{attribute path under
     drope_lens.measurement, or a full path from drope_lens. on: value}`` ("default": no change)."""
     import ast
 
