@@ -165,7 +165,7 @@ def test_triton_gram_is_the_float64_product(monkeypatch, tile, tile_k):
     cases = [((2, 70, 150), torch.bfloat16, False, True), ((1, 130, 40), torch.float32, False, False),
              ((3, 16, 34), torch.bfloat16, True, False), ((2, 20, 33), torch.bfloat16, False, False),
              ((2, 40, 24), torch.bfloat16, False, False), ((1, 24, 66), torch.float16, False, False),
-             ((1, 1, 8), torch.bfloat16, False, True)]
+             ((1, 1, 8), torch.bfloat16, False, True), ((1, 40, 130), torch.float32, False, False)]
     for shape, dtype, strided, pairs in cases:
         x = torch.randn(*shape, generator=g) * torch.logspace(2, -2, shape[1])[:, None]
         x[:, 0] *= 40.0

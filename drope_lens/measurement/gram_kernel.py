@@ -2,8 +2,8 @@
 present: CPU builds of torch ship none).
 
 ``gram_lower_tiles`` computes Y Y^T in float64 for a batch of ``[n, k]`` matrices Y given by their
-strides (:func:`~drope_lens.measurement.entropy.gram_matrix` passes Y = X for X X^T), reading Y in its own dtype and converting in
-registers: no float64 copy of X is written. One program per tile on or below the diagonal and
+strides (:func:`~drope_lens.measurement.entropy.gram_matrix` passes Y = X for X X^T), reading Y in
+its own dtype and converting in registers: no float64 copy of X is written. One program per tile on or below the diagonal and
 matrix: it accumulates its ``BLOCK x BLOCK`` tile over k in float64 ``tl.dot`` (DMMA on sm_90) in a
 fixed order, stores it and, off the diagonal, its transpose. The result is exactly symmetric; every
 product of two bfloat16 or float32 values is exact in float64, and only the sums' order differs from
