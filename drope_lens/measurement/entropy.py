@@ -97,9 +97,10 @@ def _gram_triton(x: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
         raise ValueError(f"entropy.GRAM_TILE_K={GRAM_TILE_K}: must be a power of two of at least "
                          f"{32 if pairs else 16} for {x.dtype} (tl.dot takes 16 or more columns per step).")
     y = x.view(torch.int32) if pairs else x
-    tiles = -(-n // GRAM_TILE)
+    kernel = _gram_kernel()
+    tiles = kernel.triton.cdiv(n, GRAM_TILE)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _gram_kernel().gram_lower_tiles[(tiles * (tiles + 1) // 2, batch)](
+        kernel.gram_lower_tiles[(tiles * (tiles + 1) // 2, batch)](
             y, gram, n, k // 2 if pairs else k, y.stride(0), y.stride(1), y.stride(2), BLOCK=GRAM_TILE,
             BLOCK_K=GRAM_TILE_K // 2 if pairs else GRAM_TILE_K, BF16_PAIRS=pairs,
             num_warps=GRAM_WARPS, num_stages=GRAM_STAGES)

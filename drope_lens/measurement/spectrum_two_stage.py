@@ -195,17 +195,13 @@ def _reduce_to_band_fused(a, band):
         w1 = vy[:, band:].contiguous()
         w2 = torch.cat((y[:, band:], v[:, band:]), dim=-1)
         av = a.new_empty(batch, m, band)
-        grid = (_cdiv(m, FUSED_BLOCK), batch)
+        grid = (kernel.triton.cdiv(m, FUSED_BLOCK), batch)
         with torch.cuda.device(a.device) if a.is_cuda else contextlib.nullcontext():
             for columns in (False, True):
                 kernel.update_and_multiply[grid](a, w1, w2, v_next, av, n, next_top, m, R=2 * band, B=band,
                                                  BLOCK=FUSED_BLOCK, COLUMNS=columns, num_warps=FUSED_WARPS,
                                                  num_stages=FUSED_STAGES)
         v, top = v_next, next_top
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def band_to_tridiagonal(
